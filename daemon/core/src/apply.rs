@@ -1,0 +1,426 @@
+//! The planner: applies a batch of events to a view of the current state and returns the plan
+//! of every change, for the store to write in one atomic batch.
+//!
+//! The planner does no I/O. It reads through a [`StateView`] (the store, in production; a map,
+//! in tests), keeps its own overlay so later events of a batch see earlier ones, and decides
+//! deduplication, version order, join-key moves, record status and aggregate counts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use crate::event::{ChangeEvent, DeadLetterReason, Fields, Op};
+use crate::mapping::{EntityMapping, Mapping};
+use crate::record::{compare, with_grace, RecordRow, RecordStatus, SideRecord, Status};
+use crate::summary::ApplyState;
+use crate::system::System;
+use crate::time::Timestamp;
+
+/// An error of the view the planner reads from (a store read failed).
+pub type ViewError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Result of a view read.
+pub type ViewResult<T> = Result<T, ViewError>;
+
+/// Read access to the state as of the last committed batch.
+pub trait StateView {
+    /// Whether an event id was already recorded for this system.
+    fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool>;
+    /// The join key a native record currently belongs to.
+    fn join_key(&self, system: System, entity: &str, native_id: &str)
+        -> ViewResult<Option<String>>;
+    /// The stored record of a join key.
+    fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>>;
+}
+
+/// One message of a batch, as the planner sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// A decoded change event read from one of `system`'s topics.
+    Event {
+        /// The system whose topic it came from.
+        system: System,
+        /// The event.
+        event: &'a ChangeEvent,
+    },
+    /// A message that could not be decoded and goes to the dead-letter topic.
+    DeadLetter {
+        /// The system whose topic it came from.
+        system: System,
+        /// Why it was rejected.
+        reason: DeadLetterReason,
+    },
+}
+
+/// What became of one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded and applied to state.
+    Applied,
+    /// Recorded, but older than the stored version, so state was left alone.
+    Stale,
+    /// A re-delivery of an event already recorded; dropped.
+    Duplicate,
+    /// An entity the configuration does not map; counted and skipped.
+    UnmappedEntity,
+    /// Not decodable; goes to the dead-letter topic.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// Whether the event belongs in the event log and the record history.
+    pub const fn is_recorded(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Stale)
+    }
+}
+
+/// A native record that now belongs to a different join key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinKeyChange {
+    /// The system of the native record.
+    pub system: System,
+    /// The entity.
+    pub entity: String,
+    /// The native id.
+    pub native_id: String,
+    /// The join key it belongs to now.
+    pub join_key: String,
+}
+
+/// A record whose row or status changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordChange {
+    /// The entity.
+    pub entity: String,
+    /// The join key.
+    pub join_key: String,
+    /// The status before the batch, to remove its index entries.
+    pub before: RecordStatus,
+    /// The row after the batch; `None` when no native record claims the key any more.
+    pub after: Option<RecordRow>,
+}
+
+/// Everything a batch changes, to be written atomically with the batch's offsets.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// One outcome per input, in input order.
+    pub outcomes: Vec<Outcome>,
+    /// Native records that joined a (different) key.
+    pub join_keys: Vec<JoinKeyChange>,
+    /// Records that changed, in key order.
+    pub records: Vec<RecordChange>,
+    /// Clock, counters and summaries after the batch.
+    pub state: ApplyState,
+}
+
+/// The join key given to a native record that carries none: it cannot match anything on the
+/// other side, and is reported as missing there until a key arrives.
+pub fn unjoined_key(system: System, native_id: &str) -> String {
+    format!("unjoined:{system}:{native_id}")
+}
+
+struct WorkingRecord {
+    before: RecordStatus,
+    row: RecordRow,
+    /// Whether an event changed the row (a re-evaluation alone does not).
+    dirty: bool,
+}
+
+/// Plans one batch. Create with [`Planner::new`], feed inputs, then [`Planner::finish`].
+pub struct Planner<'a, V: StateView> {
+    mapping: &'a Mapping,
+    grace: Duration,
+    view: &'a V,
+    state: ApplyState,
+    outcomes: Vec<Outcome>,
+    seen_events: HashSet<(System, String)>,
+    join_keys: HashMap<(System, String, String), Option<String>>,
+    changed_join_keys: BTreeMap<(System, String, String), String>,
+    records: HashMap<(String, String), WorkingRecord>,
+}
+
+impl<'a, V: StateView> Planner<'a, V> {
+    /// Starts a batch on top of `state`, the apply state after the last committed batch.
+    pub fn new(mapping: &'a Mapping, grace: Duration, view: &'a V, state: ApplyState) -> Self {
+        Planner {
+            mapping,
+            grace,
+            view,
+            state,
+            outcomes: Vec::new(),
+            seen_events: HashSet::new(),
+            join_keys: HashMap::new(),
+            changed_join_keys: BTreeMap::new(),
+            records: HashMap::new(),
+        }
+    }
+
+    /// The reconciliation clock so far.
+    pub fn clock(&self) -> Timestamp {
+        self.state.clock
+    }
+
+    /// Moves the clock forward to at least `floor` (the idle-stream rule of the shell).
+    pub fn advance_clock(&mut self, floor: Timestamp) {
+        self.state.clock = self.state.clock.max(floor);
+    }
+
+    /// Applies one input and returns its outcome.
+    pub fn apply(&mut self, input: Input<'_>) -> ViewResult<Outcome> {
+        let outcome = match input {
+            Input::DeadLetter { system, reason } => {
+                self.state.counters.system_mut(system).dead_lettered += 1;
+                *self
+                    .state
+                    .counters
+                    .dead_lettered_by_reason
+                    .entry(reason)
+                    .or_default() += 1;
+                Outcome::DeadLettered
+            }
+            Input::Event { system, event } => self.apply_event(system, event)?,
+        };
+        self.outcomes.push(outcome);
+        Ok(outcome)
+    }
+
+    /// Re-evaluates a stored record without an event: its pending period may have ended.
+    pub fn reevaluate(&mut self, entity: &str, join_key: &str) -> ViewResult<()> {
+        if self.mapping.entity(entity).is_some() {
+            self.working_record(entity, join_key)?;
+        }
+        Ok(())
+    }
+
+    fn apply_event(&mut self, system: System, event: &ChangeEvent) -> ViewResult<Outcome> {
+        let mapping = self.mapping;
+        let Some(entity) = mapping.entity(&event.entity) else {
+            *self
+                .state
+                .counters
+                .system_mut(system)
+                .unmapped_entities
+                .entry(event.entity.clone())
+                .or_default() += 1;
+            return Ok(Outcome::UnmappedEntity);
+        };
+        let event_key = (system, event.event_id.clone());
+        if self.seen_events.contains(&event_key) || self.view.event_seen(system, &event.event_id)? {
+            self.state.counters.system_mut(system).duplicates_dropped += 1;
+            return Ok(Outcome::Duplicate);
+        }
+        self.seen_events.insert(event_key);
+        self.state.counters.system_mut(system).events_applied += 1;
+        self.state.clock = self.state.clock.max(event.occurred_at);
+
+        let stored_key = self.current_join_key(system, &entity.name, &event.id)?;
+        let current = match &stored_key {
+            Some(join_key) => self
+                .working_record(&entity.name, join_key)?
+                .row
+                .side(system)
+                .iter()
+                .find(|side| side.native_id == event.id)
+                .cloned(),
+            None => None,
+        };
+        if let (Some(incoming), Some(stored)) = (
+            event.version,
+            current.as_ref().and_then(|side| side.version),
+        ) {
+            if incoming < stored {
+                self.state.counters.system_mut(system).stale_versions += 1;
+                return Ok(Outcome::Stale);
+            }
+        }
+        if event.op == Op::Gap {
+            // A gap says changes were lost; the state we hold is unchanged by it.
+            return Ok(Outcome::Applied);
+        }
+        let side = apply_op(current, event);
+        let join_key = entity
+            .join
+            .for_system(system)
+            .key_in(event)
+            .or_else(|| stored_key.clone())
+            .unwrap_or_else(|| unjoined_key(system, &event.id));
+
+        if let Some(old_key) = stored_key.as_ref().filter(|old| **old != join_key) {
+            let old_record = self.working_record(&entity.name, old_key)?;
+            old_record
+                .row
+                .side_mut(system)
+                .retain(|existing| existing.native_id != event.id);
+            track_since(entity, old_record, event.occurred_at);
+        }
+        if stored_key.as_ref() != Some(&join_key) {
+            let native = (system, entity.name.clone(), event.id.clone());
+            self.join_keys
+                .insert(native.clone(), Some(join_key.clone()));
+            self.changed_join_keys.insert(native, join_key.clone());
+        }
+        let record = self.working_record(&entity.name, &join_key)?;
+        let sides = record.row.side_mut(system);
+        match sides
+            .iter_mut()
+            .find(|existing| existing.native_id == event.id)
+        {
+            Some(existing) => *existing = side,
+            None => sides.push(side),
+        }
+        track_since(entity, record, event.occurred_at);
+        Ok(Outcome::Applied)
+    }
+
+    fn current_join_key(
+        &mut self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Option<String>> {
+        let native = (system, entity.to_owned(), native_id.to_owned());
+        if let Some(known) = self.join_keys.get(&native) {
+            return Ok(known.clone());
+        }
+        let stored = self.view.join_key(system, entity, native_id)?;
+        self.join_keys.insert(native, stored.clone());
+        Ok(stored)
+    }
+
+    fn working_record(&mut self, entity: &str, join_key: &str) -> ViewResult<&mut WorkingRecord> {
+        let key = (entity.to_owned(), join_key.to_owned());
+        if !self.records.contains_key(&key) {
+            let row = self.view.record(entity, join_key)?.unwrap_or_default();
+            let working = WorkingRecord {
+                before: row.status.clone(),
+                row,
+                dirty: false,
+            };
+            self.records.insert(key.clone(), working);
+        }
+        Ok(self
+            .records
+            .get_mut(&key)
+            .expect("invariant: the working record was inserted just above"))
+    }
+
+    /// Evaluates every touched record at the final clock and returns the plan.
+    pub fn finish(mut self) -> Plan {
+        let clock = self.state.clock;
+        let mut records = Vec::with_capacity(self.records.len());
+        let mut touched: Vec<_> = self.records.into_iter().collect();
+        touched.sort_by(|left, right| left.0.cmp(&right.0));
+        for ((entity_name, join_key), mut working) in touched {
+            let entity = self
+                .mapping
+                .entity(&entity_name)
+                .expect("invariant: only mapped entities have working records");
+            let comparison = compare(entity, &working.row);
+            let differing_fields = comparison.differing_fields.clone();
+            let (status, due_at) = with_grace(comparison, &working.row, clock, self.grace);
+            let since = match status {
+                None | Some(Status::InSync) => None,
+                Some(_) => Some(working.row.status.since.unwrap_or(clock)),
+            };
+            let after = RecordStatus {
+                status,
+                since,
+                differing_fields,
+                due_at,
+            };
+            self.state
+                .summaries
+                .entry(entity_name.clone())
+                .or_default()
+                .transition(&working.before, &after);
+            if !working.dirty && after == working.before {
+                continue;
+            }
+            working.row.status = after;
+            let after_row = (!working.row.is_empty()).then_some(working.row);
+            records.push(RecordChange {
+                entity: entity_name,
+                join_key,
+                before: working.before,
+                after: after_row,
+            });
+        }
+        Plan {
+            outcomes: self.outcomes,
+            join_keys: self
+                .changed_join_keys
+                .into_iter()
+                .map(|((system, entity, native_id), join_key)| JoinKeyChange {
+                    system,
+                    entity,
+                    native_id,
+                    join_key,
+                })
+                .collect(),
+            records,
+            state: self.state,
+        }
+    }
+}
+
+/// Marks the record changed and keeps `since` at the moment the sides started to differ.
+fn track_since(entity: &EntityMapping, record: &mut WorkingRecord, occurred_at: Timestamp) {
+    record.dirty = true;
+    let differs = !matches!(
+        compare(entity, &record.row).status,
+        None | Some(Status::InSync)
+    );
+    record.row.status.since = match (differs, record.row.status.since) {
+        (false, _) => None,
+        (true, Some(since)) => Some(since),
+        (true, None) => Some(occurred_at),
+    };
+}
+
+/// The native record after one event (stale events never get here).
+fn apply_op(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
+    let mut side = current.unwrap_or_else(|| SideRecord {
+        native_id: event.id.clone(),
+        fields: Fields::new(),
+        deleted: false,
+        version: None,
+        last_change_at: Timestamp::MIN,
+        last_event_id: String::new(),
+        merged_into: None,
+    });
+    match event.op {
+        Op::Create | Op::Snapshot | Op::Undelete => {
+            side.deleted = false;
+            side.merged_into = None;
+            write_fields(&mut side.fields, event);
+        }
+        Op::Update => write_fields(&mut side.fields, event),
+        Op::Delete => side.deleted = true,
+        Op::Merge => {
+            side.deleted = true;
+            side.merged_into = event.merged_into.clone();
+        }
+        Op::Gap => unreachable!("invariant: gap events leave state untouched and return early"),
+    }
+    side.version = side.version.max(event.version);
+    side.last_change_at = side.last_change_at.max(event.occurred_at);
+    side.last_event_id = event.event_id.clone();
+    side
+}
+
+/// A full image replaces the fields; a partial one merges onto them.
+fn write_fields(fields: &mut Fields, event: &ChangeEvent) {
+    match (&event.fields, event.partial) {
+        (Some(changes), true) => {
+            for (name, value) in changes {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+        (Some(image), false) => *fields = image.clone(),
+        (None, true) => {}
+        (None, false) => {
+            if matches!(event.op, Op::Create | Op::Snapshot) {
+                fields.clear();
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! tandem's core: the decisions of a parallel run as pure functions and value types.
+//!
+//! Events, identity (join keys), mapping, comparison, record status and aggregates live here.
+//! Nothing in this crate performs I/O: the planner in [`apply`] takes a view of the current
+//! state and a batch of events and returns a plan, which the store executes atomically.
+
+pub mod apply;
+pub mod event;
+pub mod mapping;
+pub mod record;
+pub mod summary;
+pub mod system;
+pub mod time;
+
+pub use apply::{Input, Outcome, Plan, Planner, StateView};
+pub use event::{ChangeEvent, DeadLetterReason, DecodeError, Fields, Op};
+pub use mapping::{EntityMapping, JoinKeySource, Mapping};
+pub use record::{RecordRow, RecordStatus, SideRecord, Status};
+pub use summary::{ApplyState, EntitySummary, IngestCounters};
+pub use system::System;
+pub use time::Timestamp;

@@ -1,0 +1,188 @@
+//! Aggregates maintained with every change, so that a report never scans records.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::DeadLetterReason;
+use crate::record::{RecordStatus, Status};
+use crate::system::System;
+use crate::time::Timestamp;
+
+/// Record counts of one entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitySummary {
+    /// Records per status, indexed by [`Status::index`].
+    pub by_status: [u64; 6],
+    /// Records in `mismatch` per differing target field.
+    pub mismatched_fields: BTreeMap<String, u64>,
+}
+
+impl EntitySummary {
+    /// Records counted (any status).
+    pub fn records(&self) -> u64 {
+        self.by_status.iter().sum()
+    }
+
+    /// Records with one status.
+    pub fn count(&self, status: Status) -> u64 {
+        self.by_status[status.index()]
+    }
+
+    /// The share of counted records that are in sync; 1.0 when there are none.
+    pub fn parity(&self) -> f64 {
+        let records = self.records();
+        if records == 0 {
+            1.0
+        } else {
+            self.count(Status::InSync) as f64 / records as f64
+        }
+    }
+
+    /// Moves one record's contribution from `before` to `after`.
+    pub fn transition(&mut self, before: &RecordStatus, after: &RecordStatus) {
+        self.remove(before);
+        self.add(after);
+    }
+
+    fn add(&mut self, status: &RecordStatus) {
+        let Some(current) = status.status else { return };
+        self.by_status[current.index()] += 1;
+        if current == Status::Mismatch {
+            for field in &status.differing_fields {
+                *self.mismatched_fields.entry(field.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, status: &RecordStatus) {
+        let Some(current) = status.status else { return };
+        let count = &mut self.by_status[current.index()];
+        *count = count
+            .checked_sub(1)
+            .expect("invariant: a record's previous status was counted when it was stored");
+        if current == Status::Mismatch {
+            for field in &status.differing_fields {
+                let field_count = self
+                    .mismatched_fields
+                    .get_mut(field)
+                    .expect("invariant: a stored mismatch counted each of its differing fields");
+                *field_count -= 1;
+                if *field_count == 0 {
+                    self.mismatched_fields.remove(field);
+                }
+            }
+        }
+    }
+}
+
+/// Ingest counters of one system.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemCounters {
+    /// Distinct events recorded (stale versions included: they are logged, not dropped).
+    pub events_applied: u64,
+    /// Re-deliveries of an `event_id` already seen, dropped.
+    pub duplicates_dropped: u64,
+    /// Events older than the stored version, logged but not applied to state.
+    pub stale_versions: u64,
+    /// Events for entities the configuration does not map, per entity, counted and skipped.
+    pub unmapped_entities: BTreeMap<String, u64>,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// Ingest counters of both systems, persisted with the data they count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestCounters {
+    /// Source counters.
+    pub source: SystemCounters,
+    /// Target counters.
+    pub target: SystemCounters,
+    /// Dead letters per reason label.
+    pub dead_lettered_by_reason: BTreeMap<DeadLetterReason, u64>,
+}
+
+impl IngestCounters {
+    /// The counters of one system.
+    pub fn system(&self, system: System) -> &SystemCounters {
+        match system {
+            System::Source => &self.source,
+            System::Target => &self.target,
+        }
+    }
+
+    /// The counters of one system, mutable.
+    pub fn system_mut(&mut self, system: System) -> &mut SystemCounters {
+        match system {
+            System::Source => &mut self.source,
+            System::Target => &mut self.target,
+        }
+    }
+}
+
+/// The state the apply loop carries from batch to batch, committed with every batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyState {
+    /// The reconciliation clock: the newest event time applied, moved on while idle.
+    pub clock: Timestamp,
+    /// Ingest counters.
+    pub counters: IngestCounters,
+    /// Record counts per entity.
+    pub summaries: BTreeMap<String, EntitySummary>,
+}
+
+impl Default for ApplyState {
+    fn default() -> Self {
+        ApplyState {
+            clock: Timestamp::MIN,
+            counters: IngestCounters::default(),
+            summaries: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: Status, fields: &[&str]) -> RecordStatus {
+        RecordStatus {
+            status: Some(status),
+            since: None,
+            differing_fields: fields.iter().map(|field| (*field).to_owned()).collect(),
+            due_at: None,
+        }
+    }
+
+    #[test]
+    fn transitions_move_counts_and_field_counts() {
+        let mut summary = EntitySummary::default();
+        let absent = RecordStatus::default();
+        summary.transition(&absent, &status(Status::Mismatch, &["email", "lastname"]));
+        summary.transition(&absent, &status(Status::InSync, &[]));
+        assert_eq!(summary.records(), 2);
+        assert_eq!(summary.mismatched_fields["email"], 1);
+        assert_eq!(summary.parity(), 0.5);
+
+        summary.transition(
+            &status(Status::Mismatch, &["email", "lastname"]),
+            &status(Status::Mismatch, &["email"]),
+        );
+        assert_eq!(summary.mismatched_fields.get("lastname"), None);
+        summary.transition(&status(Status::Mismatch, &["email"]), &absent);
+        assert_eq!(summary.records(), 1);
+        assert!(summary.mismatched_fields.is_empty());
+        assert_eq!(summary.parity(), 1.0);
+    }
+
+    #[test]
+    fn pending_fields_are_not_mismatch_counts() {
+        let mut summary = EntitySummary::default();
+        summary.transition(
+            &RecordStatus::default(),
+            &status(Status::Pending, &["email"]),
+        );
+        assert_eq!(summary.count(Status::Pending), 1);
+        assert!(summary.mismatched_fields.is_empty());
+    }
+}
