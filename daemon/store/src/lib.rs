@@ -1,1 +1,206 @@
-//! placeholder
+//! tandem's store: every RocksDB column family, key layout and atomic batch commit.
+//!
+//! The apply loop is the only writer. Each batch of Kafka messages becomes one `WriteBatch`
+//! holding the event log entries, the changed records with their indexes, the aggregates and
+//! the consumed offsets, written with the WAL on: after a crash the store is exactly the state
+//! after some committed batch, and consumption resumes at that batch's offsets.
+//! Readers (the API, the CLI) work on a RocksDB snapshot and never see half a batch.
+
+mod codec;
+mod error;
+mod keys;
+mod read;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+pub use error::{Error, Result};
+pub use keys::Coordinates;
+pub use read::{
+    DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, HistoryItem, ReadSnapshot,
+};
+pub use write::{Commit, LoggedMessage, NextOffset};
+
+/// The layout version of the store; bumped when a stored format changes incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every column family, opened together. The names are part of the on-disk format.
+pub(crate) mod cf {
+    /// Schema version and the apply state (clock, counters, summaries).
+    pub(crate) const META: &str = "meta";
+    /// Next offset to consume per topic-partition.
+    pub(crate) const OFFSETS: &str = "offsets";
+    /// The event log: every recorded message, by Kafka coordinates.
+    pub(crate) const EVENTS: &str = "events";
+    /// Per native record, its events in event-time order.
+    pub(crate) const HISTORY: &str = "history";
+    /// Event ids already recorded, per system.
+    pub(crate) const DEDUPE: &str = "dedupe";
+    /// Native record to join key.
+    pub(crate) const JOIN_KEYS: &str = "join_keys";
+    /// Join key to record row.
+    pub(crate) const RECORDS: &str = "records";
+    /// Index of records not in sync, by status.
+    pub(crate) const DIVERGENCES: &str = "divergences";
+    /// Index of mismatched records, by field.
+    pub(crate) const FIELD_MISMATCHES: &str = "field_mismatches";
+    /// Index of divergent records, by since.
+    pub(crate) const DIVERGENCE_AGE: &str = "divergence_age";
+    /// Index of pending records, by the end of their grace period.
+    pub(crate) const PENDING_DUE: &str = "pending_due";
+    /// Messages that could not be decoded, with the reason.
+    pub(crate) const DEAD_LETTERS: &str = "dead_letters";
+    /// Dead letters not yet confirmed delivered to the dead-letter topic.
+    pub(crate) const DLQ_OUTBOX: &str = "dlq_outbox";
+
+    pub(crate) const ALL: [&str; 13] = [
+        META,
+        OFFSETS,
+        EVENTS,
+        HISTORY,
+        DEDUPE,
+        JOIN_KEYS,
+        RECORDS,
+        DIVERGENCES,
+        FIELD_MISMATCHES,
+        DIVERGENCE_AGE,
+        PENDING_DUE,
+        DEAD_LETTERS,
+        DLQ_OUTBOX,
+    ];
+}
+
+const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// Tuning of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Block cache size in bytes, shared by all column families.
+    pub cache_bytes: usize,
+    /// Whether every batch is fsynced. Without it a process crash loses nothing (the WAL is
+    /// in the OS cache); a machine crash may lose the last batches, which are then consumed
+    /// again from Kafka because their offsets were lost with them.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 256 * 1024 * 1024,
+            sync_writes: false,
+        }
+    }
+}
+
+/// The open store. Cheap to clone: clones share one RocksDB instance.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    path: PathBuf,
+    sync_writes: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut column_options = Options::default();
+        column_options.set_block_based_table_factory(&table);
+        column_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        column_options.set_write_buffer_size(64 * 1024 * 1024);
+
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(5);
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, column_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
+            Error::Open {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            sync_writes: options.sync_writes,
+        };
+        store.check_schema_version()?;
+        Ok(store)
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_schema_version(&self) -> Result<()> {
+        let meta = self.cf(cf::META);
+        let stored = self
+            .db
+            .get_cf(meta, SCHEMA_VERSION_KEY)
+            .map_err(Error::rocksdb("read of the schema version"))?;
+        match stored {
+            None => self
+                .db
+                .put_cf(meta, SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes())
+                .map_err(Error::rocksdb("write of the schema version")),
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::CorruptValue {
+                        column_family: cf::META,
+                        detail: "schema version is not 4 bytes".to_owned(),
+                    })?;
+                if found == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(Error::SchemaVersion {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            }
+        }
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("invariant: every column family in cf::ALL is created at open")
+    }
+
+    /// Approximate size of the store on disk, in bytes (SST files and memtables).
+    pub fn approximate_size_bytes(&self) -> u64 {
+        cf::ALL
+            .iter()
+            .filter_map(|name| {
+                let handle = self.cf(name);
+                let sst = self
+                    .db
+                    .property_int_value_cf(handle, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let memtable = self
+                    .db
+                    .property_int_value_cf(handle, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                Some(sst + memtable)
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,61 @@
+//! The store's error type: every variant says where, and what the operator can do.
+
+use std::path::PathBuf;
+
+/// Result of a store operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// RocksDB could not open the directory.
+    #[error("cannot open the store at {path}: {source}; check that the directory is writable and that no other tandem process uses it")]
+    Open {
+        /// The store directory.
+        path: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// The store was written by an incompatible version of tandem.
+    #[error("the store at {path} has schema version {found}, this tandem reads version {expected}: run the tandem version that wrote it, or start with an empty store.path and replay from Kafka")]
+    SchemaVersion {
+        /// The store directory.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// A read or write failed.
+    #[error(
+        "store {operation} failed: {source}; if the disk is full, free space and restart tandem"
+    )]
+    RocksDb {
+        /// What was being done.
+        operation: &'static str,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// A stored key does not decode: the store is damaged or was written by other software.
+    #[error("corrupt key in column family `{column_family}`: {detail}")]
+    CorruptKey {
+        /// The column family.
+        column_family: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A stored value does not decode.
+    #[error("corrupt value in column family `{column_family}`: {detail}")]
+    CorruptValue {
+        /// The column family.
+        column_family: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn rocksdb(operation: &'static str) -> impl FnOnce(rocksdb::Error) -> Error {
+        move |source| Error::RocksDb { operation, source }
+    }
+}

@@ -1,0 +1,430 @@
+//! The writer's side: the planner's view of committed state, and the atomic commit of a batch.
+
+use std::collections::BTreeMap;
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use tandem_core::apply::{Plan, StateView, ViewResult};
+use tandem_core::{
+    ApplyState, ChangeEvent, DecodeError, Outcome, RecordRow, RecordStatus, Status, System,
+    Timestamp,
+};
+
+use crate::codec::{decode_value, encode_value};
+use crate::error::{Error, Result};
+use crate::keys::{self, Coordinates};
+use crate::read::DeadLetterRow;
+use crate::{cf, Store};
+
+const APPLY_STATE_KEY: &[u8] = b"apply_state";
+
+/// The offset Kafka should deliver next for a partition: one past the last applied message.
+///
+/// This is what is stored and what the consumer seeks to; the conversion from the offset of
+/// the last applied message happens only in [`NextOffset::after`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NextOffset(pub i64);
+
+impl NextOffset {
+    /// The next offset after applying the message at `last_applied`.
+    pub fn after(last_applied: i64) -> NextOffset {
+        NextOffset(last_applied + 1)
+    }
+
+    /// Whether a message at `offset` was already applied.
+    pub fn covers(self, offset: i64) -> bool {
+        offset < self.0
+    }
+}
+
+/// One consumed message as it goes into the log, in the order the planner saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoggedMessage<'a> {
+    /// Where it was read.
+    pub coordinates: &'a Coordinates,
+    /// The system of its topic.
+    pub system: System,
+    /// The raw value (empty for a null value).
+    pub payload: &'a [u8],
+    /// The decoded event, if it decoded.
+    pub event: Option<&'a ChangeEvent>,
+    /// Why it did not decode, if it did not.
+    pub dead_letter: Option<&'a DecodeError>,
+}
+
+/// Everything one batch writes.
+pub struct Commit<'a> {
+    /// The messages of the batch, one per outcome of the plan.
+    pub messages: &'a [LoggedMessage<'a>],
+    /// The planner's decisions.
+    pub plan: &'a Plan,
+    /// Next offsets of the partitions the batch advanced.
+    pub offsets: &'a [(&'a str, i32, NextOffset)],
+    /// Wall-clock time of the commit, kept with dead letters.
+    pub committed_at: Timestamp,
+}
+
+/// What a commit wrote, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Messages recorded in the event log.
+    pub logged: usize,
+    /// Messages recorded as dead letters.
+    pub dead_lettered: usize,
+    /// Records whose row or status changed.
+    pub records_changed: usize,
+}
+
+/// History entry value: whether the event changed state.
+const HISTORY_APPLIED: u8 = 1;
+const HISTORY_STALE: u8 = 2;
+
+impl Store {
+    /// The apply state after the last committed batch.
+    pub fn apply_state(&self) -> Result<ApplyState> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(cf::META), APPLY_STATE_KEY)
+            .map_err(Error::rocksdb("read of the apply state"))?;
+        match bytes {
+            None => Ok(ApplyState::default()),
+            Some(bytes) => decode_value(&bytes, cf::META),
+        }
+    }
+
+    /// The next offset of one partition, if anything of it was ever applied.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<NextOffset>> {
+        let bytes = self
+            .db
+            .get_cf(
+                self.cf(cf::OFFSETS),
+                keys::encode_partition(topic, partition),
+            )
+            .map_err(Error::rocksdb("read of an offset"))?;
+        bytes
+            .map(|bytes| decode_value(&bytes, cf::OFFSETS))
+            .transpose()
+    }
+
+    /// Every stored next offset, by topic and partition.
+    pub fn next_offsets(&self) -> Result<BTreeMap<(String, i32), NextOffset>> {
+        let mut offsets = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::OFFSETS), IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(Error::rocksdb("scan of offsets"))?;
+            offsets.insert(
+                keys::decode_partition(&key)?,
+                decode_value(&value, cf::OFFSETS)?,
+            );
+        }
+        Ok(offsets)
+    }
+
+    /// Pending records whose grace period ends at or before `up_to`, at most `limit`.
+    pub fn due_records(&self, up_to: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut due = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::PENDING_DUE), IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(Error::rocksdb("scan of pending records"))?;
+            let (due_at, entity, join_key) = keys::decode_pending_due(&key)?;
+            if due_at > up_to || due.len() >= limit {
+                break;
+            }
+            due.push((entity, join_key));
+        }
+        Ok(due)
+    }
+
+    /// Dead letters not yet confirmed delivered to the dead-letter topic, oldest first.
+    pub fn undelivered_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Coordinates, DeadLetterRow)>> {
+        let mut undelivered = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::DLQ_OUTBOX), IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, _) = item.map_err(Error::rocksdb("scan of the dead-letter outbox"))?;
+            let coordinates = keys::decode_coordinates(&key, cf::DLQ_OUTBOX)?;
+            let row = self
+                .db
+                .get_cf(self.cf(cf::DEAD_LETTERS), &key)
+                .map_err(Error::rocksdb("read of a dead letter"))?
+                .ok_or_else(|| Error::CorruptValue {
+                    column_family: cf::DLQ_OUTBOX,
+                    detail: format!("outbox entry {coordinates} has no dead letter"),
+                })?;
+            undelivered.push((coordinates, decode_value(&row, cf::DEAD_LETTERS)?));
+        }
+        Ok(undelivered)
+    }
+
+    /// Records that dead letters reached the dead-letter topic.
+    pub fn mark_dead_letters_delivered(&self, delivered: &[Coordinates]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for coordinates in delivered {
+            batch.delete_cf(
+                self.cf(cf::DLQ_OUTBOX),
+                keys::encode_coordinates(coordinates),
+            );
+        }
+        self.write(batch, "write of dead-letter deliveries")
+    }
+
+    fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.sync_writes);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(Error::rocksdb(operation))
+    }
+
+    /// Writes one batch atomically: log, records, indexes, aggregates and offsets.
+    pub fn commit(&self, commit: &Commit<'_>) -> Result<CommitStats> {
+        assert_eq!(
+            commit.messages.len(),
+            commit.plan.outcomes.len(),
+            "invariant: the plan has exactly one outcome per message of the batch"
+        );
+        let mut batch = WriteBatch::default();
+        let mut stats = CommitStats::default();
+        for (message, outcome) in commit.messages.iter().zip(&commit.plan.outcomes) {
+            match outcome {
+                Outcome::Applied | Outcome::Stale => {
+                    let event = message
+                        .event
+                        .expect("invariant: applied and stale outcomes come from decoded events");
+                    self.log_event(&mut batch, message, event, *outcome);
+                    stats.logged += 1;
+                }
+                Outcome::DeadLettered => {
+                    let error = message
+                        .dead_letter
+                        .expect("invariant: a dead-lettered outcome comes with its decode error");
+                    let key = keys::encode_coordinates(message.coordinates);
+                    let row = DeadLetterRow {
+                        system: message.system,
+                        reason: error.reason,
+                        detail: error.detail.clone(),
+                        payload: message.payload.to_vec(),
+                        dead_lettered_at: commit.committed_at,
+                    };
+                    batch.put_cf(self.cf(cf::DEAD_LETTERS), &key, encode_value(&row));
+                    batch.put_cf(self.cf(cf::DLQ_OUTBOX), &key, []);
+                    stats.dead_lettered += 1;
+                }
+                Outcome::Duplicate | Outcome::UnmappedEntity => {}
+            }
+        }
+        for change in &commit.plan.join_keys {
+            batch.put_cf(
+                self.cf(cf::JOIN_KEYS),
+                keys::encode_native(change.system, &change.entity, &change.native_id),
+                change.join_key.as_bytes(),
+            );
+        }
+        for change in &commit.plan.records {
+            let record_key = keys::encode_record(&change.entity, &change.join_key);
+            let after_status = change
+                .after
+                .as_ref()
+                .map(|row| row.status.clone())
+                .unwrap_or_default();
+            if after_status != change.before {
+                self.remove_index_entries(
+                    &mut batch,
+                    &change.entity,
+                    &change.join_key,
+                    &change.before,
+                );
+                self.add_index_entries(&mut batch, &change.entity, &change.join_key, &after_status);
+            }
+            match &change.after {
+                Some(row) => batch.put_cf(self.cf(cf::RECORDS), record_key, encode_value(row)),
+                None => batch.delete_cf(self.cf(cf::RECORDS), record_key),
+            }
+            stats.records_changed += 1;
+        }
+        for (topic, partition, next_offset) in commit.offsets {
+            batch.put_cf(
+                self.cf(cf::OFFSETS),
+                keys::encode_partition(topic, *partition),
+                encode_value(next_offset),
+            );
+        }
+        batch.put_cf(
+            self.cf(cf::META),
+            APPLY_STATE_KEY,
+            encode_value(&commit.plan.state),
+        );
+        self.write(batch, "commit of a batch")?;
+        Ok(stats)
+    }
+
+    fn log_event(
+        &self,
+        batch: &mut WriteBatch,
+        message: &LoggedMessage<'_>,
+        event: &ChangeEvent,
+        outcome: Outcome,
+    ) {
+        let coordinates_key = keys::encode_coordinates(message.coordinates);
+        let mut logged = Vec::with_capacity(message.payload.len() + 1);
+        logged.push(message.system.code());
+        logged.extend_from_slice(message.payload);
+        batch.put_cf(self.cf(cf::EVENTS), &coordinates_key, logged);
+        batch.put_cf(
+            self.cf(cf::DEDUPE),
+            keys::encode_event_id(message.system, &event.event_id),
+            &coordinates_key,
+        );
+        let history_value = if outcome == Outcome::Stale {
+            HISTORY_STALE
+        } else {
+            HISTORY_APPLIED
+        };
+        batch.put_cf(
+            self.cf(cf::HISTORY),
+            keys::encode_history(
+                &event.entity,
+                message.system,
+                &event.id,
+                event.occurred_at,
+                message.coordinates,
+            ),
+            [history_value],
+        );
+    }
+
+    fn remove_index_entries(
+        &self,
+        batch: &mut WriteBatch,
+        entity: &str,
+        join_key: &str,
+        status: &RecordStatus,
+    ) {
+        for key in index_entries(entity, join_key, status) {
+            batch.delete_cf(self.cf(key.0), key.1);
+        }
+    }
+
+    fn add_index_entries(
+        &self,
+        batch: &mut WriteBatch,
+        entity: &str,
+        join_key: &str,
+        status: &RecordStatus,
+    ) {
+        for key in index_entries(entity, join_key, status) {
+            batch.put_cf(self.cf(key.0), key.1, []);
+        }
+    }
+}
+
+/// The index entries a record status owns, as (column family, key).
+fn index_entries(
+    entity: &str,
+    join_key: &str,
+    status: &RecordStatus,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut entries = Vec::new();
+    let Some(current) = status.status else {
+        return entries;
+    };
+    if current != Status::InSync {
+        entries.push((
+            cf::DIVERGENCES,
+            keys::encode_divergence(entity, current, join_key),
+        ));
+    }
+    if current == Status::Mismatch {
+        for field in &status.differing_fields {
+            entries.push((
+                cf::FIELD_MISMATCHES,
+                keys::encode_field_mismatch(entity, field, join_key),
+            ));
+        }
+    }
+    if let (true, Some(since)) = (current.is_divergence(), status.since) {
+        entries.push((
+            cf::DIVERGENCE_AGE,
+            keys::encode_divergence_age(entity, since, join_key),
+        ));
+    }
+    if let Some(due) = status.due_at {
+        entries.push((
+            cf::PENDING_DUE,
+            keys::encode_pending_due(due, entity, join_key),
+        ));
+    }
+    entries
+}
+
+impl StateView for Store {
+    fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool> {
+        let found = self
+            .db
+            .get_pinned_cf(self.cf(cf::DEDUPE), keys::encode_event_id(system, event_id))
+            .map_err(Error::rocksdb("read of the dedupe index"))?;
+        Ok(found.is_some())
+    }
+
+    fn join_key(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Option<String>> {
+        let found = self
+            .db
+            .get_pinned_cf(
+                self.cf(cf::JOIN_KEYS),
+                keys::encode_native(system, entity, native_id),
+            )
+            .map_err(Error::rocksdb("read of the join-key index"))?;
+        match found {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                Error::CorruptValue {
+                    column_family: cf::JOIN_KEYS,
+                    detail: "join key is not UTF-8".to_owned(),
+                }
+            })?)),
+        }
+    }
+
+    fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {
+        let found = self
+            .db
+            .get_pinned_cf(self.cf(cf::RECORDS), keys::encode_record(entity, join_key))
+            .map_err(Error::rocksdb("read of a record"))?;
+        Ok(found
+            .map(|bytes| decode_value(&bytes, cf::RECORDS))
+            .transpose()?)
+    }
+}
+
+/// Walks a column family forward from `start` while keys keep `prefix`.
+pub(crate) fn scan_prefix<'a>(
+    db: &'a rocksdb::DB,
+    handle: &'a rocksdb::ColumnFamily,
+    snapshot: &'a rocksdb::Snapshot<'a>,
+    prefix: Vec<u8>,
+    start: Vec<u8>,
+) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    let mut read_options = rocksdb::ReadOptions::default();
+    read_options.set_snapshot(snapshot);
+    read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
+    db.iterator_cf_opt(
+        handle,
+        read_options,
+        IteratorMode::From(&start, Direction::Forward),
+    )
+    .map(|item| item.map_err(Error::rocksdb("scan")))
+}
