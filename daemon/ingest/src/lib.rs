@@ -1,1 +1,304 @@
-//! placeholder
+//! tandem's Kafka side: the consumer thread, the apply loop and the dead-letter forwarder.
+//!
+//! ```text
+//!  consumer thread ── batches ──► apply loop ──► store (one WriteBatch per batch)
+//!   (poll, decode)  ◄─ revoke ack ─┘      └── wake ──► dead-letter forwarder ──► DLQ topic
+//! ```
+//!
+//! Three OS threads, because each of them blocks (librdkafka polls, RocksDB writes) and none
+//! of that belongs on an async runtime. All of them stop when the cancellation token fires.
+
+mod apply;
+mod consumer;
+mod dead_letters;
+pub mod metrics;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseProducer;
+use rdkafka::ClientConfig;
+use tandem_core::apply::ViewError;
+use tandem_core::{Mapping, System};
+use tandem_store::{Coordinates, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use metrics::IngestMetrics;
+pub use status::{IngestSnapshot, IngestStatus, PartitionPosition};
+
+use crate::apply::ApplyLoop;
+use crate::consumer::{run_consumer, TandemConsumerContext};
+use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
+
+/// Result of an ingest operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why ingestion could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kafka client could not be created (usually a bad `[kafka.properties]` entry).
+    #[error("cannot create the Kafka {client}: {source}; check [kafka] and [kafka.properties] in the configuration")]
+    Client {
+        /// `consumer` or `dead-letter producer`.
+        client: &'static str,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Subscribing to the configured topics failed.
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The store failed; ingestion stops so that nothing is applied half-way.
+    #[error(transparent)]
+    Store(tandem_store::Error),
+    /// Planning a message failed because the store could not be read.
+    #[error("cannot apply the message at {coordinates}: {source}")]
+    Plan {
+        /// Where the message was read.
+        coordinates: Coordinates,
+        /// The read error.
+        source: ViewError,
+    },
+    /// Re-evaluating a pending record failed because the store could not be read.
+    #[error("cannot re-evaluate `{entity}` `{join_key}`: {source}")]
+    Reevaluate {
+        /// The entity.
+        entity: String,
+        /// The join key.
+        join_key: String,
+        /// The read error.
+        source: ViewError,
+    },
+    /// An ingest thread panicked (a bug: please report it with the log).
+    #[error("the {thread} thread panicked")]
+    Panicked {
+        /// Which thread.
+        thread: &'static str,
+    },
+}
+
+/// Everything the ingest side needs to know, resolved from the configuration.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Extra librdkafka properties, passed through as given.
+    pub properties: BTreeMap<String, String>,
+    /// Every consumed topic with the system it belongs to.
+    pub topics: BTreeMap<String, System>,
+    /// Where undecodable messages go.
+    pub dead_letter_topic: String,
+    /// Messages larger than this are dead-lettered without parsing.
+    pub max_message_bytes: usize,
+    /// A batch is committed when it holds this many messages...
+    pub batch_max_messages: usize,
+    /// ...or when its first message has waited this long.
+    pub batch_max_wait: Duration,
+    /// How long sides may differ before it counts as divergence.
+    pub grace: Duration,
+    /// Whether the clock follows wall time while tandem is idle and caught up.
+    pub idle_clock: bool,
+}
+
+impl IngestSettings {
+    /// The consumer's librdkafka configuration: tandem's defaults, then the user's properties.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            // Offsets live in the store; group commits would only ever feed monitoring.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.message.max.bytes",
+                (self.max_message_bytes + 4096).max(1 << 20).to_string(),
+            );
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The dead-letter producer's librdkafka configuration.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("message.timeout.ms", "60000");
+        for (key, value) in &self.properties {
+            if !CONSUMER_ONLY_PROPERTIES.contains(&key.as_str()) {
+                config.set(key, value);
+            }
+        }
+        config
+    }
+}
+
+/// Consumer properties that a producer rejects or warns about.
+const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "partition.assignment.strategy",
+    "fetch.message.max.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "group.protocol",
+    "group.remote.assignor",
+];
+
+/// The running ingest threads.
+pub struct Ingest {
+    consumer: JoinHandle<()>,
+    apply: JoinHandle<Result<()>>,
+    dead_letters: JoinHandle<()>,
+    cancel: CancellationToken,
+    status: Arc<IngestStatus>,
+}
+
+/// Starts consuming. Stops when `cancel` fires (or when the apply loop fails).
+pub fn start(
+    settings: IngestSettings,
+    store: Store,
+    mapping: Arc<Mapping>,
+    status: Arc<IngestStatus>,
+    metrics: IngestMetrics,
+    cancel: CancellationToken,
+) -> Result<Ingest> {
+    let (apply_tx, apply_rx) = bounded(4);
+    let (dead_letter_tx, dead_letter_rx) = bounded(1);
+    let producer: BaseProducer<DeadLetterContext> = settings
+        .producer_config()
+        .create_with_context(DeadLetterContext::default())
+        .map_err(|source| Error::Client {
+            client: "dead-letter producer",
+            source,
+        })?;
+    let context = TandemConsumerContext {
+        store: store.clone(),
+        apply_tx,
+        status: status.clone(),
+        revoked: Mutex::new(Vec::new()),
+    };
+    let consumer: BaseConsumer<TandemConsumerContext> = settings
+        .consumer_config()
+        .create_with_context(context)
+        .map_err(|source| Error::Client {
+            client: "consumer",
+            source,
+        })?;
+    let topics: Vec<String> = settings.topics.keys().cloned().collect();
+    let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_names)
+        .map_err(|source| Error::Subscribe {
+            topics: topics.clone(),
+            source,
+        })?;
+    let apply_loop = ApplyLoop::try_new(
+        store.clone(),
+        mapping,
+        settings.clone(),
+        status.clone(),
+        metrics,
+        dead_letter_tx,
+    )?;
+    info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
+
+    let forwarder = DeadLetterForwarder {
+        store,
+        producer,
+        topic: settings.dead_letter_topic.clone(),
+        max_payload_bytes: settings.max_message_bytes.min(900 * 1024),
+    };
+    let forwarder_cancel = cancel.clone();
+    let dead_letters = spawn("tandem-dead-letters", move || {
+        forwarder.run(dead_letter_rx, forwarder_cancel)
+    });
+    let apply_cancel = cancel.clone();
+    let apply = spawn("tandem-apply", move || {
+        let result = apply_loop.run(apply_rx);
+        if let Err(error) = &result {
+            error!(%error, "ingestion stopped");
+            apply_cancel.cancel();
+        }
+        result
+    });
+    let consumer_cancel = cancel.clone();
+    let topic_systems = settings.topics.clone();
+    let consumer = spawn("tandem-consumer", move || {
+        run_consumer(consumer, &settings, &topic_systems, &consumer_cancel)
+    });
+    Ok(Ingest {
+        consumer,
+        apply,
+        dead_letters,
+        cancel,
+        status,
+    })
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .expect("invariant: the OS can start a thread at daemon start-up")
+}
+
+impl Ingest {
+    /// Waits for every thread to stop (after cancellation or a failure).
+    pub fn wait(self) -> Result<()> {
+        let consumer = self.consumer.join();
+        let apply = self.apply.join();
+        // The forwarder only stops on cancellation; after a failure of the apply loop the
+        // token is already cancelled.
+        self.cancel.cancel();
+        let dead_letters = self.dead_letters.join();
+        let outcome = match (consumer, apply, dead_letters) {
+            (Err(_), _, _) => Err(Error::Panicked { thread: "consumer" }),
+            (_, Err(_), _) => Err(Error::Panicked { thread: "apply" }),
+            (_, _, Err(_)) => Err(Error::Panicked {
+                thread: "dead-letter",
+            }),
+            (Ok(()), Ok(result), Ok(())) => result,
+        };
+        if let Err(error) = &outcome {
+            let reason = error.to_string();
+            self.status
+                .update(|snapshot| snapshot.stopped = Some(reason));
+        }
+        outcome
+    }
+}

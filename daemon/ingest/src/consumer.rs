@@ -1,0 +1,327 @@
+//! The Kafka consumer: one thread that polls, decodes and batches, and the rebalance
+//! handshake that keeps a revoked partition from ever being written.
+//!
+//! On assignment every partition is positioned at the next offset stored in RocksDB (or the
+//! beginning, if nothing of it was applied): the store, not the consumer group, is the
+//! source of truth. On revocation the callback hands the partitions to the apply loop and
+//! waits until every batch sent before has been committed; messages of the revoked partitions
+//! still held in the batch being built are dropped, to be read again by whoever owns them next.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tandem_core::event::decode;
+use tandem_core::{ChangeEvent, DecodeError, System, Timestamp};
+use tandem_store::{Coordinates, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::status::IngestStatus;
+use crate::IngestSettings;
+
+/// How long a revocation waits for the apply loop before giving up on the handshake.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One message read from Kafka, decoded (or not) in the consumer thread.
+pub(crate) struct ConsumedMessage {
+    pub(crate) coordinates: Coordinates,
+    pub(crate) system: System,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) decoded: Result<ChangeEvent, DecodeError>,
+}
+
+/// What the consumer thread tells the apply loop.
+pub(crate) enum ApplyCommand {
+    /// Messages to apply, in consumption order.
+    Batch(Vec<ConsumedMessage>),
+    /// These partitions are being revoked: answer once every earlier batch is committed.
+    Revoke {
+        partitions: Vec<(String, i32)>,
+        done: Sender<()>,
+    },
+}
+
+/// The consumer's callbacks: statistics, errors, logs and the rebalance handshake.
+pub(crate) struct TandemConsumerContext {
+    pub(crate) store: Store,
+    pub(crate) apply_tx: Sender<ApplyCommand>,
+    pub(crate) status: Arc<IngestStatus>,
+    /// Partitions revoked since the consumer thread last looked.
+    pub(crate) revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for TandemConsumerContext {
+    fn stats(&self, statistics: Statistics) {
+        let now = Timestamp::from_system_time(std::time::SystemTime::now());
+        let reachable = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
+        self.status.update(|snapshot| {
+            for (topic, stats) in &statistics.topics {
+                for (partition, partition_stats) in &stats.partitions {
+                    if *partition < 0 {
+                        continue;
+                    }
+                    let position = snapshot
+                        .partitions
+                        .entry((topic.clone(), *partition))
+                        .or_default();
+                    if partition_stats.hi_offset >= 0 {
+                        position.high_watermark = Some(partition_stats.hi_offset);
+                    }
+                    if partition_stats.lo_offset >= 0 {
+                        position.low_watermark = Some(partition_stats.lo_offset);
+                    }
+                }
+            }
+            match (reachable, snapshot.broker_reachable) {
+                (true, false) => {
+                    if let Some(since) = snapshot.broker_unreachable_since.take() {
+                        info!(unreachable_since = %since, "Kafka brokers reachable again");
+                    }
+                    snapshot.broker_reachable = true;
+                }
+                (false, true) | (false, false) if snapshot.broker_unreachable_since.is_none() => {
+                    warn!("no Kafka broker is reachable; ingestion is paused until one is");
+                    snapshot.broker_reachable = false;
+                    snapshot.broker_unreachable_since = Some(now);
+                }
+                _ => {}
+            }
+        });
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(%error, reason, "Kafka client error");
+        let now = Timestamp::from_system_time(std::time::SystemTime::now());
+        self.status.update(|snapshot| {
+            snapshot.last_kafka_error = Some((now, format!("{error}: {reason}")));
+        });
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        match level {
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+                error!(target: "librdkafka", facility, "{message}")
+            }
+            Level::Warning => warn!(target: "librdkafka", facility, "{message}"),
+            Level::Notice | Level::Info => info!(target: "librdkafka", facility, "{message}"),
+            Level::Debug => debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+}
+
+impl ConsumerContext for TandemConsumerContext {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            base_consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|element| (element.topic().to_owned(), element.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.position_at_stored_offsets(tpl, &partitions);
+                let result = if cooperative {
+                    base_consumer.incremental_assign(tpl)
+                } else {
+                    base_consumer.assign(tpl)
+                };
+                if let Err(error) = result {
+                    error!(%error, "assigning partitions failed; librdkafka will retry the rebalance");
+                    return;
+                }
+                self.status.update(|snapshot| {
+                    snapshot.assigned.extend(partitions.iter().cloned());
+                });
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.hand_over(&partitions);
+                let result = if cooperative {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                };
+                if let Err(error) = result {
+                    error!(%error, "unassigning revoked partitions failed");
+                }
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                error!(error = %code, "rebalance failed; releasing the assignment");
+                self.hand_over(&partitions);
+                if let Err(error) = base_consumer.unassign() {
+                    error!(%error, "unassigning after a failed rebalance failed");
+                }
+            }
+        }
+    }
+}
+
+impl TandemConsumerContext {
+    /// Sets each partition's start to the stored next offset, or the beginning if none.
+    fn position_at_stored_offsets(
+        &self,
+        tpl: &mut TopicPartitionList,
+        partitions: &[(String, i32)],
+    ) {
+        for (topic, partition) in partitions {
+            let next_offset = match self.store.next_offset(topic, *partition) {
+                Ok(next) => next,
+                Err(error) => {
+                    // Starting from the beginning is safe: the apply loop skips every offset
+                    // it has already applied, and event ids are deduplicated.
+                    error!(topic, partition, %error, "cannot read the stored offset; reading the partition from the beginning");
+                    None
+                }
+            };
+            let offset = match next_offset {
+                Some(next) => Offset::Offset(next.0),
+                None => Offset::Beginning,
+            };
+            info!(topic, partition, ?offset, "partition assigned");
+            if let Err(error) = tpl.set_partition_offset(topic, *partition, offset) {
+                error!(topic, partition, %error, "cannot set the start offset of an assigned partition");
+            }
+            self.status.update(|snapshot| {
+                snapshot
+                    .partitions
+                    .entry((topic.clone(), *partition))
+                    .or_default()
+                    .next_offset = next_offset.map(|next| next.0);
+            });
+        }
+    }
+
+    /// The revocation handshake: waits until the apply loop has committed every batch sent
+    /// before, so nothing of these partitions is written after they are given up.
+    fn hand_over(&self, partitions: &[(String, i32)]) {
+        if partitions.is_empty() {
+            return;
+        }
+        info!(partitions = ?partitions, "partitions revoked; waiting for in-flight batches to commit");
+        let (done_tx, done_rx) = bounded(1);
+        let command = ApplyCommand::Revoke {
+            partitions: partitions.to_vec(),
+            done: done_tx,
+        };
+        if self.apply_tx.send(command).is_ok() && done_rx.recv_timeout(REVOKE_TIMEOUT).is_err() {
+            error!(partitions = ?partitions, "the apply loop did not confirm the revocation in time");
+        }
+        self.revoked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(partitions.iter().cloned());
+        self.status.update(|snapshot| {
+            for partition in partitions {
+                snapshot.assigned.remove(partition);
+            }
+        });
+    }
+
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(
+            &mut *self
+                .revoked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+/// Polls, decodes and batches until cancelled, then flushes and closes the consumer.
+pub(crate) fn run_consumer(
+    consumer: BaseConsumer<TandemConsumerContext>,
+    settings: &IngestSettings,
+    topic_systems: &BTreeMap<String, System>,
+    cancel: &CancellationToken,
+) {
+    let apply_tx = consumer.context().apply_tx.clone();
+    let mut batch: Vec<ConsumedMessage> = Vec::with_capacity(settings.batch_max_messages);
+    let mut batch_started = Instant::now();
+    while !cancel.is_cancelled() {
+        let timeout = if batch.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            settings
+                .batch_max_wait
+                .saturating_sub(batch_started.elapsed())
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let Some(system) = topic_systems.get(message.topic()).copied() else {
+                    warn!(
+                        topic = message.topic(),
+                        "message from a topic no system is configured for; skipped"
+                    );
+                    continue;
+                };
+                if batch.is_empty() {
+                    batch_started = Instant::now();
+                }
+                let payload = message.payload();
+                batch.push(ConsumedMessage {
+                    coordinates: Coordinates {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    },
+                    system,
+                    decoded: decode(payload, settings.max_message_bytes),
+                    payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                });
+            }
+            Some(Err(error)) => {
+                warn!(%error, "Kafka consumer error; retrying");
+            }
+            None => {}
+        }
+        let revoked = consumer.context().take_revoked();
+        if !revoked.is_empty() {
+            let before = batch.len();
+            batch.retain(|message| {
+                !revoked.iter().any(|(topic, partition)| {
+                    message.coordinates.topic == *topic
+                        && message.coordinates.partition == *partition
+                })
+            });
+            debug!(
+                dropped = before - batch.len(),
+                "dropped unapplied messages of revoked partitions"
+            );
+        }
+        let full = batch.len() >= settings.batch_max_messages;
+        let waited = !batch.is_empty() && batch_started.elapsed() >= settings.batch_max_wait;
+        if (full || waited)
+            && apply_tx
+                .send(ApplyCommand::Batch(std::mem::take(&mut batch)))
+                .is_err()
+        {
+            error!("the apply loop stopped; the consumer stops too");
+            return;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = apply_tx.send(ApplyCommand::Batch(batch));
+    }
+    info!("consumer stopping; leaving the consumer group");
+    drop(consumer);
+}
