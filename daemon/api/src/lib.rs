@@ -1,1 +1,487 @@
-//! placeholder
+//! tandem's HTTP API: report, divergences, records, health, readiness and metrics.
+//!
+//! Every store read runs on the blocking pool against one RocksDB snapshot, so a response
+//! never mixes two batches and the async runtime never waits on disk.
+
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tandem_core::{Mapping, Status, System, Timestamp};
+use tandem_ingest::{IngestMetrics, IngestStatus};
+use tandem_store::{DivergenceFilter, Store};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::report::{
+    build_report, DivergenceEntry, DivergenceList, FieldDiff, HistoryEntry, RecordView, Report,
+    SideView,
+};
+
+/// Divergences returned per page when no `limit` is given.
+const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` accepted.
+const MAX_LIMIT: usize = 1000;
+
+/// What the handlers share.
+pub struct ApiContext {
+    /// The store, read through snapshots.
+    pub store: Store,
+    /// The configured entities.
+    pub mapping: Arc<Mapping>,
+    /// System labels from the configuration.
+    pub labels: BTreeMap<System, String>,
+    /// The grace period.
+    pub grace: Duration,
+    /// Live ingest state.
+    pub status: Arc<IngestStatus>,
+    /// The registry `/metrics` exposes.
+    pub registry: Registry,
+    /// Ingest metrics (the lag gauge is refreshed at scrape time).
+    pub ingest_metrics: IngestMetrics,
+    report_gauges: ReportGauges,
+}
+
+/// Gauges derived from the report at scrape time.
+#[derive(Clone)]
+struct ReportGauges {
+    records: IntGaugeVec,
+    parity: GaugeVec,
+    oldest_divergence_age: GaugeVec,
+}
+
+impl ApiContext {
+    /// Creates the context and registers the report gauges in `registry`.
+    pub fn try_new(
+        store: Store,
+        mapping: Arc<Mapping>,
+        labels: BTreeMap<System, String>,
+        grace: Duration,
+        status: Arc<IngestStatus>,
+        registry: Registry,
+        ingest_metrics: IngestMetrics,
+    ) -> prometheus::Result<Self> {
+        let records = IntGaugeVec::new(
+            Opts::new("tandem_records", "Records per entity and status"),
+            &["entity", "status"],
+        )?;
+        let parity = GaugeVec::new(
+            Opts::new(
+                "tandem_parity",
+                "Share of an entity's records that are in sync",
+            ),
+            &["entity"],
+        )?;
+        let oldest_divergence_age = GaugeVec::new(
+            Opts::new(
+                "tandem_oldest_divergence_age_seconds",
+                "Age of the oldest current divergence at the reconciliation clock, 0 if none",
+            ),
+            &["entity"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
+        registry.register(Box::new(parity.clone()))?;
+        registry.register(Box::new(oldest_divergence_age.clone()))?;
+        Ok(ApiContext {
+            store,
+            mapping,
+            labels,
+            grace,
+            status,
+            registry,
+            ingest_metrics,
+            report_gauges: ReportGauges {
+                records,
+                parity,
+                oldest_divergence_age,
+            },
+        })
+    }
+}
+
+/// The API's routes.
+pub fn router(context: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route("/v1/report", get(get_report))
+        .route("/v1/divergences", get(get_divergences))
+        .route("/v1/records/{entity}/{*join_key}", get(get_record))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(get_ready))
+        .route("/metrics", get(get_metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /healthz, /readyz, /metrics",
+            )
+        })
+        .with_state(context)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<ApiContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    info!(address = %listener.local_addr()?, "HTTP API listening");
+    axum::serve(listener, router(context))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An error response: `{"error": ..., "hint": ...}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    error: String,
+    hint: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>, hint: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        error!(%error, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+            "the daemon's log has the details",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.error, "hint": self.hint})),
+        )
+            .into_response()
+    }
+}
+
+/// Runs a store read on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// Builds the report from one snapshot.
+pub fn current_report(context: &ApiContext) -> Result<Report, tandem_store::Error> {
+    let snapshot = context.store.read();
+    let state = snapshot.apply_state()?;
+    let mut oldest = BTreeMap::new();
+    for entity in context.mapping.entities() {
+        oldest.insert(
+            entity.name.clone(),
+            snapshot.oldest_divergence(&entity.name)?,
+        );
+    }
+    Ok(build_report(
+        &context.mapping,
+        &context.labels,
+        context.grace.as_secs(),
+        &state,
+        &oldest,
+        &context.status.snapshot(),
+        now(),
+    ))
+}
+
+async fn get_report(State(context): State<Arc<ApiContext>>) -> Result<Json<Report>, ApiError> {
+    blocking(move || current_report(&context).map_err(ApiError::internal))
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct DivergenceQuery {
+    entity: Option<String>,
+    status: Option<String>,
+    field: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn known_entities(mapping: &Mapping) -> String {
+    mapping
+        .entities()
+        .map(|entity| entity.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn get_divergences(
+    State(context): State<Arc<ApiContext>>,
+    Query(query): Query<DivergenceQuery>,
+) -> Result<Json<DivergenceList>, ApiError> {
+    let entities: Vec<String> = match &query.entity {
+        Some(entity) if context.mapping.entity(entity).is_none() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown entity `{entity}`"),
+                format!("configured entities: {}", known_entities(&context.mapping)),
+            ))
+        }
+        Some(entity) => vec![entity.clone()],
+        None => context
+            .mapping
+            .entities()
+            .map(|entity| entity.name.clone())
+            .collect(),
+    };
+    let status =
+        match query.status.as_deref() {
+            None | Some("") => None,
+            Some(text) => match Status::parse(text) {
+                Some(Status::InSync) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "in_sync records are not divergences",
+                        "use GET /v1/report for in-sync counts",
+                    ))
+                }
+                Some(status) => Some(status),
+                None => return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown status `{text}`"),
+                    "use one of pending, mismatch, missing_in_target, missing_in_source, duplicate",
+                )),
+            },
+        };
+    if query.field.is_some() && status.is_some_and(|status| status != Status::Mismatch) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "`field` selects mismatches; it cannot be combined with another status",
+            "drop `status`, or use status=mismatch",
+        ));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+            "page through larger sets with `cursor`",
+        ));
+    }
+    let cursor = match &query.cursor {
+        None => None,
+        Some(text) => Some(URL_SAFE_NO_PAD.decode(text).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid cursor",
+                "pass back the `next_cursor` of the previous page unchanged",
+            )
+        })?),
+    };
+    let filter = DivergenceFilter {
+        entities,
+        status,
+        field: query.field.clone(),
+    };
+    blocking(move || {
+        let page = context
+            .store
+            .read()
+            .divergences(&filter, cursor.as_deref(), limit)
+            .map_err(ApiError::internal)?;
+        Ok(Json(DivergenceList {
+            items: page
+                .items
+                .into_iter()
+                .map(|item| DivergenceEntry {
+                    entity: item.entity,
+                    join_key: item.join_key,
+                    status: item.status,
+                    fields: item.fields,
+                    since: item.since,
+                    source_ids: item.source_ids,
+                    target_ids: item.target_ids,
+                })
+                .collect(),
+            next_cursor: page
+                .next_cursor
+                .map(|cursor| URL_SAFE_NO_PAD.encode(cursor)),
+        }))
+    })
+    .await
+}
+
+async fn get_record(
+    State(context): State<Arc<ApiContext>>,
+    Path((entity, join_key)): Path<(String, String)>,
+) -> Result<Json<RecordView>, ApiError> {
+    let Some(mapping) = context.mapping.entity(&entity).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown entity `{entity}`"),
+            format!("configured entities: {}", known_entities(&context.mapping)),
+        ));
+    };
+    blocking(move || {
+        let snapshot = context.store.read();
+        let Some(row) = snapshot.record(&entity, &join_key).map_err(ApiError::internal)? else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no `{entity}` record with join key `{join_key}`"),
+                "join keys are case-sensitive; GET /v1/divergences lists divergent records with their keys",
+            ));
+        };
+        let history = snapshot
+            .history(&entity, &row)
+            .map_err(ApiError::internal)?;
+        let first_live = |system: System| row.side(system).iter().find(|side| !side.deleted);
+        let (source, target) = (first_live(System::Source), first_live(System::Target));
+        let diff = mapping
+            .fields
+            .iter()
+            .map(|field| {
+                let source_value = source
+                    .and_then(|side| side.fields.get(&field.source))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let target_value = target
+                    .and_then(|side| side.fields.get(&field.target))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                FieldDiff {
+                    field: field.target.clone(),
+                    source_field: field.source.clone(),
+                    equal: source_value == target_value,
+                    source: source_value,
+                    target: target_value,
+                }
+            })
+            .collect();
+        Ok(Json(RecordView {
+            entity,
+            join_key,
+            status: row.status.status,
+            since: row.status.since,
+            pending_until: row.status.due_at,
+            source: row.source.iter().map(SideView::from).collect(),
+            target: row.target.iter().map(SideView::from).collect(),
+            diff,
+            history: history
+                .into_iter()
+                .map(|item| HistoryEntry {
+                    system: item.system,
+                    native_id: item.native_id,
+                    occurred_at: item.occurred_at,
+                    topic: item.topic,
+                    partition: item.partition,
+                    offset: item.offset,
+                    applied: item.applied,
+                    event: item.event,
+                })
+                .collect(),
+        }))
+    })
+    .await
+}
+
+async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
+    let snapshot = context.status.snapshot();
+    let mut reasons = Vec::new();
+    if let Some(stopped) = &snapshot.stopped {
+        reasons.push(format!("ingestion stopped: {stopped}"));
+    }
+    if snapshot.assigned.is_empty() {
+        reasons.push("no partition is assigned to this instance yet".to_owned());
+    }
+    if let Some(since) = snapshot.broker_unreachable_since {
+        reasons.push(format!(
+            "no Kafka broker reachable since {since}; data is stale"
+        ));
+    }
+    let body = json!({
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+        "assigned_partitions": snapshot.assigned.len(),
+        "caught_up": snapshot.caught_up(),
+    });
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn get_metrics(State(context): State<Arc<ApiContext>>) -> Result<Response, ApiError> {
+    blocking(move || {
+        let report = current_report(&context).map_err(ApiError::internal)?;
+        for system in System::ALL {
+            let ingest = match system {
+                System::Source => &report.ingest.source,
+                System::Target => &report.ingest.target,
+            };
+            context
+                .ingest_metrics
+                .lag
+                .with_label_values(&[system.as_str()])
+                .set(ingest.lag.unwrap_or(-1));
+        }
+        let gauges = &context.report_gauges;
+        for (entity, entity_report) in &report.entities {
+            for (status, count) in &entity_report.by_status {
+                gauges
+                    .records
+                    .with_label_values(&[entity.as_str(), status.as_str()])
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            gauges
+                .parity
+                .with_label_values(&[entity.as_str()])
+                .set(entity_report.parity);
+            let age = match (entity_report.oldest_divergence_at, report.clock) {
+                (Some(oldest), Some(clock)) => clock.duration_since(oldest).as_secs_f64(),
+                _ => 0.0,
+            };
+            gauges
+                .oldest_divergence_age
+                .with_label_values(&[entity.as_str()])
+                .set(age);
+        }
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&context.registry.gather(), &mut buffer)
+            .map_err(ApiError::internal)?;
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_owned(),
+            )],
+            buffer,
+        )
+            .into_response())
+    })
+    .await
+}

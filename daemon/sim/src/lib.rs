@@ -1,1 +1,157 @@
-//! placeholder
+//! A simulated parallel run of two CRMs, with its own ground truth.
+//!
+//! The legacy CRM (source) is in front of users; a sync layer copies each change into the new
+//! CRM (target), late, and drops or mangles a share of them; users of the fenced target keep
+//! writing into it now and then. Both systems emit `tandem.change.v1` events, and the
+//! connectors re-deliver some and replay stale ones; a few messages are garbage.
+//!
+//! The ground truth is computed from the simulator's own model of both systems' final states
+//! with its own comparison: it shares no code with the daemon, so a test that compares the
+//! daemon's report with it checks the daemon against an independent account.
+
+mod catalog;
+mod truth;
+mod world;
+
+use std::collections::BTreeMap;
+
+pub use catalog::{entities_toml, SimEntity, SimField, ENTITIES, LEGACY_ID_FIELD};
+pub use truth::{EntityTruth, GroundTruth, RecordTruth};
+
+/// 2026-11-20T08:00:00Z, the default start of simulated time.
+pub const DEFAULT_START_UNIX_SECONDS: i64 = 1_795_161_600;
+
+/// Which CRM a message belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimSystem {
+    /// The legacy CRM.
+    Source,
+    /// The new CRM.
+    Target,
+}
+
+impl SimSystem {
+    /// `source` or `target`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SimSystem::Source => "source",
+            SimSystem::Target => "target",
+        }
+    }
+}
+
+/// The shape of a simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of every random choice: the same config gives the same run.
+    pub seed: u64,
+    /// Records created in the source, per entity name.
+    pub records: BTreeMap<&'static str, usize>,
+    /// Average number of updates per source record.
+    pub updates_per_record: f64,
+    /// Share of updates whose events carry only the changed fields.
+    pub partial_update_rate: f64,
+    /// Share of source changes the sync layer never copies.
+    pub sync_drop_rate: f64,
+    /// Share of copied field values the sync layer writes wrong.
+    pub sync_mangle_rate: f64,
+    /// Share of creates the sync layer copies twice (a duplicate in the target).
+    pub sync_duplicate_rate: f64,
+    /// Share of source records deleted later.
+    pub delete_rate: f64,
+    /// Share of synced records a target user edits afterwards.
+    pub target_edit_rate: f64,
+    /// Records created directly in the target, with a legacy id the source never had, per
+    /// thousand source records.
+    pub target_only_per_thousand: f64,
+    /// Share of events the connectors deliver twice (same event id).
+    pub redelivery_rate: f64,
+    /// Share of events re-sent later with their old version under a new event id.
+    pub stale_replay_rate: f64,
+    /// Garbage messages per thousand events.
+    pub poison_per_thousand: f64,
+    /// Size of the one oversized message added to the source stream, if any.
+    pub oversized_message_bytes: Option<usize>,
+    /// Start of simulated time (Unix seconds).
+    pub start_unix_seconds: i64,
+    /// Length of the simulated period of source activity, in seconds.
+    pub duration_seconds: i64,
+    /// Longest delay of the sync layer, in seconds.
+    pub max_sync_delay_seconds: i64,
+    /// The grace period the ground truth is computed with, in seconds.
+    pub grace_seconds: i64,
+}
+
+impl SimConfig {
+    /// A small run with every kind of fault: a few thousand records.
+    pub fn demo(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            records: BTreeMap::from([("contact", 2_000), ("company", 600), ("deal", 1_000)]),
+            updates_per_record: 2.0,
+            partial_update_rate: 0.5,
+            sync_drop_rate: 0.02,
+            sync_mangle_rate: 0.01,
+            sync_duplicate_rate: 0.004,
+            delete_rate: 0.03,
+            target_edit_rate: 0.01,
+            target_only_per_thousand: 4.0,
+            redelivery_rate: 0.01,
+            stale_replay_rate: 0.005,
+            poison_per_thousand: 1.0,
+            oversized_message_bytes: None,
+            start_unix_seconds: DEFAULT_START_UNIX_SECONDS,
+            duration_seconds: 4 * 3600,
+            max_sync_delay_seconds: 30,
+            grace_seconds: 300,
+        }
+    }
+
+    /// A run of `records` records per entity and the default fault rates.
+    pub fn sized(seed: u64, records_per_entity: usize) -> Self {
+        let mut config = SimConfig::demo(seed);
+        for count in config.records.values_mut() {
+            *count = records_per_entity;
+        }
+        config
+    }
+
+    /// The same run without any fault: every record ends in sync (or pending).
+    pub fn without_faults(mut self) -> Self {
+        self.sync_drop_rate = 0.0;
+        self.sync_mangle_rate = 0.0;
+        self.sync_duplicate_rate = 0.0;
+        self.target_edit_rate = 0.0;
+        self.target_only_per_thousand = 0.0;
+        self.redelivery_rate = 0.0;
+        self.stale_replay_rate = 0.0;
+        self.poison_per_thousand = 0.0;
+        self.oversized_message_bytes = None;
+        self
+    }
+}
+
+/// One Kafka message of the run.
+#[derive(Clone, Debug)]
+pub struct SimMessage {
+    /// The CRM whose change topic it goes to.
+    pub system: SimSystem,
+    /// The message key (the native id): one record's events stay in one partition.
+    pub key: String,
+    /// The message value.
+    pub payload: Vec<u8>,
+}
+
+/// A generated run: the messages of both systems in production order, and the truth.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Every message, in the order to produce them.
+    pub messages: Vec<SimMessage>,
+    /// What a correct reconciliation must report after consuming all of them.
+    pub truth: GroundTruth,
+}
+
+/// Generates a run.
+pub fn generate(config: &SimConfig) -> Scenario {
+    world::World::run(config)
+}

@@ -1,0 +1,308 @@
+//! The wire types of the API: what `/v1/report`, `/v1/divergences` and `/v1/records` return.
+//!
+//! They are (de)serializable so that the CLI reads exactly what the daemon writes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tandem_core::summary::SystemCounters;
+use tandem_core::{
+    ApplyState, DeadLetterReason, EntitySummary, Fields, Mapping, SideRecord, Status, System,
+    Timestamp,
+};
+use tandem_ingest::IngestSnapshot;
+
+/// `GET /v1/report`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Wall-clock time the report was made.
+    pub generated_at: Timestamp,
+    /// The reconciliation clock (event time) the statuses were evaluated at.
+    pub clock: Option<Timestamp>,
+    /// The grace period, in seconds.
+    pub grace_seconds: u64,
+    /// Per configured entity.
+    pub entities: BTreeMap<String, EntityReport>,
+    /// Every entity together.
+    pub totals: Totals,
+    /// Consumption per system.
+    pub ingest: IngestReport,
+}
+
+/// Counts of one entity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityReport {
+    /// Records counted (both sides considered; deleted on both sides not counted).
+    pub records: u64,
+    /// Records per status; every status is present.
+    pub by_status: BTreeMap<Status, u64>,
+    /// in_sync / records (1.0 when there are no records).
+    pub parity: f64,
+    /// Mismatched records per differing target field.
+    pub mismatched_fields: BTreeMap<String, u64>,
+    /// When the oldest current divergence began (pending excluded).
+    pub oldest_divergence_at: Option<Timestamp>,
+}
+
+/// Counts over every entity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Records counted.
+    pub records: u64,
+    /// Records per status.
+    pub by_status: BTreeMap<Status, u64>,
+    /// in_sync / records.
+    pub parity: f64,
+    /// Records in a divergent status (pending excluded).
+    pub divergent: u64,
+}
+
+/// Consumption of one system.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemIngest {
+    /// The configured label.
+    pub label: String,
+    /// Distinct events recorded.
+    pub events_applied: u64,
+    /// Re-deliveries dropped.
+    pub duplicates_dropped: u64,
+    /// Events older than the stored version (logged, not applied).
+    pub stale_versions: u64,
+    /// Messages of this system sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Events of entities the configuration does not map, per entity.
+    pub unmapped_entities: BTreeMap<String, u64>,
+    /// Sum over assigned partitions of (high watermark − next offset); null while unknown.
+    pub lag: Option<i64>,
+    /// Wall-clock time of the last batch that applied events of this system.
+    pub last_applied_at: Option<Timestamp>,
+}
+
+/// Consumption of both systems and the daemon's freshness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IngestReport {
+    /// The source.
+    pub source: SystemIngest,
+    /// The target.
+    pub target: SystemIngest,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Dead letters per reason.
+    pub dead_lettered_by_reason: BTreeMap<DeadLetterReason, u64>,
+    /// Partitions assigned to this instance.
+    pub assigned_partitions: usize,
+    /// Whether every assigned partition is fully applied.
+    pub caught_up: bool,
+    /// Whether a Kafka broker is reachable.
+    pub broker_reachable: bool,
+    /// Since when no broker is reachable: the report is stale from then on.
+    pub broker_unreachable_since: Option<Timestamp>,
+    /// Set when ingestion stopped for good, with the reason.
+    pub stopped: Option<String>,
+}
+
+/// Builds the report from a store snapshot's state and the live ingest state.
+pub fn build_report(
+    mapping: &Mapping,
+    labels: &BTreeMap<System, String>,
+    grace_seconds: u64,
+    state: &ApplyState,
+    oldest: &BTreeMap<String, Option<Timestamp>>,
+    ingest: &IngestSnapshot,
+    generated_at: Timestamp,
+) -> Report {
+    let empty = EntitySummary::default();
+    let mut entities = BTreeMap::new();
+    let mut total_by_status = [0u64; 6];
+    for entity in mapping.entities() {
+        let summary = state.summaries.get(&entity.name).unwrap_or(&empty);
+        for status in Status::ALL {
+            total_by_status[status.index()] += summary.count(status);
+        }
+        entities.insert(
+            entity.name.clone(),
+            EntityReport {
+                records: summary.records(),
+                by_status: by_status(&summary.by_status),
+                parity: summary.parity(),
+                mismatched_fields: summary.mismatched_fields.clone(),
+                oldest_divergence_at: oldest.get(&entity.name).copied().flatten(),
+            },
+        );
+    }
+    let total_summary = EntitySummary {
+        by_status: total_by_status,
+        mismatched_fields: BTreeMap::new(),
+    };
+    let divergent = Status::ALL
+        .into_iter()
+        .filter(|status| status.is_divergence())
+        .map(|status| total_summary.count(status))
+        .sum();
+    let system_ingest = |system: System| {
+        let counters: &SystemCounters = state.counters.system(system);
+        SystemIngest {
+            label: labels
+                .get(&system)
+                .cloned()
+                .unwrap_or_else(|| system.to_string()),
+            events_applied: counters.events_applied,
+            duplicates_dropped: counters.duplicates_dropped,
+            stale_versions: counters.stale_versions,
+            dead_lettered: counters.dead_lettered,
+            unmapped_entities: counters.unmapped_entities.clone(),
+            lag: ingest.lag(system),
+            last_applied_at: ingest.last_applied_at.get(&system).copied(),
+        }
+    };
+    Report {
+        generated_at,
+        clock: (state.clock != Timestamp::MIN).then_some(state.clock),
+        grace_seconds,
+        entities,
+        totals: Totals {
+            records: total_summary.records(),
+            by_status: by_status(&total_by_status),
+            parity: total_summary.parity(),
+            divergent,
+        },
+        ingest: IngestReport {
+            source: system_ingest(System::Source),
+            target: system_ingest(System::Target),
+            dead_lettered: state.counters.dead_lettered_by_reason.values().sum(),
+            dead_lettered_by_reason: state.counters.dead_lettered_by_reason.clone(),
+            assigned_partitions: ingest.assigned.len(),
+            caught_up: ingest.caught_up(),
+            broker_reachable: ingest.broker_reachable,
+            broker_unreachable_since: ingest.broker_unreachable_since,
+            stopped: ingest.stopped.clone(),
+        },
+    }
+}
+
+fn by_status(counts: &[u64; 6]) -> BTreeMap<Status, u64> {
+    Status::ALL
+        .into_iter()
+        .map(|status| (status, counts[status.index()]))
+        .collect()
+}
+
+/// `GET /v1/divergences`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DivergenceList {
+    /// The records of this page.
+    pub items: Vec<DivergenceEntry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One divergent record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DivergenceEntry {
+    /// The entity.
+    pub entity: String,
+    /// The join key.
+    pub join_key: String,
+    /// The status.
+    pub status: Status,
+    /// The differing target fields.
+    pub fields: Vec<String>,
+    /// Since when the sides differ (event time).
+    pub since: Option<Timestamp>,
+    /// Native ids of live source records.
+    pub source_ids: Vec<String>,
+    /// Native ids of live target records.
+    pub target_ids: Vec<String>,
+}
+
+/// `GET /v1/records/{entity}/{join_key}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordView {
+    /// The entity.
+    pub entity: String,
+    /// The join key.
+    pub join_key: String,
+    /// The status; null when deleted on both sides.
+    pub status: Option<Status>,
+    /// Since when the sides differ.
+    pub since: Option<Timestamp>,
+    /// When a pending record stops being pending.
+    pub pending_until: Option<Timestamp>,
+    /// Source records claiming the key (deleted ones included).
+    pub source: Vec<SideView>,
+    /// Target records claiming the key (deleted ones included).
+    pub target: Vec<SideView>,
+    /// The mapped fields, side by side (first live record of each side).
+    pub diff: Vec<FieldDiff>,
+    /// Every event of these native records, from both systems, in event-time order.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One native record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SideView {
+    /// Native id.
+    pub native_id: String,
+    /// Whether it is deleted in its system.
+    pub deleted: bool,
+    /// Highest applied version.
+    pub version: Option<u64>,
+    /// Event time of its latest applied change.
+    pub last_change_at: Timestamp,
+    /// The event of its latest applied change.
+    pub last_event_id: String,
+    /// For a merged record, the survivor.
+    pub merged_into: Option<String>,
+    /// Its fields.
+    pub fields: Fields,
+}
+
+impl From<&SideRecord> for SideView {
+    fn from(side: &SideRecord) -> Self {
+        SideView {
+            native_id: side.native_id.clone(),
+            deleted: side.deleted,
+            version: side.version,
+            last_change_at: side.last_change_at,
+            last_event_id: side.last_event_id.clone(),
+            merged_into: side.merged_into.clone(),
+            fields: side.fields.clone(),
+        }
+    }
+}
+
+/// One mapped field compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    /// Target field name.
+    pub field: String,
+    /// Source field name.
+    pub source_field: String,
+    /// Source value (null if absent).
+    pub source: serde_json::Value,
+    /// Target value (null if absent).
+    pub target: serde_json::Value,
+    /// Whether they are equal under the field's rule.
+    pub equal: bool,
+}
+
+/// One event of a record's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Which system.
+    pub system: System,
+    /// Which native record.
+    pub native_id: String,
+    /// Event time.
+    pub occurred_at: Timestamp,
+    /// Topic it was read from.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// `false` when it was older than the stored version and changed nothing.
+    pub applied: bool,
+    /// The event as received.
+    pub event: serde_json::Value,
+}

@@ -1,0 +1,191 @@
+//! The ground truth: the status every record must have, computed from the simulator's model of
+//! both CRMs' final states with the simulator's own comparison.
+//!
+//! The rules, written down independently of the daemon: a record is a join key (the source id,
+//! which the target keeps in `legacy_id`). No live record on either side: not counted. More
+//! than one live target record: `duplicate`. One side only: `missing_in_target` /
+//! `missing_in_source`. Both: every mapped field must hold the same JSON value (absent counts
+//! as null), else `mismatch` with the differing target fields. Anything but in sync or
+//! duplicate is `pending` while the newest change to any of the key's records (deletes
+//! included) is younger than the grace period at the clock, the newest event time.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::catalog::{ENTITIES, LEGACY_ID_FIELD};
+
+/// One record of one CRM in the simulator's model.
+#[derive(Clone, Debug)]
+pub(crate) struct SideState {
+    pub(crate) fields: Map<String, Value>,
+    pub(crate) deleted: bool,
+    pub(crate) version: u64,
+    pub(crate) last_change: i64,
+}
+
+impl SideState {
+    pub(crate) fn new(fields: Map<String, Value>) -> Self {
+        SideState {
+            fields,
+            deleted: false,
+            version: 0,
+            last_change: i64::MIN,
+        }
+    }
+}
+
+/// The expected state of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordTruth {
+    /// The expected status name.
+    pub status: &'static str,
+    /// The differing target fields, sorted (for a mismatch, or a pending record that differs).
+    pub fields: Vec<String>,
+}
+
+/// The expected counts of one entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntityTruth {
+    /// Records counted.
+    pub records: u64,
+    /// Records per status name (every status present).
+    pub by_status: BTreeMap<&'static str, u64>,
+    /// Mismatched records per differing target field.
+    pub mismatched_fields: BTreeMap<String, u64>,
+    /// Every counted record that is not in sync, by join key.
+    pub not_in_sync: BTreeMap<String, RecordTruth>,
+}
+
+/// What a correct reconciliation reports after consuming the whole run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroundTruth {
+    /// The reconciliation clock: the newest event time, in nanoseconds.
+    pub clock_unix_nanos: i64,
+    /// Per entity.
+    pub entities: BTreeMap<&'static str, EntityTruth>,
+    /// Distinct events per system (`source`, `target`).
+    pub events_applied: BTreeMap<&'static str, u64>,
+    /// Re-deliveries per system.
+    pub duplicates_dropped: BTreeMap<&'static str, u64>,
+    /// Stale replays per system.
+    pub stale_versions: BTreeMap<&'static str, u64>,
+    /// Garbage messages per expected dead-letter reason.
+    pub dead_lettered: BTreeMap<&'static str, u64>,
+}
+
+const STATUSES: [&str; 6] = [
+    "in_sync",
+    "pending",
+    "mismatch",
+    "missing_in_target",
+    "missing_in_source",
+    "duplicate",
+];
+
+impl GroundTruth {
+    pub(crate) fn compute(
+        source: &BTreeMap<(usize, String), SideState>,
+        target: &BTreeMap<(usize, String), SideState>,
+        clock: i64,
+        grace: i64,
+    ) -> GroundTruth {
+        let mut truth = GroundTruth {
+            clock_unix_nanos: clock,
+            ..GroundTruth::default()
+        };
+        for (entity_index, entity) in ENTITIES.iter().enumerate() {
+            // Every native record, grouped by join key.
+            let mut keys: BTreeMap<String, (Vec<&SideState>, Vec<&SideState>)> = BTreeMap::new();
+            for ((index, id), state) in source {
+                if *index == entity_index {
+                    keys.entry(id.clone()).or_default().0.push(state);
+                }
+            }
+            for ((index, _), state) in target {
+                if *index != entity_index {
+                    continue;
+                }
+                let key = match state.fields.get(LEGACY_ID_FIELD) {
+                    Some(Value::String(key)) => key.clone(),
+                    other => {
+                        panic!("simulated target records always carry a legacy id, got {other:?}")
+                    }
+                };
+                keys.entry(key).or_default().1.push(state);
+            }
+            let mut entity_truth = EntityTruth {
+                by_status: STATUSES.iter().map(|status| (*status, 0)).collect(),
+                ..EntityTruth::default()
+            };
+            for (key, (sources, targets)) in keys {
+                let live_sources: Vec<_> = sources.iter().filter(|state| !state.deleted).collect();
+                let live_targets: Vec<_> = targets.iter().filter(|state| !state.deleted).collect();
+                let mut differing = Vec::new();
+                let underlying = match (live_sources.len(), live_targets.len()) {
+                    (0, 0) => continue,
+                    (_, targets) if targets > 1 => "duplicate",
+                    (sources, _) if sources > 1 => "duplicate",
+                    (1, 0) => "missing_in_target",
+                    (0, 1) => "missing_in_source",
+                    _ => {
+                        for field in entity.fields {
+                            let source_value = live_sources[0]
+                                .fields
+                                .get(field.source)
+                                .unwrap_or(&Value::Null);
+                            let target_value = live_targets[0]
+                                .fields
+                                .get(field.target)
+                                .unwrap_or(&Value::Null);
+                            if source_value != target_value {
+                                differing.push(field.target.to_owned());
+                            }
+                        }
+                        if differing.is_empty() {
+                            "in_sync"
+                        } else {
+                            "mismatch"
+                        }
+                    }
+                };
+                let newest_change = sources
+                    .iter()
+                    .chain(&targets)
+                    .map(|state| state.last_change)
+                    .max()
+                    .unwrap_or(i64::MIN);
+                let status = match underlying {
+                    "in_sync" | "duplicate" => underlying,
+                    _ if clock < newest_change.saturating_add(grace) => "pending",
+                    _ => underlying,
+                };
+                entity_truth.records += 1;
+                *entity_truth
+                    .by_status
+                    .get_mut(status)
+                    .expect("every status is listed") += 1;
+                if status == "mismatch" {
+                    for field in &differing {
+                        *entity_truth
+                            .mismatched_fields
+                            .entry(field.clone())
+                            .or_default() += 1;
+                    }
+                }
+                if status != "in_sync" {
+                    differing.sort();
+                    entity_truth.not_in_sync.insert(
+                        key,
+                        RecordTruth {
+                            status,
+                            fields: differing,
+                        },
+                    );
+                }
+            }
+            truth.entities.insert(entity.name, entity_truth);
+        }
+        truth
+    }
+}
