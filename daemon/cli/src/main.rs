@@ -1,1 +1,320 @@
-fn main() {}
+//! `tandem`: the daemon and the operator's commands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tandem::client::{encode_component, ApiClient};
+use tandem::config::{Config, ConfigError, Environment};
+use tandem::daemon::{self, Ended, StartError};
+use tandem::demo::{self, DemoOptions};
+use tandem::logging;
+use tandem::render::{self, Format};
+use tandem_api::report::{DivergenceEntry, DivergenceList, RecordView, Report};
+use tokio_util::sync::CancellationToken;
+
+/// Guards the parallel run after a CRM migration: compares both systems' change events and
+/// reports every divergence.
+#[derive(Parser)]
+#[command(name = "tandem", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the CLI finds a running daemon.
+#[derive(clap::Args)]
+struct Target {
+    /// The daemon's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "TANDEM_URL", global = true)]
+    url: Option<String>,
+    /// A configuration file whose api.listen names the daemon (default: ./tandem.toml if present).
+    #[arg(long, env = "TANDEM_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, env = "TANDEM_CONFIG", default_value = "tandem.toml")]
+        config: PathBuf,
+    },
+    /// Print the divergence report of a running daemon.
+    Report {
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one record: both sides, the field-by-field diff and its event history.
+    Record {
+        /// The entity, e.g. contact.
+        entity: String,
+        /// The join key.
+        join_key: String,
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List divergent records (for the repair team: --all --format csv exports every one).
+    Divergences {
+        /// Only this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only this status (pending, mismatch, missing_in_target, missing_in_source, duplicate).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only mismatches of this target field.
+        #[arg(long)]
+        field: Option<String>,
+        /// Records per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Follow every page instead of printing the first.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Validate a configuration file (and TANDEM_* overrides) without starting anything.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Run an embedded broker, a simulated parallel run of two CRMs and the daemon.
+    Demo {
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Address of the HTTP API (another free port is used if it is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Keep the store and the generated configuration here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            let usage = error.downcast_ref::<ConfigError>().is_some()
+                || matches!(
+                    error.downcast_ref::<StartError>(),
+                    Some(StartError::Config(_))
+                );
+            eprintln!("tandem: {error:#}");
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Run { config } => run_daemon(&config),
+        Command::Report { target, format } => {
+            let report: Report = client(&target)?.get("/v1/report")?;
+            match format {
+                Format::Table => render::report_table(&mut out, &report)?,
+                Format::Json => render::json(&mut out, &report)?,
+                Format::Csv => render::report_csv(&mut out, &report)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record {
+            entity,
+            join_key,
+            target,
+            format,
+        } => {
+            let path = format!(
+                "/v1/records/{}/{}",
+                encode_component(&entity),
+                encode_component(&join_key)
+            );
+            let record: RecordView = client(&target)?.get(&path)?;
+            match format {
+                Format::Json => render::json(&mut out, &record)?,
+                _ => render::record_table(&mut out, &record)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Divergences {
+            entity,
+            status,
+            field,
+            limit,
+            all,
+            target,
+            format,
+        } => {
+            let api = client(&target)?;
+            let mut query = format!("/v1/divergences?limit={limit}");
+            for (name, value) in [("entity", &entity), ("status", &status), ("field", &field)] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{name}={}", encode_component(value)));
+                }
+            }
+            let mut items: Vec<DivergenceEntry> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page_query = match &cursor {
+                    Some(cursor) => format!("{query}&cursor={cursor}"),
+                    None => query.clone(),
+                };
+                let page: DivergenceList = api.get(&page_query)?;
+                items.extend(page.items);
+                match page.next_cursor {
+                    Some(next) if all => cursor = Some(next),
+                    _ => break,
+                }
+            }
+            match format {
+                Format::Json => render::json(&mut out, &items)?,
+                other => render::divergences(&mut out, &items, other)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file, format } => {
+            let config = Config::load(&file, &Environment::Process)?;
+            config
+                .ingest_settings()
+                .consumer_config()
+                .create_native_config()
+                .map_err(|error| ConfigError {
+                    file: file.display().to_string(),
+                    problem: format!("key `kafka.properties`: {error}"),
+                })?;
+            match format {
+                Format::Json => render::json(
+                    &mut out,
+                    &serde_json::json!({"valid": true, "config": config}),
+                )?,
+                _ => describe_config(&mut out, &file, &config)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            seed,
+            listen,
+            data_dir,
+        } => {
+            let runtime = runtime()?;
+            runtime.block_on(async {
+                let cancel = CancellationToken::new();
+                daemon::cancel_on_signals(cancel.clone());
+                demo::run(
+                    DemoOptions {
+                        seed,
+                        listen,
+                        data_dir,
+                    },
+                    cancel,
+                )
+                .await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tandem-runtime")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_daemon(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path, &Environment::Process)?;
+    logging::init(&config.log.level, config.log.format);
+    tracing::info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "tandem starting");
+    let ended = runtime()?.block_on(async {
+        let cancel = CancellationToken::new();
+        daemon::cancel_on_signals(cancel.clone());
+        daemon::run(config, cancel, None).await
+    })?;
+    Ok(match ended {
+        Ended::Clean => ExitCode::SUCCESS,
+        Ended::IngestFailed(_) => ExitCode::FAILURE,
+    })
+}
+
+fn client(target: &Target) -> anyhow::Result<ApiClient> {
+    if let Some(url) = &target.url {
+        return Ok(ApiClient::new(url));
+    }
+    let config_path = match &target.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from("tandem.toml")).filter(|path| path.is_file()),
+    };
+    let Some(config_path) = config_path else {
+        return Ok(ApiClient::new("http://127.0.0.1:8080"));
+    };
+    let config = Config::load(&config_path, &Environment::Process)?;
+    let mut address = config.api.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(ApiClient::new(&format!("http://{address}")))
+}
+
+fn describe_config(out: &mut impl Write, file: &Path, config: &Config) -> anyhow::Result<()> {
+    writeln!(out, "{} is valid", file.display())?;
+    writeln!(
+        out,
+        "  kafka: brokers {}, group {}, dead letters to {}",
+        config.kafka.brokers, config.kafka.group_id, config.kafka.dead_letter_topic
+    )?;
+    for (name, system) in [
+        ("source", &config.systems.source),
+        ("target", &config.systems.target),
+    ] {
+        writeln!(
+            out,
+            "  {name}: {} <- {}",
+            system.label.as_deref().unwrap_or(name),
+            system.topics.join(", ")
+        )?;
+    }
+    writeln!(
+        out,
+        "  store: {}   api: http://{}   grace: {}",
+        config.store.path.display(),
+        config.api.listen,
+        humantime::format_duration(config.reconcile.grace)
+    )?;
+    for entity in &config.entities {
+        writeln!(
+            out,
+            "  entity {}: join source {} = target {}; {} compared fields",
+            entity.name,
+            entity.join.source,
+            entity.join.target,
+            entity.fields.len()
+        )?;
+    }
+    Ok(())
+}

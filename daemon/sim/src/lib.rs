@@ -147,8 +147,25 @@ pub struct SimMessage {
 pub struct Scenario {
     /// Every message, in the order to produce them.
     pub messages: Vec<SimMessage>,
-    /// What a correct reconciliation must report after consuming all of them.
+    /// What a correct reconciliation must report after consuming all of them, with the
+    /// clock at the newest event time.
     pub truth: GroundTruth,
+    pub(crate) final_states: truth::FinalStates,
+    pub(crate) grace_nanos: i64,
+}
+
+impl Scenario {
+    /// The truth with the reconciliation clock at `clock_unix_nanos` instead (a daemon whose
+    /// clock moved on while idle); counts of events are the same.
+    pub fn truth_at(&self, clock_unix_nanos: i64) -> GroundTruth {
+        let mut truth =
+            GroundTruth::compute(&self.final_states, clock_unix_nanos, self.grace_nanos);
+        truth.events_applied = self.truth.events_applied.clone();
+        truth.duplicates_dropped = self.truth.duplicates_dropped.clone();
+        truth.stale_versions = self.truth.stale_versions.clone();
+        truth.dead_lettered = self.truth.dead_lettered.clone();
+        truth
+    }
 }
 
 /// Generates a run.

@@ -83,13 +83,16 @@ const STATUSES: [&str; 6] = [
     "duplicate",
 ];
 
+/// Both CRMs' records at the end of the run, by (entity index, native id).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FinalStates {
+    pub(crate) source: BTreeMap<(usize, String), SideState>,
+    pub(crate) target: BTreeMap<(usize, String), SideState>,
+}
+
 impl GroundTruth {
-    pub(crate) fn compute(
-        source: &BTreeMap<(usize, String), SideState>,
-        target: &BTreeMap<(usize, String), SideState>,
-        clock: i64,
-        grace: i64,
-    ) -> GroundTruth {
+    pub(crate) fn compute(states: &FinalStates, clock: i64, grace: i64) -> GroundTruth {
+        let (source, target) = (&states.source, &states.target);
         let mut truth = GroundTruth {
             clock_unix_nanos: clock,
             ..GroundTruth::default()

@@ -12,7 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::catalog::{SimEntity, ENTITIES, LEGACY_ID_FIELD};
-use crate::truth::{GroundTruth, SideState};
+use crate::truth::{FinalStates, GroundTruth, SideState};
 use crate::{Scenario, SimConfig, SimMessage, SimSystem};
 
 const NANOS: i64 = 1_000_000_000;
@@ -562,16 +562,18 @@ impl<'a> World<'a> {
     }
 
     fn into_scenario(mut self) -> Scenario {
-        let mut truth = GroundTruth::compute(
-            &self.source,
-            &self.target,
-            self.emitted
-                .iter()
-                .map(|event| event.occurred_at)
-                .max()
-                .unwrap_or(0),
-            self.config.grace_seconds * NANOS,
-        );
+        let final_states = FinalStates {
+            source: std::mem::take(&mut self.source),
+            target: std::mem::take(&mut self.target),
+        };
+        let grace_nanos = self.config.grace_seconds * NANOS;
+        let newest_event = self
+            .emitted
+            .iter()
+            .map(|event| event.occurred_at)
+            .max()
+            .unwrap_or(0);
+        let mut truth = GroundTruth::compute(&final_states, newest_event, grace_nanos);
         for event in &self.emitted {
             *truth
                 .events_applied
@@ -682,6 +684,8 @@ impl<'a> World<'a> {
                 })
                 .collect(),
             truth,
+            final_states,
+            grace_nanos,
         }
     }
 }

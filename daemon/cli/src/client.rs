@@ -1,0 +1,67 @@
+//! The CLI's client of a running daemon's HTTP API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::de::DeserializeOwned;
+
+/// Talks to one daemon.
+pub struct ApiClient {
+    base_url: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// A client of the daemon at `base_url` (`http://host:port`).
+    pub fn new(base_url: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build();
+        ApiClient {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// The daemon's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// GETs `path_and_query` and decodes the JSON answer; API errors become readable errors.
+    pub fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path_and_query}", self.base_url);
+        let mut response = self.agent.get(&url).call().map_err(|error| {
+            anyhow!(
+                "cannot reach tandem at {}: {error}; is the daemon running (`tandem run --config tandem.toml`), and is --url or api.listen right?",
+                self.base_url
+            )
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("unexpected answer from {url}"));
+        }
+        let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+        let message = body["error"].as_str().unwrap_or("request failed");
+        let hint = body["hint"].as_str().unwrap_or("");
+        Err(anyhow!("{message} (HTTP {}); {hint}", status.as_u16()))
+    }
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn encode_component(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                encoded.push(char::from(byte))
+            }
+            other => encoded.push_str(&format!("%{other:02X}")),
+        }
+    }
+    encoded
+}

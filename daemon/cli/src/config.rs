@@ -1,0 +1,414 @@
+//! The configuration: one TOML file, layered with `TANDEM_<SECTION>__<KEY>` environment
+//! variables, deserialized into typed structs that reject unknown keys, validated once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_core::{EntityMapping, Mapping, System};
+use tandem_ingest::IngestSettings;
+use tandem_store::StoreOptions;
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster.
+    pub kafka: KafkaConfig,
+    /// Local state.
+    pub store: StoreConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// The two systems and their topics.
+    pub systems: SystemsConfig,
+    /// How records are compared over time.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The compared entities.
+    pub entities: Vec<EntityMapping>,
+}
+
+/// `[kafka]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group id.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topic for messages that cannot be decoded.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Any librdkafka property, passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Larger messages are dead-lettered without parsing.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Messages per committed batch, at most.
+    #[serde(default = "default_batch_max_messages")]
+    pub batch_max_messages: usize,
+    /// Longest wait before a partial batch is committed.
+    #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The RocksDB directory.
+    pub path: PathBuf,
+    /// Block cache size in MiB.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+    /// fsync every batch (survives machine crashes without re-reading Kafka).
+    #[serde(default)]
+    pub sync_writes: bool,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[systems]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemsConfig {
+    /// The legacy system, owner of live work.
+    pub source: SystemConfig,
+    /// The new system, fenced and repaired.
+    pub target: SystemConfig,
+}
+
+/// `[systems.source]` and `[systems.target]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// A human name, shown in reports.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The change topics of this system.
+    pub topics: Vec<String>,
+}
+
+/// `[reconcile]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// How long the sides may differ before it is divergence rather than lag.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// Whether the clock follows wall time while tandem is idle and caught up.
+    #[serde(default = "default_true")]
+    pub idle_clock: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            grace: default_grace(),
+            idle_clock: true,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Default level filter (`RUST_LOG` overrides it).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_group_id() -> String {
+    "tandem".to_owned()
+}
+fn default_dead_letter_topic() -> String {
+    "tandem.dlq".to_owned()
+}
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+fn default_batch_max_messages() -> usize {
+    2000
+}
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_cache_mib() -> usize {
+    256
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// A configuration that cannot be used; says which file and which key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {file}: {problem}")]
+pub struct ConfigError {
+    /// The file (and whether environment overrides were involved).
+    pub file: String,
+    /// What is wrong, naming the key.
+    pub problem: String,
+}
+
+/// Where environment overrides come from: the process, or a map (tests).
+#[derive(Clone, Debug, Default)]
+pub enum Environment {
+    /// `std::env`.
+    #[default]
+    Process,
+    /// A fixed map of variables.
+    Map(HashMap<String, String>),
+}
+
+impl Config {
+    /// Reads `path`, applies `TANDEM_*` overrides from `environment`, and validates.
+    pub fn load(path: &Path, environment: &Environment) -> Result<Config, ConfigError> {
+        let file_name = path.display().to_string();
+        let overrides = match environment {
+            Environment::Process => std::env::vars().collect(),
+            Environment::Map(map) => map.clone(),
+        };
+        let overridden: Vec<String> = overrides
+            .keys()
+            .filter(|key| key.starts_with("TANDEM_") && key.contains("__"))
+            .cloned()
+            .collect();
+        let origin = if overridden.is_empty() {
+            file_name.clone()
+        } else {
+            format!(
+                "{file_name} (with environment overrides {})",
+                overridden.join(", ")
+            )
+        };
+        let fail = |problem: String| ConfigError {
+            file: origin.clone(),
+            problem,
+        };
+        if !path.is_file() {
+            return Err(ConfigError {
+                file: file_name,
+                problem: "the file does not exist or is not readable; `tandem check-config` validates a file, ops/tandem.example.toml documents every key".to_owned(),
+            });
+        }
+        let layered = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("TANDEM")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("systems.source.topics")
+                    .with_list_parse_key("systems.target.topics")
+                    .source(Some(overrides.into_iter().collect())),
+            )
+            .build()
+            .map_err(|error| fail(error.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(layered)
+            .map_err(|error| fail(describe_deserialize_error(&error)))?;
+        config.validate().map_err(fail)?;
+        Ok(config)
+    }
+
+    /// Cross-field rules that types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err("key `kafka.brokers` is empty: give the bootstrap servers, e.g. \"kafka-1:9092,kafka-2:9092\"".to_owned());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err("key `kafka.group_id` is empty".to_owned());
+        }
+        if self.kafka.batch_max_messages == 0 {
+            return Err("key `kafka.batch_max_messages` must be at least 1".to_owned());
+        }
+        if self.kafka.max_message_bytes < 1024 {
+            return Err("key `kafka.max_message_bytes` must be at least 1024".to_owned());
+        }
+        let mut seen = BTreeSet::new();
+        for (system, settings) in [
+            (System::Source, &self.systems.source),
+            (System::Target, &self.systems.target),
+        ] {
+            if settings.topics.is_empty() {
+                return Err(format!("key `systems.{system}.topics` is empty: list the change topics of the {system} system"));
+            }
+            for topic in &settings.topics {
+                if topic.trim().is_empty() {
+                    return Err(format!(
+                        "key `systems.{system}.topics` contains an empty topic name"
+                    ));
+                }
+                if !seen.insert(topic.as_str()) {
+                    return Err(format!("key `systems.{system}.topics`: topic `{topic}` is listed twice (a topic belongs to exactly one system)"));
+                }
+            }
+        }
+        if seen.contains(self.kafka.dead_letter_topic.as_str()) {
+            return Err(format!(
+                "key `kafka.dead_letter_topic`: `{}` is also a change topic; dead letters need a topic of their own",
+                self.kafka.dead_letter_topic
+            ));
+        }
+        if self.entities.is_empty() {
+            return Err("key `entities` is empty: add at least one [[entities]] block".to_owned());
+        }
+        self.mapping()
+            .map(|_| ())
+            .map_err(|error| format!("key `entities`: {error}"))?;
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(format!("key `log.level`: `{}` is not a level or filter (use error, warn, info, debug or trace)", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// The validated entity mapping.
+    pub fn mapping(&self) -> Result<Mapping, tandem_core::mapping::MappingError> {
+        Mapping::try_new(self.entities.clone())
+    }
+
+    /// System labels for reports.
+    pub fn labels(&self) -> BTreeMap<System, String> {
+        BTreeMap::from([
+            (
+                System::Source,
+                self.systems
+                    .source
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| "source".to_owned()),
+            ),
+            (
+                System::Target,
+                self.systems
+                    .target
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| "target".to_owned()),
+            ),
+        ])
+    }
+
+    /// The ingest side's settings.
+    pub fn ingest_settings(&self) -> IngestSettings {
+        let mut topics = BTreeMap::new();
+        for topic in &self.systems.source.topics {
+            topics.insert(topic.clone(), System::Source);
+        }
+        for topic in &self.systems.target.topics {
+            topics.insert(topic.clone(), System::Target);
+        }
+        IngestSettings {
+            brokers: self.kafka.brokers.clone(),
+            group_id: self.kafka.group_id.clone(),
+            properties: self.kafka.properties.clone(),
+            topics,
+            dead_letter_topic: self.kafka.dead_letter_topic.clone(),
+            max_message_bytes: self.kafka.max_message_bytes,
+            batch_max_messages: self.kafka.batch_max_messages,
+            batch_max_wait: self.kafka.batch_max_wait,
+            grace: self.reconcile.grace,
+            idle_clock: self.reconcile.idle_clock,
+        }
+    }
+
+    /// The store's options.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: self.store.cache_mib * 1024 * 1024,
+            sync_writes: self.store.sync_writes,
+        }
+    }
+}
+
+/// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
+fn describe_deserialize_error(error: &serde_path_to_error::Error<config::ConfigError>) -> String {
+    let path = error.path().to_string();
+    let inner = error.inner().to_string();
+    let parent = if path == "." {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
+    if let Some(field) = between(&inner, "missing field `", "`") {
+        return format!("required key `{parent}{field}` is missing");
+    }
+    if let Some(field) = between(&inner, "unknown field `", "`") {
+        let expected = inner
+            .split_once("expected ")
+            .map(|(_, rest)| {
+                format!(
+                    " (known keys here: {})",
+                    rest.split(" for key").next().unwrap_or(rest)
+                )
+            })
+            .unwrap_or_default();
+        return format!("unknown key `{parent}{field}`{expected}");
+    }
+    if path == "." {
+        inner
+    } else {
+        format!("key `{path}`: {inner}")
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let after = &text[text.find(start)? + start.len()..];
+    Some(&after[..after.find(end)?])
+}

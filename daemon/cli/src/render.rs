@@ -1,0 +1,329 @@
+//! Human tables, CSV and JSON for the CLI's outputs.
+
+use std::io::Write;
+
+use anyhow::Context;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, CellAlignment, Table};
+use serde::Serialize;
+use tandem_api::report::{DivergenceEntry, RecordView, Report};
+use tandem_core::{Status, Timestamp};
+
+/// Output format of a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(header.iter().map(|title| Cell::new(title)));
+    table
+}
+
+fn right(table: &mut Table, from_column: usize) {
+    let columns = table.column_count();
+    for index in from_column..columns {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// A time to the second, for tables (JSON keeps full precision).
+fn time(value: Option<Timestamp>) -> String {
+    value
+        .map(|time| {
+            Timestamp::from_unix_nanos(
+                time.unix_nanos() - time.unix_nanos().rem_euclid(1_000_000_000),
+            )
+            .to_rfc3339()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// Writes JSON, pretty-printed.
+pub fn json<T: Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).context("writing JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The report as a table, per entity, then ingest figures.
+pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
+    let mut header = vec!["entity", "records", "parity"];
+    header.extend(Status::ALL.iter().map(|status| status.as_str()));
+    header.push("oldest divergence");
+    let mut entities = table(&header);
+    let mut add_row = |name: &str,
+                       records: u64,
+                       parity: f64,
+                       counts: &std::collections::BTreeMap<Status, u64>,
+                       oldest: String| {
+        let mut row = vec![
+            name.to_owned(),
+            records.to_string(),
+            format!("{:.2}%", parity * 100.0),
+        ];
+        row.extend(
+            Status::ALL
+                .iter()
+                .map(|status| counts.get(status).copied().unwrap_or(0).to_string()),
+        );
+        row.push(oldest);
+        entities.add_row(row);
+    };
+    for (name, entity) in &report.entities {
+        add_row(
+            name,
+            entity.records,
+            entity.parity,
+            &entity.by_status,
+            time(entity.oldest_divergence_at),
+        );
+    }
+    add_row(
+        "TOTAL",
+        report.totals.records,
+        report.totals.parity,
+        &report.totals.by_status,
+        String::new(),
+    );
+    right(&mut entities, 1);
+    writeln!(out, "{entities}")?;
+
+    let mismatched: Vec<_> = report
+        .entities
+        .iter()
+        .flat_map(|(entity, data)| {
+            data.mismatched_fields
+                .iter()
+                .map(move |(field, count)| (entity, field, count))
+        })
+        .collect();
+    if !mismatched.is_empty() {
+        let mut fields = table(&["entity", "field", "mismatched records"]);
+        for (entity, field, count) in mismatched {
+            fields.add_row(vec![entity.clone(), field.clone(), count.to_string()]);
+        }
+        right(&mut fields, 2);
+        writeln!(out, "{fields}")?;
+    }
+
+    let mut ingest = table(&[
+        "system",
+        "label",
+        "events applied",
+        "duplicates dropped",
+        "stale versions",
+        "dead-lettered",
+        "lag",
+        "last applied",
+    ]);
+    for (name, system) in [
+        ("source", &report.ingest.source),
+        ("target", &report.ingest.target),
+    ] {
+        ingest.add_row(vec![
+            name.to_owned(),
+            system.label.clone(),
+            system.events_applied.to_string(),
+            system.duplicates_dropped.to_string(),
+            system.stale_versions.to_string(),
+            system.dead_lettered.to_string(),
+            system
+                .lag
+                .map(|lag| lag.to_string())
+                .unwrap_or_else(|| "unknown".to_owned()),
+            time(system.last_applied_at),
+        ]);
+    }
+    right(&mut ingest, 2);
+    writeln!(out, "{ingest}")?;
+    let reasons: Vec<String> = report
+        .ingest
+        .dead_lettered_by_reason
+        .iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    writeln!(
+        out,
+        "clock {} · grace {}s · dead-lettered {}{} · {} partitions assigned, {}",
+        time(report.clock),
+        report.grace_seconds,
+        report.ingest.dead_lettered,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
+        report.ingest.assigned_partitions,
+        if report.ingest.caught_up {
+            "caught up"
+        } else {
+            "catching up"
+        },
+    )?;
+    if let Some(since) = report.ingest.broker_unreachable_since {
+        writeln!(out, "STALE: no Kafka broker reachable since {since}")?;
+    }
+    if let Some(stopped) = &report.ingest.stopped {
+        writeln!(out, "STOPPED: ingestion stopped: {stopped}")?;
+    }
+    Ok(())
+}
+
+/// The report as CSV: one row per entity and status.
+pub fn report_csv(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(["entity", "status", "records"])?;
+    for (name, entity) in &report.entities {
+        for (status, count) in &entity.by_status {
+            writer.write_record([name.as_str(), status.as_str(), &count.to_string()])?;
+        }
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+/// Divergent records as a table or CSV.
+pub fn divergences(
+    out: &mut impl Write,
+    items: &[DivergenceEntry],
+    format: Format,
+) -> anyhow::Result<()> {
+    let rows = items.iter().map(|item| {
+        vec![
+            item.entity.clone(),
+            item.join_key.clone(),
+            item.status.to_string(),
+            item.fields.join(" "),
+            time(item.since),
+            item.source_ids.join(" "),
+            item.target_ids.join(" "),
+        ]
+    });
+    let header = [
+        "entity",
+        "join_key",
+        "status",
+        "fields",
+        "since",
+        "source_ids",
+        "target_ids",
+    ];
+    match format {
+        Format::Csv => {
+            let mut writer = csv::Writer::from_writer(out);
+            writer.write_record(header)?;
+            for row in rows {
+                writer.write_record(row)?;
+            }
+            writer.flush()?;
+        }
+        _ => {
+            let mut output = table(&header);
+            for row in rows {
+                output.add_row(row);
+            }
+            writeln!(out, "{output}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One record: status, both sides field by field, then its history.
+pub fn record_table(out: &mut impl Write, record: &RecordView) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{} {}: {}{}",
+        record.entity,
+        record.join_key,
+        record
+            .status
+            .map(|status| status.to_string())
+            .unwrap_or_else(|| "deleted on both sides".to_owned()),
+        record
+            .since
+            .map(|since| format!(" since {since}"))
+            .unwrap_or_default()
+    )?;
+    let ids = |sides: &[tandem_api::report::SideView]| {
+        sides
+            .iter()
+            .map(|side| {
+                format!(
+                    "{}{}",
+                    side.native_id,
+                    if side.deleted { " (deleted)" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(
+        out,
+        "source: {}",
+        if record.source.is_empty() {
+            "-".to_owned()
+        } else {
+            ids(&record.source)
+        }
+    )?;
+    writeln!(
+        out,
+        "target: {}",
+        if record.target.is_empty() {
+            "-".to_owned()
+        } else {
+            ids(&record.target)
+        }
+    )?;
+    let mut diff = table(&["field", "source field", "source value", "target value", ""]);
+    for field in &record.diff {
+        diff.add_row(vec![
+            field.field.clone(),
+            field.source_field.clone(),
+            field.source.to_string(),
+            field.target.to_string(),
+            if field.equal {
+                "=".to_owned()
+            } else {
+                "DIFFERS".to_owned()
+            },
+        ]);
+    }
+    writeln!(out, "{diff}")?;
+    let mut history = table(&[
+        "occurred at",
+        "system",
+        "native id",
+        "op",
+        "event id",
+        "position",
+        "",
+    ]);
+    for entry in &record.history {
+        history.add_row(vec![
+            time(Some(entry.occurred_at)),
+            entry.system.to_string(),
+            entry.native_id.clone(),
+            entry.event["op"].as_str().unwrap_or("?").to_owned(),
+            entry.event["event_id"].as_str().unwrap_or("?").to_owned(),
+            format!("{}/{}@{}", entry.topic, entry.partition, entry.offset),
+            if entry.applied {
+                String::new()
+            } else {
+                "stale, not applied".to_owned()
+            },
+        ]);
+    }
+    writeln!(out, "{history}")?;
+    Ok(())
+}
