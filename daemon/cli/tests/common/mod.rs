@@ -1,0 +1,222 @@
+//! The harness of the process-level tests: a real broker process, the real `tandem` binary,
+//! the simulator's messages and its ground truth.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod broker;
+pub mod truth;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem_api::report::Report;
+
+pub use broker::{Broker, MockBroker, Tansu};
+
+/// The `tandem` binary under test.
+pub fn tandem_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tandem")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("the OS hands out a free loopback port")
+        .port()
+}
+
+/// Polls `condition` until it returns `Some`, failing the test with `what` at the deadline.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Topic names unique to one test.
+pub struct Topics {
+    pub source: String,
+    pub target: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    pub fn unique(test: &str) -> Topics {
+        Topics {
+            source: format!("{test}.source.changes"),
+            target: format!("{test}.target.changes"),
+            dead_letters: format!("{test}.dlq"),
+        }
+    }
+}
+
+/// Writes a configuration for the simulator's CRMs and returns its path.
+pub fn write_config(
+    directory: &Path,
+    brokers: &str,
+    topics: &Topics,
+    port: u16,
+    extra_kafka: &str,
+    batch_max_messages: usize,
+) -> PathBuf {
+    let path = directory.join("tandem.toml");
+    let text = format!(
+        r#"[kafka]
+brokers = "{brokers}"
+group_id = "tandem-test"
+dead_letter_topic = "{dlq}"
+max_message_bytes = 65536
+batch_max_messages = {batch_max_messages}
+batch_max_wait = "20ms"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+{extra_kafka}
+
+[store]
+path = "{store}"
+
+[api]
+listen = "127.0.0.1:{port}"
+
+[systems.source]
+label = "Legacy CRM"
+topics = ["{source}"]
+
+[systems.target]
+label = "New CRM"
+topics = ["{target}"]
+
+[reconcile]
+grace = "5m"
+idle_clock = false
+
+[log]
+level = "info"
+
+{entities}"#,
+        dlq = topics.dead_letters,
+        store = directory.join("store").display(),
+        source = topics.source,
+        target = topics.target,
+        entities = tandem_sim::entities_toml(),
+    );
+    std::fs::write(&path, text).expect("the test directory is writable");
+    path
+}
+
+/// A `tandem run` process.
+pub struct Daemon {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `tandem run --config config` and waits until its API answers.
+    pub fn start(config: &Path, port: u16, log: &Path) -> Daemon {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("the test directory is writable");
+        let child = Command::new(tandem_binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("the tandem binary starts");
+        let daemon = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log.to_owned(),
+        };
+        let client = ureq::Agent::new_with_defaults();
+        let health = format!("{}/healthz", daemon.url);
+        wait_for("the daemon's API", Duration::from_secs(60), || {
+            client.get(&health).call().ok()
+        });
+        daemon
+    }
+
+    /// The current report.
+    pub fn report(&self) -> Report {
+        self.get("/v1/report")
+    }
+
+    /// GETs a JSON document from the API.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let url = format!("{}{path}", self.url);
+        ureq::get(&url)
+            .call()
+            .unwrap_or_else(|error| panic!("GET {url}: {error}\n{}", self.log_tail()))
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|error| panic!("GET {url}: bad JSON: {error}"))
+    }
+
+    /// Waits until `applied` distinct events are applied and returns that report.
+    pub fn wait_for_applied(&self, applied: u64, deadline: Duration) -> Report {
+        wait_for(&format!("{applied} applied events"), deadline, || {
+            let report = self.report();
+            let total = report.ingest.source.events_applied + report.ingest.target.events_applied;
+            assert!(
+                total <= applied,
+                "more events applied ({total}) than distinct events exist ({applied})"
+            );
+            (total == applied).then_some(report)
+        })
+    }
+
+    /// SIGKILL: no chance to flush or commit anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("the daemon can be killed");
+        self.child.wait().expect("the killed daemon is reaped");
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("the daemon can be waited on") {
+                return exit;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the daemon did not stop within 60 s of SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The end of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

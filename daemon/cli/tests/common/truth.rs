@@ -1,0 +1,119 @@
+//! Compares what the daemon reports with the simulator's ground truth, exactly.
+
+use std::collections::BTreeMap;
+
+use tandem_api::report::{DivergenceList, Report};
+use tandem_sim::GroundTruth;
+
+use super::Daemon;
+
+/// Every divergent and pending record the API lists, by (entity, join key).
+pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Vec<String>)> {
+    let mut listed = BTreeMap::new();
+    // A small page size makes the test walk many pages and cursors.
+    for filter in ["", "&status=pending"] {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/divergences?limit=37{filter}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: DivergenceList = daemon.get(&path);
+            for item in page.items {
+                let mut fields = item.fields;
+                fields.sort();
+                let previous = listed.insert(
+                    (item.entity, item.join_key),
+                    (item.status.to_string(), fields),
+                );
+                assert!(previous.is_none(), "a record was listed twice while paging");
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    listed
+}
+
+/// Asserts that the report and the divergence listing equal the ground truth.
+pub fn assert_matches_truth(daemon: &Daemon, report: &Report, truth: &GroundTruth) {
+    for (entity, expected) in &truth.entities {
+        let actual = report
+            .entities
+            .get(*entity)
+            .unwrap_or_else(|| panic!("entity {entity} missing from the report"));
+        let actual_by_status: BTreeMap<&str, u64> = actual
+            .by_status
+            .iter()
+            .map(|(status, count)| (status.as_str(), *count))
+            .collect();
+        assert_eq!(
+            actual_by_status, expected.by_status,
+            "{entity}: records by status"
+        );
+        assert_eq!(actual.records, expected.records, "{entity}: records");
+        assert_eq!(
+            actual.mismatched_fields, expected.mismatched_fields,
+            "{entity}: mismatched fields"
+        );
+    }
+    let by_system =
+        |counts: &BTreeMap<&str, u64>, system: &str| counts.get(system).copied().unwrap_or(0);
+    for (system, ingest) in [
+        ("source", &report.ingest.source),
+        ("target", &report.ingest.target),
+    ] {
+        assert_eq!(
+            ingest.events_applied,
+            by_system(&truth.events_applied, system),
+            "{system}: events applied"
+        );
+        assert_eq!(
+            ingest.duplicates_dropped,
+            by_system(&truth.duplicates_dropped, system),
+            "{system}: duplicates dropped"
+        );
+        assert_eq!(
+            ingest.stale_versions,
+            by_system(&truth.stale_versions, system),
+            "{system}: stale versions"
+        );
+    }
+    let dead_letters: BTreeMap<&str, u64> = report
+        .ingest
+        .dead_lettered_by_reason
+        .iter()
+        .map(|(reason, count)| (reason.as_str(), *count))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    assert_eq!(dead_letters, truth.dead_lettered, "dead letters by reason");
+
+    let expected: BTreeMap<(String, String), (String, Vec<String>)> = truth
+        .entities
+        .iter()
+        .flat_map(|(entity, entity_truth)| {
+            entity_truth.not_in_sync.iter().map(move |(key, record)| {
+                (
+                    (entity.to_string(), key.clone()),
+                    (record.status.to_owned(), record.fields.clone()),
+                )
+            })
+        })
+        .collect();
+    let listed = listed_records(daemon);
+    if listed != expected {
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(key, value)| listed.get(*key) != Some(value))
+            .take(10)
+            .collect();
+        let extra: Vec<_> = listed
+            .iter()
+            .filter(|(key, value)| expected.get(*key) != Some(value))
+            .take(10)
+            .collect();
+        panic!("divergence listing differs from the ground truth\nexpected but not listed: {missing:#?}\nlisted but not expected: {extra:#?}");
+    }
+}

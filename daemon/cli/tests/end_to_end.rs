@@ -1,0 +1,315 @@
+//! The simulator's events through a real Kafka-protocol broker into the real `tandem`
+//! binary: the report must equal the simulator's ground truth exactly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tandem_api::report::{RecordView, Report};
+use tandem_sim::{generate, SimConfig};
+
+use common::truth::assert_matches_truth;
+use common::{free_port, wait_for, Broker, Daemon, MockBroker, Tansu, Topics};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn produce(broker: &dyn Broker, topics: &Topics, scenario: &tandem_sim::Scenario) {
+    tandem::simkafka::produce(
+        broker.bootstrap(),
+        &topics.source,
+        &topics.target,
+        &scenario.messages,
+        |_| {},
+    )
+    .expect("the simulated run is produced");
+}
+
+/// Reads every message of the dead-letter topic: (reason header, original coordinates).
+fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "dead-letter-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer of the dead-letter topic");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("a valid assignment");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the dead-letter partition");
+    let mut seen = Vec::new();
+    wait_for(
+        &format!("{expected} dead letters on {topic}"),
+        DEADLINE,
+        || {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                let headers = message.headers().expect("dead letters carry headers");
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == name)
+                        .and_then(|header| header.value)
+                        .map(|value| String::from_utf8_lossy(value).into_owned())
+                        .unwrap_or_else(|| panic!("dead letter without header {name}"))
+                };
+                seen.push((
+                    header("tandem.reason"),
+                    format!(
+                        "{}/{}@{}",
+                        header("tandem.topic"),
+                        header("tandem.partition"),
+                        header("tandem.offset")
+                    ),
+                ));
+            }
+            (seen.len() >= expected).then_some(())
+        },
+    );
+    seen
+}
+
+#[test]
+fn the_report_equals_the_ground_truth() {
+    let topics = Topics::unique("truth");
+    let broker = MockBroker::start(&[
+        (&topics.source, 4),
+        (&topics.target, 4),
+        (&topics.dead_letters, 1),
+    ]);
+    let mut sim = SimConfig::sized(11, 400);
+    sim.oversized_message_bytes = Some(100_000);
+    sim.poison_per_thousand = 3.0;
+    let scenario = generate(&sim);
+    produce(&broker, &topics, &scenario);
+
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 500);
+    let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
+    let distinct: u64 = scenario.truth.events_applied.values().sum();
+    let report = daemon.wait_for_applied(distinct, DEADLINE);
+    assert_matches_truth(&daemon, &report, &scenario.truth);
+    // Lag comes from the consumer's statistics (every second): observe it reach zero.
+    let caught_up = wait_for("lag 0 on both systems", DEADLINE, || {
+        let report = daemon.report();
+        (report.ingest.source.lag == Some(0) && report.ingest.target.lag == Some(0))
+            .then_some(report)
+    });
+    assert!(caught_up.ingest.caught_up);
+    assert_eq!(
+        caught_up.ingest.assigned_partitions, 8,
+        "4 source and 4 target partitions"
+    );
+
+    // Every dead letter reached the dead-letter topic with its reason and coordinates.
+    let expected_dead: u64 = scenario.truth.dead_lettered.values().sum();
+    let letters = dead_letters(
+        broker.bootstrap(),
+        &topics.dead_letters,
+        expected_dead as usize,
+    );
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for (reason, coordinates) in &letters {
+        *by_reason.entry(reason.as_str()).or_default() += 1;
+        assert!(
+            coordinates.starts_with(&topics.source) || coordinates.starts_with(&topics.target),
+            "{coordinates}"
+        );
+    }
+    assert_eq!(by_reason, scenario.truth.dead_lettered);
+
+    // One record, through the API and the CLI: both sides, the diff and the history.
+    let (entity, key) = scenario
+        .truth
+        .entities
+        .iter()
+        .find_map(|(entity, truth)| {
+            truth
+                .not_in_sync
+                .iter()
+                .find(|(_, record)| record.status == "mismatch")
+                .map(|(key, record)| (*entity, key.clone(), record.fields.clone()))
+        })
+        .map(|(entity, key, _)| (entity, key))
+        .expect("the run has a mismatch");
+    let record: RecordView = daemon.get(&format!("/v1/records/{entity}/{key}"));
+    assert_eq!(
+        record.status.map(|status| status.to_string()).as_deref(),
+        Some("mismatch")
+    );
+    let differing: Vec<_> = record
+        .diff
+        .iter()
+        .filter(|field| !field.equal)
+        .map(|field| field.field.clone())
+        .collect();
+    let mut expected_fields = scenario.truth.entities[entity].not_in_sync[&key]
+        .fields
+        .clone();
+    expected_fields.sort();
+    let mut differing_sorted = differing.clone();
+    differing_sorted.sort();
+    assert_eq!(differing_sorted, expected_fields);
+    assert!(record
+        .history
+        .iter()
+        .any(|entry| entry.system.as_str() == "source"));
+    assert!(record
+        .history
+        .iter()
+        .any(|entry| entry.system.as_str() == "target"));
+    assert!(
+        record
+            .history
+            .windows(2)
+            .all(|pair| pair[0].occurred_at <= pair[1].occurred_at),
+        "history is in event-time order"
+    );
+
+    let cli_json = Command::new(common::tandem_binary())
+        .args(["report", "--format", "json", "--url", &daemon.url])
+        .output()
+        .unwrap();
+    assert!(
+        cli_json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli_json.stderr)
+    );
+    let from_cli: Report = serde_json::from_slice(&cli_json.stdout).unwrap();
+    assert_eq!(from_cli.entities, report.entities);
+
+    let cli_record = Command::new(common::tandem_binary())
+        .args(["record", entity, &key, "--url", &daemon.url])
+        .output()
+        .unwrap();
+    assert!(cli_record.status.success());
+    let text = String::from_utf8_lossy(&cli_record.stdout);
+    assert!(
+        text.contains("mismatch") && text.contains("DIFFERS"),
+        "{text}"
+    );
+
+    let csv = Command::new(common::tandem_binary())
+        .args([
+            "divergences",
+            "--all",
+            "--limit",
+            "50",
+            "--format",
+            "csv",
+            "--url",
+            &daemon.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    let rows = String::from_utf8_lossy(&csv.stdout).lines().count() - 1;
+    let divergent: u64 = scenario
+        .truth
+        .entities
+        .values()
+        .flat_map(|truth| truth.not_in_sync.values())
+        .filter(|record| record.status != "pending")
+        .count() as u64;
+    assert_eq!(
+        rows as u64, divergent,
+        "the CSV export lists every divergent record"
+    );
+
+    let metrics = ureq::get(&format!("{}/metrics", daemon.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let applied_source = scenario.truth.events_applied["source"];
+    assert!(
+        metrics.contains(&format!(
+            "tandem_events_applied_total{{system=\"source\"}} {applied_source}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tandem_batch_apply_seconds_bucket"));
+}
+
+#[test]
+fn kills_and_restarts_lose_nothing_and_apply_nothing_twice() {
+    let topics = Topics::unique("crash");
+    let broker = MockBroker::start(&[
+        (&topics.source, 4),
+        (&topics.target, 4),
+        (&topics.dead_letters, 1),
+    ]);
+    let scenario = generate(&SimConfig::sized(23, 2_500));
+    produce(&broker, &topics, &scenario);
+    let distinct: u64 = scenario.truth.events_applied.values().sum();
+
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Small fsynced batches: ingestion takes long enough to be interrupted several times.
+    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 100);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[store]\n", "[store]\nsync_writes = true\n");
+    std::fs::write(&config, text).unwrap();
+    let log = directory.path().join("tandem.log");
+
+    let mut interrupted_mid_ingestion = 0;
+    for (round, share) in [0.1, 0.3, 0.5, 0.7].into_iter().enumerate() {
+        let daemon = Daemon::start(&config, port, &log);
+        let threshold = (distinct as f64 * share) as u64;
+        let applied = wait_for(&format!("{threshold} applied events"), DEADLINE, || {
+            let report = daemon.report();
+            let applied = report.ingest.source.events_applied + report.ingest.target.events_applied;
+            (applied >= threshold).then_some(applied)
+        });
+        if applied < distinct {
+            interrupted_mid_ingestion += 1;
+        }
+        if round == 0 {
+            let status = daemon.terminate();
+            assert!(
+                status.success(),
+                "SIGTERM ends tandem with status 0, got {status}"
+            );
+        } else {
+            daemon.kill();
+        }
+    }
+    assert!(interrupted_mid_ingestion >= 3, "only {interrupted_mid_ingestion} of 4 stops happened during ingestion: the test needs more events to mean anything");
+
+    let daemon = Daemon::start(&config, port, &log);
+    let report = daemon.wait_for_applied(distinct, DEADLINE);
+    assert_matches_truth(&daemon, &report, &scenario.truth);
+}
+
+#[test]
+fn a_second_broker_implementation_gives_the_same_report() {
+    let broker_directory = tempfile::tempdir().unwrap();
+    let topics = Topics::unique("tansu");
+    let broker = Tansu::start(
+        broker_directory.path(),
+        &[
+            (&topics.source, 2),
+            (&topics.target, 2),
+            (&topics.dead_letters, 1),
+        ],
+    );
+    let scenario = generate(&SimConfig::sized(5, 60));
+    produce(&broker, &topics, &scenario);
+
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 500);
+    let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
+    let distinct: u64 = scenario.truth.events_applied.values().sum();
+    let report = daemon.wait_for_applied(distinct, DEADLINE);
+    assert_matches_truth(&daemon, &report, &scenario.truth);
+}
