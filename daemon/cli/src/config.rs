@@ -380,26 +380,31 @@ impl Config {
 /// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
 fn describe_deserialize_error(error: &serde_path_to_error::Error<config::ConfigError>) -> String {
     let path = error.path().to_string();
-    let inner = error.inner().to_string();
-    let parent = if path == "." {
-        String::new()
-    } else {
-        format!("{path}.")
-    };
+    let mut inner = error.inner().to_string();
+    // The config crate appends " for key `...`" in its own spelling; the key is named below.
+    if let Some(index) = inner.find(" for key `") {
+        inner.truncate(index);
+    }
+    if let Some(key) = between(&inner, "missing configuration field \"", "\"") {
+        return format!("required key `{key}` is missing");
+    }
     if let Some(field) = between(&inner, "missing field `", "`") {
+        let parent = if path == "." {
+            String::new()
+        } else {
+            format!("{path}.")
+        };
         return format!("required key `{parent}{field}` is missing");
     }
-    if let Some(field) = between(&inner, "unknown field `", "`") {
-        let expected = inner
+    if inner.starts_with("unknown field `") {
+        let known = inner
             .split_once("expected ")
-            .map(|(_, rest)| {
-                format!(
-                    " (known keys here: {})",
-                    rest.split(" for key").next().unwrap_or(rest)
-                )
-            })
+            .map(|(_, rest)| format!(" (known keys here: {})", rest.trim_start_matches("one of ")))
             .unwrap_or_default();
-        return format!("unknown key `{parent}{field}`{expected}");
+        return format!("unknown key `{path}`{known}");
+    }
+    if inner.ends_with("expected a duration") {
+        inner.push_str(" (write a duration such as \"5m\", \"90s\" or \"1h 30m\")");
     }
     if path == "." {
         inner

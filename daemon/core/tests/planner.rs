@@ -583,14 +583,14 @@ fn run_in_batches(events: &[(System, ChangeEvent)], cuts: &[usize]) -> MemorySta
     state
 }
 
-/// The state a user can observe: rows and summaries, without the dedupe bookkeeping.
-fn observable(
-    state: &MemoryState,
-) -> (
+/// The state a user can observe: rows, summaries and clock, without the dedupe bookkeeping.
+type Observable = (
     BTreeMap<(String, String), RecordRow>,
     BTreeMap<String, EntitySummary>,
     Timestamp,
-) {
+);
+
+fn observable(state: &MemoryState) -> Observable {
     (
         state.records.clone(),
         state.apply.summaries.clone(),

@@ -17,6 +17,9 @@ use crate::{Scenario, SimConfig, SimMessage, SimSystem};
 
 const NANOS: i64 = 1_000_000_000;
 
+/// A message before it becomes a [`SimMessage`]: system, key, payload.
+type Message = (SimSystem, String, Vec<u8>);
+
 enum Action {
     SourceCreate {
         entity: usize,
@@ -174,17 +177,18 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Records a change of `record` (entity index, native id) as an event of its system;
+    /// `fields` is the written image and whether it is partial.
     fn emit(
         &mut self,
         system: SimSystem,
-        entity: usize,
-        native_id: &str,
+        record: (usize, &str),
         op: &str,
         at: i64,
-        fields: Option<Map<String, Value>>,
-        partial: bool,
+        fields: Option<(Map<String, Value>, bool)>,
         actor: (&str, &str),
     ) {
+        let (entity, native_id) = record;
         let state = match system {
             SimSystem::Source => &mut self.source,
             SimSystem::Target => &mut self.target,
@@ -207,7 +211,7 @@ impl<'a> World<'a> {
         if system == SimSystem::Source {
             body["external_id"] = json!(native_id);
         }
-        if let Some(fields) = fields {
+        if let Some((fields, partial)) = fields {
             body["fields"] = Value::Object(fields);
             body["partial"] = json!(partial);
         }
@@ -232,12 +236,10 @@ impl<'a> World<'a> {
                 state.deleted = true;
                 self.emit(
                     SimSystem::Source,
-                    entity,
-                    &id,
+                    (entity, &id),
                     "delete",
                     at,
                     None,
-                    false,
                     ("user", "crm-user"),
                 );
                 if !self.rng.random_bool(self.config.sync_drop_rate) {
@@ -263,12 +265,10 @@ impl<'a> World<'a> {
                     .insert((entity, target_id.clone()), SideState::new(fields.clone()));
                 self.emit(
                     SimSystem::Target,
-                    entity,
-                    &target_id,
+                    (entity, &target_id),
                     "create",
                     at,
-                    Some(fields),
-                    false,
+                    Some((fields, false)),
                     ("integration", "webform"),
                 );
             }
@@ -288,12 +288,10 @@ impl<'a> World<'a> {
                     .push(target_id.clone());
                 self.emit(
                     SimSystem::Target,
-                    entity,
-                    &target_id,
+                    (entity, &target_id),
                     "create",
                     at,
-                    Some(fields),
-                    false,
+                    Some((fields, false)),
                     ("sync", "sync-layer"),
                 );
             }
@@ -326,12 +324,10 @@ impl<'a> World<'a> {
                     };
                     self.emit(
                         SimSystem::Target,
-                        entity,
-                        &target_id,
+                        (entity, &target_id),
                         "update",
                         at,
-                        Some(written),
-                        !full,
+                        Some((written, !full)),
                         ("sync", "sync-layer"),
                     );
                 }
@@ -343,12 +339,10 @@ impl<'a> World<'a> {
                     }
                     self.emit(
                         SimSystem::Target,
-                        entity,
-                        &target_id,
+                        (entity, &target_id),
                         "delete",
                         at,
                         None,
-                        false,
                         ("sync", "sync-layer"),
                     );
                 }
@@ -407,12 +401,10 @@ impl<'a> World<'a> {
             .insert((entity, id.clone()), SideState::new(image.clone()));
         self.emit(
             SimSystem::Source,
-            entity,
-            &id,
+            (entity, &id),
             "create",
             at,
-            Some(image.clone()),
-            false,
+            Some((image.clone(), false)),
             ("user", "crm-user"),
         );
         if !self.rng.random_bool(self.config.sync_drop_rate) {
@@ -501,12 +493,10 @@ impl<'a> World<'a> {
         };
         self.emit(
             SimSystem::Source,
-            entity,
-            &id,
+            (entity, &id),
             "update",
             at,
-            Some(sent),
-            partial,
+            Some((sent, partial)),
             ("user", "crm-user"),
         );
         if !self.rng.random_bool(self.config.sync_drop_rate) {
@@ -551,12 +541,10 @@ impl<'a> World<'a> {
         changes.insert(field.target.to_owned(), edited);
         self.emit(
             SimSystem::Target,
-            entity,
-            &target_id,
+            (entity, &target_id),
             "update",
             at,
-            Some(changes),
-            true,
+            Some((changes, true)),
             ("user", "target-user"),
         );
     }
@@ -580,7 +568,7 @@ impl<'a> World<'a> {
                 .entry(event.system.as_str())
                 .or_default() += 1;
         }
-        let mut stream: Vec<(SimSystem, String, Vec<u8>)> = self
+        let mut stream: Vec<Message> = self
             .emitted
             .iter()
             .map(|event| {
@@ -591,7 +579,7 @@ impl<'a> World<'a> {
                 )
             })
             .collect();
-        let mut inserts: Vec<(usize, (SimSystem, String, Vec<u8>))> = Vec::new();
+        let mut inserts: Vec<(usize, Message)> = Vec::new();
         for (index, event) in self.emitted.iter().enumerate() {
             if self.rng.random_bool(self.config.redelivery_rate) {
                 let position = index + 1 + self.rng.random_range(0..50);

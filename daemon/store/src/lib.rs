@@ -185,7 +185,7 @@ impl Store {
     pub fn approximate_size_bytes(&self) -> u64 {
         cf::ALL
             .iter()
-            .filter_map(|name| {
+            .map(|name| {
                 let handle = self.cf(name);
                 let sst = self
                     .db
@@ -199,7 +199,7 @@ impl Store {
                     .ok()
                     .flatten()
                     .unwrap_or(0);
-                Some(sst + memtable)
+                sst + memtable
             })
             .sum()
     }

@@ -7,7 +7,7 @@ use tandem_core::{ApplyState, DeadLetterReason, RecordRow, Status, System, Times
 use crate::codec::decode_value;
 use crate::error::{Error, Result};
 use crate::keys::{self, Coordinates};
-use crate::write::scan_prefix;
+use crate::write::{scan_prefix, KeyValue};
 use crate::{cf, Store};
 
 /// A message that could not be decoded, kept with its reason.
@@ -114,7 +114,7 @@ impl ReadSnapshot<'_> {
         column_family: &'static str,
         prefix: Vec<u8>,
         start: Vec<u8>,
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
+    ) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         scan_prefix(
             &self.store.db,
             self.store.cf(column_family),

@@ -410,6 +410,9 @@ impl StateView for Store {
     }
 }
 
+/// One key and its value, as a scan returns them.
+pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Walks a column family forward from `start` while keys keep `prefix`.
 pub(crate) fn scan_prefix<'a>(
     db: &'a rocksdb::DB,
@@ -417,7 +420,7 @@ pub(crate) fn scan_prefix<'a>(
     snapshot: &'a rocksdb::Snapshot<'a>,
     prefix: Vec<u8>,
     start: Vec<u8>,
-) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+) -> impl Iterator<Item = Result<KeyValue>> + 'a {
     let mut read_options = rocksdb::ReadOptions::default();
     read_options.set_snapshot(snapshot);
     read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));

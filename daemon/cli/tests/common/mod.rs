@@ -1,6 +1,6 @@
 //! The harness of the process-level tests: a real broker process, the real `tandem` binary,
 //! the simulator's messages and its ground truth.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod broker;
 pub mod truth;

@@ -1,0 +1,37 @@
+# tandem: the two commands of the README, and the ones developers use.
+#   make demo   an embedded broker, a simulated parallel run of two CRMs, and the daemon
+#   make test   every test (installs what they need first)
+#   make bench  throughput, latency and memory against baselines measured in the same run
+#   make lint   rustfmt and clippy, warnings as errors
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tandem/target
+export CARGO_TERM_COLOR ?= never
+export TANDEM_TANSU ?= $(HOME)/.cache/tandem/tansu-0.6.0/bin/tansu
+
+.PHONY: demo test bench lint fmt setup setup-build build
+
+setup-build:
+	@scripts/setup.sh build
+
+setup:
+	@scripts/setup.sh test
+
+build: setup-build
+	cargo build --locked --bin tandem
+
+demo: build
+	"$(CARGO_TARGET_DIR)/debug/tandem" demo
+
+test: setup lint
+	cargo test --workspace --locked
+
+bench: setup-build
+	cargo run --locked --release -p tandem-bench
+
+lint: setup-build
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
