@@ -27,7 +27,8 @@ test: setup lint
 	cargo test --workspace --locked
 
 bench: setup-build
-	cargo run --locked --release -p tandem-bench
+	cargo build --locked --release --bin tandem --bin tandem-bench
+	TANDEM_BIN="$(CARGO_TARGET_DIR)/release/tandem" "$(CARGO_TARGET_DIR)/release/tandem-bench"
 
 lint: setup-build
 	cargo fmt --all -- --check

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -238,10 +239,29 @@ fn known_entities(mapping: &Mapping) -> String {
         .join(", ")
 }
 
+/// An empty query value means the parameter is absent (`?entity=&status=`).
+fn present(value: Option<String>) -> Option<String> {
+    value.filter(|text| !text.is_empty())
+}
+
 async fn get_divergences(
     State(context): State<Arc<ApiContext>>,
-    Query(query): Query<DivergenceQuery>,
+    query: Result<Query<DivergenceQuery>, QueryRejection>,
 ) -> Result<Json<DivergenceList>, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            rejection.body_text(),
+            "parameters: entity, status, field, limit (1 to 1000), cursor",
+        )
+    })?;
+    let query = DivergenceQuery {
+        entity: present(query.entity),
+        status: present(query.status),
+        field: present(query.field),
+        limit: query.limit,
+        cursor: present(query.cursor),
+    };
     let entities: Vec<String> = match &query.entity {
         Some(entity) if context.mapping.entity(entity).is_none() => {
             return Err(ApiError::new(
@@ -336,8 +356,15 @@ async fn get_divergences(
 
 async fn get_record(
     State(context): State<Arc<ApiContext>>,
-    Path((entity, join_key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<RecordView>, ApiError> {
+    let Path((entity, join_key)) = path.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            rejection.body_text(),
+            "percent-encode the entity and the join key as UTF-8",
+        )
+    })?;
     let Some(mapping) = context.mapping.entity(&entity).cloned() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,2 +1,76 @@
-//! placeholder
-fn main() {}
+//! `make bench`: tandem's durable end-to-end rate against two baselines measured in the same
+//! run on the same broker and the same events: (a) consume and discard, (b) a minimal durable
+//! log (consume, decode, one RocksDB put per event, WAL on). Then apply latency, `/v1/report`
+//! latency with a million records stored, and peak memory of the daemon.
+
+mod daemon_process;
+mod phases;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use tandem_sim::{generate, SimConfig};
+
+const SOURCE_TOPIC: &str = "bench.source.changes";
+const TARGET_TOPIC: &str = "bench.target.changes";
+const PARTITIONS: i32 = 64;
+const TARGET_EVENTS: usize = 1_000_000;
+const REPORT_RECORDS: usize = 1_000_000;
+
+fn main() -> anyhow::Result<()> {
+    let tandem = std::env::var("TANDEM_BIN").context("TANDEM_BIN must name the release `tandem` binary (make bench sets it)")?;
+    println!("tandem bench: {TARGET_EVENTS} simulated events on librdkafka's mock cluster, {PARTITIONS} partitions per topic\n");
+
+    let cluster = MockCluster::new(1).context("starting the mock cluster")?;
+    for topic in [SOURCE_TOPIC, TARGET_TOPIC] {
+        cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
+    cluster.create_topic("bench.dlq", 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+
+    // Few updates per record keeps each partition under the mock cluster's 5 MiB.
+    let mut sim = SimConfig::sized(2026, 1);
+    sim.updates_per_record = 1.0;
+    let per_record = {
+        let probe = generate(&{
+            let mut probe = sim.clone();
+            for count in probe.records.values_mut() {
+                *count = 2_000;
+            }
+            probe
+        });
+        probe.messages.len() as f64 / 6_000.0
+    };
+    let per_entity = (TARGET_EVENTS as f64 / per_record / 3.0).round() as usize;
+    for count in sim.records.values_mut() {
+        *count = per_entity;
+    }
+    let started = Instant::now();
+    let scenario = generate(&sim);
+    let messages = scenario.messages.len();
+    let distinct: u64 = scenario.truth.events_applied.values().sum();
+    println!("generated {messages} messages ({distinct} distinct events) in {:.1} s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    tandem::simkafka::produce(&brokers, SOURCE_TOPIC, TARGET_TOPIC, &scenario.messages, |_| {})?;
+    println!("produced them in {:.1} s\n", started.elapsed().as_secs_f64());
+    let truth = scenario.truth.clone();
+    drop(scenario);
+
+    let bare = phases::consume_and_discard(&brokers, messages)?;
+    let log = phases::durable_log(&brokers, messages)?;
+    let end_to_end = phases::tandem_end_to_end(&tandem, &brokers, distinct, &truth)?;
+    let report = phases::report_latency(&tandem, &brokers, REPORT_RECORDS)?;
+
+    println!("\n== results ==");
+    println!("(a) consume and discard      {:>10.0} messages/s", bare);
+    println!("(b) minimal durable log      {:>10.0} messages/s  (decode + 1 RocksDB put per event, WAL on)", log);
+    println!("(c) tandem end to end        {:>10.0} messages/s  (durable: log, indexes, records, aggregates, offsets)", end_to_end.rate);
+    println!("    c/a = {:.2}   c/b = {:.2}", end_to_end.rate / bare, end_to_end.rate / log);
+    println!("    batch apply latency       p50 ≤ {}  p90 ≤ {}  p99 ≤ {}  (histogram bucket bounds)", end_to_end.p50, end_to_end.p90, end_to_end.p99);
+    println!("    daemon peak RSS           {:.0} MiB", end_to_end.peak_rss_mib);
+    println!("    report equals ground truth: {}", if end_to_end.matches_truth { "yes" } else { "NO" });
+    println!("(d) /v1/report with {} records stored: p50 {:.2} ms  p99 {:.2} ms  (daemon peak RSS {:.0} MiB)", report.records, report.p50_ms, report.p99_ms, report.peak_rss_mib);
+    drop(cluster);
+    Ok(())
+}

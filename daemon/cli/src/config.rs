@@ -220,15 +220,18 @@ impl Config {
     /// Reads `path`, applies `TANDEM_*` overrides from `environment`, and validates.
     pub fn load(path: &Path, environment: &Environment) -> Result<Config, ConfigError> {
         let file_name = path.display().to_string();
-        let overrides = match environment {
+        // Only `TANDEM_<SECTION>__<KEY>` variables are configuration: others that merely
+        // start with TANDEM_ (TANDEM_URL, TANDEM_CONFIG, a Kubernetes service's
+        // TANDEM_SERVICE_HOST) must not be read as keys.
+        let overrides: HashMap<String, String> = match environment {
             Environment::Process => std::env::vars().collect(),
             Environment::Map(map) => map.clone(),
-        };
-        let overridden: Vec<String> = overrides
-            .keys()
-            .filter(|key| key.starts_with("TANDEM_") && key.contains("__"))
-            .cloned()
-            .collect();
+        }
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("TANDEM_") && key.contains("__"))
+        .collect();
+        let mut overridden: Vec<String> = overrides.keys().cloned().collect();
+        overridden.sort();
         let origin = if overridden.is_empty() {
             file_name.clone()
         } else {

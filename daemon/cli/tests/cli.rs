@@ -111,6 +111,9 @@ fn environment_variables_override_the_file() {
             ("TANDEM_KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092"),
             ("TANDEM_RECONCILE__GRACE", "90s"),
             ("TANDEM_SYSTEMS__SOURCE__TOPICS", "legacy.a,legacy.b"),
+            // Not configuration: variables without a section separator are ignored.
+            ("TANDEM_URL", "http://127.0.0.1:1"),
+            ("TANDEM_SERVICE_HOST", "10.0.0.1"),
         ],
     );
     assert!(
@@ -188,4 +191,19 @@ fn the_cli_says_when_no_daemon_answers() {
         stderr.contains("cannot reach tandem") && stderr.contains("tandem run"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_documented_example_configuration_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/tandem.example.toml");
+    let output = check_config(&example, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let checked: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let entities: Vec<&str> = checked["config"]["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entity| entity["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(entities, ["contact", "company", "deal"]);
 }

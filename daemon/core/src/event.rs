@@ -224,6 +224,16 @@ pub fn decode(payload: Option<&[u8]>, max_bytes: usize) -> Result<ChangeEvent, D
             format!("the message value is not UTF-8: {error}"),
         )
     })?;
+    // serde would also fill the struct from a JSON array by position; the contract is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => DecodeError::new(
+                DeadLetterReason::SchemaViolation,
+                format!("not a {CANONICAL_FORMAT} event: the value is not a JSON object"),
+            ),
+            Err(error) => classify_json_error(text, error),
+        });
+    }
     let event: ChangeEvent = match serde_json::from_str(text) {
         Ok(event) => event,
         Err(error) => return Err(classify_json_error(text, error)),
@@ -274,7 +284,7 @@ fn validate(event: &ChangeEvent) -> Result<(), DecodeError> {
             return schema_error(format!("field `{name}` must not be empty"));
         }
     }
-    if event.op == Op::Merge && event.merged_into.is_none() {
+    if event.op == Op::Merge && event.merged_into.as_deref().is_none_or(str::is_empty) {
         return schema_error("a `merge` event needs `merged_into`".to_owned());
     }
     if event.partial && event.fields.is_none() && matches!(event.op, Op::Update) {
@@ -384,13 +394,18 @@ mod tests {
 
     #[test]
     fn each_kind_of_bad_input_has_its_reason() {
-        let cases: [(Option<&[u8]>, DeadLetterReason); 7] = [
+        let cases: [(Option<&[u8]>, DeadLetterReason); 9] = [
             (None, DeadLetterReason::Empty),
             (Some(b"   "), DeadLetterReason::Empty),
             (Some(b"{\"event_id\": \xff}"), DeadLetterReason::InvalidUtf8),
             (Some(b"{\"event_id\": "), DeadLetterReason::InvalidJson),
             (Some(b"not json"), DeadLetterReason::InvalidJson),
             (Some(b"[1,2]"), DeadLetterReason::SchemaViolation),
+            (
+                Some(br#"["e-1","contact","1","create","2026-11-20T08:00:00Z"]"#),
+                DeadLetterReason::SchemaViolation,
+            ),
+            (Some(b"[1,"), DeadLetterReason::InvalidJson),
             (Some(b"null"), DeadLetterReason::SchemaViolation),
         ];
         for (payload, expected) in cases {

@@ -54,17 +54,21 @@ pub struct IngestSnapshot {
 }
 
 impl IngestSnapshot {
-    /// Sum of lag over a system's assigned partitions; `None` while a watermark is unknown.
+    /// Sum of lag over a system's assigned partitions.
+    /// `None` while a watermark is unknown, or when none of the system's partitions is
+    /// assigned (then nothing is known about it).
     pub fn lag(&self, system: System) -> Option<i64> {
         let mut total = 0;
+        let mut assigned = 0;
         for (topic, partition) in &self.assigned {
             if self.topic_systems.get(topic) != Some(&system) {
                 continue;
             }
             let position = self.partitions.get(&(topic.clone(), *partition))?;
             total += position.lag()?;
+            assigned += 1;
         }
-        Some(total)
+        (assigned > 0).then_some(total)
     }
 
     /// Whether every assigned partition is known to be fully applied.

@@ -1,0 +1,264 @@
+//! The measured phases of the benchmark.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tandem_core::{Input, Mapping, Planner};
+use tandem_sim::GroundTruth;
+use tandem_store::{Commit, Coordinates, LoggedMessage, NextOffset, Store, StoreOptions};
+
+use crate::daemon_process::{free_port, DaemonProcess};
+use crate::{PARTITIONS, SOURCE_TOPIC, TARGET_TOPIC};
+
+const BATCH: usize = 2_000;
+
+fn consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in [SOURCE_TOPIC, TARGET_TOPIC] {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// (a) Reads every message and drops it: the broker's and librdkafka's ceiling.
+pub(crate) fn consume_and_discard(brokers: &str, expected: usize) -> anyhow::Result<f64> {
+    let consumer = consumer(brokers, "bench-discard")?;
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    let mut started = None;
+    while seen < expected {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message?;
+            started.get_or_insert_with(Instant::now);
+            bytes += message.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    let seconds = started.map_or(0.0, |started| started.elapsed().as_secs_f64());
+    println!("(a) consumed and discarded {seen} messages ({:.0} MiB) in {seconds:.2} s", bytes as f64 / 1048576.0);
+    Ok(seen as f64 / seconds)
+}
+
+/// (b) Consumes, decodes, and puts each event into RocksDB in batches with the WAL on.
+pub(crate) fn durable_log(brokers: &str, expected: usize) -> anyhow::Result<f64> {
+    let directory = tempfile::tempdir()?;
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    let db = rocksdb::DB::open(&options, directory.path())?;
+    let consumer = consumer(brokers, "bench-log")?;
+    let mut seen = 0usize;
+    let mut started = None;
+    let mut batch = rocksdb::WriteBatch::default();
+    while seen < expected {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message?;
+            started.get_or_insert_with(Instant::now);
+            let payload = message.payload().unwrap_or_default();
+            let decoded = tandem_core::event::decode(Some(payload), 1 << 20);
+            let mut key = message.topic().as_bytes().to_vec();
+            key.extend_from_slice(&message.partition().to_be_bytes());
+            key.extend_from_slice(&message.offset().to_be_bytes());
+            batch.put(&key, if decoded.is_ok() { payload } else { b"" });
+            seen += 1;
+            if batch.len() >= BATCH {
+                db.write(std::mem::take(&mut batch))?;
+            }
+        }
+    }
+    db.write(batch)?;
+    let seconds = started.map_or(0.0, |started| started.elapsed().as_secs_f64());
+    println!("(b) logged {seen} messages durably in {seconds:.2} s");
+    Ok(seen as f64 / seconds)
+}
+
+pub(crate) struct EndToEnd {
+    pub(crate) rate: f64,
+    pub(crate) p50: String,
+    pub(crate) p90: String,
+    pub(crate) p99: String,
+    pub(crate) peak_rss_mib: f64,
+    pub(crate) matches_truth: bool,
+}
+
+fn config(directory: &Path, brokers: &str, port: u16, source: &str, target: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = directory.join("tandem.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-tandem\"\ndead_letter_topic = \"bench.dlq\"\n\n[store]\npath = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n[systems.source]\ntopics = [\"{source}\"]\n\n[systems.target]\ntopics = [\"{target}\"]\n\n[reconcile]\nidle_clock = false\n\n[log]\nlevel = \"warn\"\n\n{}",
+            directory.join("store").display(),
+            tandem_sim::entities_toml()
+        ),
+    )?;
+    Ok(path)
+}
+
+fn applied(report: &serde_json::Value) -> u64 {
+    report["ingest"]["source"]["events_applied"].as_u64().unwrap_or(0)
+        + report["ingest"]["target"]["events_applied"].as_u64().unwrap_or(0)
+}
+
+/// (c) The real daemon, from its first applied batch to its last.
+pub(crate) fn tandem_end_to_end(binary: &str, brokers: &str, distinct: u64, truth: &GroundTruth) -> anyhow::Result<EndToEnd> {
+    let directory = tempfile::tempdir()?;
+    let port = free_port()?;
+    let config = config(directory.path(), brokers, port, SOURCE_TOPIC, TARGET_TOPIC)?;
+    let daemon = DaemonProcess::start(binary, &config, port, &directory.path().join("tandem.log"))?;
+    let mut first = None;
+    let mut last_print = Instant::now();
+    let report = loop {
+        let report = daemon.get_json("/v1/report")?;
+        let done = applied(&report);
+        if done > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if done >= distinct {
+            break report;
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            println!("(c) … {done} of {distinct} events applied");
+            last_print = Instant::now();
+        }
+        if first.is_none_or(|first: Instant| first.elapsed() < Duration::from_secs(1800)) {
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            bail!("tandem did not finish within 30 minutes");
+        }
+    };
+    let seconds = first.map_or(0.0, |first| first.elapsed().as_secs_f64());
+    let messages = distinct
+        + report["ingest"]["source"]["duplicates_dropped"].as_u64().unwrap_or(0)
+        + report["ingest"]["target"]["duplicates_dropped"].as_u64().unwrap_or(0)
+        + report["ingest"]["dead_lettered"].as_u64().unwrap_or(0);
+    println!("(c) tandem applied {distinct} distinct events ({messages} messages) in {seconds:.2} s");
+    let mut matches_truth = true;
+    for (entity, expected) in &truth.entities {
+        for (status, count) in &expected.by_status {
+            if report["entities"][*entity]["by_status"][*status].as_u64() != Some(*count) {
+                matches_truth = false;
+            }
+        }
+    }
+    let metrics = daemon.get_text("/metrics")?;
+    let (p50, p90, p99) = (quantile(&metrics, 0.5), quantile(&metrics, 0.9), quantile(&metrics, 0.99));
+    Ok(EndToEnd {
+        rate: messages as f64 / seconds,
+        p50,
+        p90,
+        p99,
+        peak_rss_mib: daemon.peak_rss_mib()?,
+        matches_truth,
+    })
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of batch apply latency.
+fn quantile(metrics: &str, q: f64) -> String {
+    let buckets: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("tandem_batch_apply_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            Some((bound.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(bound, _)| match bound.parse::<f64>() {
+            Ok(seconds) => format!("{:.1} ms", seconds * 1e3),
+            Err(_) => bound.clone(),
+        })
+        .unwrap_or_else(|| "n/a".to_owned())
+}
+
+pub(crate) struct ReportLatency {
+    pub(crate) records: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) peak_rss_mib: f64,
+}
+
+/// (d) Fills a store with `records` records through the planner, then times `/v1/report`.
+pub(crate) fn report_latency(binary: &str, brokers: &str, records: usize) -> anyhow::Result<ReportLatency> {
+    let directory = tempfile::tempdir()?;
+    let config_path = config(directory.path(), brokers, free_port()?, "bench.report.source", "bench.report.target")?;
+    let config = tandem::config::Config::load(&config_path, &tandem::config::Environment::Map(Default::default()))?;
+    let mapping: Mapping = config.mapping()?;
+    let started = Instant::now();
+    {
+        let store = Store::open(&config.store.path, &StoreOptions::default())?;
+        let entities = ["contact", "company", "deal"];
+        let mut offset = 0i64;
+        while (offset as usize) < records {
+            let count = BATCH.min(records - offset as usize);
+            let payloads: Vec<Vec<u8>> = (0..count)
+                .map(|index| {
+                    let number = offset as usize + index;
+                    serde_json::to_vec(&serde_json::json!({
+                        "event_id": format!("fill-{number}"), "entity": entities[number % 3], "id": format!("R-{number}"),
+                        "external_id": format!("R-{number}"), "op": "create", "occurred_at": "2026-11-20T08:00:00Z",
+                        "fields": {"Email": format!("r{number}@example.com"), "Name": format!("Record {number}")}
+                    }))
+                    .expect("JSON values encode")
+                })
+                .collect();
+            let events: Vec<_> = payloads.iter().map(|payload| tandem_core::event::decode(Some(payload), 1 << 20)).collect();
+            let coordinates: Vec<_> = (0..count as i64)
+                .map(|index| Coordinates { topic: "bench.fill".to_owned(), partition: 0, offset: offset + index })
+                .collect();
+            let mut planner = Planner::new(&mapping, config.reconcile.grace, &store, store.apply_state()?);
+            for event in &events {
+                let event = event.as_ref().map_err(|error| anyhow::anyhow!("{error}"))?;
+                planner.apply(Input::Event { system: tandem_core::System::Source, event }).map_err(|error| anyhow::anyhow!("{error}"))?;
+            }
+            let plan = planner.finish();
+            let logged: Vec<_> = (0..count)
+                .map(|index| LoggedMessage {
+                    coordinates: &coordinates[index],
+                    system: tandem_core::System::Source,
+                    payload: &payloads[index],
+                    event: events[index].as_ref().ok(),
+                    dead_letter: None,
+                })
+                .collect();
+            offset += count as i64;
+            store.commit(&Commit {
+                messages: &logged,
+                plan: &plan,
+                offsets: &[("bench.fill", 0, NextOffset(offset))],
+                committed_at: tandem_core::Timestamp::from_unix_nanos(0),
+            })?;
+        }
+    }
+    println!("(d) stored {records} records through the planner in {:.1} s", started.elapsed().as_secs_f64());
+    let port = config.api.listen.port();
+    let daemon = DaemonProcess::start(binary, &config_path, port, &directory.path().join("tandem.log"))?;
+    let first = daemon.get_json("/v1/report")?;
+    let stored = first["totals"]["records"].as_u64().context("report without totals")?;
+    let mut latencies = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        daemon.get_json("/v1/report")?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(ReportLatency {
+        records: stored,
+        p50_ms: latencies[latencies.len() / 2],
+        p99_ms: latencies[latencies.len() * 99 / 100],
+        peak_rss_mib: daemon.peak_rss_mib()?,
+    })
+}
