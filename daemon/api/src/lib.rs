@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use prometheus::{Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tandem_core::{Mapping, Status, System, Timestamp};
@@ -62,6 +62,8 @@ struct ReportGauges {
     records: IntGaugeVec,
     parity: GaugeVec,
     oldest_divergence_age: GaugeVec,
+    ingest_running: IntGauge,
+    broker_reachable: IntGauge,
 }
 
 impl ApiContext {
@@ -93,9 +95,19 @@ impl ApiContext {
             ),
             &["entity"],
         )?;
+        let ingest_running = IntGauge::new(
+            "tandem_ingest_running",
+            "1 while ingestion runs, 0 once it stopped for good (the report says why)",
+        )?;
+        let broker_reachable = IntGauge::new(
+            "tandem_broker_reachable",
+            "1 while a Kafka broker is reachable; 0 means the report is getting stale",
+        )?;
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(parity.clone()))?;
         registry.register(Box::new(oldest_divergence_age.clone()))?;
+        registry.register(Box::new(ingest_running.clone()))?;
+        registry.register(Box::new(broker_reachable.clone()))?;
         Ok(ApiContext {
             store,
             mapping,
@@ -108,6 +120,8 @@ impl ApiContext {
                 records,
                 parity,
                 oldest_divergence_age,
+                ingest_running,
+                broker_reachable,
             },
         })
     }
@@ -477,6 +491,12 @@ async fn get_metrics(State(context): State<Arc<ApiContext>>) -> Result<Response,
                 .set(ingest.lag.unwrap_or(-1));
         }
         let gauges = &context.report_gauges;
+        gauges
+            .ingest_running
+            .set(i64::from(report.ingest.stopped.is_none()));
+        gauges
+            .broker_reachable
+            .set(i64::from(report.ingest.broker_reachable));
         for (entity, entity_report) in &report.entities {
             for (status, count) in &entity_report.by_status {
                 gauges

@@ -12,7 +12,12 @@ pub(crate) struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    pub(crate) fn start(binary: &str, config: &Path, port: u16, log: &Path) -> anyhow::Result<DaemonProcess> {
+    pub(crate) fn start(
+        binary: &str,
+        config: &Path,
+        port: u16,
+        log: &Path,
+    ) -> anyhow::Result<DaemonProcess> {
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
@@ -21,11 +26,20 @@ impl DaemonProcess {
             .stderr(std::fs::File::create(log)?)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        let daemon = DaemonProcess { child, url: format!("http://127.0.0.1:{port}") };
+        let daemon = DaemonProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let started = Instant::now();
-        while ureq::get(&format!("{}/healthz", daemon.url)).call().is_err() {
+        while ureq::get(&format!("{}/healthz", daemon.url))
+            .call()
+            .is_err()
+        {
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("the daemon did not answer within 60 s; see {}", log.display());
+                bail!(
+                    "the daemon did not answer within 60 s; see {}",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -33,11 +47,17 @@ impl DaemonProcess {
     }
 
     pub(crate) fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        Ok(ureq::get(&format!("{}{path}", self.url)).call()?.body_mut().read_json()?)
+        Ok(ureq::get(&format!("{}{path}", self.url))
+            .call()?
+            .body_mut()
+            .read_json()?)
     }
 
     pub(crate) fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(ureq::get(&format!("{}{path}", self.url)).call()?.body_mut().read_to_string()?)
+        Ok(ureq::get(&format!("{}{path}", self.url))
+            .call()?
+            .body_mut()
+            .read_to_string()?)
     }
 
     /// Peak resident set size (VmHWM) in MiB.
@@ -54,11 +74,15 @@ impl DaemonProcess {
 
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

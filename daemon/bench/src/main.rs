@@ -12,6 +12,10 @@ use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use tandem_sim::{generate, SimConfig};
 
+/// The same allocator as the daemon, so the baselines are measured on equal terms.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SOURCE_TOPIC: &str = "bench.source.changes";
 const TARGET_TOPIC: &str = "bench.target.changes";
 const PARTITIONS: i32 = 64;
@@ -19,8 +23,19 @@ const TARGET_EVENTS: usize = 1_000_000;
 const REPORT_RECORDS: usize = 1_000_000;
 
 fn main() -> anyhow::Result<()> {
-    let tandem = std::env::var("TANDEM_BIN").context("TANDEM_BIN must name the release `tandem` binary (make bench sets it)")?;
+    let tandem = std::env::var("TANDEM_BIN")
+        .context("TANDEM_BIN must name the release `tandem` binary (make bench sets it)")?;
     println!("tandem bench: {TARGET_EVENTS} simulated events on librdkafka's mock cluster, {PARTITIONS} partitions per topic\n");
+    if std::env::var_os("TANDEM_BENCH_ONLY_REPORT").is_some() {
+        // Profiling aid: only the store fill and report phase.
+        let cluster = MockCluster::new(1)?;
+        let report = phases::report_latency(&tandem, &cluster.bootstrap_servers(), REPORT_RECORDS)?;
+        println!(
+            "(d) /v1/report with {} records: p50 {:.2} ms",
+            report.records, report.p50_ms
+        );
+        return Ok(());
+    }
 
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     for topic in [SOURCE_TOPIC, TARGET_TOPIC] {
@@ -42,7 +57,12 @@ fn main() -> anyhow::Result<()> {
         });
         probe.messages.len() as f64 / 6_000.0
     };
-    let per_entity = (TARGET_EVENTS as f64 / per_record / 3.0).round() as usize;
+    // TANDEM_BENCH_EVENTS shrinks the run for quick comparisons while tuning.
+    let target_events: usize = std::env::var("TANDEM_BENCH_EVENTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(TARGET_EVENTS);
+    let per_entity = (target_events as f64 / per_record / 3.0).round() as usize;
     for count in sim.records.values_mut() {
         *count = per_entity;
     }
@@ -50,26 +70,63 @@ fn main() -> anyhow::Result<()> {
     let scenario = generate(&sim);
     let messages = scenario.messages.len();
     let distinct: u64 = scenario.truth.events_applied.values().sum();
-    println!("generated {messages} messages ({distinct} distinct events) in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "generated {messages} messages ({distinct} distinct events) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let started = Instant::now();
-    tandem::simkafka::produce(&brokers, SOURCE_TOPIC, TARGET_TOPIC, &scenario.messages, |_| {})?;
-    println!("produced them in {:.1} s\n", started.elapsed().as_secs_f64());
+    tandem::simkafka::produce(
+        &brokers,
+        SOURCE_TOPIC,
+        TARGET_TOPIC,
+        &scenario.messages,
+        |_| {},
+    )?;
+    println!(
+        "produced them in {:.1} s\n",
+        started.elapsed().as_secs_f64()
+    );
     let truth = scenario.truth.clone();
     drop(scenario);
 
     let bare = phases::consume_and_discard(&brokers, messages)?;
     let log = phases::durable_log(&brokers, messages)?;
     let end_to_end = phases::tandem_end_to_end(&tandem, &brokers, distinct, &truth)?;
-    let report = phases::report_latency(&tandem, &brokers, REPORT_RECORDS)?;
+    let report = phases::report_latency(
+        &tandem,
+        &brokers,
+        if target_events < TARGET_EVENTS {
+            10_000
+        } else {
+            REPORT_RECORDS
+        },
+    )?;
 
     println!("\n== results ==");
     println!("(a) consume and discard      {:>10.0} messages/s", bare);
     println!("(b) minimal durable log      {:>10.0} messages/s  (decode + 1 RocksDB put per event, WAL on)", log);
     println!("(c) tandem end to end        {:>10.0} messages/s  (durable: log, indexes, records, aggregates, offsets)", end_to_end.rate);
-    println!("    c/a = {:.2}   c/b = {:.2}", end_to_end.rate / bare, end_to_end.rate / log);
-    println!("    batch apply latency       p50 ≤ {}  p90 ≤ {}  p99 ≤ {}  (histogram bucket bounds)", end_to_end.p50, end_to_end.p90, end_to_end.p99);
-    println!("    daemon peak RSS           {:.0} MiB", end_to_end.peak_rss_mib);
-    println!("    report equals ground truth: {}", if end_to_end.matches_truth { "yes" } else { "NO" });
+    println!(
+        "    c/a = {:.2}   c/b = {:.2}",
+        end_to_end.rate / bare,
+        end_to_end.rate / log
+    );
+    println!(
+        "    batch apply latency       p50 ≤ {}  p90 ≤ {}  p99 ≤ {}  (histogram bucket bounds)",
+        end_to_end.p50, end_to_end.p90, end_to_end.p99
+    );
+    println!(
+        "    daemon peak RSS           {:.0} MiB",
+        end_to_end.peak_rss_mib
+    );
+    println!(
+        "    report equals ground truth: {}",
+        if end_to_end.matches_truth {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
     println!("(d) /v1/report with {} records stored: p50 {:.2} ms  p99 {:.2} ms  (daemon peak RSS {:.0} MiB)", report.records, report.p50_ms, report.p99_ms, report.peak_rss_mib);
     drop(cluster);
     Ok(())

@@ -47,7 +47,10 @@ pub(crate) fn consume_and_discard(brokers: &str, expected: usize) -> anyhow::Res
         }
     }
     let seconds = started.map_or(0.0, |started| started.elapsed().as_secs_f64());
-    println!("(a) consumed and discarded {seen} messages ({:.0} MiB) in {seconds:.2} s", bytes as f64 / 1048576.0);
+    println!(
+        "(a) consumed and discarded {seen} messages ({:.0} MiB) in {seconds:.2} s",
+        bytes as f64 / 1048576.0
+    );
     Ok(seen as f64 / seconds)
 }
 
@@ -92,7 +95,13 @@ pub(crate) struct EndToEnd {
     pub(crate) matches_truth: bool,
 }
 
-fn config(directory: &Path, brokers: &str, port: u16, source: &str, target: &str) -> anyhow::Result<std::path::PathBuf> {
+fn config(
+    directory: &Path,
+    brokers: &str,
+    port: u16,
+    source: &str,
+    target: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let path = directory.join("tandem.toml");
     std::fs::write(
         &path,
@@ -106,12 +115,21 @@ fn config(directory: &Path, brokers: &str, port: u16, source: &str, target: &str
 }
 
 fn applied(report: &serde_json::Value) -> u64 {
-    report["ingest"]["source"]["events_applied"].as_u64().unwrap_or(0)
-        + report["ingest"]["target"]["events_applied"].as_u64().unwrap_or(0)
+    report["ingest"]["source"]["events_applied"]
+        .as_u64()
+        .unwrap_or(0)
+        + report["ingest"]["target"]["events_applied"]
+            .as_u64()
+            .unwrap_or(0)
 }
 
 /// (c) The real daemon, from its first applied batch to its last.
-pub(crate) fn tandem_end_to_end(binary: &str, brokers: &str, distinct: u64, truth: &GroundTruth) -> anyhow::Result<EndToEnd> {
+pub(crate) fn tandem_end_to_end(
+    binary: &str,
+    brokers: &str,
+    distinct: u64,
+    truth: &GroundTruth,
+) -> anyhow::Result<EndToEnd> {
     let directory = tempfile::tempdir()?;
     let port = free_port()?;
     let config = config(directory.path(), brokers, port, SOURCE_TOPIC, TARGET_TOPIC)?;
@@ -139,10 +157,16 @@ pub(crate) fn tandem_end_to_end(binary: &str, brokers: &str, distinct: u64, trut
     };
     let seconds = first.map_or(0.0, |first| first.elapsed().as_secs_f64());
     let messages = distinct
-        + report["ingest"]["source"]["duplicates_dropped"].as_u64().unwrap_or(0)
-        + report["ingest"]["target"]["duplicates_dropped"].as_u64().unwrap_or(0)
+        + report["ingest"]["source"]["duplicates_dropped"]
+            .as_u64()
+            .unwrap_or(0)
+        + report["ingest"]["target"]["duplicates_dropped"]
+            .as_u64()
+            .unwrap_or(0)
         + report["ingest"]["dead_lettered"].as_u64().unwrap_or(0);
-    println!("(c) tandem applied {distinct} distinct events ({messages} messages) in {seconds:.2} s");
+    println!(
+        "(c) tandem applied {distinct} distinct events ({messages} messages) in {seconds:.2} s"
+    );
     let mut matches_truth = true;
     for (entity, expected) in &truth.entities {
         for (status, count) in &expected.by_status {
@@ -152,7 +176,11 @@ pub(crate) fn tandem_end_to_end(binary: &str, brokers: &str, distinct: u64, trut
         }
     }
     let metrics = daemon.get_text("/metrics")?;
-    let (p50, p90, p99) = (quantile(&metrics, 0.5), quantile(&metrics, 0.9), quantile(&metrics, 0.99));
+    let (p50, p90, p99) = (
+        quantile(&metrics, 0.5),
+        quantile(&metrics, 0.9),
+        quantile(&metrics, 0.99),
+    );
     Ok(EndToEnd {
         rate: messages as f64 / seconds,
         p50,
@@ -192,10 +220,23 @@ pub(crate) struct ReportLatency {
 }
 
 /// (d) Fills a store with `records` records through the planner, then times `/v1/report`.
-pub(crate) fn report_latency(binary: &str, brokers: &str, records: usize) -> anyhow::Result<ReportLatency> {
+pub(crate) fn report_latency(
+    binary: &str,
+    brokers: &str,
+    records: usize,
+) -> anyhow::Result<ReportLatency> {
     let directory = tempfile::tempdir()?;
-    let config_path = config(directory.path(), brokers, free_port()?, "bench.report.source", "bench.report.target")?;
-    let config = tandem::config::Config::load(&config_path, &tandem::config::Environment::Map(Default::default()))?;
+    let config_path = config(
+        directory.path(),
+        brokers,
+        free_port()?,
+        "bench.report.source",
+        "bench.report.target",
+    )?;
+    let config = tandem::config::Config::load(
+        &config_path,
+        &tandem::config::Environment::Map(Default::default()),
+    )?;
     let mapping: Mapping = config.mapping()?;
     let started = Instant::now();
     {
@@ -215,14 +256,31 @@ pub(crate) fn report_latency(binary: &str, brokers: &str, records: usize) -> any
                     .expect("JSON values encode")
                 })
                 .collect();
-            let events: Vec<_> = payloads.iter().map(|payload| tandem_core::event::decode(Some(payload), 1 << 20)).collect();
-            let coordinates: Vec<_> = (0..count as i64)
-                .map(|index| Coordinates { topic: "bench.fill".to_owned(), partition: 0, offset: offset + index })
+            let events: Vec<_> = payloads
+                .iter()
+                .map(|payload| tandem_core::event::decode(Some(payload), 1 << 20))
                 .collect();
-            let mut planner = Planner::new(&mapping, config.reconcile.grace, &store, store.apply_state()?);
+            let coordinates: Vec<_> = (0..count as i64)
+                .map(|index| Coordinates {
+                    topic: "bench.fill".to_owned(),
+                    partition: 0,
+                    offset: offset + index,
+                })
+                .collect();
+            let mut planner = Planner::new(
+                &mapping,
+                config.reconcile.grace,
+                &store,
+                store.apply_state()?,
+            );
             for event in &events {
                 let event = event.as_ref().map_err(|error| anyhow::anyhow!("{error}"))?;
-                planner.apply(Input::Event { system: tandem_core::System::Source, event }).map_err(|error| anyhow::anyhow!("{error}"))?;
+                planner
+                    .apply(Input::Event {
+                        system: tandem_core::System::Source,
+                        event,
+                    })
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
             }
             let plan = planner.finish();
             let logged: Vec<_> = (0..count)
@@ -243,11 +301,21 @@ pub(crate) fn report_latency(binary: &str, brokers: &str, records: usize) -> any
             })?;
         }
     }
-    println!("(d) stored {records} records through the planner in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "(d) stored {records} records through the planner in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let port = config.api.listen.port();
-    let daemon = DaemonProcess::start(binary, &config_path, port, &directory.path().join("tandem.log"))?;
+    let daemon = DaemonProcess::start(
+        binary,
+        &config_path,
+        port,
+        &directory.path().join("tandem.log"),
+    )?;
     let first = daemon.get_json("/v1/report")?;
-    let stored = first["totals"]["records"].as_u64().context("report without totals")?;
+    let stored = first["totals"]["records"]
+        .as_u64()
+        .context("report without totals")?;
     let mut latencies = Vec::new();
     for _ in 0..200 {
         let started = Instant::now();

@@ -197,7 +197,11 @@ fn the_cli_says_when_no_daemon_answers() {
 fn the_documented_example_configuration_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/tandem.example.toml");
     let output = check_config(&example, &[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let checked: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let entities: Vec<&str> = checked["config"]["entities"]
         .as_array()

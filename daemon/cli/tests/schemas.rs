@@ -12,14 +12,21 @@ fn examples(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(&directory)
         .unwrap_or_else(|error| panic!("{}: {error}", directory.display()))
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "json"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "json")
+        })
         .map(|path| {
             let bytes = std::fs::read(&path).unwrap();
             (path, bytes)
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "too few {kind} examples in {}", directory.display());
+    assert!(
+        files.len() >= 8,
+        "too few {kind} examples in {}",
+        directory.display()
+    );
     files
 }
 
@@ -36,8 +43,15 @@ fn valid_examples_pass_the_schema_and_the_decoder() {
     let validator = validator();
     for (path, bytes) in examples("valid") {
         let instance: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&instance).map(|error| error.to_string()).collect();
-        assert!(errors.is_empty(), "{} fails the schema: {errors:?}", path.display());
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|error| error.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} fails the schema: {errors:?}",
+            path.display()
+        );
         if let Err(error) = tandem_core::event::decode(Some(&bytes), 1 << 20) {
             panic!("{} is refused by the decoder: {error}", path.display());
         }
@@ -49,16 +63,34 @@ fn invalid_examples_fail_the_schema_and_the_decoder() {
     let validator = validator();
     for (path, bytes) in examples("invalid") {
         let instance: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert!(!validator.is_valid(&instance), "{} passes the schema", path.display());
+        assert!(
+            !validator.is_valid(&instance),
+            "{} passes the schema",
+            path.display()
+        );
         let refused = tandem_core::event::decode(Some(&bytes), 1 << 20);
-        assert!(refused.is_err(), "{} is accepted by the decoder", path.display());
+        assert!(
+            refused.is_err(),
+            "{} is accepted by the decoder",
+            path.display()
+        );
     }
 }
 
 #[test]
 fn the_openapi_document_lists_every_route() {
     let openapi = std::fs::read_to_string(schemas_dir().join("openapi.yaml")).unwrap();
-    for route in ["/v1/report:", "/v1/divergences:", "/v1/records/{entity}/{join_key}:", "/healthz:", "/readyz:", "/metrics:"] {
-        assert!(openapi.contains(route), "openapi.yaml does not document {route}");
+    for route in [
+        "/v1/report:",
+        "/v1/divergences:",
+        "/v1/records/{entity}/{join_key}:",
+        "/healthz:",
+        "/readyz:",
+        "/metrics:",
+    ] {
+        assert!(
+            openapi.contains(route),
+            "openapi.yaml does not document {route}"
+        );
     }
 }

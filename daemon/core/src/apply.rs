@@ -6,6 +6,7 @@
 //! deduplication, version order, join-key moves, record status and aggregate counts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::{ChangeEvent, DeadLetterReason, Fields, Op};
@@ -96,7 +97,8 @@ pub struct RecordChange {
     /// The status before the batch, to remove its index entries.
     pub before: RecordStatus,
     /// The row after the batch; `None` when no native record claims the key any more.
-    pub after: Option<RecordRow>,
+    /// Shared, because the shell may keep it (a cache of rows being written) and write it.
+    pub after: Option<Arc<RecordRow>>,
 }
 
 /// Everything a batch changes, to be written atomically with the batch's offsets.
@@ -336,7 +338,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                 continue;
             }
             working.row.status = after;
-            let after_row = (!working.row.is_empty()).then_some(working.row);
+            let after_row = (!working.row.is_empty()).then(|| Arc::new(working.row));
             records.push(RecordChange {
                 entity: entity_name,
                 join_key,

@@ -96,7 +96,9 @@ impl MemoryState {
         for change in plan.records {
             let key = (change.entity, change.join_key);
             match change.after {
-                Some(row) => self.records.insert(key, row),
+                Some(row) => self
+                    .records
+                    .insert(key, std::sync::Arc::unwrap_or_clone(row)),
                 None => self.records.remove(&key),
             };
         }

@@ -1,30 +1,141 @@
-//! The apply loop: the store's only writer. It turns each batch into a plan with the core
-//! planner and commits the plan, the event log and the batch's offsets in one WriteBatch.
+//! The apply loop: plans each batch with the core planner and hands the plan to the writer
+//! thread, which commits it, the event log and the batch's offsets in one WriteBatch.
 //!
-//! It also runs the reconciliation clock. Event time drives it; while tandem is caught up
-//! (lag 0 on every assigned partition) and no event arrives, the clock advances with wall
+//! While a batch is being written the loop already plans the next one. It reads through an
+//! overlay of the batches still in flight, so it sees their effects before the store does;
+//! an overlay entry is dropped once its batch is durable. A revocation waits until every
+//! batch in flight is durable before it is confirmed.
+//!
+//! The loop also runs the reconciliation clock. Event time drives it; while tandem is caught
+//! up (lag 0 on every assigned partition) and no event arrives, the clock advances with wall
 //! time from the last event time, so that a change the sync layer never copies turns from
 //! `pending` into a divergence once the grace period has passed, even on a quiet stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tandem_core::{ApplyState, Input, Mapping, Planner, System, Timestamp};
-use tandem_store::{Commit, LoggedMessage, NextOffset, Store};
+use crossbeam_channel::{select, Receiver, Sender};
+use tandem_core::apply::{StateView, ViewResult};
+use tandem_core::{ApplyState, Input, Mapping, Outcome, Planner, RecordRow, System, Timestamp};
+use tandem_store::{NextOffset, Store};
 use tracing::{debug, info_span, warn};
 
 use crate::consumer::{ApplyCommand, ConsumedMessage};
 use crate::metrics::IngestMetrics;
 use crate::status::IngestStatus;
+use crate::writer::{WriteJob, Written};
 use crate::{Error, IngestSettings, Result};
 
 /// How often the loop wakes up when no batch arrives, to move the idle clock.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Batches planned but not yet durable, at most: one being written, one waiting.
+const MAX_IN_FLIGHT: usize = 2;
+
 /// At most this many pending records are re-evaluated per batch; the rest wait a batch.
 const MAX_DUE_PER_BATCH: usize = 10_000;
+
+type RecordKey = (String, String);
+type NativeKey = (System, String, String);
+type EventKey = (System, String);
+
+/// What the batches in flight changed, until the store has it.
+#[derive(Default)]
+struct InFlight {
+    records: HashMap<RecordKey, (u64, Option<Arc<RecordRow>>)>,
+    join_keys: HashMap<NativeKey, (u64, String)>,
+    events: HashMap<EventKey, u64>,
+    /// Per batch in flight, oldest first: the keys it wrote.
+    batches: VecDeque<WrittenKeys>,
+}
+
+/// The keys one batch in flight wrote into the overlay.
+struct WrittenKeys {
+    seq: u64,
+    records: Vec<RecordKey>,
+    join_keys: Vec<NativeKey>,
+    events: Vec<EventKey>,
+}
+
+impl InFlight {
+    /// Forgets what the oldest batch wrote, unless a later batch wrote the same key.
+    fn settle(&mut self, seq: u64) {
+        let Some(oldest) = self.batches.pop_front() else {
+            return;
+        };
+        assert_eq!(
+            oldest.seq, seq,
+            "invariant: batches become durable in the order they were sent"
+        );
+        for key in oldest.records {
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|(written_by, _)| *written_by == seq)
+            {
+                self.records.remove(&key);
+            }
+        }
+        for key in oldest.join_keys {
+            if self
+                .join_keys
+                .get(&key)
+                .is_some_and(|(written_by, _)| *written_by == seq)
+            {
+                self.join_keys.remove(&key);
+            }
+        }
+        for key in oldest.events {
+            if self.events.get(&key) == Some(&seq) {
+                self.events.remove(&key);
+            }
+        }
+    }
+}
+
+/// The store as the planner must see it: with the batches in flight on top.
+struct OverlayView<'a> {
+    store: &'a Store,
+    in_flight: &'a InFlight,
+}
+
+impl StateView for OverlayView<'_> {
+    fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool> {
+        if self
+            .in_flight
+            .events
+            .contains_key(&(system, event_id.to_owned()))
+        {
+            return Ok(true);
+        }
+        self.store.event_seen(system, event_id)
+    }
+
+    fn join_key(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Option<String>> {
+        let key = (system, entity.to_owned(), native_id.to_owned());
+        match self.in_flight.join_keys.get(&key) {
+            Some((_, join_key)) => Ok(Some(join_key.clone())),
+            None => self.store.join_key(system, entity, native_id),
+        }
+    }
+
+    fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {
+        match self
+            .in_flight
+            .records
+            .get(&(entity.to_owned(), join_key.to_owned()))
+        {
+            Some((_, row)) => Ok(row.as_deref().cloned()),
+            None => self.store.record(entity, join_key),
+        }
+    }
+}
 
 /// The apply loop's state between batches.
 pub(crate) struct ApplyLoop {
@@ -35,8 +146,13 @@ pub(crate) struct ApplyLoop {
     pub(crate) metrics: IngestMetrics,
     /// Wakes the dead-letter forwarder after a batch produced dead letters.
     pub(crate) dead_letter_tx: Sender<()>,
+    jobs_tx: Sender<WriteJob>,
+    written_rx: Receiver<Result<Written>>,
+    /// The state after the last planned batch (written or in flight).
     state: ApplyState,
     next_offsets: BTreeMap<(String, i32), NextOffset>,
+    in_flight: InFlight,
+    next_seq: u64,
     /// The clock and the wall time of the last event applied, for the idle rule.
     last_event: (Timestamp, Instant),
 }
@@ -49,6 +165,7 @@ impl ApplyLoop {
         status: Arc<IngestStatus>,
         metrics: IngestMetrics,
         dead_letter_tx: Sender<()>,
+        writer: (Sender<WriteJob>, Receiver<Result<Written>>),
     ) -> Result<Self> {
         let state = store.apply_state().map_err(Error::Store)?;
         let next_offsets = store.next_offsets().map_err(Error::Store)?;
@@ -70,27 +187,96 @@ impl ApplyLoop {
             status,
             metrics,
             dead_letter_tx,
+            jobs_tx: writer.0,
+            written_rx: writer.1,
             state,
             next_offsets,
+            in_flight: InFlight::default(),
+            next_seq: 0,
         })
     }
 
     /// Runs until the consumer side hangs up; an error stops ingestion.
     pub(crate) fn run(mut self, commands: Receiver<ApplyCommand>) -> Result<()> {
         let _span = info_span!("apply").entered();
+        let written_rx = self.written_rx.clone();
         loop {
-            match commands.recv_timeout(TICK) {
-                Ok(ApplyCommand::Batch(batch)) => self.apply_batch(batch)?,
-                Ok(ApplyCommand::Revoke { partitions, done }) => {
-                    // Batches are applied in arrival order, so every batch sent before this
-                    // command is committed by now.
-                    debug!(partitions = ?partitions, "revocation confirmed");
-                    let _ = done.send(());
-                }
-                Err(RecvTimeoutError::Timeout) => self.tick()?,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            // Durable batches first: their overlay entries can go and their offsets show.
+            while let Ok(written) = written_rx.try_recv() {
+                self.settle(Ok(written))?;
+            }
+            select! {
+                recv(commands) -> command => match command {
+                    Ok(ApplyCommand::Batch(batch)) => self.plan_batch(batch)?,
+                    Ok(ApplyCommand::Revoke { partitions, done }) => {
+                        self.drain()?;
+                        debug!(partitions = ?partitions, "revocation confirmed: every batch before it is durable");
+                        let _ = done.send(());
+                    }
+                    Err(_) => return self.drain(),
+                },
+                recv(written_rx) -> written => self.settle(written)?,
+                default(TICK) => self.tick()?,
             }
         }
+    }
+
+    /// Waits until every batch in flight is durable.
+    fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.batches.is_empty() {
+            let written = self.written_rx.recv();
+            self.settle(written)?;
+        }
+        Ok(())
+    }
+
+    /// Takes note that a batch is durable: live status, metrics, overlay.
+    fn settle(
+        &mut self,
+        written: std::result::Result<Result<Written>, crossbeam_channel::RecvError>,
+    ) -> Result<()> {
+        let written = written.map_err(|_| Error::Panicked { thread: "writer" })??;
+        let job = &written.job;
+        self.in_flight.settle(job.seq);
+        self.metrics
+            .count(&job.counters_before, &job.plan.state.counters);
+        let applied_systems: Vec<System> = System::ALL
+            .into_iter()
+            .filter(|system| {
+                job.plan.state.counters.system(*system).events_applied
+                    > job.counters_before.system(*system).events_applied
+            })
+            .collect();
+        self.status.update(|snapshot| {
+            for (topic, partition, next) in &job.offsets {
+                snapshot
+                    .partitions
+                    .entry((topic.clone(), *partition))
+                    .or_default()
+                    .next_offset = Some(next.0);
+            }
+            for system in &applied_systems {
+                snapshot
+                    .last_applied_at
+                    .insert(*system, written.committed_at);
+            }
+        });
+        if written.stats.dead_lettered > 0 {
+            let _ = self.dead_letter_tx.try_send(());
+        }
+        let elapsed = job.started.elapsed();
+        self.metrics.observe_batch(elapsed.as_secs_f64());
+        debug!(
+            messages = job.messages.len(),
+            logged = written.stats.logged,
+            dead_lettered = written.stats.dead_lettered,
+            records_changed = written.stats.records_changed,
+            due = job.due,
+            clock = %job.plan.state.clock,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "batch committed"
+        );
+        Ok(())
     }
 
     /// The idle rule: while caught up, the clock follows wall time from the last event.
@@ -113,16 +299,20 @@ impl ApplyLoop {
         if due.is_empty() {
             return Ok(());
         }
-        self.apply_batch(Vec::new())
+        self.plan_batch(Vec::new())
     }
 
-    fn apply_batch(&mut self, batch: Vec<ConsumedMessage>) -> Result<()> {
+    fn plan_batch(&mut self, batch: Vec<ConsumedMessage>) -> Result<()> {
         let started = Instant::now();
         let batch = self.drop_replays(batch);
+        let view = OverlayView {
+            store: &self.store,
+            in_flight: &self.in_flight,
+        };
         let mut planner = Planner::new(
             &self.mapping,
             self.settings.grace,
-            &self.store,
+            &view,
             self.state.clone(),
         );
         for message in &batch {
@@ -154,6 +344,8 @@ impl ApplyLoop {
         if let Some(floor) = self.idle_clock_floor() {
             planner.advance_clock(floor);
         }
+        // The pending index in the store may lag the batches in flight by a batch or two:
+        // a record that became due meanwhile is picked up by the next batch or tick.
         let due = self
             .store
             .due_records(planner.clock(), MAX_DUE_PER_BATCH)
@@ -169,86 +361,88 @@ impl ApplyLoop {
         }
         let plan = planner.finish();
 
-        let mut offsets: BTreeMap<(&str, i32), NextOffset> = BTreeMap::new();
+        let mut offsets: BTreeMap<(String, i32), NextOffset> = BTreeMap::new();
         for message in &batch {
             let key = (
-                message.coordinates.topic.as_str(),
+                message.coordinates.topic.clone(),
                 message.coordinates.partition,
             );
             let next = NextOffset::after(message.coordinates.offset);
             let entry = offsets.entry(key).or_insert(next);
             *entry = (*entry).max(next);
         }
-        let offsets: Vec<(&str, i32, NextOffset)> = offsets
-            .into_iter()
-            .map(|((topic, partition), next)| (topic, partition, next))
-            .collect();
-        let logged: Vec<LoggedMessage<'_>> = batch
-            .iter()
-            .map(|message| LoggedMessage {
-                coordinates: &message.coordinates,
-                system: message.system,
-                payload: &message.payload,
-                event: message.decoded.as_ref().ok(),
-                dead_letter: message.decoded.as_ref().err(),
-            })
-            .collect();
-        let now = Timestamp::from_system_time(SystemTime::now());
-        let stats = self
-            .store
-            .commit(&Commit {
-                messages: &logged,
-                plan: &plan,
-                offsets: &offsets,
-                committed_at: now,
-            })
-            .map_err(Error::Store)?;
-
-        self.metrics
-            .count(&self.state.counters, &plan.state.counters);
         if plan.state.clock > self.state.clock && !batch.is_empty() {
             self.last_event = (plan.state.clock, Instant::now());
         }
-        let applied_systems: Vec<System> = System::ALL
-            .into_iter()
-            .filter(|system| {
-                plan.state.counters.system(*system).events_applied
-                    > self.state.counters.system(*system).events_applied
-            })
-            .collect();
-        self.state = plan.state;
-        for (topic, partition, next) in &offsets {
-            self.next_offsets
-                .insert(((*topic).to_owned(), *partition), *next);
+        // At most MAX_IN_FLIGHT batches ahead of the store: bounded memory, bounded overlay.
+        while self.in_flight.batches.len() >= MAX_IN_FLIGHT {
+            let written = self.written_rx.recv();
+            self.settle(written)?;
         }
-        self.status.update(|snapshot| {
-            for (topic, partition, next) in &offsets {
-                snapshot
-                    .partitions
-                    .entry(((*topic).to_owned(), *partition))
-                    .or_default()
-                    .next_offset = Some(next.0);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.remember_in_flight(seq, &batch, &plan);
+        for (key, next) in &offsets {
+            self.next_offsets.insert(key.clone(), *next);
+        }
+        let counters_before = std::mem::replace(&mut self.state, plan.state.clone()).counters;
+        let job = WriteJob {
+            seq,
+            messages: batch,
+            plan,
+            offsets: offsets
+                .into_iter()
+                .map(|((topic, partition), next)| (topic, partition, next))
+                .collect(),
+            counters_before,
+            started,
+            due: due.len(),
+        };
+        self.jobs_tx
+            .send(job)
+            .map_err(|_| Error::Panicked { thread: "writer" })
+    }
+
+    fn remember_in_flight(
+        &mut self,
+        seq: u64,
+        batch: &[ConsumedMessage],
+        plan: &tandem_core::Plan,
+    ) {
+        let mut records = Vec::with_capacity(plan.records.len());
+        for change in &plan.records {
+            let key = (change.entity.clone(), change.join_key.clone());
+            self.in_flight
+                .records
+                .insert(key.clone(), (seq, change.after.clone()));
+            records.push(key);
+        }
+        let mut join_keys = Vec::with_capacity(plan.join_keys.len());
+        for change in &plan.join_keys {
+            let key = (
+                change.system,
+                change.entity.clone(),
+                change.native_id.clone(),
+            );
+            self.in_flight
+                .join_keys
+                .insert(key.clone(), (seq, change.join_key.clone()));
+            join_keys.push(key);
+        }
+        let mut events = Vec::new();
+        for (message, outcome) in batch.iter().zip(&plan.outcomes) {
+            if let (Outcome::Applied | Outcome::Stale, Ok(event)) = (outcome, &message.decoded) {
+                let key = (message.system, event.event_id.clone());
+                self.in_flight.events.insert(key.clone(), seq);
+                events.push(key);
             }
-            for system in &applied_systems {
-                snapshot.last_applied_at.insert(*system, now);
-            }
+        }
+        self.in_flight.batches.push_back(WrittenKeys {
+            seq,
+            records,
+            join_keys,
+            events,
         });
-        if stats.dead_lettered > 0 {
-            let _ = self.dead_letter_tx.try_send(());
-        }
-        let elapsed = started.elapsed();
-        self.metrics.observe_batch(elapsed.as_secs_f64());
-        debug!(
-            messages = batch.len(),
-            logged = stats.logged,
-            dead_lettered = stats.dead_lettered,
-            records_changed = stats.records_changed,
-            due = due.len(),
-            clock = %self.state.clock,
-            elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            "batch committed"
-        );
-        Ok(())
     }
 
     /// Drops messages the store already holds (a replay after a seek); notes offset jumps.

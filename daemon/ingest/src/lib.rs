@@ -1,11 +1,11 @@
 //! tandem's Kafka side: the consumer thread, the apply loop and the dead-letter forwarder.
 //!
 //! ```text
-//!  consumer thread ── batches ──► apply loop ──► store (one WriteBatch per batch)
+//!  consumer thread ── batches ──► apply loop ── plans ──► writer ──► store (one WriteBatch per batch)
 //!   (poll, decode)  ◄─ revoke ack ─┘      └── wake ──► dead-letter forwarder ──► DLQ topic
 //! ```
 //!
-//! Three OS threads, because each of them blocks (librdkafka polls, RocksDB writes) and none
+//! Four OS threads, because each of them blocks (librdkafka polls, RocksDB writes) and none
 //! of that belongs on an async runtime. All of them stop when the cancellation token fires.
 
 mod apply;
@@ -13,6 +13,7 @@ mod consumer;
 mod dead_letters;
 pub mod metrics;
 pub mod status;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -180,6 +181,7 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
 pub struct Ingest {
     consumer: JoinHandle<()>,
     apply: JoinHandle<Result<()>>,
+    writer: JoinHandle<()>,
     dead_letters: JoinHandle<()>,
     cancel: CancellationToken,
     status: Arc<IngestStatus>,
@@ -224,6 +226,8 @@ pub fn start(
             topics: topics.clone(),
             source,
         })?;
+    let (jobs_tx, jobs_rx) = bounded(1);
+    let (written_tx, written_rx) = crossbeam_channel::unbounded();
     let apply_loop = ApplyLoop::try_new(
         store.clone(),
         mapping,
@@ -231,7 +235,12 @@ pub fn start(
         status.clone(),
         metrics,
         dead_letter_tx,
+        (jobs_tx, written_rx),
     )?;
+    let writer_store = store.clone();
+    let writer = spawn("tandem-writer", move || {
+        writer::run_writer(writer_store, jobs_rx, written_tx)
+    });
     info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
 
     let forwarder = DeadLetterForwarder {
@@ -261,6 +270,7 @@ pub fn start(
     Ok(Ingest {
         consumer,
         apply,
+        writer,
         dead_letters,
         cancel,
         status,
@@ -282,17 +292,20 @@ impl Ingest {
     pub fn wait(self) -> Result<()> {
         let consumer = self.consumer.join();
         let apply = self.apply.join();
+        // The writer stops when the apply loop drops its end of the job channel.
+        let writer = self.writer.join();
         // The forwarder only stops on cancellation; after a failure of the apply loop the
         // token is already cancelled.
         self.cancel.cancel();
         let dead_letters = self.dead_letters.join();
-        let outcome = match (consumer, apply, dead_letters) {
-            (Err(_), _, _) => Err(Error::Panicked { thread: "consumer" }),
-            (_, Err(_), _) => Err(Error::Panicked { thread: "apply" }),
-            (_, _, Err(_)) => Err(Error::Panicked {
+        let outcome = match (consumer, apply, writer, dead_letters) {
+            (Err(_), _, _, _) => Err(Error::Panicked { thread: "consumer" }),
+            (_, Err(_), _, _) => Err(Error::Panicked { thread: "apply" }),
+            (_, _, Err(_), _) => Err(Error::Panicked { thread: "writer" }),
+            (_, _, _, Err(_)) => Err(Error::Panicked {
                 thread: "dead-letter",
             }),
-            (Ok(()), Ok(result), Ok(())) => result,
+            (Ok(()), Ok(result), Ok(()), Ok(())) => result,
         };
         if let Err(error) = &outcome {
             let reason = error.to_string();

@@ -63,7 +63,6 @@ struct Emitted {
     system: SimSystem,
     entity: usize,
     native_id: String,
-    version: u64,
     occurred_at: i64,
     body: Value,
 }
@@ -219,7 +218,6 @@ impl<'a> World<'a> {
             system,
             entity,
             native_id: native_id.to_owned(),
-            version,
             occurred_at: at,
             body,
         });
@@ -568,7 +566,7 @@ impl<'a> World<'a> {
                 .entry(event.system.as_str())
                 .or_default() += 1;
         }
-        let mut stream: Vec<Message> = self
+        let stream: Vec<Message> = self
             .emitted
             .iter()
             .map(|event| {
@@ -579,6 +577,15 @@ impl<'a> World<'a> {
                 )
             })
             .collect();
+        let mut next_of_record: Vec<Option<usize>> = vec![None; self.emitted.len()];
+        let mut later: std::collections::HashMap<(SimSystem, usize, &str), usize> =
+            std::collections::HashMap::new();
+        for (index, event) in self.emitted.iter().enumerate().rev() {
+            next_of_record[index] = later.insert(
+                (event.system, event.entity, event.native_id.as_str()),
+                index,
+            );
+        }
         let mut inserts: Vec<(usize, Message)> = Vec::new();
         for (index, event) in self.emitted.iter().enumerate() {
             if self.rng.random_bool(self.config.redelivery_rate) {
@@ -590,12 +597,8 @@ impl<'a> World<'a> {
                     .or_default() += 1;
             }
             if self.rng.random_bool(self.config.stale_replay_rate) {
-                let newer = self.emitted[index + 1..].iter().position(|later| {
-                    later.system == event.system
-                        && later.entity == event.entity
-                        && later.native_id == event.native_id
-                        && later.version > event.version
-                });
+                // Versions grow with each event of a record, so its next event is newer.
+                let newer = next_of_record[index].map(|next| next - index - 1);
                 if let Some(offset) = newer {
                     let mut stale = event.body.clone();
                     stale["event_id"] = json!(format!("{}-replay-{index}", event.system.as_str()));
@@ -657,11 +660,19 @@ impl<'a> World<'a> {
             ));
             *truth.dead_lettered.entry("too_large").or_default() += 1;
         }
-        // Insert from the back so earlier positions stay valid; ties keep insertion order.
+        // Merge the inserts in: each goes before the original message at its position
+        // (after all of them if past the end); ties keep their order.
         inserts.sort_by_key(|(position, _)| *position);
-        for (position, message) in inserts.into_iter().rev() {
-            stream.insert(position.min(stream.len()), message);
+        let mut merged = Vec::with_capacity(stream.len() + inserts.len());
+        let mut pending = inserts.into_iter().peekable();
+        for (index, message) in stream.into_iter().enumerate() {
+            while let Some((_, insert)) = pending.next_if(|(position, _)| *position <= index) {
+                merged.push(insert);
+            }
+            merged.push(message);
         }
+        merged.extend(pending.map(|(_, insert)| insert));
+        let stream = merged;
         Scenario {
             messages: stream
                 .into_iter()

@@ -172,14 +172,12 @@ impl ReadSnapshot<'_> {
                 for item in self.scan(cf::HISTORY, prefix.clone(), prefix) {
                     let (key, value) = item?;
                     let (system, native_id, occurred_at, coordinates) = keys::decode_history(&key)?;
-                    let logged = self
-                        .get(cf::EVENTS, &keys::encode_coordinates(&coordinates))?
-                        .ok_or_else(|| Error::CorruptValue {
+                    let (outcome, payload) =
+                        value.split_first().ok_or_else(|| Error::CorruptValue {
                             column_family: cf::HISTORY,
-                            detail: format!("history entry points at {coordinates}, which is not in the event log"),
+                            detail: format!("empty history entry at {coordinates}"),
                         })?;
-                    let event = serde_json::from_slice(logged.get(1..).unwrap_or_default())
-                        .unwrap_or(serde_json::Value::Null);
+                    let event = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
                     items.push(HistoryItem {
                         system,
                         native_id,
@@ -187,7 +185,7 @@ impl ReadSnapshot<'_> {
                         topic: coordinates.topic,
                         partition: coordinates.partition,
                         offset: coordinates.offset,
-                        applied: value.first() != Some(&2),
+                        applied: *outcome != 2,
                         event,
                     });
                 }

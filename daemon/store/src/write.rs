@@ -75,7 +75,63 @@ pub struct CommitStats {
     pub records_changed: usize,
 }
 
-/// History entry value: whether the event changed state.
+/// The writes of one commit, put into the RocksDB batch sorted by column family and key.
+///
+/// A memtable is a skip list; inserting keys in order lets each insert start from where the
+/// previous one ended instead of searching from the top, which halves the cost of a commit
+/// whose keys (event ids, join keys) are otherwise random. The sort is stable, so two writes
+/// of one key keep their order.
+#[derive(Default)]
+struct OrderedBatch {
+    writes: Vec<PendingWrite>,
+}
+
+/// One put (`value` is `Some`) or delete of an [`OrderedBatch`].
+struct PendingWrite {
+    column_family: &'static str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+impl OrderedBatch {
+    fn put_cf(
+        &mut self,
+        column_family: &'static str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) {
+        self.writes.push(PendingWrite {
+            column_family,
+            key: key.into(),
+            value: Some(value.into()),
+        });
+    }
+
+    fn delete_cf(&mut self, column_family: &'static str, key: impl Into<Vec<u8>>) {
+        self.writes.push(PendingWrite {
+            column_family,
+            key: key.into(),
+            value: None,
+        });
+    }
+
+    fn into_write_batch(mut self, store: &Store) -> WriteBatch {
+        self.writes.sort_by(|left, right| {
+            (left.column_family, &left.key).cmp(&(right.column_family, &right.key))
+        });
+        let mut batch = WriteBatch::default();
+        for write in self.writes {
+            let handle = store.cf(write.column_family);
+            match write.value {
+                Some(value) => batch.put_cf(handle, write.key, value),
+                None => batch.delete_cf(handle, write.key),
+            }
+        }
+        batch
+    }
+}
+
+/// First byte of a history value: whether the event changed state.
 const HISTORY_APPLIED: u8 = 1;
 const HISTORY_STALE: u8 = 2;
 
@@ -192,7 +248,7 @@ impl Store {
             commit.plan.outcomes.len(),
             "invariant: the plan has exactly one outcome per message of the batch"
         );
-        let mut batch = WriteBatch::default();
+        let mut batch = OrderedBatch::default();
         let mut stats = CommitStats::default();
         for (message, outcome) in commit.messages.iter().zip(&commit.plan.outcomes) {
             match outcome {
@@ -215,8 +271,8 @@ impl Store {
                         payload: message.payload.to_vec(),
                         dead_lettered_at: commit.committed_at,
                     };
-                    batch.put_cf(self.cf(cf::DEAD_LETTERS), &key, encode_value(&row));
-                    batch.put_cf(self.cf(cf::DLQ_OUTBOX), &key, []);
+                    batch.put_cf(cf::DEAD_LETTERS, key.clone(), encode_value(&row));
+                    batch.put_cf(cf::DLQ_OUTBOX, key, []);
                     stats.dead_lettered += 1;
                 }
                 Outcome::Duplicate | Outcome::UnmappedEntity => {}
@@ -224,7 +280,7 @@ impl Store {
         }
         for change in &commit.plan.join_keys {
             batch.put_cf(
-                self.cf(cf::JOIN_KEYS),
+                cf::JOIN_KEYS,
                 keys::encode_native(change.system, &change.entity, &change.native_id),
                 change.join_key.as_bytes(),
             );
@@ -246,51 +302,46 @@ impl Store {
                 self.add_index_entries(&mut batch, &change.entity, &change.join_key, &after_status);
             }
             match &change.after {
-                Some(row) => batch.put_cf(self.cf(cf::RECORDS), record_key, encode_value(row)),
-                None => batch.delete_cf(self.cf(cf::RECORDS), record_key),
+                Some(row) => batch.put_cf(cf::RECORDS, record_key, encode_value(&**row)),
+                None => batch.delete_cf(cf::RECORDS, record_key),
             }
             stats.records_changed += 1;
         }
         for (topic, partition, next_offset) in commit.offsets {
             batch.put_cf(
-                self.cf(cf::OFFSETS),
+                cf::OFFSETS,
                 keys::encode_partition(topic, *partition),
                 encode_value(next_offset),
             );
         }
-        batch.put_cf(
-            self.cf(cf::META),
-            APPLY_STATE_KEY,
-            encode_value(&commit.plan.state),
-        );
-        self.write(batch, "commit of a batch")?;
+        batch.put_cf(cf::META, APPLY_STATE_KEY, encode_value(&commit.plan.state));
+        self.write(batch.into_write_batch(self), "commit of a batch")?;
         Ok(stats)
     }
 
     fn log_event(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut OrderedBatch,
         message: &LoggedMessage<'_>,
         event: &ChangeEvent,
         outcome: Outcome,
     ) {
-        let coordinates_key = keys::encode_coordinates(message.coordinates);
-        let mut logged = Vec::with_capacity(message.payload.len() + 1);
-        logged.push(message.system.code());
-        logged.extend_from_slice(message.payload);
-        batch.put_cf(self.cf(cf::EVENTS), &coordinates_key, logged);
         batch.put_cf(
-            self.cf(cf::DEDUPE),
+            cf::DEDUPE,
             keys::encode_event_id(message.system, &event.event_id),
-            &coordinates_key,
+            keys::encode_coordinates(message.coordinates),
         );
-        let history_value = if outcome == Outcome::Stale {
+        // The event log is kept per native record: the history key orders it by event time,
+        // the value is whether it changed state, then the message exactly as received.
+        let mut logged = Vec::with_capacity(message.payload.len() + 1);
+        logged.push(if outcome == Outcome::Stale {
             HISTORY_STALE
         } else {
             HISTORY_APPLIED
-        };
+        });
+        logged.extend_from_slice(message.payload);
         batch.put_cf(
-            self.cf(cf::HISTORY),
+            cf::HISTORY,
             keys::encode_history(
                 &event.entity,
                 message.system,
@@ -298,31 +349,31 @@ impl Store {
                 event.occurred_at,
                 message.coordinates,
             ),
-            [history_value],
+            logged,
         );
     }
 
     fn remove_index_entries(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut OrderedBatch,
         entity: &str,
         join_key: &str,
         status: &RecordStatus,
     ) {
         for key in index_entries(entity, join_key, status) {
-            batch.delete_cf(self.cf(key.0), key.1);
+            batch.delete_cf(key.0, key.1);
         }
     }
 
     fn add_index_entries(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut OrderedBatch,
         entity: &str,
         join_key: &str,
         status: &RecordStatus,
     ) {
         for key in index_entries(entity, join_key, status) {
-            batch.put_cf(self.cf(key.0), key.1, []);
+            batch.put_cf(key.0, key.1, []);
         }
     }
 }

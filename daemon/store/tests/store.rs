@@ -427,7 +427,6 @@ fn an_unknown_schema_version_is_refused() {
             [
                 "meta",
                 "offsets",
-                "events",
                 "history",
                 "dedupe",
                 "join_keys",
