@@ -313,3 +313,86 @@ fn a_second_broker_implementation_gives_the_same_report() {
     let report = daemon.wait_for_applied(distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &scenario.truth);
 }
+
+#[test]
+fn a_rebalance_mid_ingestion_loses_nothing() {
+    let topics = Topics::unique("rebalance");
+    let broker = MockBroker::start(&[
+        (&topics.source, 4),
+        (&topics.target, 4),
+        (&topics.dead_letters, 1),
+    ]);
+    let scenario = generate(&SimConfig::sized(31, 2_000));
+    produce(&broker, &topics, &scenario);
+    let distinct: u64 = scenario.truth.events_applied.values().sum();
+
+    let first_directory = tempfile::tempdir().unwrap();
+    let first_port = free_port();
+    let first_config = common::write_config(
+        first_directory.path(),
+        broker.bootstrap(),
+        &topics,
+        first_port,
+        "",
+        100,
+    );
+    let text = std::fs::read_to_string(&first_config)
+        .unwrap()
+        .replace("[store]\n", "[store]\nsync_writes = true\n");
+    std::fs::write(&first_config, text).unwrap();
+    let first = Daemon::start(
+        &first_config,
+        first_port,
+        &first_directory.path().join("tandem.log"),
+    );
+    wait_for("a fifth of the events applied", DEADLINE, || {
+        let report = first.report();
+        (report.ingest.source.events_applied + report.ingest.target.events_applied >= distinct / 5)
+            .then_some(())
+    });
+
+    // A second member of the same group takes partitions away: the first must hand them
+    // over only after committing what it applied of them.
+    let second_directory = tempfile::tempdir().unwrap();
+    let second_port = free_port();
+    let second_config = common::write_config(
+        second_directory.path(),
+        broker.bootstrap(),
+        &topics,
+        second_port,
+        "",
+        100,
+    );
+    let second = Daemon::start(
+        &second_config,
+        second_port,
+        &second_directory.path().join("tandem.log"),
+    );
+    let shared = wait_for("the second member to get partitions", DEADLINE, || {
+        let (mine, theirs) = (
+            first.report().ingest.assigned_partitions,
+            second.report().ingest.assigned_partitions,
+        );
+        (mine > 0 && theirs > 0 && mine + theirs == 8).then_some(mine)
+    });
+    assert!(shared < 8);
+    let applied_when_shared = {
+        let report = first.report();
+        report.ingest.source.events_applied + report.ingest.target.events_applied
+    };
+    assert!(
+        applied_when_shared < distinct,
+        "the rebalance happened after ingestion ended: the test needs more events"
+    );
+
+    // When the second member leaves, every partition returns to the first, which resumes at
+    // its own stored offsets, and ends with exactly the ground truth.
+    assert!(second.terminate().success());
+    wait_for(
+        "all partitions back with the first member",
+        DEADLINE,
+        || (first.report().ingest.assigned_partitions == 8).then_some(()),
+    );
+    let report = first.wait_for_applied(distinct, DEADLINE);
+    assert_matches_truth(&first, &report, &scenario.truth);
+}
