@@ -28,8 +28,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::report::{
-    build_report, DivergenceEntry, DivergenceList, FieldDiff, HistoryEntry, RecordView, Report,
-    SideView,
+    build_report, DivergenceList, FieldDiff, HistoryEntry, RecordView, Report, SideView,
 };
 
 /// Divergences returned per page when no `limit` is given.
@@ -347,19 +346,7 @@ async fn get_divergences(
             .divergences(&filter, cursor.as_deref(), limit)
             .map_err(ApiError::internal)?;
         Ok(Json(DivergenceList {
-            items: page
-                .items
-                .into_iter()
-                .map(|item| DivergenceEntry {
-                    entity: item.entity,
-                    join_key: item.join_key,
-                    status: item.status,
-                    fields: item.fields,
-                    since: item.since,
-                    source_ids: item.source_ids,
-                    target_ids: item.target_ids,
-                })
-                .collect(),
+            items: page.items,
             next_cursor: page
                 .next_cursor
                 .map(|cursor| URL_SAFE_NO_PAD.encode(cursor)),

@@ -196,24 +196,8 @@ pub struct DivergenceList {
     pub next_cursor: Option<String>,
 }
 
-/// One divergent record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DivergenceEntry {
-    /// The entity.
-    pub entity: String,
-    /// The join key.
-    pub join_key: String,
-    /// The status.
-    pub status: Status,
-    /// The differing target fields.
-    pub fields: Vec<String>,
-    /// Since when the sides differ (event time).
-    pub since: Option<Timestamp>,
-    /// Native ids of live source records.
-    pub source_ids: Vec<String>,
-    /// Native ids of live target records.
-    pub target_ids: Vec<String>,
-}
+/// One divergent record: entity, join key, status, differing fields, since, native ids.
+pub type DivergenceEntry = tandem_store::DivergenceItem;
 
 /// `GET /v1/records/{entity}/{join_key}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

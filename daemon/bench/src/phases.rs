@@ -284,12 +284,13 @@ pub(crate) fn report_latency(
             }
             let plan = planner.finish();
             let logged: Vec<_> = (0..count)
-                .map(|index| LoggedMessage {
-                    coordinates: &coordinates[index],
-                    system: tandem_core::System::Source,
-                    payload: &payloads[index],
-                    event: events[index].as_ref().ok(),
-                    dead_letter: None,
+                .map(|index| {
+                    LoggedMessage::new(
+                        &coordinates[index],
+                        tandem_core::System::Source,
+                        &payloads[index],
+                        &events[index],
+                    )
                 })
                 .collect();
             offset += count as i64;

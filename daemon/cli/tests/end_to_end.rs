@@ -11,23 +11,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tandem_api::report::{RecordView, Report};
-use tandem_sim::{generate, SimConfig};
+use tandem_sim::SimConfig;
 
 use common::truth::assert_matches_truth;
-use common::{free_port, wait_for, Broker, Daemon, MockBroker, Tansu, Topics};
+use common::{free_port, wait_for, Broker, Daemon, SimulatedRun, Tansu, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(180);
-
-fn produce(broker: &dyn Broker, topics: &Topics, scenario: &tandem_sim::Scenario) {
-    tandem::simkafka::produce(
-        broker.bootstrap(),
-        &topics.source,
-        &topics.target,
-        &scenario.messages,
-        |_| {},
-    )
-    .expect("the simulated run is produced");
-}
 
 /// Reads every message of the dead-letter topic: (reason header, original coordinates).
 fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, String)> {
@@ -77,24 +66,17 @@ fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, S
 
 #[test]
 fn the_report_equals_the_ground_truth() {
-    let topics = Topics::unique("truth");
-    let broker = MockBroker::start(&[
-        (&topics.source, 4),
-        (&topics.target, 4),
-        (&topics.dead_letters, 1),
-    ]);
     let mut sim = SimConfig::sized(11, 400);
     sim.oversized_message_bytes = Some(100_000);
     sim.poison_per_thousand = 3.0;
-    let scenario = generate(&sim);
-    produce(&broker, &topics, &scenario);
+    let run = SimulatedRun::start("truth", &sim);
+    let (broker, topics, scenario) = (&run.broker, &run.topics, &run.scenario);
 
     let directory = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 500);
+    let config = run.config(directory.path(), port, 500, false);
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
-    let distinct: u64 = scenario.truth.events_applied.values().sum();
-    let report = daemon.wait_for_applied(distinct, DEADLINE);
+    let report = daemon.wait_for_applied(run.distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &scenario.truth);
     // Lag comes from the consumer's statistics (every second): observe it reach zero.
     let caught_up = wait_for("lag 0 on both systems", DEADLINE, || {
@@ -241,24 +223,13 @@ fn the_report_equals_the_ground_truth() {
 
 #[test]
 fn kills_and_restarts_lose_nothing_and_apply_nothing_twice() {
-    let topics = Topics::unique("crash");
-    let broker = MockBroker::start(&[
-        (&topics.source, 4),
-        (&topics.target, 4),
-        (&topics.dead_letters, 1),
-    ]);
-    let scenario = generate(&SimConfig::sized(23, 2_500));
-    produce(&broker, &topics, &scenario);
-    let distinct: u64 = scenario.truth.events_applied.values().sum();
+    let run = SimulatedRun::start("crash", &SimConfig::sized(23, 2_500));
+    let distinct = run.distinct;
 
     let directory = tempfile::tempdir().unwrap();
     let port = free_port();
     // Small fsynced batches: ingestion takes long enough to be interrupted several times.
-    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 100);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[store]\n", "[store]\nsync_writes = true\n");
-    std::fs::write(&config, text).unwrap();
+    let config = run.config(directory.path(), port, 100, true);
     let log = directory.path().join("tandem.log");
 
     let mut interrupted_mid_ingestion = 0;
@@ -287,7 +258,7 @@ fn kills_and_restarts_lose_nothing_and_apply_nothing_twice() {
 
     let daemon = Daemon::start(&config, port, &log);
     let report = daemon.wait_for_applied(distinct, DEADLINE);
-    assert_matches_truth(&daemon, &report, &scenario.truth);
+    assert_matches_truth(&daemon, &report, &run.scenario.truth);
 }
 
 #[test]
@@ -302,12 +273,26 @@ fn a_second_broker_implementation_gives_the_same_report() {
             (&topics.dead_letters, 1),
         ],
     );
-    let scenario = generate(&SimConfig::sized(5, 60));
-    produce(&broker, &topics, &scenario);
+    let scenario = tandem_sim::generate(&SimConfig::sized(5, 60));
+    tandem::simkafka::produce(
+        broker.bootstrap(),
+        &topics.source,
+        &topics.target,
+        &scenario.messages,
+        |_| {},
+    )
+    .expect("the simulated run is produced");
 
     let directory = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = common::write_config(directory.path(), broker.bootstrap(), &topics, port, "", 500);
+    let config = common::write_config(
+        directory.path(),
+        broker.bootstrap(),
+        &topics,
+        port,
+        500,
+        false,
+    );
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     let distinct: u64 = scenario.truth.events_applied.values().sum();
     let report = daemon.wait_for_applied(distinct, DEADLINE);
@@ -316,30 +301,12 @@ fn a_second_broker_implementation_gives_the_same_report() {
 
 #[test]
 fn a_rebalance_mid_ingestion_loses_nothing() {
-    let topics = Topics::unique("rebalance");
-    let broker = MockBroker::start(&[
-        (&topics.source, 4),
-        (&topics.target, 4),
-        (&topics.dead_letters, 1),
-    ]);
-    let scenario = generate(&SimConfig::sized(31, 2_000));
-    produce(&broker, &topics, &scenario);
-    let distinct: u64 = scenario.truth.events_applied.values().sum();
+    let run = SimulatedRun::start("rebalance", &SimConfig::sized(31, 2_000));
+    let distinct = run.distinct;
 
     let first_directory = tempfile::tempdir().unwrap();
     let first_port = free_port();
-    let first_config = common::write_config(
-        first_directory.path(),
-        broker.bootstrap(),
-        &topics,
-        first_port,
-        "",
-        100,
-    );
-    let text = std::fs::read_to_string(&first_config)
-        .unwrap()
-        .replace("[store]\n", "[store]\nsync_writes = true\n");
-    std::fs::write(&first_config, text).unwrap();
+    let first_config = run.config(first_directory.path(), first_port, 100, true);
     let first = Daemon::start(
         &first_config,
         first_port,
@@ -355,14 +322,7 @@ fn a_rebalance_mid_ingestion_loses_nothing() {
     // over only after committing what it applied of them.
     let second_directory = tempfile::tempdir().unwrap();
     let second_port = free_port();
-    let second_config = common::write_config(
-        second_directory.path(),
-        broker.bootstrap(),
-        &topics,
-        second_port,
-        "",
-        100,
-    );
+    let second_config = run.config(second_directory.path(), second_port, 100, false);
     let second = Daemon::start(
         &second_config,
         second_port,
@@ -394,5 +354,5 @@ fn a_rebalance_mid_ingestion_loses_nothing() {
         || (first.report().ingest.assigned_partitions == 8).then_some(()),
     );
     let report = first.wait_for_applied(distinct, DEADLINE);
-    assert_matches_truth(&first, &report, &scenario.truth);
+    assert_matches_truth(&first, &report, &run.scenario.truth);
 }

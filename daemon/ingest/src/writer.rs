@@ -44,12 +44,13 @@ pub(crate) fn run_writer(store: Store, jobs: Receiver<WriteJob>, done: Sender<Re
         let logged: Vec<LoggedMessage<'_>> = job
             .messages
             .iter()
-            .map(|message| LoggedMessage {
-                coordinates: &message.coordinates,
-                system: message.system,
-                payload: &message.payload,
-                event: message.decoded.as_ref().ok(),
-                dead_letter: message.decoded.as_ref().err(),
+            .map(|message| {
+                LoggedMessage::new(
+                    &message.coordinates,
+                    message.system,
+                    &message.payload,
+                    &message.decoded,
+                )
             })
             .collect();
         let offsets: Vec<(&str, i32, NextOffset)> = job

@@ -141,6 +141,16 @@ impl<'a> World<'a> {
         self.rng.random_range(from..to)
     }
 
+    /// The sync layer copies a source change after a delay, unless it drops it; returns when.
+    fn sync_later(&mut self, at: i64, copy: Action) -> Option<i64> {
+        if self.rng.random_bool(self.config.sync_drop_rate) {
+            return None;
+        }
+        let when = at + self.sync_delay();
+        self.schedule(when, copy);
+        Some(when)
+    }
+
     fn sync_delay(&mut self) -> i64 {
         self.rng
             .random_range(NANOS..=self.config.max_sync_delay_seconds.max(1) * NANOS)
@@ -240,16 +250,13 @@ impl<'a> World<'a> {
                     None,
                     ("user", "crm-user"),
                 );
-                if !self.rng.random_bool(self.config.sync_drop_rate) {
-                    let delay = self.sync_delay();
-                    self.schedule(
-                        at + delay,
-                        Action::SyncDelete {
-                            entity,
-                            source_id: id,
-                        },
-                    );
-                }
+                self.sync_later(
+                    at,
+                    Action::SyncDelete {
+                        entity,
+                        source_id: id,
+                    },
+                );
             }
             Action::TargetEdit { entity, source_id } => self.target_edit(at, entity, source_id),
             Action::TargetOnlyCreate { entity, serial } => {
@@ -405,20 +412,16 @@ impl<'a> World<'a> {
             Some((image.clone(), false)),
             ("user", "crm-user"),
         );
-        if !self.rng.random_bool(self.config.sync_drop_rate) {
-            let delay = self.sync_delay();
-            self.schedule(
-                at + delay,
-                Action::SyncCreate {
-                    entity,
-                    source_id: id.clone(),
-                    image: image.clone(),
-                },
-            );
+        let copy = Action::SyncCreate {
+            entity,
+            source_id: id.clone(),
+            image: image.clone(),
+        };
+        if let Some(copied_at) = self.sync_later(at, copy) {
             if self.rng.random_bool(self.config.sync_duplicate_rate) {
                 let second = self.sync_delay();
                 self.schedule(
-                    at + delay + second,
+                    copied_at + second,
                     Action::SyncCreate {
                         entity,
                         source_id: id.clone(),
@@ -497,23 +500,20 @@ impl<'a> World<'a> {
             Some((sent, partial)),
             ("user", "crm-user"),
         );
-        if !self.rng.random_bool(self.config.sync_drop_rate) {
-            let delay = self.sync_delay();
-            let (copied, full) = if partial {
-                (changes, false)
-            } else {
-                (image, true)
-            };
-            self.schedule(
-                at + delay,
-                Action::SyncUpdate {
-                    entity,
-                    source_id: id,
-                    changes: copied,
-                    full,
-                },
-            );
-        }
+        let (copied, full) = if partial {
+            (changes, false)
+        } else {
+            (image, true)
+        };
+        self.sync_later(
+            at,
+            Action::SyncUpdate {
+                entity,
+                source_id: id,
+                changes: copied,
+                full,
+            },
+        );
     }
 
     fn target_edit(&mut self, at: i64, entity: usize, source_id: String) {

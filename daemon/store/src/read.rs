@@ -37,8 +37,8 @@ pub struct DivergenceFilter {
     pub field: Option<String>,
 }
 
-/// One divergent record in a listing.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One divergent record in a listing; also the API's wire type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DivergenceItem {
     /// The entity.
     pub entity: String,

@@ -52,6 +52,24 @@ pub struct LoggedMessage<'a> {
     pub dead_letter: Option<&'a DecodeError>,
 }
 
+impl<'a> LoggedMessage<'a> {
+    /// A message as read, with the outcome of decoding it.
+    pub fn new(
+        coordinates: &'a Coordinates,
+        system: System,
+        payload: &'a [u8],
+        decoded: &'a std::result::Result<ChangeEvent, DecodeError>,
+    ) -> Self {
+        LoggedMessage {
+            coordinates,
+            system,
+            payload,
+            event: decoded.as_ref().ok(),
+            dead_letter: decoded.as_ref().err(),
+        }
+    }
+}
+
 /// Everything one batch writes.
 pub struct Commit<'a> {
     /// The messages of the batch, one per outcome of the plan.
@@ -293,13 +311,16 @@ impl Store {
                 .map(|row| row.status.clone())
                 .unwrap_or_default();
             if after_status != change.before {
-                self.remove_index_entries(
-                    &mut batch,
-                    &change.entity,
-                    &change.join_key,
-                    &change.before,
-                );
-                self.add_index_entries(&mut batch, &change.entity, &change.join_key, &after_status);
+                for (column_family, key) in
+                    index_entries(&change.entity, &change.join_key, &change.before)
+                {
+                    batch.delete_cf(column_family, key);
+                }
+                for (column_family, key) in
+                    index_entries(&change.entity, &change.join_key, &after_status)
+                {
+                    batch.put_cf(column_family, key, []);
+                }
             }
             match &change.after {
                 Some(row) => batch.put_cf(cf::RECORDS, record_key, encode_value(&**row)),
@@ -351,30 +372,6 @@ impl Store {
             ),
             logged,
         );
-    }
-
-    fn remove_index_entries(
-        &self,
-        batch: &mut OrderedBatch,
-        entity: &str,
-        join_key: &str,
-        status: &RecordStatus,
-    ) {
-        for key in index_entries(entity, join_key, status) {
-            batch.delete_cf(key.0, key.1);
-        }
-    }
-
-    fn add_index_entries(
-        &self,
-        batch: &mut OrderedBatch,
-        entity: &str,
-        join_key: &str,
-        status: &RecordStatus,
-    ) {
-        for key in index_entries(entity, join_key, status) {
-            batch.put_cf(key.0, key.1, []);
-        }
     }
 }
 

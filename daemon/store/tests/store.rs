@@ -101,12 +101,13 @@ fn apply(store: &Store, mapping: &Mapping, messages: &[Message], clock_floor: Op
     let plan = planner.finish();
     let logged: Vec<_> = messages
         .iter()
-        .map(|message| LoggedMessage {
-            coordinates: &message.coordinates,
-            system: message.system,
-            payload: &message.payload,
-            event: message.decoded.as_ref().ok(),
-            dead_letter: message.decoded.as_ref().err(),
+        .map(|message| {
+            LoggedMessage::new(
+                &message.coordinates,
+                message.system,
+                &message.payload,
+                &message.decoded,
+            )
         })
         .collect();
     let mut offsets: Vec<(&str, i32, NextOffset)> = Vec::new();

@@ -59,14 +59,15 @@ impl Topics {
     }
 }
 
-/// Writes a configuration for the simulator's CRMs and returns its path.
+/// Writes a configuration for the simulator's CRMs and returns its path. Small batches
+/// with `sync_writes` make ingestion slow enough to be interrupted on purpose.
 pub fn write_config(
     directory: &Path,
     brokers: &str,
     topics: &Topics,
     port: u16,
-    extra_kafka: &str,
     batch_max_messages: usize,
+    sync_writes: bool,
 ) -> PathBuf {
     let path = directory.join("tandem.toml");
     let text = format!(
@@ -80,10 +81,10 @@ batch_max_wait = "20ms"
 [kafka.properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
-{extra_kafka}
 
 [store]
 path = "{store}"
+sync_writes = {sync_writes}
 
 [api]
 listen = "127.0.0.1:{port}"
@@ -112,6 +113,61 @@ level = "info"
     );
     std::fs::write(&path, text).expect("the test directory is writable");
     path
+}
+
+/// A simulated run already on a fresh mock broker.
+pub struct SimulatedRun {
+    pub broker: MockBroker,
+    pub topics: Topics,
+    pub scenario: tandem_sim::Scenario,
+    /// Distinct events: what `events_applied` must reach.
+    pub distinct: u64,
+}
+
+impl SimulatedRun {
+    /// Starts a broker with 4 partitions per system, generates the run and produces it.
+    pub fn start(test: &str, sim: &tandem_sim::SimConfig) -> SimulatedRun {
+        let topics = Topics::unique(test);
+        let broker = MockBroker::start(&[
+            (&topics.source, 4),
+            (&topics.target, 4),
+            (&topics.dead_letters, 1),
+        ]);
+        let scenario = tandem_sim::generate(sim);
+        tandem::simkafka::produce(
+            broker.bootstrap(),
+            &topics.source,
+            &topics.target,
+            &scenario.messages,
+            |_| {},
+        )
+        .expect("the simulated run is produced");
+        let distinct = scenario.truth.events_applied.values().sum();
+        SimulatedRun {
+            broker,
+            topics,
+            scenario,
+            distinct,
+        }
+    }
+
+    /// Writes a daemon configuration for this run into `directory`.
+    pub fn config(
+        &self,
+        directory: &Path,
+        port: u16,
+        batch_max_messages: usize,
+        sync_writes: bool,
+    ) -> PathBuf {
+        write_config(
+            directory,
+            self.broker.bootstrap(),
+            &self.topics,
+            port,
+            batch_max_messages,
+            sync_writes,
+        )
+    }
 }
 
 /// A `tandem run` process.
