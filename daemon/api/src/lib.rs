@@ -27,9 +27,7 @@ use tandem_store::{DivergenceFilter, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::report::{
-    build_report, DivergenceList, FieldDiff, HistoryEntry, RecordView, Report, SideView,
-};
+use crate::report::{build_report, DivergenceList, FieldDiff, RecordView, Report, SideView};
 
 /// Divergences returned per page when no `limit` is given.
 const DEFAULT_LIMIT: usize = 100;
@@ -417,19 +415,7 @@ async fn get_record(
             source: row.source.iter().map(SideView::from).collect(),
             target: row.target.iter().map(SideView::from).collect(),
             diff,
-            history: history
-                .into_iter()
-                .map(|item| HistoryEntry {
-                    system: item.system,
-                    native_id: item.native_id,
-                    occurred_at: item.occurred_at,
-                    topic: item.topic,
-                    partition: item.partition,
-                    offset: item.offset,
-                    applied: item.applied,
-                    event: item.event,
-                })
-                .collect(),
+            history,
         }))
     })
     .await

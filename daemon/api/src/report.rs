@@ -270,23 +270,6 @@ pub struct FieldDiff {
     pub equal: bool,
 }
 
-/// One event of a record's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// Which system.
-    pub system: System,
-    /// Which native record.
-    pub native_id: String,
-    /// Event time.
-    pub occurred_at: Timestamp,
-    /// Topic it was read from.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// `false` when it was older than the stored version and changed nothing.
-    pub applied: bool,
-    /// The event as received.
-    pub event: serde_json::Value,
-}
+/// One event of a record's history: system, native id, event time, position, whether it
+/// changed state, and the event as received.
+pub type HistoryEntry = tandem_store::HistoryItem;

@@ -65,8 +65,8 @@ pub struct DivergencePage {
     pub next_cursor: Option<Vec<u8>>,
 }
 
-/// One event in a record's history.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One event in a record's history; also the API's wire type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryItem {
     /// The system it came from.
     pub system: System,
