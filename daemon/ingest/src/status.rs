@@ -71,9 +71,11 @@ impl IngestSnapshot {
         (assigned > 0).then_some(total)
     }
 
-    /// Whether every assigned partition is known to be fully applied.
+    /// Whether every assigned partition is known to be fully applied. Watermarks from an
+    /// unreachable broker are stale, so nothing counts as caught up while none is reachable.
     pub fn caught_up(&self) -> bool {
         !self.assigned.is_empty()
+            && self.broker_reachable
             && System::ALL
                 .iter()
                 .all(|system| self.lag(*system) == Some(0))
@@ -148,6 +150,18 @@ mod tests {
         assert_eq!(snapshot.lag(System::Source), Some(11));
         assert_eq!(snapshot.lag(System::Target), Some(0));
         assert!(!snapshot.caught_up());
+        snapshot
+            .partitions
+            .insert(("src".to_owned(), 0), position(Some(10), Some(0), Some(10)));
+        snapshot
+            .partitions
+            .insert(("src".to_owned(), 1), position(Some(7), Some(2), Some(7)));
+        assert!(
+            !snapshot.caught_up(),
+            "no broker reachable: watermarks may be stale"
+        );
+        snapshot.broker_reachable = true;
+        assert!(snapshot.caught_up());
         snapshot
             .partitions
             .insert(("src".to_owned(), 2), position(None, None, None));
