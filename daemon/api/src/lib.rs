@@ -303,7 +303,7 @@ async fn get_divergences(
                 None => return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("unknown status `{text}`"),
-                    "use one of pending, mismatch, missing_in_target, missing_in_source, duplicate",
+                    "use one of pending, mismatch, missing_in_target, missing_in_source, duplicate, unverified",
                 )),
             },
         };

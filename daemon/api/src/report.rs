@@ -113,7 +113,7 @@ pub fn build_report(
 ) -> Report {
     let empty = EntitySummary::default();
     let mut entities = BTreeMap::new();
-    let mut total_by_status = [0u64; 6];
+    let mut total_by_status = [0u64; Status::COUNT];
     for entity in mapping.entities() {
         let summary = state.summaries.get(&entity.name).unwrap_or(&empty);
         for status in Status::ALL {
@@ -180,7 +180,7 @@ pub fn build_report(
     }
 }
 
-fn by_status(counts: &[u64; 6]) -> BTreeMap<Status, u64> {
+fn by_status(counts: &[u64; Status::COUNT]) -> BTreeMap<Status, u64> {
     Status::ALL
         .into_iter()
         .map(|status| (status, counts[status.index()]))

@@ -279,6 +279,7 @@ pub(crate) fn report_latency(
                     .apply(Input::Event {
                         system: tandem_core::System::Source,
                         event,
+                        partition: Some(("bench.fill", 0)),
                     })
                     .map_err(|error| anyhow::anyhow!("{error}"))?;
             }

@@ -36,6 +36,8 @@ pub enum Op {
     Snapshot,
     /// The emitting feed lost changes to this record.
     Gap,
+    /// The end of a snapshot run: `snapshot_id` and the number of `records` it sent.
+    SnapshotEnd,
 }
 
 impl Op {
@@ -49,6 +51,7 @@ impl Op {
             Op::Merge => "merge",
             Op::Snapshot => "snapshot",
             Op::Gap => "gap",
+            Op::SnapshotEnd => "snapshot_end",
         }
     }
 }
@@ -86,8 +89,8 @@ pub struct ChangeEvent {
     pub event_id: String,
     /// Object type: `contact`, `company`, `deal`, ...
     pub entity: String,
-    /// The record's native id in the emitting system.
-    #[serde(deserialize_with = "string_or_integer")]
+    /// The record's native id in the emitting system (empty for `snapshot_end`).
+    #[serde(default, deserialize_with = "string_or_integer")]
     pub id: String,
     /// What happened.
     pub op: Op,
@@ -122,9 +125,15 @@ pub struct ChangeEvent {
         skip_serializing_if = "Option::is_none"
     )]
     pub merged_into: Option<String>,
-    /// For `snapshot`: the snapshot run the image belongs to.
+    /// For `snapshot` and `snapshot_end`: the snapshot run the image belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// For `snapshot_end`: how many records the run sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// The format of the event, if the producer names it; only `tandem.change.v1` is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 /// Why a message could not become a change event; the label used in counts and headers.
@@ -141,16 +150,19 @@ pub enum DeadLetterReason {
     InvalidJson,
     /// The value is JSON but not a valid change event.
     SchemaViolation,
+    /// The event names a format version this tandem does not read.
+    UnsupportedSchema,
 }
 
 impl DeadLetterReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 6] = [
         DeadLetterReason::Empty,
         DeadLetterReason::TooLarge,
         DeadLetterReason::InvalidUtf8,
         DeadLetterReason::InvalidJson,
         DeadLetterReason::SchemaViolation,
+        DeadLetterReason::UnsupportedSchema,
     ];
 
     /// The label used in the report, metrics and dead-letter headers.
@@ -161,6 +173,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidUtf8 => "invalid_utf8",
             DeadLetterReason::InvalidJson => "invalid_json",
             DeadLetterReason::SchemaViolation => "schema_violation",
+            DeadLetterReason::UnsupportedSchema => "unsupported_schema",
         }
     }
 }
@@ -275,14 +288,28 @@ fn validate(event: &ChangeEvent) -> Result<(), DecodeError> {
             format!("not a {CANONICAL_FORMAT} event: {detail}"),
         ))
     };
-    for (name, value) in [
-        ("event_id", &event.event_id),
-        ("entity", &event.entity),
-        ("id", &event.id),
-    ] {
+    if let Some(schema) = event
+        .schema
+        .as_deref()
+        .filter(|schema| *schema != CANONICAL_FORMAT)
+    {
+        return Err(DecodeError::new(
+            DeadLetterReason::UnsupportedSchema,
+            format!("the event is in format `{schema}`; this tandem reads `{CANONICAL_FORMAT}`: upgrade tandem or have the producer emit {CANONICAL_FORMAT}"),
+        ));
+    }
+    for (name, value) in [("event_id", &event.event_id), ("entity", &event.entity)] {
         if value.trim().is_empty() {
             return schema_error(format!("field `{name}` must not be empty"));
         }
+    }
+    if event.op != Op::SnapshotEnd && event.id.trim().is_empty() {
+        return schema_error("field `id` is required and must not be empty".to_owned());
+    }
+    if matches!(event.op, Op::SnapshotEnd)
+        && (event.snapshot_id.is_none() || event.records.is_none())
+    {
+        return schema_error("a `snapshot_end` event needs `snapshot_id` and `records`".to_owned());
     }
     if event.op == Op::Merge && event.merged_into.as_deref().is_none_or(str::is_empty) {
         return schema_error("a `merge` event needs `merged_into`".to_owned());
@@ -470,6 +497,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(merge_without_survivor.detail.contains("merged_into"));
+    }
+
+    #[test]
+    fn a_future_format_is_refused_with_its_own_reason() {
+        let future = decode_text(
+            r#"{"schema":"tandem.change.v2","event_id":"e","entity":"contact","id":"1","op":"create","occurred_at":"2026-11-20T08:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(future.reason, DeadLetterReason::UnsupportedSchema);
+        assert!(future.detail.contains("tandem.change.v2"), "{future}");
+        let current = decode_text(
+            r#"{"schema":"tandem.change.v1","event_id":"e","entity":"contact","id":"1","op":"create","occurred_at":"2026-11-20T08:00:00Z"}"#,
+        );
+        assert!(current.is_ok());
+    }
+
+    #[test]
+    fn snapshot_end_needs_its_run_and_count_but_no_id() {
+        let end = decode_text(
+            r#"{"event_id":"e","entity":"contact","op":"snapshot_end","snapshot_id":"r1","records":20,"occurred_at":"2026-11-20T08:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (end.op, end.records, end.id.as_str()),
+            (Op::SnapshotEnd, Some(20), "")
+        );
+        let without_count = decode_text(
+            r#"{"event_id":"e","entity":"contact","op":"snapshot_end","snapshot_id":"r1","occurred_at":"2026-11-20T08:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert!(without_count.detail.contains("records"), "{without_count}");
+        let update_without_id = decode_text(
+            r#"{"event_id":"e","entity":"contact","op":"update","occurred_at":"2026-11-20T08:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            update_without_id.detail.contains("field `id`"),
+            "{update_without_id}"
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 
 pub mod apply;
 pub mod event;
+pub mod feed;
 pub mod mapping;
 pub mod record;
+pub mod side;
 pub mod summary;
 pub mod system;
 pub mod time;

@@ -30,17 +30,25 @@ pub enum Status {
     MissingInSource,
     /// Two live records on one side claim the join key.
     Duplicate,
+    /// A change to one side may have been lost (a version skipped, a partial update without
+    /// a full image, a gap announced by the feed): tandem cannot know the record's state
+    /// until it is read again.
+    Unverified,
 }
 
 impl Status {
+    /// How many statuses there are.
+    pub const COUNT: usize = 7;
+
     /// Every status, in report order.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; Status::COUNT] = [
         Status::InSync,
         Status::Pending,
         Status::Mismatch,
         Status::MissingInTarget,
         Status::MissingInSource,
         Status::Duplicate,
+        Status::Unverified,
     ];
 
     /// The wire name.
@@ -52,6 +60,7 @@ impl Status {
             Status::MissingInTarget => "missing_in_target",
             Status::MissingInSource => "missing_in_source",
             Status::Duplicate => "duplicate",
+            Status::Unverified => "unverified",
         }
     }
 
@@ -64,10 +73,12 @@ impl Status {
             Status::MissingInTarget => 3,
             Status::MissingInSource => 4,
             Status::Duplicate => 5,
+            Status::Unverified => 6,
         }
     }
 
-    /// Whether the record counts as divergent (pending is lag, not divergence).
+    /// Whether the record counts as divergent (pending is lag, not divergence; unverified
+    /// counts, because nobody can vouch for it).
     pub const fn is_divergence(self) -> bool {
         !matches!(self, Status::InSync | Status::Pending)
     }
@@ -104,6 +115,41 @@ pub struct SideRecord {
     /// For a record merged away: the survivor's native id.
     #[serde(default)]
     pub merged_into: Option<String>,
+    /// Set while changes to this record may have been lost; cleared by a full image.
+    #[serde(default)]
+    pub unverified: Option<Unverified>,
+}
+
+/// Why a native record's state cannot be trusted, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unverified {
+    /// What made it untrustworthy.
+    pub reason: UnverifiedReason,
+    /// Event time of the change that revealed it.
+    pub since: Timestamp,
+}
+
+/// What can make a native record's state untrustworthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnverifiedReason {
+    /// A partial update carried a version more than one past the stored one.
+    VersionSkip,
+    /// A partial update arrived for a record tandem holds no full image of.
+    PartialWithoutImage,
+    /// The feed announced that changes to this record were lost.
+    Gap,
+}
+
+impl UnverifiedReason {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnverifiedReason::VersionSkip => "version_skip",
+            UnverifiedReason::PartialWithoutImage => "partial_without_image",
+            UnverifiedReason::Gap => "gap",
+        }
+    }
 }
 
 /// What the indexes and aggregates know about a record: enough to undo its old entries.
@@ -176,6 +222,16 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow) -> Comparison {
             differing_fields: Vec::new(),
         };
     }
+    if [first_source, first_target]
+        .into_iter()
+        .flatten()
+        .any(|side| side.unverified.is_some())
+    {
+        return Comparison {
+            status: Some(Status::Unverified),
+            differing_fields: Vec::new(),
+        };
+    }
     let (source, target) = match (first_source, first_target) {
         (None, None) => {
             return Comparison {
@@ -222,7 +278,8 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow) -> Comparison {
 ///
 /// A mismatch or a missing side whose latest change (on either side) is younger than `grace`
 /// at `now` is `pending`: the sync layer may simply not have caught up. A duplicate is
-/// structural and is reported at once.
+/// structural and an unverified record needs a re-read whatever its age: both are reported
+/// at once.
 pub fn with_grace(
     comparison: Comparison,
     row: &RecordRow,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::DeadLetterReason;
+use crate::feed::FeedState;
 use crate::record::{RecordStatus, Status};
 use crate::system::System;
 use crate::time::Timestamp;
@@ -13,7 +14,7 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntitySummary {
     /// Records per status, indexed by [`Status::index`].
-    pub by_status: [u64; 6],
+    pub by_status: [u64; Status::COUNT],
     /// Records in `mismatch` per differing target field.
     pub mismatched_fields: BTreeMap<String, u64>,
 }
@@ -129,6 +130,9 @@ pub struct ApplyState {
     pub counters: IngestCounters,
     /// Record counts per entity.
     pub summaries: BTreeMap<String, EntitySummary>,
+    /// Completeness of the feeds: sequence holes, snapshot needs and runs.
+    #[serde(default)]
+    pub feed: FeedState,
 }
 
 impl Default for ApplyState {
@@ -137,6 +141,7 @@ impl Default for ApplyState {
             clock: Timestamp::MIN,
             counters: IngestCounters::default(),
             summaries: BTreeMap::new(),
+            feed: FeedState::default(),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tandem_core::apply::{unjoined_key, ViewResult};
+use tandem_core::feed::RereadChange;
 use tandem_core::mapping::{FieldMapping, JoinSpec};
+use tandem_core::record::UnverifiedReason;
 use tandem_core::{
     ApplyState, ChangeEvent, EntityMapping, EntitySummary, Input, JoinKeySource, Mapping, Outcome,
     Planner, RecordRow, StateView, Status, System, Timestamp,
@@ -20,6 +22,9 @@ struct MemoryState {
     seen: HashSet<(System, String)>,
     join_keys: HashMap<(System, String, String), String>,
     records: BTreeMap<(String, String), RecordRow>,
+    snapshot_members: HashSet<(System, String, String, String)>,
+    rereads: BTreeMap<(System, String, String), UnverifiedReason>,
+    snapshot_requests: Vec<(System, String)>,
     apply: ApplyState,
 }
 
@@ -46,6 +51,30 @@ impl StateView for MemoryState {
             .get(&(entity.to_owned(), join_key.to_owned()))
             .cloned())
     }
+
+    fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>> {
+        Ok(self
+            .join_keys
+            .keys()
+            .filter(|(key_system, key_entity, _)| *key_system == system && key_entity == entity)
+            .map(|(_, _, native_id)| native_id.clone())
+            .collect())
+    }
+
+    fn snapshot_member(
+        &self,
+        system: System,
+        entity: &str,
+        snapshot_id: &str,
+        native_id: &str,
+    ) -> ViewResult<bool> {
+        Ok(self.snapshot_members.contains(&(
+            system,
+            entity.to_owned(),
+            snapshot_id.to_owned(),
+            native_id.to_owned(),
+        )))
+    }
 }
 
 impl MemoryState {
@@ -66,6 +95,7 @@ impl MemoryState {
                 .apply(Input::Event {
                     system: *system,
                     event,
+                    partition: Some((system.as_str(), 0)),
                 })
                 .unwrap();
         }
@@ -102,6 +132,39 @@ impl MemoryState {
                 None => self.records.remove(&key),
             };
         }
+        for member in plan.snapshot_members {
+            self.snapshot_members.insert((
+                member.system,
+                member.entity,
+                member.snapshot_id,
+                member.native_id,
+            ));
+        }
+        for change in plan.rereads {
+            match change {
+                RereadChange::Request {
+                    system,
+                    entity,
+                    native_id,
+                    reason,
+                    ..
+                } => {
+                    self.rereads.insert((system, entity, native_id), reason);
+                }
+                RereadChange::Resolved {
+                    system,
+                    entity,
+                    native_id,
+                } => {
+                    self.rereads.remove(&(system, entity, native_id));
+                }
+            }
+        }
+        self.snapshot_requests.extend(
+            plan.snapshot_requests
+                .into_iter()
+                .map(|request| (request.system, request.entity)),
+        );
         self.apply = plan.state;
         plan.outcomes
     }
@@ -500,6 +563,271 @@ fn unmapped_entities_are_counted_not_stored() {
     assert_eq!(outcomes, [Outcome::UnmappedEntity]);
     assert_eq!(state.apply.counters.source.unmapped_entities["task"], 1);
     assert!(state.records.is_empty());
+}
+
+#[test]
+fn a_partial_update_without_an_image_is_unverified_until_a_full_image() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            target_create("t1", "T1", "L1", 0, "a@x.io", "Ada"),
+            // The source's create was lost; its first event is a partial update that
+            // happens to match the target.
+            (System::Source, event(json!({"event_id": "s2", "entity": "contact", "id": "L1",
+                "op": "update", "partial": true, "external_id": "L1", "version": 2,
+                "occurred_at": at(1).to_rfc3339(), "fields": {"Email": "a@x.io", "LastName": "Ada"}}))),
+        ],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::Unverified),
+        "matching fields prove nothing"
+    );
+    assert_eq!(
+        state
+            .rereads
+            .get(&(System::Source, "contact".to_owned(), "L1".to_owned())),
+        Some(&UnverifiedReason::PartialWithoutImage)
+    );
+    state.apply_batch(
+        &mapping,
+        &[(
+            System::Source,
+            event(json!({"event_id": "s3", "entity": "contact", "id": "L1",
+            "op": "snapshot", "snapshot_id": "r1", "external_id": "L1", "version": 2,
+            "occurred_at": at(2).to_rfc3339(), "fields": {"Email": "a@x.io", "LastName": "Ada"}})),
+        )],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::InSync),
+        "a full image heals"
+    );
+    assert!(state.rereads.is_empty(), "the re-read is no longer needed");
+}
+
+#[test]
+fn a_skipped_version_and_a_gap_make_records_unverified() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let mut create = source_create("s1", "L1", 0, "a@x.io", "Ada");
+    create.1.version = Some(1);
+    state.apply_batch(
+        &mapping,
+        &[
+            create,
+            target_create("t1", "T1", "L1", 0, "a@x.io", "Ada"),
+            source_create("s9", "L9", 0, "z@x.io", "Zed"),
+            target_create("t9", "T9", "L9", 0, "z@x.io", "Zed"),
+        ],
+    );
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    state.apply_batch(
+        &mapping,
+        &[
+            (
+                System::Source,
+                event(json!({"event_id": "s3", "entity": "contact", "id": "L1",
+                "op": "update", "partial": true, "version": 3,
+                "occurred_at": at(3).to_rfc3339(), "fields": {"LastName": "Ada"}})),
+            ),
+            (
+                System::Target,
+                event(json!({"event_id": "g9", "entity": "contact", "id": "T9",
+                "op": "gap", "occurred_at": at(3).to_rfc3339()})),
+            ),
+            (
+                System::Target,
+                event(json!({"event_id": "g5", "entity": "contact", "id": "T5",
+                "op": "gap", "occurred_at": at(3).to_rfc3339()})),
+            ),
+        ],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::Unverified),
+        "version 2 was lost"
+    );
+    assert_eq!(
+        state.status("contact", "L9"),
+        Some(Status::Unverified),
+        "the feed lost changes to T9"
+    );
+    assert_eq!(
+        state.status("contact", &unjoined_key(System::Target, "T5")),
+        Some(Status::Unverified),
+        "a gap on an unknown record makes it known, and unknown"
+    );
+    assert_eq!(state.rereads.len(), 3);
+    assert_eq!(state.summary("contact").count(Status::Unverified), 3);
+}
+
+#[test]
+fn without_versions_the_later_event_time_wins() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let outcomes = state.apply_batch(
+        &mapping,
+        &[
+            source_create("s2", "L1", 5, "new@x.io", "Ada"),
+            // Delivered late, happened earlier: it must not overwrite.
+            source_create("s1", "L1", 1, "old@x.io", "Ada"),
+        ],
+    );
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Stale]);
+    let row = &state.records[&("contact".to_owned(), "L1".to_owned())];
+    assert_eq!(row.source[0].fields["Email"], json!("new@x.io"));
+}
+
+/// An update of record `L<number>` (source id `L<n>`, target id `T<n>`) carrying `seq`.
+fn seq_event(
+    system: System,
+    event_id: &str,
+    number: u32,
+    seq: u64,
+    minute: i64,
+) -> (System, ChangeEvent) {
+    let key = format!("L{number}");
+    let email = format!("{key}@x.io");
+    let value = match system {
+        System::Source => {
+            json!({"event_id": event_id, "entity": "contact", "id": key, "op": "update",
+            "seq": seq, "external_id": key, "occurred_at": at(minute).to_rfc3339(),
+            "fields": {"Email": email}})
+        }
+        System::Target => {
+            json!({"event_id": event_id, "entity": "contact", "id": format!("T{number}"),
+            "op": "update", "seq": seq, "occurred_at": at(minute).to_rfc3339(),
+            "fields": {"email": email, "legacy_id": key}})
+        }
+    };
+    (system, event(value))
+}
+
+fn source_snapshot(event_id: &str, number: u32, minute: i64) -> (System, ChangeEvent) {
+    let key = format!("L{number}");
+    (
+        System::Source,
+        event(
+            json!({"event_id": event_id, "entity": "contact", "id": key, "op": "snapshot",
+        "snapshot_id": "run-1", "external_id": key, "occurred_at": at(minute).to_rfc3339(),
+        "fields": {"Email": format!("{key}@x.io")}}),
+        ),
+    )
+}
+
+fn snapshot_end(event_id: &str, records: u64, minute: i64) -> (System, ChangeEvent) {
+    (
+        System::Source,
+        event(
+            json!({"event_id": event_id, "entity": "contact", "op": "snapshot_end",
+        "snapshot_id": "run-1", "records": records, "occurred_at": at(minute).to_rfc3339()}),
+        ),
+    )
+}
+
+/// Two records in sync on both sides, then a hole in the source partition while L3 arrives.
+fn state_with_a_seq_hole(mapping: &Mapping) -> MemoryState {
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        mapping,
+        &[
+            seq_event(System::Source, "s1", 1, 1, 0),
+            seq_event(System::Source, "s2", 2, 2, 0),
+            seq_event(System::Target, "t1", 1, 1, 0),
+            seq_event(System::Target, "t2", 2, 2, 0),
+            // Events 3 and 4 of the source partition were lost (say, the delete of L2).
+            seq_event(System::Source, "s5", 3, 5, 1),
+        ],
+    );
+    state
+}
+
+#[test]
+fn a_seq_hole_asks_for_a_snapshot_which_finds_what_was_deleted() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    assert_eq!(
+        state.snapshot_requests,
+        [(System::Source, "contact".to_owned())]
+    );
+    let stream = &state.apply.feed.streams["source/0"];
+    assert_eq!((stream.missing, stream.open_since), (2, Some(at(1))));
+    assert_eq!(
+        state.status("contact", "L2"),
+        Some(Status::InSync),
+        "tandem cannot see the lost delete yet"
+    );
+
+    // The snapshot run contains L1 and L3 only.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            source_snapshot("r3", 3, 2),
+            snapshot_end("end", 2, 3),
+        ],
+    );
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_eq!(state.status("contact", "L2"), Some(Status::MissingInSource));
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    let completed = status.last_completed.as_ref().unwrap();
+    assert_eq!(
+        (
+            completed.records,
+            completed.marked_missing,
+            completed.completed_at
+        ),
+        (2, 1, at(3))
+    );
+    assert!(state.apply.feed.needs_snapshot.is_empty());
+    assert_eq!(
+        state.apply.feed.streams["source/0"].open_since, None,
+        "the hole is healed"
+    );
+}
+
+#[test]
+fn an_incomplete_snapshot_concludes_nothing() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    state.apply_batch(
+        &mapping,
+        &[source_snapshot("r1", 1, 2), snapshot_end("end", 3, 3)],
+    );
+    assert_eq!(state.status("contact", "L2"), Some(Status::InSync));
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    let incomplete = status.last_incomplete.as_ref().unwrap();
+    assert_eq!((incomplete.expected, incomplete.received), (3, 1));
+    assert!(status.last_completed.is_none());
+    assert!(
+        state.apply.feed.streams["source/0"].open_since.is_some(),
+        "the hole stays open"
+    );
+}
+
+#[test]
+fn a_record_changed_after_the_snapshot_started_is_not_missing() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            // L2 changes while the snapshot runs; the run had already passed it.
+            seq_event(System::Source, "s6", 2, 6, 4),
+            snapshot_end("end", 1, 5),
+        ],
+    );
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_ne!(state.status("contact", "L2"), Some(Status::MissingInSource));
+    // L3 was last seen before the run and is not in it: gone from the source, and since
+    // the target never had it, the record leaves the counts.
+    assert_eq!(state.status("contact", "L3"), None);
+    assert!(state.records[&("contact".to_owned(), "L3".to_owned())].source[0].deleted);
 }
 
 // ---------------------------------------------------------------------------------------------

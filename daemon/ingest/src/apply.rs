@@ -39,6 +39,7 @@ const MAX_DUE_PER_BATCH: usize = 10_000;
 type RecordKey = (String, String);
 type NativeKey = (System, String, String);
 type EventKey = (System, String);
+type MemberKey = (System, String, String, String);
 
 /// What the batches in flight changed, until the store has it.
 #[derive(Default)]
@@ -46,6 +47,7 @@ struct InFlight {
     records: HashMap<RecordKey, (u64, Option<Arc<RecordRow>>)>,
     join_keys: HashMap<NativeKey, (u64, String)>,
     events: HashMap<EventKey, u64>,
+    snapshot_members: HashMap<MemberKey, u64>,
     /// Per batch in flight, oldest first: the keys it wrote.
     batches: VecDeque<WrittenKeys>,
 }
@@ -56,6 +58,7 @@ struct WrittenKeys {
     records: Vec<RecordKey>,
     join_keys: Vec<NativeKey>,
     events: Vec<EventKey>,
+    snapshot_members: Vec<MemberKey>,
 }
 
 impl InFlight {
@@ -91,6 +94,11 @@ impl InFlight {
                 self.events.remove(&key);
             }
         }
+        for key in oldest.snapshot_members {
+            if self.snapshot_members.get(&key) == Some(&seq) {
+                self.snapshot_members.remove(&key);
+            }
+        }
     }
 }
 
@@ -123,6 +131,40 @@ impl StateView for OverlayView<'_> {
             Some((_, join_key)) => Ok(Some(join_key.clone())),
             None => self.store.join_key(system, entity, native_id),
         }
+    }
+
+    fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>> {
+        let mut ids = self.store.native_ids(system, entity)?;
+        ids.extend(
+            self.in_flight
+                .join_keys
+                .keys()
+                .filter(|(key_system, key_entity, _)| *key_system == system && key_entity == entity)
+                .map(|(_, _, native_id)| native_id.clone()),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn snapshot_member(
+        &self,
+        system: System,
+        entity: &str,
+        snapshot_id: &str,
+        native_id: &str,
+    ) -> ViewResult<bool> {
+        let key = (
+            system,
+            entity.to_owned(),
+            snapshot_id.to_owned(),
+            native_id.to_owned(),
+        );
+        if self.in_flight.snapshot_members.contains_key(&key) {
+            return Ok(true);
+        }
+        self.store
+            .snapshot_member(system, entity, snapshot_id, native_id)
     }
 
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {
@@ -320,6 +362,10 @@ impl ApplyLoop {
                 Ok(event) => Input::Event {
                     system: message.system,
                     event,
+                    partition: Some((
+                        message.coordinates.topic.as_str(),
+                        message.coordinates.partition,
+                    )),
                 },
                 Err(error) => {
                     warn!(
@@ -437,11 +483,23 @@ impl ApplyLoop {
                 events.push(key);
             }
         }
+        let mut snapshot_members = Vec::with_capacity(plan.snapshot_members.len());
+        for member in &plan.snapshot_members {
+            let key = (
+                member.system,
+                member.entity.clone(),
+                member.snapshot_id.clone(),
+                member.native_id.clone(),
+            );
+            self.in_flight.snapshot_members.insert(key.clone(), seq);
+            snapshot_members.push(key);
+        }
         self.in_flight.batches.push_back(WrittenKeys {
             seq,
             records,
             join_keys,
             events,
+            snapshot_members,
         });
     }
 

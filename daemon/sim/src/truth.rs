@@ -74,13 +74,16 @@ pub struct GroundTruth {
     pub dead_lettered: BTreeMap<&'static str, u64>,
 }
 
-const STATUSES: [&str; 6] = [
+/// Every status a report lists. `unverified` is about what tandem can know, not about the
+/// systems: with every change delivered, no record is unverified.
+const STATUSES: [&str; 7] = [
     "in_sync",
     "pending",
     "mismatch",
     "missing_in_target",
     "missing_in_source",
     "duplicate",
+    "unverified",
 ];
 
 /// Both CRMs' records at the end of the run, by (entity index, native id).

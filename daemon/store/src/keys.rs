@@ -337,6 +337,69 @@ pub(crate) fn decode_pending_due(key: &[u8]) -> Result<(Timestamp, String, Strin
     Ok(parts)
 }
 
+/// A native record seen by a snapshot run: `system, entity, run, native id`.
+pub(crate) fn encode_snapshot_member(
+    system: System,
+    entity: &str,
+    snapshot_id: &str,
+    native_id: &str,
+) -> Vec<u8> {
+    KeyWriter::new()
+        .u8(system.code())
+        .str(entity)
+        .str(snapshot_id)
+        .str(native_id)
+        .finish()
+}
+
+/// Prefix of every native record of a system's entity in the join-key index.
+pub(crate) fn encode_native_prefix(system: System, entity: &str) -> Vec<u8> {
+    KeyWriter::new().u8(system.code()).str(entity).finish()
+}
+
+pub(crate) fn decode_native(key: &[u8]) -> Result<(System, String, String)> {
+    let mut reader = KeyReader::new(key, "join_keys");
+    let parts = (reader.system()?, reader.str()?, reader.str()?);
+    reader.end()?;
+    Ok(parts)
+}
+
+/// A record waiting for a re-read, in queue order: `since, system, entity, native id`.
+pub(crate) fn encode_reread_queue(
+    since: Timestamp,
+    system: System,
+    entity: &str,
+    native_id: &str,
+) -> Vec<u8> {
+    KeyWriter::new()
+        .i64(since.unix_nanos())
+        .u8(system.code())
+        .str(entity)
+        .str(native_id)
+        .finish()
+}
+
+pub(crate) fn decode_reread_queue(key: &[u8]) -> Result<(Timestamp, System, String, String)> {
+    let mut reader = KeyReader::new(key, "reread_queue");
+    let parts = (
+        reader.timestamp()?,
+        reader.system()?,
+        reader.str()?,
+        reader.str()?,
+    );
+    reader.end()?;
+    Ok(parts)
+}
+
+/// A snapshot request in the control outbox: `requested at, system, entity`.
+pub(crate) fn encode_control(requested_at: Timestamp, system: System, entity: &str) -> Vec<u8> {
+    KeyWriter::new()
+        .i64(requested_at.unix_nanos())
+        .u8(system.code())
+        .str(entity)
+        .finish()
+}
+
 /// The smallest key strictly greater than every key starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -397,6 +460,18 @@ mod tests {
         assert_eq!(
             decode_pending_due(&encode_pending_due(at, "deal", "L1")).unwrap(),
             (at, "deal".to_owned(), "L1".to_owned())
+        );
+        assert_eq!(
+            decode_native(&encode_native(System::Source, "deal", "O-1")).unwrap(),
+            (System::Source, "deal".to_owned(), "O-1".to_owned())
+        );
+        assert!(encode_native(System::Source, "deal", "O-1")
+            .starts_with(&encode_native_prefix(System::Source, "deal")));
+        assert!(!encode_native(System::Source, "deals", "O-1")
+            .starts_with(&encode_native_prefix(System::Source, "deal")));
+        assert_eq!(
+            decode_reread_queue(&encode_reread_queue(at, System::Target, "deal", "9")).unwrap(),
+            (at, System::Target, "deal".to_owned(), "9".to_owned())
         );
     }
 

@@ -8,6 +8,7 @@
 
 mod codec;
 mod error;
+mod feed;
 mod keys;
 mod read;
 mod write;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use error::{Error, Result};
+pub use feed::{ControlRequest, RereadRow, RereadTarget};
 pub use keys::Coordinates;
 pub use read::{
     DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, HistoryItem, ReadSnapshot,
@@ -25,7 +27,7 @@ pub use read::{
 pub use write::{Commit, CommitStats, LoggedMessage, NextOffset};
 
 /// The layout version of the store; bumped when a stored format changes incompatibly.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Every column family, opened together. The names are part of the on-disk format.
 pub(crate) mod cf {
@@ -54,8 +56,16 @@ pub(crate) mod cf {
     pub(crate) const DEAD_LETTERS: &str = "dead_letters";
     /// Dead letters not yet confirmed delivered to the dead-letter topic.
     pub(crate) const DLQ_OUTBOX: &str = "dlq_outbox";
+    /// Native records seen by snapshot runs.
+    pub(crate) const SNAPSHOT_MEMBERS: &str = "snapshot_members";
+    /// Native records waiting to be read again from their system.
+    pub(crate) const REREADS: &str = "rereads";
+    /// The same, ordered by since when they wait: the forwarder's queue.
+    pub(crate) const REREAD_QUEUE: &str = "reread_queue";
+    /// Snapshot requests not yet confirmed delivered to the control topic.
+    pub(crate) const CONTROL_OUTBOX: &str = "control_outbox";
 
-    pub(crate) const ALL: [&str; 12] = [
+    pub(crate) const ALL: [&str; 16] = [
         META,
         OFFSETS,
         HISTORY,
@@ -68,6 +78,10 @@ pub(crate) mod cf {
         PENDING_DUE,
         DEAD_LETTERS,
         DLQ_OUTBOX,
+        SNAPSHOT_MEMBERS,
+        REREADS,
+        REREAD_QUEUE,
+        CONTROL_OUTBOX,
     ];
 }
 
@@ -99,6 +113,9 @@ pub struct Store {
     db: Arc<DB>,
     path: PathBuf,
     sync_writes: bool,
+    /// Serializes writes that must not interleave with a read-modify-write of another
+    /// thread (the request forwarder marking re-read rows while batches commit).
+    write_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -136,6 +153,7 @@ impl Store {
             db: Arc::new(db),
             path: path.to_owned(),
             sync_writes: options.sync_writes,
+            write_lock: Arc::new(std::sync::Mutex::new(())),
         };
         store.check_schema_version()?;
         Ok(store)

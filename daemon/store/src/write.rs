@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use tandem_core::apply::{Plan, StateView, ViewResult};
+use tandem_core::feed::RereadChange;
 use tandem_core::{
     ApplyState, ChangeEvent, DecodeError, Outcome, RecordRow, RecordStatus, Status, System,
     Timestamp,
@@ -12,6 +13,7 @@ use tandem_core::{
 
 use crate::codec::{decode_value, encode_value};
 use crate::error::{Error, Result};
+use crate::feed::{ControlRequest, RereadRow};
 use crate::keys::{self, Coordinates};
 use crate::read::DeadLetterRow;
 use crate::{cf, Store};
@@ -251,7 +253,20 @@ impl Store {
         self.write(batch, "write of dead-letter deliveries")
     }
 
-    fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+    pub(crate) fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+        let _guard = self.lock_writes();
+        self.write_locked(batch, operation)
+    }
+
+    /// Holds off other writers while a read-modify-write runs.
+    pub(crate) fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes with the lock already held by the caller.
+    pub(crate) fn write_locked(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(self.sync_writes);
         self.db
@@ -335,9 +350,98 @@ impl Store {
                 encode_value(next_offset),
             );
         }
+        self.write_feed(&mut batch, commit)?;
         batch.put_cf(cf::META, APPLY_STATE_KEY, encode_value(&commit.plan.state));
-        self.write(batch.into_write_batch(self), "commit of a batch")?;
+        let batch = batch.into_write_batch(self);
+        self.write(batch, "commit of a batch")?;
         Ok(stats)
+    }
+
+    /// Re-read rows, snapshot membership and snapshot requests of a batch.
+    fn write_feed(&self, batch: &mut OrderedBatch, commit: &Commit<'_>) -> Result<()> {
+        for member in &commit.plan.snapshot_members {
+            batch.put_cf(
+                cf::SNAPSHOT_MEMBERS,
+                keys::encode_snapshot_member(
+                    member.system,
+                    &member.entity,
+                    &member.snapshot_id,
+                    &member.native_id,
+                ),
+                [],
+            );
+        }
+        for request in &commit.plan.snapshot_requests {
+            let value = ControlRequest {
+                request: request.clone(),
+                key: Vec::new(),
+            };
+            batch.put_cf(
+                cf::CONTROL_OUTBOX,
+                Store::control_key(request),
+                encode_value(&value),
+            );
+        }
+        // Requests and resolutions in order: a record may be both within one batch.
+        let mut rows: BTreeMap<Vec<u8>, Option<RereadRow>> = BTreeMap::new();
+        let mut queue_deletes = Vec::new();
+        for change in &commit.plan.rereads {
+            match change {
+                RereadChange::Request {
+                    system,
+                    entity,
+                    native_id,
+                    reason,
+                    since,
+                } => {
+                    let row = RereadRow {
+                        reason: *reason,
+                        since: *since,
+                        recorded_at: commit.committed_at,
+                        requested_at: None,
+                    };
+                    rows.insert(keys::encode_native(*system, entity, native_id), Some(row));
+                }
+                RereadChange::Resolved {
+                    system,
+                    entity,
+                    native_id,
+                } => {
+                    let key = keys::encode_native(*system, entity, native_id);
+                    let previous = match rows.get(&key) {
+                        Some(row) => row.clone(),
+                        None => self.reread(*system, entity, native_id)?,
+                    };
+                    if let Some(previous) = previous {
+                        queue_deletes.push(keys::encode_reread_queue(
+                            previous.since,
+                            *system,
+                            entity,
+                            native_id,
+                        ));
+                    }
+                    rows.insert(key, None);
+                }
+            }
+        }
+        for key in queue_deletes {
+            batch.delete_cf(cf::REREAD_QUEUE, key);
+        }
+        for (key, row) in rows {
+            match row {
+                Some(row) => {
+                    let (system, entity, native_id) = keys::decode_native(&key)?;
+                    batch.put_cf(
+                        cf::REREAD_QUEUE,
+                        keys::encode_reread_queue(row.since, system, &entity, &native_id),
+                        [],
+                    );
+                    batch.put_cf(cf::REREADS, key, encode_value(&row));
+                }
+                None => batch.delete_cf(cf::REREADS, key),
+            }
+        }
+        Ok(())
     }
 
     fn log_event(
@@ -415,6 +519,39 @@ fn index_entries(
 }
 
 impl StateView for Store {
+    fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>> {
+        let prefix = keys::encode_native_prefix(system, entity);
+        let mut read_options = rocksdb::ReadOptions::default();
+        read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut ids = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf::JOIN_KEYS),
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, _) = item.map_err(Error::rocksdb("scan of the join-key index"))?;
+            ids.push(keys::decode_native(&key)?.2);
+        }
+        Ok(ids)
+    }
+
+    fn snapshot_member(
+        &self,
+        system: System,
+        entity: &str,
+        snapshot_id: &str,
+        native_id: &str,
+    ) -> ViewResult<bool> {
+        let found = self
+            .db
+            .get_pinned_cf(
+                self.cf(cf::SNAPSHOT_MEMBERS),
+                keys::encode_snapshot_member(system, entity, snapshot_id, native_id),
+            )
+            .map_err(Error::rocksdb("read of snapshot membership"))?;
+        Ok(found.is_some())
+    }
+
     fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool> {
         let found = self
             .db

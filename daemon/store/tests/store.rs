@@ -84,6 +84,10 @@ fn apply(store: &Store, mapping: &Mapping, messages: &[Message], clock_floor: Op
             Ok(event) => Input::Event {
                 system: message.system,
                 event,
+                partition: Some((
+                    message.coordinates.topic.as_str(),
+                    message.coordinates.partition,
+                )),
             },
             Err(error) => Input::DeadLetter {
                 system: message.system,
@@ -438,6 +442,10 @@ fn an_unknown_schema_version_is_refused() {
                 "pending_due",
                 "dead_letters",
                 "dlq_outbox",
+                "snapshot_members",
+                "rereads",
+                "reread_queue",
+                "control_outbox",
             ],
         )
         .unwrap();
@@ -453,5 +461,93 @@ fn an_unknown_schema_version_is_refused() {
         .unwrap();
     let message = error.to_string();
     assert!(message.contains("schema version 99"), "{message}");
-    assert!(message.contains("reads version 1"), "{message}");
+    assert!(message.contains("reads version 2"), "{message}");
+}
+
+#[test]
+fn rereads_queue_until_a_full_image_arrives() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = Store::open(directory.path(), &StoreOptions::default()).unwrap();
+    let mapping = mapping();
+    // A partial update of a record tandem never saw in full, and a seq hole on the target.
+    apply(
+        &store,
+        &mapping,
+        &[
+            message(
+                System::Source,
+                0,
+                json!({"event_id": "s0", "entity": "contact", "id": "L1",
+                "op": "update", "partial": true, "external_id": "L1",
+                "occurred_at": at(1).to_rfc3339(), "fields": {"Email": "a@x.io"}}),
+            ),
+            message(
+                System::Target,
+                0,
+                json!({"event_id": "t0", "entity": "contact", "id": "T1",
+                "op": "create", "seq": 1, "occurred_at": at(1).to_rfc3339(),
+                "fields": {"legacy_id": "L1", "email": "a@x.io"}}),
+            ),
+            message(
+                System::Target,
+                1,
+                json!({"event_id": "t1", "entity": "contact", "id": "T2",
+                "op": "create", "seq": 4, "occurred_at": at(2).to_rfc3339(),
+                "fields": {"legacy_id": "L2", "email": "b@x.io"}}),
+            ),
+        ],
+        None,
+    );
+    let due = store.due_rereads(at(0), 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].0.system, due[0].0.native_id.as_str()),
+        (System::Source, "L1")
+    );
+    assert_eq!(due[0].1.since, at(1));
+    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 1);
+
+    // Once requested, it is not due again until the resend time passes.
+    store.mark_rereads_requested(&due, at(10)).unwrap();
+    assert!(store.due_rereads(at(10), 10).unwrap().is_empty());
+    assert_eq!(store.due_rereads(at(11), 10).unwrap().len(), 1);
+
+    let control = store.pending_control_requests(10).unwrap();
+    assert_eq!(
+        control.len(),
+        1,
+        "the target's seq hole asks for a contact snapshot"
+    );
+    assert_eq!(
+        (
+            control[0].request.system,
+            control[0].request.entity.as_str()
+        ),
+        (System::Target, "contact")
+    );
+    store.mark_control_delivered(&control).unwrap();
+    assert!(store.pending_control_requests(10).unwrap().is_empty());
+
+    // The connector answers with a full image: the row and its queue entry go.
+    apply(
+        &store,
+        &mapping,
+        &[message(
+            System::Source,
+            1,
+            json!({"event_id": "s1", "entity": "contact", "id": "L1",
+            "op": "snapshot", "external_id": "L1", "occurred_at": at(3).to_rfc3339(),
+            "fields": {"Email": "a@x.io"}}),
+        )],
+        None,
+    );
+    assert!(store
+        .reread(System::Source, "contact", "L1")
+        .unwrap()
+        .is_none());
+    assert!(store.due_rereads(at(99), 10).unwrap().is_empty());
+    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 0);
+    let mut ids = store.native_ids(System::Target, "contact").unwrap();
+    ids.sort();
+    assert_eq!(ids, ["T1", "T2"]);
 }

@@ -3,15 +3,20 @@
 //!
 //! The planner does no I/O. It reads through a [`StateView`] (the store, in production; a map,
 //! in tests), keeps its own overlay so later events of a batch see earlier ones, and decides
-//! deduplication, version order, join-key moves, record status and aggregate counts.
+//! deduplication, order, completeness, join-key moves, record status, aggregate counts,
+//! sequence holes, snapshot runs and re-read requests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event::{ChangeEvent, DeadLetterReason, Fields, Op};
+mod feed;
+
+use crate::event::{ChangeEvent, DeadLetterReason, Op};
+use crate::feed::{RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
-use crate::record::{compare, with_grace, RecordRow, RecordStatus, SideRecord, Status};
+use crate::record::{compare, with_grace, RecordRow, RecordStatus, Status};
+use crate::side;
 use crate::summary::ApplyState;
 use crate::system::System;
 use crate::time::Timestamp;
@@ -31,6 +36,16 @@ pub trait StateView {
         -> ViewResult<Option<String>>;
     /// The stored record of a join key.
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>>;
+    /// Every native id of a system's entity that has a join key (for snapshot completion).
+    fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>>;
+    /// Whether a snapshot run already contained a native record.
+    fn snapshot_member(
+        &self,
+        system: System,
+        entity: &str,
+        snapshot_id: &str,
+        native_id: &str,
+    ) -> ViewResult<bool>;
 }
 
 /// One message of a batch, as the planner sees it.
@@ -42,6 +57,8 @@ pub enum Input<'a> {
         system: System,
         /// The event.
         event: &'a ChangeEvent,
+        /// The topic and partition it was read from (for `seq` holes), if known.
+        partition: Option<(&'a str, i32)>,
     },
     /// A message that could not be decoded and goes to the dead-letter topic.
     DeadLetter {
@@ -110,8 +127,14 @@ pub struct Plan {
     pub join_keys: Vec<JoinKeyChange>,
     /// Records that changed, in key order.
     pub records: Vec<RecordChange>,
-    /// Clock, counters and summaries after the batch.
+    /// Clock, counters, summaries and feed state after the batch.
     pub state: ApplyState,
+    /// Native records that need, or no longer need, a re-read.
+    pub rereads: Vec<RereadChange>,
+    /// Native records seen by snapshot runs.
+    pub snapshot_members: Vec<SnapshotMember>,
+    /// Snapshots to ask the systems for.
+    pub snapshot_requests: Vec<SnapshotRequest>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -138,6 +161,9 @@ pub struct Planner<'a, V: StateView> {
     join_keys: HashMap<(System, String, String), Option<String>>,
     changed_join_keys: BTreeMap<(System, String, String), String>,
     records: HashMap<(String, String), WorkingRecord>,
+    rereads: Vec<RereadChange>,
+    snapshot_members: HashSet<(System, String, String, String)>,
+    snapshot_requests: Vec<SnapshotRequest>,
 }
 
 impl<'a, V: StateView> Planner<'a, V> {
@@ -153,6 +179,9 @@ impl<'a, V: StateView> Planner<'a, V> {
             join_keys: HashMap::new(),
             changed_join_keys: BTreeMap::new(),
             records: HashMap::new(),
+            rereads: Vec::new(),
+            snapshot_members: HashSet::new(),
+            snapshot_requests: Vec::new(),
         }
     }
 
@@ -179,7 +208,11 @@ impl<'a, V: StateView> Planner<'a, V> {
                     .or_default() += 1;
                 Outcome::DeadLettered
             }
-            Input::Event { system, event } => self.apply_event(system, event)?,
+            Input::Event {
+                system,
+                event,
+                partition,
+            } => self.apply_event(system, event, partition)?,
         };
         self.outcomes.push(outcome);
         Ok(outcome)
@@ -193,7 +226,12 @@ impl<'a, V: StateView> Planner<'a, V> {
         Ok(())
     }
 
-    fn apply_event(&mut self, system: System, event: &ChangeEvent) -> ViewResult<Outcome> {
+    fn apply_event(
+        &mut self,
+        system: System,
+        event: &ChangeEvent,
+        partition: Option<(&str, i32)>,
+    ) -> ViewResult<Outcome> {
         let mapping = self.mapping;
         let Some(entity) = mapping.entity(&event.entity) else {
             *self
@@ -213,6 +251,13 @@ impl<'a, V: StateView> Planner<'a, V> {
         self.seen_events.insert(event_key);
         self.state.counters.system_mut(system).events_applied += 1;
         self.state.clock = self.state.clock.max(event.occurred_at);
+        if let (Some(seq), Some((topic, partition))) = (event.seq, partition) {
+            self.observe_seq(system, event, topic, partition, seq);
+        }
+        if event.op == Op::SnapshotEnd {
+            self.end_snapshot(system, entity, event)?;
+            return Ok(Outcome::Applied);
+        }
 
         let stored_key = self.current_join_key(system, &entity.name, &event.id)?;
         let current = match &stored_key {
@@ -225,20 +270,35 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .cloned(),
             None => None,
         };
-        if let (Some(incoming), Some(stored)) = (
-            event.version,
-            current.as_ref().and_then(|side| side.version),
-        ) {
-            if incoming < stored {
-                self.state.counters.system_mut(system).stale_versions += 1;
-                return Ok(Outcome::Stale);
-            }
+        if event.op == Op::Snapshot {
+            self.count_in_snapshot(system, &entity.name, event)?;
         }
-        if event.op == Op::Gap {
-            // A gap says changes were lost; the state we hold is unchanged by it.
-            return Ok(Outcome::Applied);
+        if current
+            .as_ref()
+            .is_some_and(|stored| side::is_stale(stored, event))
+        {
+            self.state.counters.system_mut(system).stale_versions += 1;
+            return Ok(Outcome::Stale);
         }
-        let side = apply_op(current, event);
+        let was_unverified = current
+            .as_ref()
+            .is_some_and(|side| side.unverified.is_some());
+        let side = side::apply(current, event);
+        match (&side.unverified, was_unverified) {
+            (Some(unverified), false) => self.request_reread(RereadChange::Request {
+                system,
+                entity: entity.name.clone(),
+                native_id: event.id.clone(),
+                reason: unverified.reason,
+                since: unverified.since,
+            }),
+            (None, true) => self.request_reread(RereadChange::Resolved {
+                system,
+                entity: entity.name.clone(),
+                native_id: event.id.clone(),
+            }),
+            _ => {}
+        }
         let join_key = entity
             .join
             .for_system(system)
@@ -271,6 +331,16 @@ impl<'a, V: StateView> Planner<'a, V> {
         }
         track_since(entity, record, event.occurred_at);
         Ok(Outcome::Applied)
+    }
+
+    /// Queues a re-read change and keeps the count of records waiting for one.
+    fn request_reread(&mut self, change: RereadChange) {
+        let outstanding = &mut self.state.feed.rereads_outstanding;
+        match change {
+            RereadChange::Request { .. } => *outstanding += 1,
+            RereadChange::Resolved { .. } => *outstanding = outstanding.saturating_sub(1),
+        }
+        self.rereads.push(change);
     }
 
     fn current_join_key(
@@ -360,6 +430,18 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .collect(),
             records,
             state: self.state,
+            rereads: self.rereads,
+            snapshot_members: self
+                .snapshot_members
+                .into_iter()
+                .map(|(system, entity, snapshot_id, native_id)| SnapshotMember {
+                    system,
+                    entity,
+                    snapshot_id,
+                    native_id,
+                })
+                .collect(),
+            snapshot_requests: self.snapshot_requests,
         }
     }
 }
@@ -376,53 +458,4 @@ fn track_since(entity: &EntityMapping, record: &mut WorkingRecord, occurred_at: 
         (true, Some(since)) => Some(since),
         (true, None) => Some(occurred_at),
     };
-}
-
-/// The native record after one event (stale events never get here).
-fn apply_op(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
-    let mut side = current.unwrap_or_else(|| SideRecord {
-        native_id: event.id.clone(),
-        fields: Fields::new(),
-        deleted: false,
-        version: None,
-        last_change_at: Timestamp::MIN,
-        last_event_id: String::new(),
-        merged_into: None,
-    });
-    match event.op {
-        Op::Create | Op::Snapshot | Op::Undelete => {
-            side.deleted = false;
-            side.merged_into = None;
-            write_fields(&mut side.fields, event);
-        }
-        Op::Update => write_fields(&mut side.fields, event),
-        Op::Delete => side.deleted = true,
-        Op::Merge => {
-            side.deleted = true;
-            side.merged_into = event.merged_into.clone();
-        }
-        Op::Gap => unreachable!("invariant: gap events leave state untouched and return early"),
-    }
-    side.version = side.version.max(event.version);
-    side.last_change_at = side.last_change_at.max(event.occurred_at);
-    side.last_event_id = event.event_id.clone();
-    side
-}
-
-/// A full image replaces the fields; a partial one merges onto them.
-fn write_fields(fields: &mut Fields, event: &ChangeEvent) {
-    match (&event.fields, event.partial) {
-        (Some(changes), true) => {
-            for (name, value) in changes {
-                fields.insert(name.clone(), value.clone());
-            }
-        }
-        (Some(image), false) => *fields = image.clone(),
-        (None, true) => {}
-        (None, false) => {
-            if matches!(event.op, Op::Create | Op::Snapshot) {
-                fields.clear();
-            }
-        }
-    }
 }

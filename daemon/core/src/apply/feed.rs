@@ -1,0 +1,194 @@
+//! The planner's part in feed completeness: sequence holes, snapshot runs, their completion.
+
+use crate::apply::{Planner, StateView, ViewResult};
+use crate::event::ChangeEvent;
+use crate::feed::{
+    CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotRequest, SnapshotRun,
+};
+use crate::mapping::EntityMapping;
+use crate::system::System;
+
+impl<V: StateView> Planner<'_, V> {
+    /// Notes the event's `seq`; a hole makes every entity of the system need a snapshot,
+    /// because the lost events could have been about any record.
+    pub(super) fn observe_seq(
+        &mut self,
+        system: System,
+        event: &ChangeEvent,
+        topic: &str,
+        partition: i32,
+        seq: u64,
+    ) {
+        let missing = self
+            .state
+            .feed
+            .observe_seq(system, topic, partition, seq, event.occurred_at);
+        if missing == 0 {
+            return;
+        }
+        let reason =
+            format!("seq hole on {topic}/{partition}: {missing} events missing before seq {seq}");
+        for entity in self.mapping.entities() {
+            if self
+                .state
+                .feed
+                .require_snapshot(system, &entity.name, event.occurred_at)
+            {
+                self.snapshot_requests.push(SnapshotRequest {
+                    system,
+                    entity: entity.name.clone(),
+                    reason: reason.clone(),
+                    requested_at: event.occurred_at,
+                });
+            }
+        }
+    }
+
+    /// Counts a snapshot image in its run, once per native record.
+    pub(super) fn count_in_snapshot(
+        &mut self,
+        system: System,
+        entity: &str,
+        event: &ChangeEvent,
+    ) -> ViewResult<()> {
+        let Some(snapshot_id) = event.snapshot_id.clone() else {
+            return Ok(());
+        };
+        if self.is_snapshot_member(system, entity, &snapshot_id, &event.id)? {
+            return Ok(());
+        }
+        self.snapshot_members.insert((
+            system,
+            entity.to_owned(),
+            snapshot_id.clone(),
+            event.id.clone(),
+        ));
+        let run = self
+            .state
+            .feed
+            .snapshot_status(system, entity)
+            .running
+            .entry(snapshot_id)
+            .or_insert(SnapshotRun {
+                started_at: event.occurred_at,
+                seen: 0,
+            });
+        run.started_at = run.started_at.min(event.occurred_at);
+        run.seen += 1;
+        Ok(())
+    }
+
+    fn is_snapshot_member(
+        &self,
+        system: System,
+        entity: &str,
+        snapshot_id: &str,
+        native_id: &str,
+    ) -> ViewResult<bool> {
+        let key = (
+            system,
+            entity.to_owned(),
+            snapshot_id.to_owned(),
+            native_id.to_owned(),
+        );
+        Ok(self.snapshot_members.contains(&key)
+            || self
+                .view
+                .snapshot_member(system, entity, snapshot_id, native_id)?)
+    }
+
+    /// Ends a snapshot run. Complete (its count matches what arrived): every live record of
+    /// the system's entity it did not contain, and that did not change since it started,
+    /// is missing in that system. Incomplete: nothing is concluded from it.
+    pub(super) fn end_snapshot(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+    ) -> ViewResult<()> {
+        let snapshot_id = event
+            .snapshot_id
+            .clone()
+            .expect("invariant: the decoder refuses a snapshot_end without snapshot_id");
+        let expected = event
+            .records
+            .expect("invariant: the decoder refuses a snapshot_end without records");
+        let run = self
+            .state
+            .feed
+            .snapshot_status(system, &entity.name)
+            .running
+            .remove(&snapshot_id)
+            .unwrap_or(SnapshotRun {
+                started_at: event.occurred_at,
+                seen: 0,
+            });
+        if run.seen != expected {
+            self.state
+                .feed
+                .snapshot_status(system, &entity.name)
+                .last_incomplete = Some(IncompleteSnapshot {
+                snapshot_id,
+                ended_at: event.occurred_at,
+                expected,
+                received: run.seen,
+            });
+            return Ok(());
+        }
+        let mut native_ids = self.view.native_ids(system, &entity.name)?;
+        native_ids.extend(
+            self.changed_join_keys
+                .keys()
+                .filter(|(key_system, key_entity, _)| {
+                    *key_system == system && *key_entity == entity.name
+                })
+                .map(|(_, _, native_id)| native_id.clone()),
+        );
+        native_ids.sort_unstable();
+        native_ids.dedup();
+        let mut marked_missing = 0;
+        for native_id in native_ids {
+            if self.is_snapshot_member(system, &entity.name, &snapshot_id, &native_id)? {
+                continue;
+            }
+            let Some(join_key) = self.current_join_key(system, &entity.name, &native_id)? else {
+                continue;
+            };
+            let record = self.working_record(&entity.name, &join_key)?;
+            let Some(side) = record
+                .row
+                .side_mut(system)
+                .iter_mut()
+                .find(|side| side.native_id == native_id)
+            else {
+                continue;
+            };
+            if side.deleted || side.last_change_at >= run.started_at {
+                continue;
+            }
+            side.deleted = true;
+            let was_unverified = side.unverified.take().is_some();
+            super::track_since(entity, record, event.occurred_at);
+            if was_unverified {
+                self.request_reread(RereadChange::Resolved {
+                    system,
+                    entity: entity.name.clone(),
+                    native_id: native_id.clone(),
+                });
+            }
+            marked_missing += 1;
+        }
+        self.state
+            .feed
+            .snapshot_status(system, &entity.name)
+            .last_completed = Some(CompletedSnapshot {
+            snapshot_id,
+            started_at: run.started_at,
+            completed_at: event.occurred_at,
+            records: expected,
+            marked_missing,
+        });
+        self.state.feed.snapshot_completed(system, &entity.name);
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! What tandem knows about the completeness of the feeds: sequence holes per partition,
+//! entities that need a snapshot, snapshot runs, and re-read requests.
+//!
+//! Change feeds lose events. A `seq` that jumps within a partition is a hole: changes to
+//! unknown records were lost, so the system's entities need a full snapshot. A snapshot run
+//! (`snapshot` images ended by `snapshot_end`) heals them: once its count is complete, records
+//! it did not contain and that did not change since it started are missing in that system.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::UnverifiedReason;
+use crate::system::System;
+use crate::time::Timestamp;
+
+/// The sequence numbers seen on one topic-partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSeq {
+    /// The system of the topic.
+    pub system: System,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The highest `seq` seen.
+    pub last_seq: u64,
+    /// Events known to be missing, over the stream's whole life.
+    pub missing: u64,
+    /// Since when a hole is open (until a snapshot of the system completes).
+    pub open_since: Option<Timestamp>,
+}
+
+/// One snapshot run in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRun {
+    /// The earliest event time of its images: changes after it are newer than the run.
+    pub started_at: Timestamp,
+    /// Distinct records it has sent so far.
+    pub seen: u64,
+}
+
+/// The last run of a snapshot that completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedSnapshot {
+    /// Its id.
+    pub snapshot_id: String,
+    /// When it started (event time).
+    pub started_at: Timestamp,
+    /// Event time of its `snapshot_end`.
+    pub completed_at: Timestamp,
+    /// Records it contained.
+    pub records: u64,
+    /// Live records it did not contain, now marked missing in that system.
+    pub marked_missing: u64,
+}
+
+/// A run whose end arrived with a count that does not match what was received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncompleteSnapshot {
+    /// Its id.
+    pub snapshot_id: String,
+    /// Event time of its `snapshot_end`.
+    pub ended_at: Timestamp,
+    /// Records the end announced.
+    pub expected: u64,
+    /// Records received.
+    pub received: u64,
+}
+
+/// Snapshots of one system and entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    /// Runs started and not ended, by id.
+    pub running: BTreeMap<String, SnapshotRun>,
+    /// The latest complete run.
+    pub last_completed: Option<CompletedSnapshot>,
+    /// The latest run that ended incomplete (its absences are not trusted).
+    pub last_incomplete: Option<IncompleteSnapshot>,
+}
+
+/// Feed completeness, carried in the apply state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedState {
+    /// Sequence tracking per `topic/partition`.
+    pub streams: BTreeMap<String, StreamSeq>,
+    /// Entities that need a full snapshot, per system, with since when.
+    pub needs_snapshot: BTreeMap<System, BTreeMap<String, Timestamp>>,
+    /// Snapshot runs per system and entity.
+    pub snapshots: BTreeMap<System, BTreeMap<String, SnapshotStatus>>,
+    /// Native records waiting for a re-read.
+    pub rereads_outstanding: u64,
+}
+
+impl FeedState {
+    /// Takes note of an event's `seq` on its partition; returns how many events are missing
+    /// before it (0 when none), opening a hole if so.
+    pub fn observe_seq(
+        &mut self,
+        system: System,
+        topic: &str,
+        partition: i32,
+        seq: u64,
+        occurred_at: Timestamp,
+    ) -> u64 {
+        let stream = self
+            .streams
+            .entry(format!("{topic}/{partition}"))
+            .or_insert_with(|| StreamSeq {
+                system,
+                topic: topic.to_owned(),
+                partition,
+                last_seq: seq.saturating_sub(1),
+                missing: 0,
+                open_since: None,
+            });
+        // Re-deliveries and reordering show lower numbers: they fill nothing and open nothing.
+        if seq <= stream.last_seq {
+            return 0;
+        }
+        let missing = seq - stream.last_seq - 1;
+        stream.last_seq = seq;
+        if missing > 0 {
+            stream.missing += missing;
+            stream.open_since.get_or_insert(occurred_at);
+        }
+        missing
+    }
+
+    /// Marks an entity of a system as needing a snapshot; returns whether it is new.
+    pub fn require_snapshot(&mut self, system: System, entity: &str, since: Timestamp) -> bool {
+        let entities = self.needs_snapshot.entry(system).or_default();
+        if entities.contains_key(entity) {
+            return false;
+        }
+        entities.insert(entity.to_owned(), since);
+        true
+    }
+
+    /// The status of one system's entity, created if absent.
+    pub fn snapshot_status(&mut self, system: System, entity: &str) -> &mut SnapshotStatus {
+        self.snapshots
+            .entry(system)
+            .or_default()
+            .entry(entity.to_owned())
+            .or_default()
+    }
+
+    /// A completed snapshot satisfies the entity's need; once a system needs none, its
+    /// partitions' holes are closed.
+    pub fn snapshot_completed(&mut self, system: System, entity: &str) {
+        if let Some(entities) = self.needs_snapshot.get_mut(&system) {
+            entities.remove(entity);
+            if entities.is_empty() {
+                self.needs_snapshot.remove(&system);
+                for stream in self
+                    .streams
+                    .values_mut()
+                    .filter(|stream| stream.system == system)
+                {
+                    stream.open_since = None;
+                }
+            }
+        }
+    }
+}
+
+/// A change to the set of records waiting to be read again from their system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RereadChange {
+    /// This native record needs a re-read.
+    Request {
+        /// Its system.
+        system: System,
+        /// Its entity.
+        entity: String,
+        /// Its native id.
+        native_id: String,
+        /// Why.
+        reason: UnverifiedReason,
+        /// Since when (event time).
+        since: Timestamp,
+    },
+    /// This native record is trustworthy again (a full image arrived, or it was deleted).
+    Resolved {
+        /// Its system.
+        system: System,
+        /// Its entity.
+        entity: String,
+        /// Its native id.
+        native_id: String,
+    },
+}
+
+/// A request for a full snapshot, for the control topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The system to snapshot.
+    pub system: System,
+    /// The entity to snapshot.
+    pub entity: String,
+    /// Why (e.g. "seq hole on crm.source.changes/3: 12 events missing").
+    pub reason: String,
+    /// Event time of the detection.
+    pub requested_at: Timestamp,
+}
+
+/// A record of a system seen by a snapshot run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotMember {
+    /// Its system.
+    pub system: System,
+    /// Its entity.
+    pub entity: String,
+    /// The run.
+    pub snapshot_id: String,
+    /// The native id.
+    pub native_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_in_seq_opens_a_hole_and_a_snapshot_closes_it() {
+        let mut feed = FeedState::default();
+        let at = Timestamp::from_unix_nanos(1_000);
+        assert_eq!(
+            feed.observe_seq(System::Source, "t", 0, 7, at),
+            0,
+            "the first seq seen is the start"
+        );
+        assert_eq!(feed.observe_seq(System::Source, "t", 0, 8, at), 0);
+        assert_eq!(
+            feed.observe_seq(System::Source, "t", 0, 12, at),
+            3,
+            "9, 10 and 11 are missing"
+        );
+        assert_eq!(
+            feed.observe_seq(System::Source, "t", 0, 10, at),
+            0,
+            "a late arrival fills nothing"
+        );
+        assert_eq!(
+            feed.observe_seq(System::Source, "t", 1, 1, at),
+            0,
+            "partitions are separate"
+        );
+        let stream = &feed.streams["t/0"];
+        assert_eq!(
+            (stream.last_seq, stream.missing, stream.open_since),
+            (12, 3, Some(at))
+        );
+
+        assert!(feed.require_snapshot(System::Source, "contact", at));
+        assert!(feed.require_snapshot(System::Source, "deal", at));
+        assert!(!feed.require_snapshot(System::Source, "deal", at));
+        feed.snapshot_completed(System::Source, "contact");
+        assert!(
+            feed.streams["t/0"].open_since.is_some(),
+            "deal still needs a snapshot"
+        );
+        feed.snapshot_completed(System::Source, "deal");
+        assert!(feed.streams["t/0"].open_since.is_none());
+        assert_eq!(
+            feed.streams["t/0"].missing, 3,
+            "the count of lost events stays"
+        );
+    }
+}

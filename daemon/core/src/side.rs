@@ -1,0 +1,232 @@
+//! How one event changes one native record: order, completeness, and the effect of each op.
+//!
+//! Order: with a `version` on both the event and the stored record, the higher version wins;
+//! otherwise the later `occurred_at` wins, and on a tie the event read later wins (a feed
+//! that cannot order two changes within one instant gives tandem no better rule).
+//!
+//! Completeness: a full image (create, snapshot, full update) makes the record's state
+//! trustworthy. A partial update is only as good as the state it lands on: on a record tandem
+//! holds no full image of, or after a skipped version, the record is unverified until a full
+//! image arrives. A `gap` event makes it unverified outright. A delete is definitive.
+
+use crate::event::{ChangeEvent, Fields, Op};
+use crate::record::{SideRecord, Unverified, UnverifiedReason};
+use crate::time::Timestamp;
+
+/// Whether `event` is older than what `stored` already reflects.
+pub fn is_stale(stored: &SideRecord, event: &ChangeEvent) -> bool {
+    match (event.version, stored.version) {
+        (Some(incoming), Some(held)) => incoming < held,
+        _ => event.occurred_at < stored.last_change_at,
+    }
+}
+
+/// The native record after `event` (which is not stale and not a `snapshot_end`).
+pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
+    let first_sight = current.is_none();
+    let mut side = current.unwrap_or_else(|| SideRecord {
+        native_id: event.id.clone(),
+        fields: Fields::new(),
+        deleted: false,
+        version: None,
+        last_change_at: Timestamp::MIN,
+        last_event_id: String::new(),
+        merged_into: None,
+        unverified: None,
+    });
+    let unverified = |reason| {
+        Some(Unverified {
+            reason,
+            since: event.occurred_at,
+        })
+    };
+    match event.op {
+        Op::Create | Op::Snapshot => {
+            side.deleted = false;
+            side.merged_into = None;
+            write_fields(&mut side, event, first_sight);
+        }
+        Op::Undelete => {
+            side.deleted = false;
+            side.merged_into = None;
+            if event.fields.is_some() {
+                write_fields(&mut side, event, first_sight);
+            }
+        }
+        Op::Update => write_fields(&mut side, event, first_sight),
+        Op::Delete => {
+            side.deleted = true;
+            side.unverified = None;
+        }
+        Op::Merge => {
+            side.deleted = true;
+            side.merged_into = event.merged_into.clone();
+            side.unverified = None;
+        }
+        Op::Gap => {
+            // The feed lost changes: whatever tandem holds may be out of date, and a record
+            // first known through a gap exists but is unknown.
+            side.unverified = side
+                .unverified
+                .take()
+                .or_else(|| unverified(UnverifiedReason::Gap));
+        }
+        Op::SnapshotEnd => {
+            unreachable!("invariant: snapshot_end events never reach a native record")
+        }
+    }
+    side.version = side.version.max(event.version);
+    side.last_change_at = side.last_change_at.max(event.occurred_at);
+    side.last_event_id = event.event_id.clone();
+    side
+}
+
+/// A full image replaces the fields and makes the record trustworthy; a partial one merges
+/// onto them and keeps (or loses) trust depending on what it lands on.
+fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
+    if !event.partial {
+        match (&event.fields, event.op) {
+            (Some(image), _) => side.fields = image.clone(),
+            // A create or snapshot without fields is an empty record; an update without
+            // fields changes none.
+            (None, Op::Create | Op::Snapshot) => side.fields.clear(),
+            (None, _) => return,
+        }
+        side.unverified = None;
+        return;
+    }
+    let skipped = matches!((event.version, side.version), (Some(incoming), Some(held)) if incoming > held + 1);
+    let reason = if first_sight {
+        Some(UnverifiedReason::PartialWithoutImage)
+    } else if skipped {
+        Some(UnverifiedReason::VersionSkip)
+    } else {
+        None
+    };
+    if let (Some(reason), None) = (reason, &side.unverified) {
+        side.unverified = Some(Unverified {
+            reason,
+            since: event.occurred_at,
+        });
+    }
+    for (name, value) in event.fields.iter().flatten() {
+        side.fields.insert(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(
+        op: &str,
+        minute: i64,
+        version: Option<u64>,
+        partial: bool,
+        fields: serde_json::Value,
+    ) -> ChangeEvent {
+        let mut value = json!({"event_id": format!("e-{minute}"), "entity": "contact", "id": "1", "op": op,
+            "occurred_at": Timestamp::from_unix_nanos(minute * 60_000_000_000).to_rfc3339(),
+            "partial": partial, "fields": fields});
+        if let Some(version) = version {
+            value["version"] = json!(version);
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn order_is_by_version_then_by_event_time() {
+        let stored = apply(None, &event("create", 10, Some(3), false, json!({"a": 1})));
+        assert!(
+            is_stale(&stored, &event("update", 20, Some(2), false, json!({}))),
+            "a lower version loses even if later"
+        );
+        assert!(
+            !is_stale(&stored, &event("update", 5, Some(4), false, json!({}))),
+            "a higher version wins even if earlier"
+        );
+        let unversioned = apply(None, &event("create", 10, None, false, json!({"a": 1})));
+        assert!(is_stale(
+            &unversioned,
+            &event("update", 9, None, false, json!({}))
+        ));
+        assert!(
+            !is_stale(&unversioned, &event("update", 10, None, false, json!({}))),
+            "a tie goes to the later read"
+        );
+    }
+
+    #[test]
+    fn partial_updates_are_only_trusted_on_a_complete_image() {
+        let partial_first = apply(None, &event("update", 1, Some(2), true, json!({"a": 1})));
+        assert_eq!(
+            partial_first.unverified.as_ref().map(|u| u.reason),
+            Some(UnverifiedReason::PartialWithoutImage)
+        );
+
+        let complete = apply(
+            None,
+            &event("create", 1, Some(1), false, json!({"a": 1, "b": 1})),
+        );
+        let next = apply(
+            Some(complete.clone()),
+            &event("update", 2, Some(2), true, json!({"a": 2})),
+        );
+        assert_eq!(next.unverified, None);
+        assert_eq!(
+            next.fields,
+            serde_json::from_value(json!({"a": 2, "b": 1})).unwrap()
+        );
+
+        let skipped = apply(
+            Some(complete),
+            &event("update", 3, Some(3), true, json!({"a": 3})),
+        );
+        assert_eq!(
+            skipped.unverified.as_ref().map(|u| u.reason),
+            Some(UnverifiedReason::VersionSkip)
+        );
+        let still = apply(
+            Some(skipped.clone()),
+            &event("update", 4, Some(4), true, json!({"b": 4})),
+        );
+        assert_eq!(
+            still.unverified, skipped.unverified,
+            "the first reason and time are kept"
+        );
+        let healed = apply(
+            Some(still),
+            &event("snapshot", 5, Some(4), false, json!({"a": 3, "b": 4})),
+        );
+        assert_eq!(healed.unverified, None, "a full image heals");
+    }
+
+    #[test]
+    fn a_full_image_after_a_skipped_version_is_trusted() {
+        let complete = apply(None, &event("create", 1, Some(1), false, json!({"a": 1})));
+        let jumped = apply(
+            Some(complete),
+            &event("update", 2, Some(5), false, json!({"a": 5})),
+        );
+        assert_eq!(jumped.unverified, None);
+    }
+
+    #[test]
+    fn gaps_make_records_unverified_and_deletes_are_definitive() {
+        let known = apply(None, &event("create", 1, None, false, json!({"a": 1})));
+        let gapped = apply(Some(known), &event("gap", 2, None, false, json!(null)));
+        assert_eq!(
+            gapped.unverified.as_ref().map(|u| u.reason),
+            Some(UnverifiedReason::Gap)
+        );
+        assert_eq!(gapped.fields["a"], json!(1), "a gap changes no field");
+        let unknown = apply(None, &event("gap", 2, None, false, json!(null)));
+        assert!(
+            unknown.unverified.is_some() && !unknown.deleted,
+            "a gap on an unknown record announces it exists"
+        );
+        let deleted = apply(Some(gapped), &event("delete", 3, None, false, json!(null)));
+        assert!(deleted.deleted && deleted.unverified.is_none());
+    }
+}
