@@ -27,7 +27,9 @@ use tandem_store::{DivergenceFilter, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::report::{build_report, DivergenceList, FieldDiff, RecordView, Report, SideView};
+use crate::report::{
+    build_report, DivergenceList, FieldDiff, RecordView, Report, SideView, StoredFacts,
+};
 
 /// Divergences returned per page when no `limit` is given.
 const DEFAULT_LIMIT: usize = 100;
@@ -208,10 +210,13 @@ fn now() -> Timestamp {
 /// Builds the report from one snapshot.
 pub fn current_report(context: &ApiContext) -> Result<Report, tandem_store::Error> {
     let snapshot = context.store.read();
-    let state = snapshot.apply_state()?;
-    let mut oldest = BTreeMap::new();
+    let mut stored = StoredFacts {
+        state: snapshot.apply_state()?,
+        oldest_reread_since: snapshot.oldest_reread()?,
+        ..StoredFacts::default()
+    };
     for entity in context.mapping.entities() {
-        oldest.insert(
+        stored.oldest_divergence.insert(
             entity.name.clone(),
             snapshot.oldest_divergence(&entity.name)?,
         );
@@ -220,8 +225,7 @@ pub fn current_report(context: &ApiContext) -> Result<Report, tandem_store::Erro
         &context.mapping,
         &context.labels,
         context.grace.as_secs(),
-        &state,
-        &oldest,
+        &stored,
         &context.status.snapshot(),
         now(),
     ))
@@ -406,19 +410,43 @@ async fn get_record(
                 }
             })
             .collect();
+        let source = side_views(&snapshot, System::Source, &entity, &row.source)?;
+        let target = side_views(&snapshot, System::Target, &entity, &row.target)?;
         Ok(Json(RecordView {
             entity,
             join_key,
             status: row.status.status,
             since: row.status.since,
             pending_until: row.status.due_at,
-            source: row.source.iter().map(SideView::from).collect(),
-            target: row.target.iter().map(SideView::from).collect(),
+            source,
+            target,
             diff,
             history,
         }))
     })
     .await
+}
+
+/// The native records of one side, with when a re-read of each was requested.
+fn side_views(
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+    system: System,
+    entity: &str,
+    sides: &[tandem_core::SideRecord],
+) -> Result<Vec<SideView>, ApiError> {
+    sides
+        .iter()
+        .map(|side| {
+            let mut view = SideView::from(side);
+            if side.unverified.is_some() {
+                view.reread_requested_at = snapshot
+                    .reread(system, entity, &side.native_id)
+                    .map_err(ApiError::internal)?
+                    .and_then(|row| row.requested_at);
+            }
+            Ok(view)
+        })
+        .collect()
 }
 
 async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::feed::SnapshotStatus;
+use tandem_core::record::Unverified;
 use tandem_core::summary::SystemCounters;
 use tandem_core::{
     ApplyState, DeadLetterReason, EntitySummary, Fields, Mapping, SideRecord, Status, System,
@@ -27,6 +29,45 @@ pub struct Report {
     pub totals: Totals,
     /// Consumption per system.
     pub ingest: IngestReport,
+    /// Completeness of the feeds: holes, snapshots, re-reads.
+    pub feed: FeedReport,
+}
+
+/// What tandem knows about lost events and how they are being healed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedReport {
+    /// The source's feed.
+    pub source: SystemFeed,
+    /// The target's feed.
+    pub target: SystemFeed,
+    /// Native records waiting to be read again.
+    pub rereads_outstanding: u64,
+    /// Since when (event time) the longest-waiting one waits.
+    pub oldest_reread_since: Option<Timestamp>,
+}
+
+/// One system's feed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemFeed {
+    /// Partitions where `seq` jumped: events known to be lost.
+    pub holes: Vec<Hole>,
+    /// Entities that need a full snapshot, with since when.
+    pub needs_snapshot: BTreeMap<String, Timestamp>,
+    /// Snapshot runs per entity.
+    pub snapshots: BTreeMap<String, SnapshotStatus>,
+}
+
+/// A partition whose `seq` jumped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hole {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Events known to be missing, in total.
+    pub missing: u64,
+    /// Since when a hole is open; null once a snapshot healed it.
+    pub open_since: Option<Timestamp>,
 }
 
 /// Counts of one entity.
@@ -101,16 +142,27 @@ pub struct IngestReport {
     pub stopped: Option<String>,
 }
 
-/// Builds the report from a store snapshot's state and the live ingest state.
+/// What the report reads from one store snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct StoredFacts {
+    /// Clock, counters, summaries, feed state.
+    pub state: ApplyState,
+    /// Per entity, when its oldest current divergence began.
+    pub oldest_divergence: BTreeMap<String, Option<Timestamp>>,
+    /// Since when the longest-waiting re-read waits.
+    pub oldest_reread_since: Option<Timestamp>,
+}
+
+/// Builds the report from a store snapshot's facts and the live ingest state.
 pub fn build_report(
     mapping: &Mapping,
     labels: &BTreeMap<System, String>,
     grace_seconds: u64,
-    state: &ApplyState,
-    oldest: &BTreeMap<String, Option<Timestamp>>,
+    stored: &StoredFacts,
     ingest: &IngestSnapshot,
     generated_at: Timestamp,
 ) -> Report {
+    let state = &stored.state;
     let empty = EntitySummary::default();
     let mut entities = BTreeMap::new();
     let mut total_by_status = [0u64; Status::COUNT];
@@ -126,7 +178,11 @@ pub fn build_report(
                 by_status: by_status(&summary.by_status),
                 parity: summary.parity(),
                 mismatched_fields: summary.mismatched_fields.clone(),
-                oldest_divergence_at: oldest.get(&entity.name).copied().flatten(),
+                oldest_divergence_at: stored
+                    .oldest_divergence
+                    .get(&entity.name)
+                    .copied()
+                    .flatten(),
             },
         );
     }
@@ -155,6 +211,32 @@ pub fn build_report(
             last_applied_at: ingest.last_applied_at.get(&system).copied(),
         }
     };
+    let system_feed = |system: System| SystemFeed {
+        holes: state
+            .feed
+            .streams
+            .values()
+            .filter(|stream| stream.system == system && stream.missing > 0)
+            .map(|stream| Hole {
+                topic: stream.topic.clone(),
+                partition: stream.partition,
+                missing: stream.missing,
+                open_since: stream.open_since,
+            })
+            .collect(),
+        needs_snapshot: state
+            .feed
+            .needs_snapshot
+            .get(&system)
+            .cloned()
+            .unwrap_or_default(),
+        snapshots: state
+            .feed
+            .snapshots
+            .get(&system)
+            .cloned()
+            .unwrap_or_default(),
+    };
     Report {
         generated_at,
         clock: (state.clock != Timestamp::MIN).then_some(state.clock),
@@ -176,6 +258,12 @@ pub fn build_report(
             broker_reachable: ingest.broker_reachable,
             broker_unreachable_since: ingest.broker_unreachable_since,
             stopped: ingest.stopped.clone(),
+        },
+        feed: FeedReport {
+            source: system_feed(System::Source),
+            target: system_feed(System::Target),
+            rereads_outstanding: state.feed.rereads_outstanding,
+            oldest_reread_since: stored.oldest_reread_since,
         },
     }
 }
@@ -237,6 +325,10 @@ pub struct SideView {
     pub last_event_id: String,
     /// For a merged record, the survivor.
     pub merged_into: Option<String>,
+    /// Why its state cannot be trusted, if it cannot.
+    pub unverified: Option<Unverified>,
+    /// When a re-read of it was last requested (wall clock), while it waits for one.
+    pub reread_requested_at: Option<Timestamp>,
     /// Its fields.
     pub fields: Fields,
 }
@@ -250,6 +342,8 @@ impl From<&SideRecord> for SideView {
             last_change_at: side.last_change_at,
             last_event_id: side.last_event_id.clone(),
             merged_into: side.merged_into.clone(),
+            unverified: side.unverified.clone(),
+            reread_requested_at: None,
             fields: side.fields.clone(),
         }
     }

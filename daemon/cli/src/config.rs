@@ -122,6 +122,21 @@ pub struct ReconcileConfig {
     /// Whether the clock follows wall time while tandem is idle and caught up.
     #[serde(default = "default_true")]
     pub idle_clock: bool,
+    /// Topic for re-read requests of unverified records; unset: they are only reported.
+    #[serde(default)]
+    pub reread_topic: Option<String>,
+    /// Re-read requests per system, at most this many ids per minute (API quotas are tight).
+    #[serde(default = "default_reread_max_ids_per_minute")]
+    pub reread_max_ids_per_minute: u32,
+    /// Ids per re-read request message, at most.
+    #[serde(default = "default_reread_batch_max_ids")]
+    pub reread_batch_max_ids: usize,
+    /// A re-read with no answer is requested again after this long.
+    #[serde(default = "default_reread_resend_after", with = "humantime_serde")]
+    pub reread_resend_after: Duration,
+    /// Topic for snapshot requests (after sequence holes); unset: they are only reported.
+    #[serde(default)]
+    pub control_topic: Option<String>,
 }
 
 impl Default for ReconcileConfig {
@@ -129,6 +144,11 @@ impl Default for ReconcileConfig {
         ReconcileConfig {
             grace: default_grace(),
             idle_clock: true,
+            reread_topic: None,
+            reread_max_ids_per_minute: default_reread_max_ids_per_minute(),
+            reread_batch_max_ids: default_reread_batch_max_ids(),
+            reread_resend_after: default_reread_resend_after(),
+            control_topic: None,
         }
     }
 }
@@ -188,6 +208,15 @@ fn default_listen() -> SocketAddr {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(300)
+}
+fn default_reread_max_ids_per_minute() -> u32 {
+    60
+}
+fn default_reread_batch_max_ids() -> usize {
+    100
+}
+fn default_reread_resend_after() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_true() -> bool {
     true
@@ -303,6 +332,21 @@ impl Config {
                 }
             }
         }
+        for (key, topic) in [
+            ("reconcile.reread_topic", &self.reconcile.reread_topic),
+            ("reconcile.control_topic", &self.reconcile.control_topic),
+        ] {
+            if let Some(topic) = topic
+                .as_deref()
+                .filter(|topic| seen.contains(topic) || *topic == self.kafka.dead_letter_topic)
+            {
+                return Err(format!("key `{key}`: `{topic}` is also a change or dead-letter topic; requests need a topic of their own"));
+            }
+        }
+        if self.reconcile.reread_max_ids_per_minute == 0 || self.reconcile.reread_batch_max_ids == 0
+        {
+            return Err("keys `reconcile.reread_max_ids_per_minute` and `reconcile.reread_batch_max_ids` must be at least 1".to_owned());
+        }
         if seen.contains(self.kafka.dead_letter_topic.as_str()) {
             return Err(format!(
                 "key `kafka.dead_letter_topic`: `{}` is also a change topic; dead letters need a topic of their own",
@@ -368,6 +412,11 @@ impl Config {
             batch_max_wait: self.kafka.batch_max_wait,
             grace: self.reconcile.grace,
             idle_clock: self.reconcile.idle_clock,
+            reread_topic: self.reconcile.reread_topic.clone(),
+            reread_max_ids_per_minute: self.reconcile.reread_max_ids_per_minute,
+            reread_batch_max_ids: self.reconcile.reread_batch_max_ids,
+            reread_resend_after: self.reconcile.reread_resend_after,
+            control_topic: self.reconcile.control_topic.clone(),
         }
     }
 

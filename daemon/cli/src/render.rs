@@ -170,11 +170,54 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
             "catching up"
         },
     )?;
+    feed_lines(out, report)?;
     if let Some(since) = report.ingest.broker_unreachable_since {
         writeln!(out, "STALE: no Kafka broker reachable since {since}")?;
     }
     if let Some(stopped) = &report.ingest.stopped {
         writeln!(out, "STOPPED: ingestion stopped: {stopped}")?;
+    }
+    Ok(())
+}
+
+/// Lost events, snapshots and re-reads, when there is anything to say.
+fn feed_lines(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
+    for (name, feed) in [
+        ("source", &report.feed.source),
+        ("target", &report.feed.target),
+    ] {
+        for hole in &feed.holes {
+            let state = match hole.open_since {
+                Some(since) => format!("open since {since}: waiting for a snapshot"),
+                None => "healed by a snapshot".to_owned(),
+            };
+            writeln!(
+                out,
+                "{name}: {} events lost on {}/{}, {state}",
+                hole.missing, hole.topic, hole.partition
+            )?;
+        }
+        if !feed.needs_snapshot.is_empty() {
+            let entities: Vec<&str> = feed.needs_snapshot.keys().map(String::as_str).collect();
+            writeln!(out, "{name}: snapshot needed for {}", entities.join(", "))?;
+        }
+        for (entity, status) in &feed.snapshots {
+            if let Some(completed) = &status.last_completed {
+                writeln!(
+                    out,
+                    "{name}: last complete snapshot of {entity} at {} ({} records, {} found missing)",
+                    completed.completed_at, completed.records, completed.marked_missing
+                )?;
+            }
+        }
+    }
+    if report.feed.rereads_outstanding > 0 {
+        writeln!(
+            out,
+            "{} records unverified, waiting for a re-read (oldest since {})",
+            report.feed.rereads_outstanding,
+            time(report.feed.oldest_reread_since)
+        )?;
     }
     Ok(())
 }
@@ -258,11 +301,22 @@ pub fn record_table(out: &mut impl Write, record: &RecordView) -> anyhow::Result
         sides
             .iter()
             .map(|side| {
-                format!(
-                    "{}{}",
-                    side.native_id,
-                    if side.deleted { " (deleted)" } else { "" }
-                )
+                let mut label = side.native_id.clone();
+                if side.deleted {
+                    label.push_str(" (deleted)");
+                }
+                if let Some(unverified) = &side.unverified {
+                    let requested = side
+                        .reread_requested_at
+                        .map(|at| format!("requested {at}"))
+                        .unwrap_or_else(|| "not requested yet".to_owned());
+                    label.push_str(&format!(
+                        " (unverified: {} since {}; re-read {requested})",
+                        unverified.reason.as_str(),
+                        unverified.since
+                    ));
+                }
+                label
             })
             .collect::<Vec<_>>()
             .join(", ")

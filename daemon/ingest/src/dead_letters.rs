@@ -6,47 +6,23 @@
 //! acknowledged it. Undelivered dead letters are retried, also after a restart.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tandem_store::{Coordinates, DeadLetterRow, Store};
+
+use crate::deliveries::Deliveries;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
 /// Dead letters produced per round.
 const ROUND: usize = 500;
 
-/// Collects delivery reports for the forwarder loop.
-#[derive(Default)]
-pub(crate) struct DeadLetterContext {
-    reports: Mutex<Vec<(Coordinates, Result<(), String>)>>,
-}
-
-impl ClientContext for DeadLetterContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!(%error, reason, "dead-letter producer error");
-    }
-}
-
-impl ProducerContext for DeadLetterContext {
-    type DeliveryOpaque = Box<Coordinates>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, coordinates: Self::DeliveryOpaque) {
-        let outcome = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|(error, _)| error.to_string());
-        self.reports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((*coordinates, outcome));
-    }
-}
+/// The dead-letter producer's delivery reports, per original message.
+pub(crate) type DeadLetterContext = Deliveries<Coordinates>;
 
 pub(crate) struct DeadLetterForwarder {
     pub(crate) store: Store,
@@ -149,14 +125,7 @@ impl DeadLetterForwarder {
     }
 
     fn settle(&self, in_flight: &mut BTreeSet<Coordinates>) {
-        let reports = std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .reports
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let reports = self.producer.context().take();
         let mut delivered = Vec::new();
         for (coordinates, outcome) in reports {
             in_flight.remove(&coordinates);

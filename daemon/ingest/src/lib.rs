@@ -11,7 +11,9 @@
 mod apply;
 mod consumer;
 mod dead_letters;
+mod deliveries;
 pub mod metrics;
+mod requests;
 pub mod status;
 mod writer;
 
@@ -37,6 +39,8 @@ pub use status::{IngestSnapshot, IngestStatus, PartitionPosition};
 use crate::apply::ApplyLoop;
 use crate::consumer::{run_consumer, TandemConsumerContext};
 use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
+use crate::deliveries::Deliveries;
+use crate::requests::{RequestForwarder, Sent};
 
 /// Result of an ingest operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,6 +116,16 @@ pub struct IngestSettings {
     pub grace: Duration,
     /// Whether the clock follows wall time while tandem is idle and caught up.
     pub idle_clock: bool,
+    /// Where re-read requests for unverified records go (none: they are only reported).
+    pub reread_topic: Option<String>,
+    /// Re-read requests per system, at most this many ids per minute.
+    pub reread_max_ids_per_minute: u32,
+    /// Ids per re-read request message, at most.
+    pub reread_batch_max_ids: usize,
+    /// A re-read with no answer is requested again after this long.
+    pub reread_resend_after: Duration,
+    /// Where snapshot requests go (none: they are only reported).
+    pub control_topic: Option<String>,
 }
 
 impl IngestSettings {
@@ -183,6 +197,7 @@ pub struct Ingest {
     apply: JoinHandle<Result<()>>,
     writer: JoinHandle<()>,
     dead_letters: JoinHandle<()>,
+    requests: JoinHandle<()>,
     cancel: CancellationToken,
     status: Arc<IngestStatus>,
 }
@@ -200,7 +215,7 @@ pub fn start(
     let (dead_letter_tx, dead_letter_rx) = bounded(1);
     let producer: BaseProducer<DeadLetterContext> = settings
         .producer_config()
-        .create_with_context(DeadLetterContext::default())
+        .create_with_context(DeadLetterContext::new("dead-letter"))
         .map_err(|source| Error::Client {
             client: "dead-letter producer",
             source,
@@ -243,6 +258,22 @@ pub fn start(
     });
     info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
 
+    let request_producer: BaseProducer<Deliveries<Sent>> = settings
+        .producer_config()
+        .create_with_context(Deliveries::new("request"))
+        .map_err(|source| Error::Client {
+            client: "request producer",
+            source,
+        })?;
+    let request_forwarder = RequestForwarder {
+        store: store.clone(),
+        producer: request_producer,
+        settings: settings.clone(),
+    };
+    let requests_cancel = cancel.clone();
+    let requests = spawn("tandem-requests", move || {
+        request_forwarder.run(requests_cancel)
+    });
     let forwarder = DeadLetterForwarder {
         store,
         producer,
@@ -271,6 +302,7 @@ pub fn start(
         consumer,
         apply,
         writer,
+        requests,
         dead_letters,
         cancel,
         status,
@@ -298,6 +330,7 @@ impl Ingest {
         // token is already cancelled.
         self.cancel.cancel();
         let dead_letters = self.dead_letters.join();
+        let requests = self.requests.join();
         let outcome = match (consumer, apply, writer, dead_letters) {
             (Err(_), _, _, _) => Err(Error::Panicked { thread: "consumer" }),
             (_, Err(_), _, _) => Err(Error::Panicked { thread: "apply" }),
@@ -306,6 +339,10 @@ impl Ingest {
                 thread: "dead-letter",
             }),
             (Ok(()), Ok(result), Ok(()), Ok(())) => result,
+        };
+        let outcome = match (outcome, requests) {
+            (Ok(()), Err(_)) => Err(Error::Panicked { thread: "request" }),
+            (outcome, _) => outcome,
         };
         if let Err(error) = &outcome {
             let reason = error.to_string();

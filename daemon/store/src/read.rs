@@ -156,6 +156,29 @@ impl ReadSnapshot<'_> {
         }
     }
 
+    /// Since when the longest-waiting re-read waits (event time), if any waits.
+    pub fn oldest_reread(&self) -> Result<Option<Timestamp>> {
+        match self.scan(cf::REREAD_QUEUE, Vec::new(), Vec::new()).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(Some(keys::decode_reread_queue(&key)?.0))
+            }
+        }
+    }
+
+    /// The re-read row of a native record, if it waits for one.
+    pub fn reread(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> Result<Option<crate::RereadRow>> {
+        self.get(cf::REREADS, &keys::encode_native(system, entity, native_id))?
+            .map(|bytes| decode_value(&bytes, cf::REREADS))
+            .transpose()
+    }
+
     /// The stored row of a record.
     pub fn record(&self, entity: &str, join_key: &str) -> Result<Option<RecordRow>> {
         self.get(cf::RECORDS, &keys::encode_record(entity, join_key))?

@@ -1,0 +1,305 @@
+//! The request forwarder: asks the systems' connectors to re-read unverified records (on
+//! `reconcile.reread_topic`) and to run snapshots (on `reconcile.control_topic`).
+//!
+//! CRM API quotas are tight, so re-reads are targeted (a list of ids), batched per system,
+//! entity and reason, and rate-limited per system by a token bucket of
+//! `reconcile.reread_max_ids_per_minute`. A record whose request got no answer is asked for
+//! again after `reconcile.reread_resend_after`. Requests are at least once: one may repeat
+//! after a restart, and a connector answers a repeat with one more full image.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::Serialize;
+use tandem_core::record::UnverifiedReason;
+use tandem_core::{System, Timestamp};
+use tandem_store::{ControlRequest, RereadRow, RereadTarget, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn};
+
+use crate::deliveries::Deliveries;
+use crate::IngestSettings;
+
+/// What one produced message stands for.
+pub(crate) enum Sent {
+    /// A batch of re-read requests.
+    Rereads(Vec<(RereadTarget, RereadRow)>),
+    /// One snapshot request.
+    Control(ControlRequest),
+}
+
+/// The message asking a connector to send full images of some records again.
+#[derive(Serialize)]
+struct RereadMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    system: System,
+    entity: &'a str,
+    ids: Vec<&'a str>,
+    reason: UnverifiedReason,
+    requested_at: Timestamp,
+}
+
+/// The message asking a connector for a full snapshot of one entity.
+#[derive(Serialize)]
+struct SnapshotMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    system: System,
+    entity: &'a str,
+    reason: &'a str,
+    requested_at: Timestamp,
+}
+
+/// Ids a system may still be asked for, refilled continuously.
+struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    refilled_at: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_minute: u32) -> Self {
+        TokenBucket {
+            tokens: f64::from(per_minute),
+            capacity: f64::from(per_minute),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let elapsed = self.refilled_at.elapsed().as_secs_f64();
+        self.refilled_at = Instant::now();
+        self.tokens = (self.tokens + elapsed * self.capacity / 60.0).min(self.capacity);
+    }
+
+    fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(crate) struct RequestForwarder {
+    pub(crate) store: Store,
+    pub(crate) producer: BaseProducer<Deliveries<Sent>>,
+    pub(crate) settings: IngestSettings,
+}
+
+/// Sleeps up to `duration`, returning early when cancelled.
+fn cancel_wait(cancel: &CancellationToken, duration: Duration) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if cancel.is_cancelled() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cancel.is_cancelled()
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+impl RequestForwarder {
+    pub(crate) fn run(self, cancel: CancellationToken) {
+        let _span = info_span!("requests").entered();
+        let mut buckets: BTreeMap<System, TokenBucket> = System::ALL
+            .into_iter()
+            .map(|system| {
+                (
+                    system,
+                    TokenBucket::new(self.settings.reread_max_ids_per_minute),
+                )
+            })
+            .collect();
+        let mut rereads_in_flight: BTreeSet<RereadTarget> = BTreeSet::new();
+        let mut control_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
+        loop {
+            let stopping = cancel.is_cancelled();
+            if !stopping {
+                if let Some(topic) = &self.settings.reread_topic {
+                    if let Err(error) =
+                        self.send_rereads(topic, &mut buckets, &mut rereads_in_flight)
+                    {
+                        error!(%error, "cannot read the re-read queue");
+                    }
+                }
+                if let Some(topic) = &self.settings.control_topic {
+                    if let Err(error) = self.send_control(topic, &mut control_in_flight) {
+                        error!(%error, "cannot read the control outbox");
+                    }
+                }
+            }
+            if stopping {
+                let _ = self.producer.flush(Duration::from_secs(5));
+            } else {
+                self.producer.poll(Duration::from_millis(100));
+            }
+            self.settle(&mut rereads_in_flight, &mut control_in_flight);
+            if stopping {
+                return;
+            }
+            if rereads_in_flight.is_empty() && control_in_flight.is_empty() {
+                // Nothing awaits a delivery report: look again shortly, or stop.
+                let _ = cancel_wait(&cancel, Duration::from_millis(500));
+            }
+        }
+    }
+
+    fn send_rereads(
+        &self,
+        topic: &str,
+        buckets: &mut BTreeMap<System, TokenBucket>,
+        in_flight: &mut BTreeSet<RereadTarget>,
+    ) -> tandem_store::Result<()> {
+        for bucket in buckets.values_mut() {
+            bucket.refill();
+        }
+        let budget: f64 = buckets.values().map(|bucket| bucket.tokens.floor()).sum();
+        if budget < 1.0 {
+            return Ok(());
+        }
+        let resend_before = Timestamp::from_system_time(
+            SystemTime::now()
+                .checked_sub(self.settings.reread_resend_after)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let due = self.store.due_rereads(
+            resend_before,
+            (budget as usize + in_flight.len()).min(10_000),
+        )?;
+        let mut groups: BTreeMap<
+            (System, String, UnverifiedReason),
+            Vec<(RereadTarget, RereadRow)>,
+        > = BTreeMap::new();
+        for (target, row) in due {
+            if in_flight.contains(&target) {
+                continue;
+            }
+            let Some(bucket) = buckets.get_mut(&target.system) else {
+                continue;
+            };
+            if !bucket.take() {
+                continue;
+            }
+            groups
+                .entry((target.system, target.entity.clone(), row.reason))
+                .or_default()
+                .push((target, row));
+        }
+        let requested_at = now();
+        for ((system, entity, reason), items) in groups {
+            for chunk in items.chunks(self.settings.reread_batch_max_ids.max(1)) {
+                let message = RereadMessage {
+                    kind: "reread",
+                    system,
+                    entity: &entity,
+                    ids: chunk
+                        .iter()
+                        .map(|(target, _)| target.native_id.as_str())
+                        .collect(),
+                    reason,
+                    requested_at,
+                };
+                let payload = serde_json::to_vec(&message)
+                    .expect("invariant: request messages are plain data");
+                let key = format!("{system}/{entity}");
+                let record =
+                    BaseRecord::with_opaque_to(topic, Box::new(Sent::Rereads(chunk.to_vec())))
+                        .key(&key)
+                        .payload(&payload);
+                match self.producer.send(record) {
+                    Ok(()) => in_flight.extend(chunk.iter().map(|(target, _)| target.clone())),
+                    Err((error, _)) => {
+                        warn!(%error, %system, %entity, "cannot queue a re-read request; retrying later");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_control(
+        &self,
+        topic: &str,
+        in_flight: &mut BTreeSet<Vec<u8>>,
+    ) -> tandem_store::Result<()> {
+        for request in self.store.pending_control_requests(100)? {
+            if in_flight.contains(&request.key) {
+                continue;
+            }
+            let message = SnapshotMessage {
+                kind: "snapshot",
+                system: request.request.system,
+                entity: &request.request.entity,
+                reason: &request.request.reason,
+                requested_at: request.request.requested_at,
+            };
+            let payload =
+                serde_json::to_vec(&message).expect("invariant: request messages are plain data");
+            let key = format!("{}/{}", request.request.system, request.request.entity);
+            let outbox_key = request.key.clone();
+            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Control(request)))
+                .key(&key)
+                .payload(&payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    in_flight.insert(outbox_key);
+                }
+                Err((error, _)) => {
+                    warn!(%error, "cannot queue a snapshot request; retrying later");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &self,
+        rereads_in_flight: &mut BTreeSet<RereadTarget>,
+        control_in_flight: &mut BTreeSet<Vec<u8>>,
+    ) {
+        for (sent, outcome) in self.producer.context().take() {
+            match (sent, outcome) {
+                (Sent::Rereads(items), Ok(())) => {
+                    for (target, _) in &items {
+                        rereads_in_flight.remove(target);
+                    }
+                    if let Err(error) = self.store.mark_rereads_requested(&items, now()) {
+                        error!(%error, "cannot note sent re-read requests; they will be sent again");
+                    } else {
+                        info!(ids = items.len(), "re-read requested");
+                    }
+                }
+                (Sent::Rereads(items), Err(error)) => {
+                    for (target, _) in &items {
+                        rereads_in_flight.remove(target);
+                    }
+                    warn!(%error, ids = items.len(), "a re-read request was not delivered; retrying");
+                }
+                (Sent::Control(request), Ok(())) => {
+                    control_in_flight.remove(&request.key);
+                    info!(system = %request.request.system, entity = %request.request.entity, reason = %request.request.reason, "snapshot requested");
+                    if let Err(error) = self
+                        .store
+                        .mark_control_delivered(std::slice::from_ref(&request))
+                    {
+                        error!(%error, "cannot clear a delivered snapshot request; it will be sent again");
+                    }
+                }
+                (Sent::Control(request), Err(error)) => {
+                    control_in_flight.remove(&request.key);
+                    warn!(%error, "a snapshot request was not delivered; retrying");
+                }
+            }
+        }
+    }
+}
