@@ -205,6 +205,22 @@ pub struct SnapshotRequest {
     pub requested_at: Timestamp,
 }
 
+/// A native record whose changes arrive on a topic-partition (for marking it when the
+/// partition loses events).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionMember {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The record's system.
+    pub system: System,
+    /// Its entity.
+    pub entity: String,
+    /// Its native id.
+    pub native_id: String,
+}
+
 /// A record of a system seen by a snapshot run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotMember {

@@ -139,6 +139,9 @@ pub enum UnverifiedReason {
     PartialWithoutImage,
     /// The feed announced that changes to this record were lost.
     Gap,
+    /// Events were lost on the partition this record's changes arrive on (a `seq` jump):
+    /// any record there may have missed a change.
+    SeqHole,
 }
 
 impl UnverifiedReason {
@@ -148,6 +151,7 @@ impl UnverifiedReason {
             UnverifiedReason::VersionSkip => "version_skip",
             UnverifiedReason::PartialWithoutImage => "partial_without_image",
             UnverifiedReason::Gap => "gap",
+            UnverifiedReason::SeqHole => "seq_hole",
         }
     }
 }

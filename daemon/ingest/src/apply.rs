@@ -40,6 +40,7 @@ type RecordKey = (String, String);
 type NativeKey = (System, String, String);
 type EventKey = (System, String);
 type MemberKey = (System, String, String, String);
+type PartitionKey = (String, i32, System, String, String);
 
 /// What the batches in flight changed, until the store has it.
 #[derive(Default)]
@@ -48,6 +49,7 @@ struct InFlight {
     join_keys: HashMap<NativeKey, (u64, String)>,
     events: HashMap<EventKey, u64>,
     snapshot_members: HashMap<MemberKey, u64>,
+    partition_members: HashMap<PartitionKey, u64>,
     /// Per batch in flight, oldest first: the keys it wrote.
     batches: VecDeque<WrittenKeys>,
 }
@@ -59,6 +61,7 @@ struct WrittenKeys {
     join_keys: Vec<NativeKey>,
     events: Vec<EventKey>,
     snapshot_members: Vec<MemberKey>,
+    partition_members: Vec<PartitionKey>,
 }
 
 impl InFlight {
@@ -97,6 +100,11 @@ impl InFlight {
         for key in oldest.snapshot_members {
             if self.snapshot_members.get(&key) == Some(&seq) {
                 self.snapshot_members.remove(&key);
+            }
+        }
+        for key in oldest.partition_members {
+            if self.partition_members.get(&key) == Some(&seq) {
+                self.partition_members.remove(&key);
             }
         }
     }
@@ -145,6 +153,24 @@ impl StateView for OverlayView<'_> {
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
+    }
+
+    fn partition_members(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> ViewResult<Vec<(System, String, String)>> {
+        let mut members = self.store.partition_members(topic, partition)?;
+        members.extend(
+            self.in_flight
+                .partition_members
+                .keys()
+                .filter(|key| key.0 == topic && key.1 == partition)
+                .map(|key| (key.2, key.3.clone(), key.4.clone())),
+        );
+        members.sort_unstable();
+        members.dedup();
+        Ok(members)
     }
 
     fn snapshot_member(
@@ -494,12 +520,25 @@ impl ApplyLoop {
             self.in_flight.snapshot_members.insert(key.clone(), seq);
             snapshot_members.push(key);
         }
+        let mut partition_members = Vec::with_capacity(plan.partition_members.len());
+        for member in &plan.partition_members {
+            let key = (
+                member.topic.clone(),
+                member.partition,
+                member.system,
+                member.entity.clone(),
+                member.native_id.clone(),
+            );
+            self.in_flight.partition_members.insert(key.clone(), seq);
+            partition_members.push(key);
+        }
         self.in_flight.batches.push_back(WrittenKeys {
             seq,
             records,
             join_keys,
             events,
             snapshot_members,
+            partition_members,
         });
     }
 

@@ -364,6 +364,33 @@ pub(crate) fn decode_native(key: &[u8]) -> Result<(System, String, String)> {
     Ok(parts)
 }
 
+/// A native record on a topic-partition: `topic, partition, system, entity, native id`.
+pub(crate) fn encode_partition_member(
+    topic: &str,
+    partition: i32,
+    system: System,
+    entity: &str,
+    native_id: &str,
+) -> Vec<u8> {
+    let mut key = encode_partition(topic, partition);
+    key.extend(
+        KeyWriter::new()
+            .u8(system.code())
+            .str(entity)
+            .str(native_id)
+            .finish(),
+    );
+    key
+}
+
+pub(crate) fn decode_partition_member(key: &[u8]) -> Result<(System, String, String)> {
+    let mut reader = KeyReader::new(key, "partition_members");
+    let (_topic, _partition) = (reader.str()?, reader.i32()?);
+    let parts = (reader.system()?, reader.str()?, reader.str()?);
+    reader.end()?;
+    Ok(parts)
+}
+
 /// A record waiting for a re-read, in queue order: `since, system, entity, native id`.
 pub(crate) fn encode_reread_queue(
     since: Timestamp,

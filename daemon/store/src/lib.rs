@@ -64,8 +64,10 @@ pub(crate) mod cf {
     pub(crate) const REREAD_QUEUE: &str = "reread_queue";
     /// Snapshot requests not yet confirmed delivered to the control topic.
     pub(crate) const CONTROL_OUTBOX: &str = "control_outbox";
+    /// Native records by the topic-partition their changes arrive on.
+    pub(crate) const PARTITION_MEMBERS: &str = "partition_members";
 
-    pub(crate) const ALL: [&str; 16] = [
+    pub(crate) const ALL: [&str; 17] = [
         META,
         OFFSETS,
         HISTORY,
@@ -82,6 +84,7 @@ pub(crate) mod cf {
         REREADS,
         REREAD_QUEUE,
         CONTROL_OUTBOX,
+        PARTITION_MEMBERS,
     ];
 }
 

@@ -359,6 +359,19 @@ impl Store {
 
     /// Re-read rows, snapshot membership and snapshot requests of a batch.
     fn write_feed(&self, batch: &mut OrderedBatch, commit: &Commit<'_>) -> Result<()> {
+        for member in &commit.plan.partition_members {
+            batch.put_cf(
+                cf::PARTITION_MEMBERS,
+                keys::encode_partition_member(
+                    &member.topic,
+                    member.partition,
+                    member.system,
+                    &member.entity,
+                    &member.native_id,
+                ),
+                [],
+            );
+        }
         for member in &commit.plan.snapshot_members {
             batch.put_cf(
                 cf::SNAPSHOT_MEMBERS,
@@ -533,6 +546,26 @@ impl StateView for Store {
             ids.push(keys::decode_native(&key)?.2);
         }
         Ok(ids)
+    }
+
+    fn partition_members(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> ViewResult<Vec<(System, String, String)>> {
+        let prefix = keys::encode_partition(topic, partition);
+        let mut read_options = rocksdb::ReadOptions::default();
+        read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut members = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf::PARTITION_MEMBERS),
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, _) = item.map_err(Error::rocksdb("scan of partition members"))?;
+            members.push(keys::decode_partition_member(&key)?);
+        }
+        Ok(members)
     }
 
     fn snapshot_member(

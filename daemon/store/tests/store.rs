@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tandem_core::mapping::{FieldMapping, JoinSpec};
+use tandem_core::record::UnverifiedReason;
 use tandem_core::{
     ApplyState, ChangeEvent, DeadLetterReason, EntityMapping, Input, JoinKeySource, Mapping,
     Planner, StateView, Status, System, Timestamp,
@@ -446,6 +447,7 @@ fn an_unknown_schema_version_is_refused() {
                 "rereads",
                 "reread_queue",
                 "control_outbox",
+                "partition_members",
             ],
         )
         .unwrap();
@@ -498,19 +500,38 @@ fn rereads_queue_until_a_full_image_arrives() {
         ],
         None,
     );
+    // Oldest first: the source's partial update, then the target record on the partition
+    // that lost events 2 and 3.
     let due = store.due_rereads(at(0), 10).unwrap();
-    assert_eq!(due.len(), 1);
+    let waiting: Vec<_> = due
+        .iter()
+        .map(|(target, row)| {
+            (
+                target.system,
+                target.native_id.as_str(),
+                row.reason,
+                row.since,
+            )
+        })
+        .collect();
     assert_eq!(
-        (due[0].0.system, due[0].0.native_id.as_str()),
-        (System::Source, "L1")
+        waiting,
+        [
+            (
+                System::Source,
+                "L1",
+                UnverifiedReason::PartialWithoutImage,
+                at(1)
+            ),
+            (System::Target, "T1", UnverifiedReason::SeqHole, at(2)),
+        ]
     );
-    assert_eq!(due[0].1.since, at(1));
-    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 1);
+    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 2);
 
     // Once requested, it is not due again until the resend time passes.
     store.mark_rereads_requested(&due, at(10)).unwrap();
     assert!(store.due_rereads(at(10), 10).unwrap().is_empty());
-    assert_eq!(store.due_rereads(at(11), 10).unwrap().len(), 1);
+    assert_eq!(store.due_rereads(at(11), 10).unwrap().len(), 2);
 
     let control = store.pending_control_requests(10).unwrap();
     assert_eq!(
@@ -545,8 +566,14 @@ fn rereads_queue_until_a_full_image_arrives() {
         .reread(System::Source, "contact", "L1")
         .unwrap()
         .is_none());
-    assert!(store.due_rereads(at(99), 10).unwrap().is_empty());
-    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 0);
+    let still: Vec<_> = store
+        .due_rereads(at(99), 10)
+        .unwrap()
+        .into_iter()
+        .map(|(target, _)| target.native_id)
+        .collect();
+    assert_eq!(still, ["T1"]);
+    assert_eq!(store.apply_state().unwrap().feed.rereads_outstanding, 1);
     let mut ids = store.native_ids(System::Target, "contact").unwrap();
     ids.sort();
     assert_eq!(ids, ["T1", "T2"]);

@@ -6,11 +6,13 @@ use crate::feed::{
     CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotRequest, SnapshotRun,
 };
 use crate::mapping::EntityMapping;
+use crate::record::{Unverified, UnverifiedReason};
 use crate::system::System;
 
 impl<V: StateView> Planner<'_, V> {
-    /// Notes the event's `seq`; a hole makes every entity of the system need a snapshot,
-    /// because the lost events could have been about any record.
+    /// Notes the event's `seq`. A hole makes every entity of the system need a snapshot and
+    /// every record known on that partition unverified, because the lost events could have
+    /// been about any of them.
     pub(super) fn observe_seq(
         &mut self,
         system: System,
@@ -18,13 +20,13 @@ impl<V: StateView> Planner<'_, V> {
         topic: &str,
         partition: i32,
         seq: u64,
-    ) {
+    ) -> ViewResult<()> {
         let missing = self
             .state
             .feed
             .observe_seq(system, topic, partition, seq, event.occurred_at);
         if missing == 0 {
-            return;
+            return Ok(());
         }
         let reason =
             format!("seq hole on {topic}/{partition}: {missing} events missing before seq {seq}");
@@ -42,6 +44,63 @@ impl<V: StateView> Planner<'_, V> {
                 });
             }
         }
+        self.mark_partition_unverified(topic, partition, event)
+    }
+
+    fn mark_partition_unverified(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        event: &ChangeEvent,
+    ) -> ViewResult<()> {
+        let mut members = self.view.partition_members(topic, partition)?;
+        members.extend(
+            self.partition_members
+                .iter()
+                .filter(|member| member.topic == topic && member.partition == partition)
+                .map(|member| {
+                    (
+                        member.system,
+                        member.entity.clone(),
+                        member.native_id.clone(),
+                    )
+                }),
+        );
+        members.sort_unstable();
+        members.dedup();
+        for (system, entity_name, native_id) in members {
+            let Some(entity) = self.mapping.entity(&entity_name) else {
+                continue;
+            };
+            let Some(join_key) = self.current_join_key(system, &entity_name, &native_id)? else {
+                continue;
+            };
+            let record = self.working_record(&entity_name, &join_key)?;
+            let Some(side) = record
+                .row
+                .side_mut(system)
+                .iter_mut()
+                .find(|side| side.native_id == native_id)
+            else {
+                continue;
+            };
+            if side.deleted || side.unverified.is_some() {
+                continue;
+            }
+            side.unverified = Some(Unverified {
+                reason: UnverifiedReason::SeqHole,
+                since: event.occurred_at,
+            });
+            super::track_since(entity, record, event.occurred_at);
+            self.request_reread(RereadChange::Request {
+                system,
+                entity: entity_name,
+                native_id,
+                reason: UnverifiedReason::SeqHole,
+                since: event.occurred_at,
+            });
+        }
+        Ok(())
     }
 
     /// Counts a snapshot image in its run, once per native record.

@@ -6,14 +6,14 @@
 //! deduplication, order, completeness, join-key moves, record status, aggregate counts,
 //! sequence holes, snapshot runs and re-read requests.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 mod feed;
 
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
-use crate::feed::{RereadChange, SnapshotMember, SnapshotRequest};
+use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
 use crate::record::{compare, with_grace, RecordRow, RecordStatus, Status};
 use crate::side;
@@ -38,6 +38,12 @@ pub trait StateView {
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>>;
     /// Every native id of a system's entity that has a join key (for snapshot completion).
     fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>>;
+    /// Every native record whose changes arrived on a topic-partition.
+    fn partition_members(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> ViewResult<Vec<(System, String, String)>>;
     /// Whether a snapshot run already contained a native record.
     fn snapshot_member(
         &self,
@@ -135,6 +141,8 @@ pub struct Plan {
     pub snapshot_members: Vec<SnapshotMember>,
     /// Snapshots to ask the systems for.
     pub snapshot_requests: Vec<SnapshotRequest>,
+    /// Native records first seen on a topic-partition.
+    pub partition_members: Vec<PartitionMember>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -164,6 +172,7 @@ pub struct Planner<'a, V: StateView> {
     rereads: Vec<RereadChange>,
     snapshot_members: HashSet<(System, String, String, String)>,
     snapshot_requests: Vec<SnapshotRequest>,
+    partition_members: BTreeSet<PartitionMember>,
 }
 
 impl<'a, V: StateView> Planner<'a, V> {
@@ -182,6 +191,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             rereads: Vec::new(),
             snapshot_members: HashSet::new(),
             snapshot_requests: Vec::new(),
+            partition_members: BTreeSet::new(),
         }
     }
 
@@ -252,7 +262,7 @@ impl<'a, V: StateView> Planner<'a, V> {
         self.state.counters.system_mut(system).events_applied += 1;
         self.state.clock = self.state.clock.max(event.occurred_at);
         if let (Some(seq), Some((topic, partition))) = (event.seq, partition) {
-            self.observe_seq(system, event, topic, partition, seq);
+            self.observe_seq(system, event, topic, partition, seq)?;
         }
         if event.op == Op::SnapshotEnd {
             self.end_snapshot(system, entity, event)?;
@@ -279,6 +289,15 @@ impl<'a, V: StateView> Planner<'a, V> {
         {
             self.state.counters.system_mut(system).stale_versions += 1;
             return Ok(Outcome::Stale);
+        }
+        if let (None, Some((topic, partition))) = (&current, partition) {
+            self.partition_members.insert(PartitionMember {
+                topic: topic.to_owned(),
+                partition,
+                system,
+                entity: entity.name.clone(),
+                native_id: event.id.clone(),
+            });
         }
         let was_unverified = current
             .as_ref()
@@ -442,6 +461,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                 })
                 .collect(),
             snapshot_requests: self.snapshot_requests,
+            partition_members: self.partition_members.into_iter().collect(),
         }
     }
 }
