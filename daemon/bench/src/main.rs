@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
 
     // Few updates per record keeps each partition under the mock cluster's 5 MiB.
     let mut sim = SimConfig::sized(2026, 1);
+    sim.partitions = PARTITIONS;
     sim.updates_per_record = 1.0;
     let per_record = {
         let probe = generate(&{

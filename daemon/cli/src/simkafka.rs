@@ -28,7 +28,7 @@ impl ProducerContext for CountingContext {
     }
 }
 
-/// Produces every message to its system's topic, in order, keyed by native id, and waits
+/// Produces every message to its system's topic and partition, in order, and waits
 /// until the broker has acknowledged all of them. `progress` is called every 10,000 messages.
 pub fn produce(
     brokers: &str,
@@ -54,6 +54,7 @@ pub fn produce(
         };
         loop {
             let record = BaseRecord::to(topic)
+                .partition(message.partition)
                 .key(&message.key)
                 .payload(&message.payload);
             match producer.send(record) {

@@ -273,7 +273,9 @@ fn a_second_broker_implementation_gives_the_same_report() {
             (&topics.dead_letters, 1),
         ],
     );
-    let scenario = tandem_sim::generate(&SimConfig::sized(5, 60));
+    let mut sim = SimConfig::sized(5, 60);
+    sim.partitions = 2;
+    let scenario = tandem_sim::generate(&sim);
     tandem::simkafka::produce(
         broker.bootstrap(),
         &topics.source,

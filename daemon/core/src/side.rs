@@ -8,6 +8,9 @@
 //! trustworthy. A partial update is only as good as the state it lands on: on a record tandem
 //! holds no full image of, or after a skipped version, the record is unverified until a full
 //! image arrives. A `gap` event makes it unverified outright. A delete is definitive.
+//!
+//! A `snapshot` image is a reading, not a change: it makes the record trustworthy but does
+//! not move its time of last change.
 
 use crate::event::{ChangeEvent, Fields, Op};
 use crate::record::{SideRecord, Unverified, UnverifiedReason};
@@ -76,7 +79,11 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         }
     }
     side.version = side.version.max(event.version);
-    side.last_change_at = side.last_change_at.max(event.occurred_at);
+    // A snapshot image is a reading, not a change: its time is when it was read, and it
+    // neither restarts the grace period nor counts as a change during a snapshot run.
+    if event.op != Op::Snapshot {
+        side.last_change_at = side.last_change_at.max(event.occurred_at);
+    }
     side.last_event_id = event.event_id.clone();
     side
 }
@@ -200,6 +207,23 @@ mod tests {
             &event("snapshot", 5, Some(4), false, json!({"a": 3, "b": 4})),
         );
         assert_eq!(healed.unverified, None, "a full image heals");
+    }
+
+    #[test]
+    fn a_snapshot_image_heals_without_being_a_change() {
+        let changed = apply(None, &event("create", 1, Some(1), false, json!({"a": 1})));
+        let read = apply(
+            Some(changed),
+            &event("snapshot", 9, Some(1), false, json!({"a": 1})),
+        );
+        assert_eq!(
+            read.last_change_at,
+            Timestamp::from_unix_nanos(60_000_000_000)
+        );
+        assert!(!is_stale(
+            &read,
+            &event("update", 5, Some(2), false, json!({}))
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! daemon's report with it checks the daemon against an independent account.
 
 mod catalog;
+mod positions;
+mod stream;
 mod truth;
 mod world;
 
@@ -80,6 +82,27 @@ pub struct SimConfig {
     pub max_sync_delay_seconds: i64,
     /// The grace period the ground truth is computed with, in seconds.
     pub grace_seconds: i64,
+    /// Partitions of each system's topic; the simulator assigns them (by native id).
+    pub partitions: i32,
+    /// Whether events carry a per-partition `seq`.
+    pub emit_seq: bool,
+    /// What the transport loses, announces, delays or reorders.
+    pub transport: TransportFaults,
+}
+
+/// Faults between a connector and the topic: the events tandem never sees, or sees late.
+#[derive(Clone, Debug, Default)]
+pub struct TransportFaults {
+    /// Share of events lost.
+    pub drop_rate: f64,
+    /// Only this system's events are lost (`None`: both).
+    pub drop_system: Option<SimSystem>,
+    /// Share of lost events the connector announces with a `gap` event.
+    pub gap_instead_rate: f64,
+    /// Share of events delivered at the very end of the stream.
+    pub delay_rate: f64,
+    /// Events are shuffled within consecutive windows of this many (0: in order).
+    pub reorder_window: usize,
 }
 
 impl SimConfig {
@@ -104,6 +127,9 @@ impl SimConfig {
             duration_seconds: 4 * 3600,
             max_sync_delay_seconds: 30,
             grace_seconds: 300,
+            partitions: 4,
+            emit_seq: true,
+            transport: TransportFaults::default(),
         }
     }
 
@@ -127,6 +153,7 @@ impl SimConfig {
         self.stale_replay_rate = 0.0;
         self.poison_per_thousand = 0.0;
         self.oversized_message_bytes = None;
+        self.transport = TransportFaults::default();
         self
     }
 }
@@ -136,6 +163,8 @@ impl SimConfig {
 pub struct SimMessage {
     /// The CRM whose change topic it goes to.
     pub system: SimSystem,
+    /// The partition of that topic.
+    pub partition: i32,
     /// The message key (the native id): one record's events stay in one partition.
     pub key: String,
     /// The message value.
@@ -152,9 +181,70 @@ pub struct Scenario {
     pub truth: GroundTruth,
     pub(crate) final_states: truth::FinalStates,
     pub(crate) grace_nanos: i64,
+    pub(crate) positions: positions::Positions,
+    pub(crate) newest_event: i64,
+    pub(crate) partitions: i32,
 }
 
 impl Scenario {
+    /// Whether the systems truly differ on a record once tandem has applied each partition
+    /// up to the given next offsets (`None`: unknown entity).
+    pub fn differs_at(
+        &self,
+        entity: &str,
+        join_key: &str,
+        next_offsets: &BTreeMap<(SimSystem, i32), i64>,
+    ) -> Option<bool> {
+        self.positions.differs_at(entity, join_key, next_offsets)
+    }
+
+    /// What a connector answers to a re-read request: each record as its system holds it
+    /// now, a full image (or a delete, if it is gone), read at `read_at` (Unix nanoseconds).
+    pub fn reread_answer(
+        &self,
+        system: SimSystem,
+        entity: &str,
+        native_ids: &[String],
+        read_at: i64,
+        event_prefix: &str,
+    ) -> Vec<SimMessage> {
+        positions::read_records(
+            &self.final_states,
+            system,
+            entity,
+            Some(native_ids),
+            read_at,
+            event_prefix,
+            self.partitions,
+        )
+    }
+
+    /// What a connector sends for a snapshot request: every live record of the entity,
+    /// then the end of the run with its count.
+    pub fn snapshot_run(
+        &self,
+        system: SimSystem,
+        entity: &str,
+        snapshot_id: &str,
+        read_at: i64,
+    ) -> Vec<SimMessage> {
+        let images = positions::read_records(
+            &self.final_states,
+            system,
+            entity,
+            None,
+            read_at,
+            snapshot_id,
+            self.partitions,
+        );
+        positions::as_snapshot_run(images, entity, snapshot_id, read_at, self.partitions)
+    }
+
+    /// The newest event time of the run (Unix nanoseconds): answers are read after it.
+    pub fn newest_event_unix_nanos(&self) -> i64 {
+        self.newest_event
+    }
+
     /// The truth with the reconciliation clock at `clock_unix_nanos` instead (a daemon whose
     /// clock moved on while idle); counts of events are the same.
     pub fn truth_at(&self, clock_unix_nanos: i64) -> GroundTruth {

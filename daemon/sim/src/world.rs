@@ -13,12 +13,9 @@ use time::OffsetDateTime;
 
 use crate::catalog::{SimEntity, ENTITIES, LEGACY_ID_FIELD};
 use crate::truth::{FinalStates, GroundTruth, SideState};
-use crate::{Scenario, SimConfig, SimMessage, SimSystem};
+use crate::{Scenario, SimConfig, SimSystem};
 
-const NANOS: i64 = 1_000_000_000;
-
-/// A message before it becomes a [`SimMessage`]: system, key, payload.
-type Message = (SimSystem, String, Vec<u8>);
+pub(crate) const NANOS: i64 = 1_000_000_000;
 
 enum Action {
     SourceCreate {
@@ -58,13 +55,16 @@ enum Action {
     },
 }
 
-/// One event emitted by a system's connector.
-struct Emitted {
-    system: SimSystem,
-    entity: usize,
-    native_id: String,
-    occurred_at: i64,
-    body: Value,
+/// One event emitted by a system's connector, with the record's true state after it.
+pub(crate) struct Emitted {
+    pub(crate) system: SimSystem,
+    pub(crate) entity: usize,
+    pub(crate) native_id: String,
+    pub(crate) occurred_at: i64,
+    pub(crate) partition: i32,
+    pub(crate) seq: u64,
+    pub(crate) body: Value,
+    pub(crate) state: SideState,
 }
 
 pub(crate) struct World<'a> {
@@ -80,9 +80,22 @@ pub(crate) struct World<'a> {
     emitted: Vec<Emitted>,
     next_target_id: u64,
     next_event_id: u64,
+    /// The next `seq` of each connector stream (system and partition).
+    next_seq: std::collections::HashMap<(SimSystem, i32), u64>,
 }
 
-fn rfc3339(nanos: i64) -> String {
+/// The partition a record's events go to: a stable hash of its native id.
+pub(crate) fn partition_of(key: &str, partitions: i32) -> i32 {
+    // FNV-1a: stable across runs and platforms, unlike the standard library's hasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % partitions.max(1) as u32) as i32
+}
+
+pub(crate) fn rfc3339(nanos: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
         .expect("simulated times are within the supported range")
         .format(&Rfc3339)
@@ -111,6 +124,7 @@ impl<'a> World<'a> {
             emitted: Vec::new(),
             next_target_id: 5_000_000,
             next_event_id: 0,
+            next_seq: std::collections::HashMap::new(),
         };
         world.schedule_users();
         while let Some(Reverse((at, key))) = world.queue.pop() {
@@ -207,6 +221,11 @@ impl<'a> World<'a> {
         state.version += 1;
         state.last_change = state.last_change.max(at);
         let version = state.version;
+        let state_after = state.clone();
+        let partition = partition_of(native_id, self.config.partitions);
+        let seq = self.next_seq.entry((system, partition)).or_insert(0);
+        *seq += 1;
+        let seq = *seq;
         self.next_event_id += 1;
         let mut body = json!({
             "event_id": format!("{}-{:016x}-{}", system.as_str(), self.rng.random::<u64>(), self.next_event_id),
@@ -224,12 +243,18 @@ impl<'a> World<'a> {
             body["fields"] = Value::Object(fields);
             body["partial"] = json!(partial);
         }
+        if self.config.emit_seq {
+            body["seq"] = json!(seq);
+        }
         self.emitted.push(Emitted {
             system,
             entity,
             native_id: native_id.to_owned(),
             occurred_at: at,
+            partition,
+            seq,
             body,
+            state: state_after,
         });
     }
 
@@ -560,131 +585,24 @@ impl<'a> World<'a> {
             .max()
             .unwrap_or(0);
         let mut truth = GroundTruth::compute(&final_states, newest_event, grace_nanos);
-        for event in &self.emitted {
-            *truth
-                .events_applied
-                .entry(event.system.as_str())
-                .or_default() += 1;
-        }
-        let stream: Vec<Message> = self
-            .emitted
-            .iter()
-            .map(|event| {
-                (
-                    event.system,
-                    event.native_id.clone(),
-                    serde_json::to_vec(&event.body).expect("JSON values encode"),
-                )
-            })
-            .collect();
-        let mut next_of_record: Vec<Option<usize>> = vec![None; self.emitted.len()];
-        let mut later: std::collections::HashMap<(SimSystem, usize, &str), usize> =
-            std::collections::HashMap::new();
-        for (index, event) in self.emitted.iter().enumerate().rev() {
-            next_of_record[index] = later.insert(
-                (event.system, event.entity, event.native_id.as_str()),
-                index,
-            );
-        }
-        let mut inserts: Vec<(usize, Message)> = Vec::new();
-        for (index, event) in self.emitted.iter().enumerate() {
-            if self.rng.random_bool(self.config.redelivery_rate) {
-                let position = index + 1 + self.rng.random_range(0..50);
-                inserts.push((position, stream[index].clone()));
-                *truth
-                    .duplicates_dropped
-                    .entry(event.system.as_str())
-                    .or_default() += 1;
-            }
-            if self.rng.random_bool(self.config.stale_replay_rate) {
-                // Versions grow with each event of a record, so its next event is newer.
-                let newer = next_of_record[index].map(|next| next - index - 1);
-                if let Some(offset) = newer {
-                    let mut stale = event.body.clone();
-                    stale["event_id"] = json!(format!("{}-replay-{index}", event.system.as_str()));
-                    let position = index + offset + 2 + self.rng.random_range(0..20);
-                    inserts.push((
-                        position,
-                        (
-                            event.system,
-                            event.native_id.clone(),
-                            serde_json::to_vec(&stale).expect("JSON values encode"),
-                        ),
-                    ));
-                    *truth
-                        .events_applied
-                        .entry(event.system.as_str())
-                        .or_default() += 1;
-                    *truth
-                        .stale_versions
-                        .entry(event.system.as_str())
-                        .or_default() += 1;
-                }
-            }
-        }
-        let poison_count =
-            (self.emitted.len() as f64 * self.config.poison_per_thousand / 1000.0).round() as usize;
-        let poison_kinds: [(&str, &[u8]); 6] = [
-            ("invalid_json", b"{\"event_id\": \"broken"),
-            ("schema_violation", b"{\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
-            ("schema_violation", b"{\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"op\":\"upsert\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
-            ("invalid_utf8", b"{\"event_id\": \"\xff\xfe\"}"),
-            ("empty", b""),
-            ("schema_violation", b"[1, 2, 3]"),
-        ];
-        for number in 0..poison_count {
-            let (reason, payload) = poison_kinds[number % poison_kinds.len()];
-            let system = if self.rng.random_bool(0.5) {
-                SimSystem::Source
-            } else {
-                SimSystem::Target
-            };
-            let position = self.rng.random_range(0..=stream.len());
-            inserts.push((
-                position,
-                (system, format!("poison-{number}"), payload.to_vec()),
-            ));
-            *truth.dead_lettered.entry(reason).or_default() += 1;
-        }
-        if let Some(size) = self.config.oversized_message_bytes {
-            let padding = "x".repeat(size);
-            let payload = json!({"event_id": "oversized", "entity": "contact", "id": "C-big", "op": "create",
-                "occurred_at": rfc3339(self.start()), "fields": {"Notes": padding}});
-            inserts.push((
-                stream.len(),
-                (
-                    SimSystem::Source,
-                    "C-big".to_owned(),
-                    serde_json::to_vec(&payload).expect("JSON values encode"),
-                ),
-            ));
-            *truth.dead_lettered.entry("too_large").or_default() += 1;
-        }
-        // Merge the inserts in: each goes before the original message at its position
-        // (after all of them if past the end); ties keep their order.
-        inserts.sort_by_key(|(position, _)| *position);
-        let mut merged = Vec::with_capacity(stream.len() + inserts.len());
-        let mut pending = inserts.into_iter().peekable();
-        for (index, message) in stream.into_iter().enumerate() {
-            while let Some((_, insert)) = pending.next_if(|(position, _)| *position <= index) {
-                merged.push(insert);
-            }
-            merged.push(message);
-        }
-        merged.extend(pending.map(|(_, insert)| insert));
-        let stream = merged;
+        let built = crate::stream::build(self.config, &self.emitted, &mut self.rng);
+        truth.events_applied = built.counts.events_applied.clone();
+        truth.duplicates_dropped = built.counts.duplicates_dropped.clone();
+        truth.stale_versions = built.counts.stale_versions.clone();
+        truth.dead_lettered = built.counts.dead_lettered.clone();
         Scenario {
-            messages: stream
-                .into_iter()
-                .map(|(system, key, payload)| SimMessage {
-                    system,
-                    key,
-                    payload,
-                })
-                .collect(),
+            messages: built.messages,
             truth,
+            positions: crate::positions::Positions::new(
+                &self.emitted,
+                built.offsets,
+                &final_states,
+                self.config.partitions,
+            ),
             final_states,
             grace_nanos,
+            newest_event,
+            partitions: self.config.partitions,
         }
     }
 }
