@@ -410,6 +410,12 @@ async fn get_record(
                 }
             })
             .collect();
+        let as_of = snapshot
+            .next_offsets()
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .map(|(topic, partition, next)| (format!("{topic}/{partition}"), next))
+            .collect();
         let source = side_views(&snapshot, System::Source, &entity, &row.source)?;
         let target = side_views(&snapshot, System::Target, &entity, &row.target)?;
         Ok(Json(RecordView {
@@ -422,6 +428,7 @@ async fn get_record(
             target,
             diff,
             history,
+            as_of,
         }))
     })
     .await

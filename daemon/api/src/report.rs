@@ -308,6 +308,9 @@ pub struct RecordView {
     pub diff: Vec<FieldDiff>,
     /// Every event of these native records, from both systems, in event-time order.
     pub history: Vec<HistoryEntry>,
+    /// The view is as of these next offsets (`topic/partition`: next offset to apply), read
+    /// with it from the same snapshot.
+    pub as_of: BTreeMap<String, i64>,
 }
 
 /// One native record.

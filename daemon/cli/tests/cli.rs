@@ -1,7 +1,7 @@
 //! The `tandem` binary's configuration handling: every bad file is refused with exit code 2
 //! and a message naming the file and the key; environment variables override the file.
 
-mod common;
+use tandem_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

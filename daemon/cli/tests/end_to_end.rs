@@ -1,7 +1,7 @@
 //! The simulator's events through a real Kafka-protocol broker into the real `tandem`
 //! binary: the report must equal the simulator's ground truth exactly.
 
-mod common;
+use tandem_testkit as common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The harness of the process-level tests: a real broker process, the real `tandem` binary,
-//! the simulator's messages and its ground truth.
-#![allow(dead_code, unreachable_pub, unused_imports)]
+//! the simulator's messages and its ground truth. Used by the integration tests of the
+//! `tandem` package and by the chaos suite.
 
 pub mod broker;
 pub mod truth;
@@ -13,10 +13,37 @@ use std::time::{Duration, Instant};
 use tandem_api::report::Report;
 
 pub use broker::{Broker, MockBroker, Tansu};
+pub use truth::assert_matches_truth;
+
+/// A binary of the workspace. Test executables live in `target/<profile>/deps`, the
+/// binaries one level up; `TANDEM_BIN_DIR` points elsewhere.
+pub fn binary(name: &str) -> PathBuf {
+    let directory = match std::env::var_os("TANDEM_BIN_DIR") {
+        Some(directory) => PathBuf::from(directory),
+        None => {
+            let executable = std::env::current_exe().expect("the test knows its own executable");
+            let mut directory = executable
+                .parent()
+                .expect("an executable lives in a directory")
+                .to_path_buf();
+            if directory.ends_with("deps") {
+                directory.pop();
+            }
+            directory
+        }
+    };
+    let path = directory.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --bins`), or set TANDEM_BIN_DIR",
+        path.display()
+    );
+    path
+}
 
 /// The `tandem` binary under test.
-pub fn tandem_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_tandem")
+pub fn tandem_binary() -> PathBuf {
+    binary("tandem")
 }
 
 /// A free TCP port on loopback.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use tandem_api::report::{DivergenceList, Report};
 use tandem_sim::GroundTruth;
 
-use super::Daemon;
+use crate::Daemon;
 
 /// Every divergent and pending record the API lists, by (entity, join key).
 pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Vec<String>)> {

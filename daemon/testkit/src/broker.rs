@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for};
+use crate::{free_port, wait_for};
 
 /// A running broker.
 pub trait Broker {
@@ -24,7 +24,7 @@ pub struct MockBroker {
 impl MockBroker {
     /// Starts a one-broker mock cluster with the given topics.
     pub fn start(topics: &[(&str, i32)]) -> MockBroker {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem-mock-broker"));
+        let mut command = Command::new(super::binary("tandem-mock-broker"));
         for (name, partitions) in topics {
             command.args(["--topic", &format!("{name}:{partitions}")]);
         }
