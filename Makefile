@@ -1,6 +1,7 @@
 # tandem: the two commands of the README, and the ones developers use.
 #   make demo   an embedded broker, a simulated parallel run of two CRMs, and the daemon
 #   make test   every test (installs what they need first)
+#   make chaos  the full fault-injection matrix, with its results table (chaos-results.md)
 #   make bench  throughput, latency and memory against baselines measured in the same run
 #   make lint   rustfmt and clippy, warnings as errors
 
@@ -9,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tandem/target
 export CARGO_TERM_COLOR ?= never
 export TANDEM_TANSU ?= $(HOME)/.cache/tandem/tansu-0.6.0/bin/tansu
 
-.PHONY: demo test bench lint fmt setup setup-build build
+.PHONY: demo test chaos bench lint fmt setup setup-build build
 
 setup-build:
 	@scripts/setup.sh build
@@ -25,6 +26,10 @@ demo: build
 
 test: setup lint
 	cargo test --workspace --locked
+
+chaos: setup-build
+	cargo build --locked --bins
+	cargo run --locked -p tandem-chaos --bin tandem-chaos -- chaos-results.md
 
 bench: setup-build
 	cargo build --locked --release --bin tandem --bin tandem-bench

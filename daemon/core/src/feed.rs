@@ -38,6 +38,19 @@ pub struct SnapshotRun {
     pub started_at: Timestamp,
     /// Distinct records it has sent so far.
     pub seen: u64,
+    /// Its `snapshot_end`, once read. Images travel on other partitions than the end, so
+    /// the end may come first: the run completes when `seen` reaches the announced count.
+    #[serde(default)]
+    pub end: Option<SnapshotEnd>,
+}
+
+/// What a `snapshot_end` announced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// Records the run sent.
+    pub expected: u64,
+    /// Event time of the end.
+    pub ended_at: Timestamp,
 }
 
 /// The last run of a snapshot that completed.
@@ -55,7 +68,7 @@ pub struct CompletedSnapshot {
     pub marked_missing: u64,
 }
 
-/// A run whose end arrived with a count that does not match what was received.
+/// A run that received more distinct records than its end announced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncompleteSnapshot {
     /// Its id.

@@ -831,13 +831,56 @@ fn an_incomplete_snapshot_concludes_nothing() {
         "nothing is concluded"
     );
     let status = &state.apply.feed.snapshots[&System::Source]["contact"];
-    let incomplete = status.last_incomplete.as_ref().unwrap();
-    assert_eq!((incomplete.expected, incomplete.received), (3, 1));
+    let run = &status.running["run-1"];
+    assert_eq!(
+        (run.seen, run.end.as_ref().map(|end| end.expected)),
+        (1, Some(3)),
+        "it waits for 2 more"
+    );
     assert!(status.last_completed.is_none());
     assert!(
         state.apply.feed.streams["source/0"].open_since.is_some(),
         "the hole stays open"
     );
+
+    // A run that delivered more distinct records than its end announces is refused.
+    let mut other = state_with_a_seq_hole(&mapping);
+    other.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            source_snapshot("r2", 2, 2),
+            source_snapshot("r3", 3, 2),
+            snapshot_end("end", 2, 3),
+        ],
+    );
+    let status = &other.apply.feed.snapshots[&System::Source]["contact"];
+    assert!(status.last_completed.is_none());
+    let refused = status.last_incomplete.as_ref().unwrap();
+    assert_eq!((refused.expected, refused.received), (2, 3));
+}
+
+#[test]
+fn a_snapshot_end_read_before_its_images_waits_for_them() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    // The end travels on another partition and is read first.
+    state.apply_batch(&mapping, &[snapshot_end("end", 2, 3)]);
+    assert!(state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .is_none());
+    state.apply_batch(&mapping, &[source_snapshot("r1", 1, 2)]);
+    assert!(state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .is_none());
+    state.apply_batch(&mapping, &[source_snapshot("r3", 3, 2)]);
+    let completed = state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .clone()
+        .unwrap();
+    assert_eq!((completed.records, completed.marked_missing), (2, 1));
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_eq!(state.status("contact", "L2"), Some(Status::MissingInSource));
 }
 
 #[test]

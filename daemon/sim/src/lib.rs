@@ -18,6 +18,7 @@ mod world;
 use std::collections::BTreeMap;
 
 pub use catalog::{entities_toml, SimEntity, SimField, ENTITIES, LEGACY_ID_FIELD};
+pub use stream::FaultCounts;
 pub use truth::{EntityTruth, GroundTruth, RecordTruth};
 
 /// 2026-11-20T08:00:00Z, the default start of simulated time.
@@ -179,6 +180,8 @@ pub struct Scenario {
     /// What a correct reconciliation must report after consuming all of them, with the
     /// clock at the newest event time.
     pub truth: GroundTruth,
+    /// The faults the messages carry.
+    pub faults: FaultCounts,
     pub(crate) final_states: truth::FinalStates,
     pub(crate) grace_nanos: i64,
     pub(crate) positions: positions::Positions,
@@ -238,6 +241,32 @@ impl Scenario {
             self.partitions,
         );
         positions::as_snapshot_run(images, entity, snapshot_id, read_at, self.partitions)
+    }
+
+    /// Every join key of the run, per entity (source ids and target legacy ids).
+    pub fn join_keys(&self) -> Vec<(&'static str, String)> {
+        let mut keys: Vec<(&'static str, String)> = self
+            .final_states
+            .source
+            .keys()
+            .map(|(entity, id)| (ENTITIES[*entity].name, id.clone()))
+            .chain(
+                self.final_states
+                    .target
+                    .iter()
+                    .filter_map(
+                        |((entity, _), state)| match state.fields.get(LEGACY_ID_FIELD) {
+                            Some(serde_json::Value::String(key)) => {
+                                Some((ENTITIES[*entity].name, key.clone()))
+                            }
+                            _ => None,
+                        },
+                    ),
+            )
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// The newest event time of the run (Unix nanoseconds): answers are read after it.

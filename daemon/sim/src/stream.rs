@@ -45,12 +45,45 @@ pub(crate) struct Counts {
     pub(crate) dead_lettered: BTreeMap<&'static str, u64>,
 }
 
+/// How many faults the stream carries, per kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Events lost without a trace.
+    pub dropped: u64,
+    /// Events lost and announced by a `gap` event.
+    pub announced_gaps: u64,
+    /// Events delivered at the end of the stream.
+    pub delayed: u64,
+    /// Windows of events shuffled.
+    pub reordered_windows: u64,
+    /// Events delivered twice.
+    pub redelivered: u64,
+    /// Old events replayed under a new id.
+    pub stale_replays: u64,
+    /// Garbage messages.
+    pub poison: u64,
+}
+
+impl FaultCounts {
+    /// Every fault, summed.
+    pub fn total(&self) -> u64 {
+        self.dropped
+            + self.announced_gaps
+            + self.delayed
+            + self.reordered_windows
+            + self.redelivered
+            + self.stale_replays
+            + self.poison
+    }
+}
+
 /// The built stream.
 pub(crate) struct Built {
     pub(crate) messages: Vec<SimMessage>,
     /// Per system and partition, the `seq` of the message at each offset.
     pub(crate) offsets: BTreeMap<(SimSystem, i32), Vec<Option<u64>>>,
     pub(crate) counts: Counts,
+    pub(crate) faults: FaultCounts,
 }
 
 fn event_message(emitted: &Emitted, body: &Value) -> Pending {
@@ -59,7 +92,8 @@ fn event_message(emitted: &Emitted, body: &Value) -> Pending {
         partition: emitted.partition,
         key: emitted.native_id.clone(),
         payload: serde_json::to_vec(body).expect("JSON values encode"),
-        seq: body["seq"].as_u64(),
+        // The slot in the connector stream, whether or not the payload carries it.
+        seq: Some(emitted.seq),
         kind: Kind::Event {
             event_id: body["event_id"].as_str().unwrap_or_default().to_owned(),
             record: (emitted.system, emitted.entity, emitted.native_id.clone()),
@@ -73,6 +107,7 @@ fn transport(
     config: &SimConfig,
     emitted: &[Emitted],
     rng: &mut ChaCha8Rng,
+    faults_seen: &mut FaultCounts,
 ) -> Vec<(usize, Pending)> {
     let faults = &config.transport;
     let mut kept = Vec::with_capacity(emitted.len());
@@ -83,6 +118,7 @@ fn transport(
             .is_none_or(|system| system == event.system);
         if droppable && rng.random_bool(faults.drop_rate) {
             if rng.random_bool(faults.gap_instead_rate) {
+                faults_seen.announced_gaps += 1;
                 // The connector knows it lost the change and says so, in the change's slot.
                 let mut gap = json!({
                     "event_id": format!("{}-gap-{index}", event.system.as_str()),
@@ -95,11 +131,14 @@ fn transport(
                     gap["seq"] = json!(event.seq);
                 }
                 kept.push((index, event_message(event, &gap)));
+            } else {
+                faults_seen.dropped += 1;
             }
             continue;
         }
         let message = event_message(event, &event.body);
         if rng.random_bool(faults.delay_rate) {
+            faults_seen.delayed += 1;
             delayed.push((index, message));
         } else {
             kept.push((index, message));
@@ -109,16 +148,19 @@ fn transport(
     if faults.reorder_window > 1 {
         for window in kept.chunks_mut(faults.reorder_window) {
             window.shuffle(rng);
+            faults_seen.reordered_windows += 1;
         }
     }
     kept
 }
 
 pub(crate) fn build(config: &SimConfig, emitted: &[Emitted], rng: &mut ChaCha8Rng) -> Built {
-    let stream = transport(config, emitted, rng);
+    let mut faults = FaultCounts::default();
+    let stream = transport(config, emitted, rng, &mut faults);
     let mut inserts: Vec<(usize, Pending)> = Vec::new();
     for (position, (index, message)) in stream.iter().enumerate() {
         if rng.random_bool(config.redelivery_rate) {
+            faults.redelivered += 1;
             inserts.push((position + 1 + rng.random_range(0..50), message.clone()));
         }
         if !rng.random_bool(config.stale_replay_rate) {
@@ -142,6 +184,7 @@ pub(crate) fn build(config: &SimConfig, emitted: &[Emitted], rng: &mut ChaCha8Rn
             stale["event_id"] = json!(format!("{}-replay-{index}", message.system.as_str()));
             let mut replay = event_message(&emitted[*index], &stale);
             replay.seq = message.seq;
+            faults.stale_replays += 1;
             inserts.push((position + offset + 2 + rng.random_range(0..20), replay));
         }
     }
@@ -157,6 +200,7 @@ pub(crate) fn build(config: &SimConfig, emitted: &[Emitted], rng: &mut ChaCha8Rn
     ];
     for number in 0..poison_count {
         let (reason, payload) = poison_kinds[number % poison_kinds.len()];
+        faults.poison += 1;
         let system = if rng.random_bool(0.5) {
             SimSystem::Source
         } else {
@@ -223,6 +267,7 @@ pub(crate) fn build(config: &SimConfig, emitted: &[Emitted], rng: &mut ChaCha8Rn
             .collect(),
         offsets,
         counts,
+        faults,
     }
 }
 

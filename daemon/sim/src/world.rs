@@ -593,6 +593,7 @@ impl<'a> World<'a> {
         Scenario {
             messages: built.messages,
             truth,
+            faults: built.faults,
             positions: crate::positions::Positions::new(
                 &self.emitted,
                 built.offsets,

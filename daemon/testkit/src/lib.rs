@@ -70,6 +70,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -
 }
 
 /// Topic names unique to one test.
+#[derive(Clone, Debug)]
 pub struct Topics {
     pub source: String,
     pub target: String,
@@ -140,6 +141,18 @@ level = "info"
     );
     std::fs::write(&path, text).expect("the test directory is writable");
     path
+}
+
+/// Adds re-read and snapshot request topics to a configuration written by [`write_config`].
+pub fn add_request_topics(config: &Path, reread_topic: &str, control_topic: &str) {
+    let text = std::fs::read_to_string(config).expect("the configuration was written");
+    let text = text.replace(
+        "[reconcile]\n",
+        &format!(
+            "[reconcile]\nreread_topic = \"{reread_topic}\"\ncontrol_topic = \"{control_topic}\"\nreread_max_ids_per_minute = 1000000\nreread_batch_max_ids = 500\nreread_resend_after = \"5s\"\n"
+        ),
+    );
+    std::fs::write(config, text).expect("the test directory is writable");
 }
 
 /// A simulated run already on a fresh mock broker.
@@ -260,6 +273,20 @@ impl Daemon {
             );
             (total == applied).then_some(report)
         })
+    }
+
+    /// The HTTP status of `/readyz`.
+    pub fn readiness(&self) -> u16 {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        agent
+            .get(&format!("{}/readyz", self.url))
+            .call()
+            .map(|response| response.status().as_u16())
+            .unwrap_or(0)
     }
 
     /// SIGKILL: no chance to flush or commit anything.

@@ -3,7 +3,7 @@
 use crate::apply::{Planner, StateView, ViewResult};
 use crate::event::ChangeEvent;
 use crate::feed::{
-    CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotRequest, SnapshotRun,
+    CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotEnd, SnapshotRequest, SnapshotRun,
 };
 use crate::mapping::EntityMapping;
 use crate::record::{Unverified, UnverifiedReason};
@@ -103,38 +103,40 @@ impl<V: StateView> Planner<'_, V> {
         Ok(())
     }
 
-    /// Counts a snapshot image in its run, once per native record.
+    /// Counts a snapshot image in its run, once per native record; completes the run if
+    /// its end already announced this count.
     pub(super) fn count_in_snapshot(
         &mut self,
         system: System,
-        entity: &str,
+        entity: &EntityMapping,
         event: &ChangeEvent,
     ) -> ViewResult<()> {
         let Some(snapshot_id) = event.snapshot_id.clone() else {
             return Ok(());
         };
-        if self.is_snapshot_member(system, entity, &snapshot_id, &event.id)? {
+        if self.is_snapshot_member(system, &entity.name, &snapshot_id, &event.id)? {
             return Ok(());
         }
         self.snapshot_members.insert((
             system,
-            entity.to_owned(),
+            entity.name.clone(),
             snapshot_id.clone(),
             event.id.clone(),
         ));
         let run = self
             .state
             .feed
-            .snapshot_status(system, entity)
+            .snapshot_status(system, &entity.name)
             .running
-            .entry(snapshot_id)
+            .entry(snapshot_id.clone())
             .or_insert(SnapshotRun {
                 started_at: event.occurred_at,
                 seen: 0,
+                end: None,
             });
         run.started_at = run.started_at.min(event.occurred_at);
         run.seen += 1;
-        Ok(())
+        self.settle_snapshot(system, entity, &snapshot_id)
     }
 
     fn is_snapshot_member(
@@ -156,9 +158,7 @@ impl<V: StateView> Planner<'_, V> {
                 .snapshot_member(system, entity, snapshot_id, native_id)?)
     }
 
-    /// Ends a snapshot run. Complete (its count matches what arrived): every live record of
-    /// the system's entity it did not contain, and that did not change since it started,
-    /// is missing in that system. Incomplete: nothing is concluded from it.
+    /// Reads the end of a snapshot run; the run completes once all its records arrived.
     pub(super) fn end_snapshot(
         &mut self,
         system: System,
@@ -177,23 +177,55 @@ impl<V: StateView> Planner<'_, V> {
             .feed
             .snapshot_status(system, &entity.name)
             .running
-            .remove(&snapshot_id)
-            .unwrap_or(SnapshotRun {
+            .entry(snapshot_id.clone())
+            .or_insert(SnapshotRun {
                 started_at: event.occurred_at,
                 seen: 0,
+                end: None,
             });
-        if run.seen != expected {
-            self.state
-                .feed
-                .snapshot_status(system, &entity.name)
-                .last_incomplete = Some(IncompleteSnapshot {
-                snapshot_id,
-                ended_at: event.occurred_at,
-                expected,
+        run.end = Some(SnapshotEnd {
+            expected,
+            ended_at: event.occurred_at,
+        });
+        self.settle_snapshot(system, entity, &snapshot_id)
+    }
+
+    /// Completes an ended run whose count is reached; refuses one that got more records than
+    /// announced; leaves one still waiting for records.
+    ///
+    /// Complete: every live record of the system's entity the run did not contain, and that
+    /// did not change since it started, is missing in that system.
+    fn settle_snapshot(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        snapshot_id: &str,
+    ) -> ViewResult<()> {
+        let status = self.state.feed.snapshot_status(system, &entity.name);
+        let Some(run) = status.running.get(snapshot_id) else {
+            return Ok(());
+        };
+        let Some(end) = run.end.clone() else {
+            return Ok(());
+        };
+        if run.seen < end.expected {
+            return Ok(());
+        }
+        let run = status
+            .running
+            .remove(snapshot_id)
+            .expect("invariant: the run was found just above");
+        if run.seen > end.expected {
+            status.last_incomplete = Some(IncompleteSnapshot {
+                snapshot_id: snapshot_id.to_owned(),
+                ended_at: end.ended_at,
+                expected: end.expected,
                 received: run.seen,
             });
             return Ok(());
         }
+        let snapshot_id = snapshot_id.to_owned();
+        let expected = end.expected;
         let mut native_ids = self.view.native_ids(system, &entity.name)?;
         native_ids.extend(
             self.changed_join_keys
@@ -227,7 +259,7 @@ impl<V: StateView> Planner<'_, V> {
             }
             side.deleted = true;
             let was_unverified = side.unverified.take().is_some();
-            super::track_since(entity, record, event.occurred_at);
+            super::track_since(entity, record, end.ended_at);
             if was_unverified {
                 self.request_reread(RereadChange::Resolved {
                     system,
@@ -243,7 +275,7 @@ impl<V: StateView> Planner<'_, V> {
             .last_completed = Some(CompletedSnapshot {
             snapshot_id,
             started_at: run.started_at,
-            completed_at: event.occurred_at,
+            completed_at: end.ended_at,
             records: expected,
             marked_missing,
         });

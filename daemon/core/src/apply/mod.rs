@@ -281,7 +281,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             None => None,
         };
         if event.op == Op::Snapshot {
-            self.count_in_snapshot(system, &entity.name, event)?;
+            self.count_in_snapshot(system, entity, event)?;
         }
         if current
             .as_ref()

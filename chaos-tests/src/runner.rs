@@ -1,0 +1,283 @@
+//! Runs one scenario: produce the simulated run with its faults, run the daemon through the
+//! disruption while sampling for false parity, heal, and compare with the ground truth.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tandem_api::report::{RecordView, Report};
+use tandem_sim::{generate, SimSystem, ENTITIES};
+use tandem_testkit::truth::{count_differences, status_differences};
+use tandem_testkit::{free_port, Broker, Daemon, MockBroker, Topics};
+
+use crate::responder::{produce_answers, Responder};
+use crate::scenarios::{Disruption, Scenario};
+
+/// What a scenario showed.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The scenario.
+    pub name: String,
+    /// Messages produced before healing.
+    pub messages: u64,
+    /// Faults injected (transport and connector faults, kills, outages).
+    pub faults_injected: u64,
+    /// What tandem noticed by the end of ingestion: duplicates, stale versions, dead letters,
+    /// lost events (holes) and unverified records.
+    pub detected: u64,
+    /// Whether the report equalled the ground truth after healing.
+    pub healed: bool,
+    /// Samples of `in_sync` records whose true states differed at the applied position.
+    pub false_in_sync: u64,
+    /// Records sampled during ingestion.
+    pub samples: u64,
+    /// Seconds from the start of healing to the ground truth.
+    pub converge_seconds: f64,
+    /// Everything that went wrong.
+    pub problems: Vec<String>,
+}
+
+const SAMPLE_SIZE: usize = 15;
+
+fn applied(report: &Report) -> u64 {
+    report.ingest.source.events_applied + report.ingest.target.events_applied
+}
+
+/// Maps a record view's `as_of` (`topic/partition` → next offset) to system and partition.
+fn positions(view: &RecordView, topics: &Topics) -> BTreeMap<(SimSystem, i32), i64> {
+    view.as_of
+        .iter()
+        .filter_map(|(key, next)| {
+            let (topic, partition) = key.rsplit_once('/')?;
+            let system = if topic == topics.source {
+                SimSystem::Source
+            } else if topic == topics.target {
+                SimSystem::Target
+            } else {
+                return None;
+            };
+            Some(((system, partition.parse().ok()?), *next))
+        })
+        .collect()
+}
+
+/// Run one scenario. `deadline` bounds each waiting phase.
+pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
+    let mut outcome = Outcome {
+        name: scenario.name.to_owned(),
+        ..Outcome::default()
+    };
+    let data = Arc::new(generate(&scenario.sim));
+    let topics = Topics::unique(scenario.name);
+    let reread_topic = format!("{}.reread", scenario.name);
+    let control_topic = format!("{}.control", scenario.name);
+    let partitions = scenario.sim.partitions;
+    let mut broker = MockBroker::start(&[
+        (&topics.source, partitions),
+        (&topics.target, partitions),
+        (&topics.dead_letters, 1),
+        (&reread_topic, 1),
+        (&control_topic, 1),
+    ]);
+    outcome.messages = data.messages.len() as u64;
+    outcome.faults_injected = data.faults.total();
+    let expected_main: u64 = data.truth.events_applied.values().sum();
+
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let port = free_port();
+    let slow = matches!(scenario.disruption, Disruption::Kills(_));
+    let config = tandem_testkit::write_config(
+        directory.path(),
+        broker.bootstrap(),
+        &topics,
+        port,
+        if slow { 50 } else { 500 },
+        slow,
+    );
+    tandem_testkit::add_request_topics(&config, &reread_topic, &control_topic);
+    let log = directory.path().join("tandem.log");
+    let mut daemon = Daemon::start(&config, port, &log);
+    // The run arrives while the daemon works, in chunks. With kills, slowly enough that
+    // every kill (and the restart's rejoin of the consumer group, a few seconds) happens
+    // while events are still arriving.
+    let (chunks, pause) = match scenario.disruption {
+        Disruption::Kills(kills) => (10 * (kills as usize + 1), Duration::from_millis(900)),
+        _ => (20, Duration::from_millis(150)),
+    };
+    let producer = {
+        let (bootstrap, topics, data) =
+            (broker.bootstrap().to_owned(), topics.clone(), data.clone());
+        std::thread::spawn(move || {
+            let chunk = data.messages.len().div_ceil(chunks).max(1);
+            for messages in data.messages.chunks(chunk) {
+                tandem::simkafka::produce(
+                    &bootstrap,
+                    &topics.source,
+                    &topics.target,
+                    messages,
+                    |_| {},
+                )
+                .expect("the simulated run is produced");
+                std::thread::sleep(pause);
+            }
+        })
+    };
+
+    // Ingestion, with the disruption and sampling.
+    let keys = data.join_keys();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut kills_done = 0;
+    let mut outage_done = false;
+    let started = Instant::now();
+    let report = loop {
+        let report = daemon.report();
+        let done = applied(&report);
+        for (entity, key) in keys.choose_multiple(&mut rng, SAMPLE_SIZE) {
+            let url = format!("{}/v1/records/{entity}/{key}", daemon.url);
+            let Ok(mut response) = ureq::get(&url).call() else {
+                continue;
+            };
+            let Ok(view) = response.body_mut().read_json::<RecordView>() else {
+                continue;
+            };
+            outcome.samples += 1;
+            if view.status.map(|status| status.as_str()) != Some("in_sync") {
+                continue;
+            }
+            if data.differs_at(entity, key, &positions(&view, &topics)) == Some(true) {
+                outcome.false_in_sync += 1;
+                if outcome.problems.len() < 5 {
+                    outcome
+                        .problems
+                        .push(format!("false in_sync: {entity} {key}"));
+                }
+            }
+        }
+        if done >= expected_main {
+            break report;
+        }
+        match scenario.disruption {
+            Disruption::Kills(kills) if kills_done < kills => {
+                let threshold = expected_main * u64::from(kills_done + 1) / u64::from(kills + 1);
+                if done >= threshold {
+                    daemon.kill();
+                    daemon = Daemon::start(&config, port, &log);
+                    kills_done += 1;
+                }
+            }
+            Disruption::BrokerOutage(duration)
+                if !outage_done && done >= expected_main * 3 / 10 =>
+            {
+                outage_done = true;
+                broker.control("down 1");
+                let outage = Instant::now();
+                let mut reported_stale = false;
+                while outage.elapsed() < duration {
+                    let stale = daemon.report().ingest.broker_unreachable_since.is_some();
+                    reported_stale |= stale && daemon.readiness() == 503;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                broker.control("up 1");
+                if !reported_stale {
+                    outcome
+                        .problems
+                        .push("the outage was not reported by /readyz and the report".to_owned());
+                }
+            }
+            _ => {}
+        }
+        if started.elapsed() > deadline {
+            outcome.problems.push(format!(
+                "ingestion did not finish: {done} of {expected_main} events applied"
+            ));
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    producer.join().expect("the producer thread finished");
+    outcome.detected = report.ingest.source.duplicates_dropped
+        + report.ingest.target.duplicates_dropped
+        + report.ingest.source.stale_versions
+        + report.ingest.target.stale_versions
+        + report.ingest.dead_lettered
+        + report.feed.rereads_outstanding
+        + [&report.feed.source, &report.feed.target]
+            .iter()
+            .flat_map(|feed| feed.holes.iter().map(|hole| hole.missing))
+            .sum::<u64>();
+    if let Disruption::Kills(kills) = scenario.disruption {
+        if kills_done < kills {
+            outcome.problems.push(format!(
+                "only {kills_done} of {kills} kills happened during ingestion"
+            ));
+        }
+    }
+
+    // Healing: the connectors answer requests, and run one full snapshot of everything.
+    let healing = Instant::now();
+    let read_at =
+        data.newest_event_unix_nanos() + (scenario.sim.grace_seconds + 60) * 1_000_000_000;
+    let responder = Responder::start(
+        broker.bootstrap().to_owned(),
+        topics.clone(),
+        reread_topic,
+        control_topic,
+        data.clone(),
+        read_at,
+    );
+    for system in [SimSystem::Source, SimSystem::Target] {
+        for entity in ENTITIES {
+            let run = data.snapshot_run(
+                system,
+                entity.name,
+                &format!("full-{}-{}", system.as_str(), entity.name),
+                read_at,
+            );
+            produce_answers(broker.bootstrap(), &topics, &run, &responder.produced);
+        }
+    }
+    let mut last_differences = Vec::new();
+    loop {
+        let report = daemon.report();
+        let expected_total = expected_main + responder.produced.load(Ordering::SeqCst);
+        let settled = applied(&report) == expected_total
+            && report.feed.rereads_outstanding == 0
+            && report.feed.source.needs_snapshot.is_empty()
+            && report.feed.target.needs_snapshot.is_empty();
+        if settled {
+            let clock = report
+                .clock
+                .map(|clock| clock.unix_nanos())
+                .unwrap_or(i64::MIN);
+            let truth = data.truth_at(clock);
+            last_differences = status_differences(&daemon, &report, &truth);
+            // Counters of the original stream; answers add only distinct, current events.
+            last_differences.extend(
+                count_differences(&report, &truth)
+                    .into_iter()
+                    .filter(|difference| !difference.contains("events applied")),
+            );
+            if last_differences.is_empty() {
+                outcome.healed = true;
+                outcome.converge_seconds = healing.elapsed().as_secs_f64();
+                break;
+            }
+        }
+        if healing.elapsed() > deadline {
+            outcome.problems.push(format!(
+                "did not converge: applied {} of {expected_total}, {} re-reads outstanding; {}",
+                applied(&report),
+                report.feed.rereads_outstanding,
+                last_differences.join("; ")
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(responder);
+    outcome
+}
