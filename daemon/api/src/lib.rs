@@ -96,7 +96,7 @@ impl ApiContext {
         )?;
         let ingest_running = IntGauge::new(
             "tandem_ingest_running",
-            "1 while ingestion runs, 0 once it stopped for good (the report says why)",
+            "1 while ingestion runs, 0 while it is paused or stopped (the report says why)",
         )?;
         let broker_reachable = IntGauge::new(
             "tandem_broker_reachable",
@@ -462,6 +462,9 @@ async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
     if let Some(stopped) = &snapshot.stopped {
         reasons.push(format!("ingestion stopped: {stopped}"));
     }
+    if let Some(paused) = &snapshot.paused {
+        reasons.push(format!("ingestion paused: {paused}"));
+    }
     if snapshot.assigned.is_empty() {
         reasons.push("no partition is assigned to this instance yet".to_owned());
     }
@@ -499,9 +502,9 @@ async fn get_metrics(State(context): State<Arc<ApiContext>>) -> Result<Response,
                 .set(ingest.lag.unwrap_or(-1));
         }
         let gauges = &context.report_gauges;
-        gauges
-            .ingest_running
-            .set(i64::from(report.ingest.stopped.is_none()));
+        gauges.ingest_running.set(i64::from(
+            report.ingest.stopped.is_none() && report.ingest.paused.is_none(),
+        ));
         gauges
             .broker_reachable
             .set(i64::from(report.ingest.broker_reachable));

@@ -140,6 +140,8 @@ pub struct IngestReport {
     pub broker_unreachable_since: Option<Timestamp>,
     /// Set when ingestion stopped for good, with the reason.
     pub stopped: Option<String>,
+    /// Set while ingestion is paused (disk nearly full), with the reason.
+    pub paused: Option<String>,
 }
 
 /// What the report reads from one store snapshot.
@@ -258,6 +260,7 @@ pub fn build_report(
             broker_reachable: ingest.broker_reachable,
             broker_unreachable_since: ingest.broker_unreachable_since,
             stopped: ingest.stopped.clone(),
+            paused: ingest.paused.clone(),
         },
         feed: FeedReport {
             source: system_feed(System::Source),

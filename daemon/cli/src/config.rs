@@ -72,6 +72,9 @@ pub struct StoreConfig {
     /// fsync every batch (survives machine crashes without re-reading Kafka).
     #[serde(default)]
     pub sync_writes: bool,
+    /// Ingestion pauses while the store's disk has less free space than this, in MiB.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
 }
 
 /// `[api]`.
@@ -199,6 +202,9 @@ fn default_batch_max_messages() -> usize {
 }
 fn default_batch_max_wait() -> Duration {
     Duration::from_millis(50)
+}
+fn default_min_free_mib() -> u64 {
+    512
 }
 fn default_cache_mib() -> usize {
     256
@@ -417,6 +423,8 @@ impl Config {
             reread_batch_max_ids: self.reconcile.reread_batch_max_ids,
             reread_resend_after: self.reconcile.reread_resend_after,
             control_topic: self.reconcile.control_topic.clone(),
+            store_path: self.store.path.clone(),
+            min_free_bytes: self.store.min_free_mib.saturating_mul(1024 * 1024),
         }
     }
 

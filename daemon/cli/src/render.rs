@@ -174,6 +174,9 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
     if let Some(since) = report.ingest.broker_unreachable_since {
         writeln!(out, "STALE: no Kafka broker reachable since {since}")?;
     }
+    if let Some(paused) = &report.ingest.paused {
+        writeln!(out, "PAUSED: {paused}")?;
+    }
     if let Some(stopped) = &report.ingest.stopped {
         writeln!(out, "STOPPED: ingestion stopped: {stopped}")?;
     }

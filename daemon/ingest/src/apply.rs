@@ -22,6 +22,7 @@ use tandem_store::{NextOffset, Store};
 use tracing::{debug, info_span, warn};
 
 use crate::consumer::{ApplyCommand, ConsumedMessage};
+use crate::disk::DiskGuard;
 use crate::metrics::IngestMetrics;
 use crate::status::IngestStatus;
 use crate::writer::{WriteJob, Written};
@@ -223,6 +224,7 @@ pub(crate) struct ApplyLoop {
     next_seq: u64,
     /// The clock and the wall time of the last event applied, for the idle rule.
     last_event: (Timestamp, Instant),
+    disk: DiskGuard,
 }
 
 impl ApplyLoop {
@@ -235,6 +237,8 @@ impl ApplyLoop {
         dead_letter_tx: Sender<()>,
         writer: (Sender<WriteJob>, Receiver<Result<Written>>),
     ) -> Result<Self> {
+        let (settings_store_path, settings_min_free) =
+            (settings.store_path.clone(), settings.min_free_bytes);
         let state = store.apply_state().map_err(Error::Store)?;
         let next_offsets = store.next_offsets().map_err(Error::Store)?;
         metrics.count(&Default::default(), &state.counters);
@@ -261,6 +265,7 @@ impl ApplyLoop {
             next_offsets,
             in_flight: InFlight::default(),
             next_seq: 0,
+            disk: DiskGuard::new(settings_store_path, settings_min_free),
         })
     }
 
@@ -359,7 +364,16 @@ impl ApplyLoop {
         Some(clock_at_last_event.saturating_add(wall_at_last_event.elapsed()))
     }
 
+    /// Reads the disk guard and tells the consumer whether to pause.
+    pub(crate) fn watch_disk(&mut self) {
+        let paused = self.disk.check().map(str::to_owned);
+        if self.status.snapshot().paused != paused {
+            self.status.update(|snapshot| snapshot.paused = paused);
+        }
+    }
+
     fn tick(&mut self) -> Result<()> {
+        self.watch_disk();
         let Some(floor) = self.idle_clock_floor() else {
             return Ok(());
         };
@@ -372,6 +386,7 @@ impl ApplyLoop {
 
     fn plan_batch(&mut self, batch: Vec<ConsumedMessage>) -> Result<()> {
         let started = Instant::now();
+        self.watch_disk();
         let batch = self.drop_replays(batch);
         let view = OverlayView {
             store: &self.store,

@@ -149,6 +149,12 @@ impl ConsumerContext for TandemConsumerContext {
                     error!(%error, "assigning partitions failed; librdkafka will retry the rebalance");
                     return;
                 }
+                // Paused (disk nearly full): the new partitions must not fetch either.
+                if self.status.snapshot().paused.is_some() {
+                    if let Err(error) = base_consumer.pause(tpl) {
+                        error!(%error, "cannot pause newly assigned partitions");
+                    }
+                }
                 self.status.update(|snapshot| {
                     snapshot.assigned.extend(partitions.iter().cloned());
                 });
@@ -257,7 +263,26 @@ pub(crate) fn run_consumer(
     let apply_tx = consumer.context().apply_tx.clone();
     let mut batch: Vec<ConsumedMessage> = Vec::with_capacity(settings.batch_max_messages);
     let mut batch_started = Instant::now();
+    let mut paused = false;
     while !cancel.is_cancelled() {
+        // The disk guard asks to pause: stop fetching, keep polling (heartbeats, rebalances).
+        let pause_wanted = consumer.context().status.snapshot().paused.is_some();
+        // While paused, partitions assigned by a rebalance are paused too.
+        if pause_wanted || pause_wanted != paused {
+            if let Ok(assignment) = consumer.assignment() {
+                let result = if pause_wanted {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                match result {
+                    Ok(()) => paused = pause_wanted,
+                    Err(error) => {
+                        warn!(%error, pause_wanted, "cannot pause or resume the assigned partitions")
+                    }
+                }
+            }
+        }
         let timeout = if batch.is_empty() {
             Duration::from_millis(100)
         } else {

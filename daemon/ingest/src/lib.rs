@@ -12,6 +12,7 @@ mod apply;
 mod consumer;
 mod dead_letters;
 mod deliveries;
+mod disk;
 pub mod metrics;
 mod requests;
 pub mod status;
@@ -126,6 +127,10 @@ pub struct IngestSettings {
     pub reread_resend_after: Duration,
     /// Where snapshot requests go (none: they are only reported).
     pub control_topic: Option<String>,
+    /// The store's directory, whose disk is watched.
+    pub store_path: std::path::PathBuf,
+    /// Ingestion pauses while the store's disk has less free space than this.
+    pub min_free_bytes: u64,
 }
 
 impl IngestSettings {
@@ -243,7 +248,7 @@ pub fn start(
         })?;
     let (jobs_tx, jobs_rx) = bounded(1);
     let (written_tx, written_rx) = crossbeam_channel::unbounded();
-    let apply_loop = ApplyLoop::try_new(
+    let mut apply_loop = ApplyLoop::try_new(
         store.clone(),
         mapping,
         settings.clone(),
@@ -252,6 +257,9 @@ pub fn start(
         dead_letter_tx,
         (jobs_tx, written_rx),
     )?;
+    // Before the consumer starts: a disk that is already nearly full pauses it from the
+    // first assignment on.
+    apply_loop.watch_disk();
     let writer_store = store.clone();
     let writer = spawn("tandem-writer", move || {
         writer::run_writer(writer_store, jobs_rx, written_tx)

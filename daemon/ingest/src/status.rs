@@ -51,6 +51,8 @@ pub struct IngestSnapshot {
     pub last_kafka_error: Option<(Timestamp, String)>,
     /// Set when ingestion stopped for good, with the reason.
     pub stopped: Option<String>,
+    /// Set while ingestion is paused (disk nearly full), with the reason.
+    pub paused: Option<String>,
 }
 
 impl IngestSnapshot {

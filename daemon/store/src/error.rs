@@ -36,6 +36,14 @@ pub enum Error {
         /// RocksDB's error.
         source: rocksdb::Error,
     },
+    /// A write failed earlier; the store takes no more writes until tandem restarts.
+    #[error("store {operation} refused: writes stopped after an earlier failure ({first}); free disk space or fix the error, then restart tandem (nothing is lost: consumption resumes at the last committed batch)")]
+    WritesStopped {
+        /// What was being done.
+        operation: &'static str,
+        /// The first failure.
+        first: String,
+    },
     /// A stored key does not decode: the store is damaged or was written by other software.
     #[error("corrupt key in column family `{column_family}`: {detail}")]
     CorruptKey {

@@ -119,6 +119,9 @@ pub struct Store {
     /// Serializes writes that must not interleave with a read-modify-write of another
     /// thread (the request forwarder marking re-read rows while batches commit).
     write_lock: Arc<std::sync::Mutex<()>>,
+    /// The first write error, after which nothing is written any more: RocksDB refuses
+    /// writes after a failed WAL append anyway, and some builds abort on the next attempt.
+    write_failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Store {
@@ -157,6 +160,7 @@ impl Store {
             path: path.to_owned(),
             sync_writes: options.sync_writes,
             write_lock: Arc::new(std::sync::Mutex::new(())),
+            write_failure: Arc::new(std::sync::OnceLock::new()),
         };
         store.check_schema_version()?;
         Ok(store)

@@ -267,11 +267,23 @@ impl Store {
 
     /// Writes with the lock already held by the caller.
     pub(crate) fn write_locked(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+        if let Some(first) = self.write_failure.get() {
+            return Err(Error::WritesStopped {
+                operation,
+                first: first.clone(),
+            });
+        }
         let mut options = WriteOptions::default();
         options.set_sync(self.sync_writes);
-        self.db
-            .write_opt(batch, &options)
-            .map_err(Error::rocksdb(operation))
+        self.db.write_opt(batch, &options).map_err(|source| {
+            let _ = self.write_failure.set(format!("{operation}: {source}"));
+            Error::RocksDb { operation, source }
+        })
+    }
+
+    /// The first write error, if writes have stopped.
+    pub fn write_failure(&self) -> Option<&str> {
+        self.write_failure.get().map(String::as_str)
     }
 
     /// Writes one batch atomically: log, records, indexes, aggregates and offsets.

@@ -220,14 +220,32 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `tandem run --config config` and waits until its API answers.
     pub fn start(config: &Path, port: u16, log: &Path) -> Daemon {
+        let mut command = Command::new(tandem_binary());
+        command.args(["run", "--config"]).arg(config);
+        Daemon::spawn(command, port, log)
+    }
+
+    /// Starts the daemon unable to grow any file beyond `kib` KiB, as on a full disk: writes
+    /// past it fail with EFBIG (SIGXFSZ is ignored, so they fail instead of killing it).
+    pub fn start_with_file_size_limit(config: &Path, port: u16, log: &Path, kib: u64) -> Daemon {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {kib}; exec \"$0\" run --config \"$1\""
+            ))
+            .arg(tandem_binary())
+            .arg(config);
+        Daemon::spawn(command, port, log)
+    }
+
+    fn spawn(mut command: Command, port: u16, log: &Path) -> Daemon {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("the test directory is writable");
-        let child = Command::new(tandem_binary())
-            .args(["run", "--config"])
-            .arg(config)
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
