@@ -9,8 +9,10 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tandem/target
 export CARGO_TERM_COLOR ?= never
 export TANDEM_TANSU ?= $(HOME)/.cache/tandem/tansu-0.6.0/bin/tansu
+CARGO_FUZZ := $(HOME)/.cache/tandem/tools/bin/cargo-fuzz
+FUZZ_SECONDS ?= 20
 
-.PHONY: demo test chaos bench lint fmt setup setup-build build
+.PHONY: demo test chaos fuzz bench lint fmt setup setup-build build
 
 setup-build:
 	@scripts/setup.sh build
@@ -26,6 +28,19 @@ demo: build
 
 test: setup lint
 	cargo test --workspace --locked
+	$(MAKE) --no-print-directory fuzz
+
+# Each decoder's fuzz target, for FUZZ_SECONDS, seeded with the schema examples. The
+# sanitizers need unstable compiler flags, which RUSTC_BOOTSTRAP allows on the stable toolchain.
+fuzz:
+	@set -o pipefail; for target in $$(cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) list); do \
+	  corpus=$$(mktemp -d); \
+	  echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+	  (cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target --target-dir $(HOME)/.cache/tandem/fuzz-target \
+	    $$corpus ../../schemas/examples/valid ../../schemas/examples/invalid -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -2) \
+	    || exit 1; \
+	  rm -rf $$corpus; \
+	done
 
 chaos: setup-build
 	cargo build --locked --bins

@@ -4,6 +4,7 @@
 #     for its bindings, a C toolchain for librdkafka.
 #   - tansu 0.6.0, the second Kafka-protocol broker of the compatibility test, cached under
 #     ~/.cache/tandem (about 15 minutes to build, once).
+#   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
 set -euo pipefail
 
@@ -29,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$want" = "test" ]; then
+  tools="$cache/tools"
+  if ! "$tools/bin/cargo-fuzz" --version >/dev/null 2>&1; then
+    say "installing cargo-fuzz into $tools (about a minute, once per machine)"
+    cargo install cargo-fuzz --locked --root "$tools" --quiet
+  fi
+
   installed=""
   [ -x "$tansu_root/bin/tansu" ] && installed="$("$tansu_root/bin/tansu" --version 2>/dev/null || true)"
   case "$installed" in

@@ -190,13 +190,16 @@ pub(crate) fn build(config: &SimConfig, emitted: &[Emitted], rng: &mut ChaCha8Rn
     }
     let poison_count =
         (emitted.len() as f64 * config.poison_per_thousand / 1000.0).round() as usize;
-    let poison_kinds: [(&str, &[u8]); 6] = [
+    let poison_kinds: [(&str, &[u8]); 9] = [
         ("invalid_json", b"{\"event_id\": \"broken"),
         ("schema_violation", b"{\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
         ("schema_violation", b"{\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"op\":\"upsert\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
         ("invalid_utf8", b"{\"event_id\": \"\xff\xfe\"}"),
         ("empty", b""),
         ("schema_violation", b"[1, 2, 3]"),
+        ("unsupported_schema", b"{\"schema\":\"tandem.change.v2\",\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"op\":\"create\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
+        ("schema_violation", b"{\"event_id\":null,\"entity\":\"contact\",\"id\":\"C-1\",\"op\":\"create\",\"occurred_at\":\"2026-11-20T08:00:00Z\"}"),
+        ("schema_violation", b"{\"event_id\":\"p\",\"entity\":\"contact\",\"id\":\"C-1\",\"op\":\"update\",\"occurred_at\":\"2026-11-20T08:00:00Z\",\"version\":\"three\"}"),
     ];
     for number in 0..poison_count {
         let (reason, payload) = poison_kinds[number % poison_kinds.len()];
