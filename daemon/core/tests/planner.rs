@@ -818,6 +818,38 @@ fn a_seq_hole_asks_for_a_snapshot_which_finds_what_was_deleted() {
 }
 
 #[test]
+fn events_of_unmapped_entities_still_count_in_the_sequence() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let task = |event_id: &str, seq: u64| {
+        (
+            System::Source,
+            event(json!({"event_id": event_id, "entity": "task", "id": "K1",
+            "op": "create", "seq": seq, "occurred_at": at(0).to_rfc3339()})),
+        )
+    };
+    state.apply_batch(
+        &mapping,
+        &[
+            seq_event(System::Source, "s1", 1, 1, 0),
+            task("k2", 2),
+            task("k3", 3),
+            seq_event(System::Source, "s4", 2, 4, 0),
+        ],
+    );
+    assert!(
+        state
+            .apply
+            .feed
+            .streams
+            .values()
+            .all(|stream| stream.missing == 0),
+        "no hole: 2 and 3 were tasks"
+    );
+    assert!(state.snapshot_requests.is_empty());
+}
+
+#[test]
 fn an_incomplete_snapshot_concludes_nothing() {
     let mapping = contact_mapping();
     let mut state = state_with_a_seq_hole(&mapping);

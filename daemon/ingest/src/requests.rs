@@ -84,6 +84,9 @@ impl TokenBucket {
     }
 }
 
+/// Rows of the re-read queue looked at per round, at most.
+const MAX_EXAMINED_PER_ROUND: usize = 5_000;
+
 pub(crate) struct RequestForwarder {
     pub(crate) store: Store,
     pub(crate) producer: BaseProducer<Deliveries<Sent>>,
@@ -119,13 +122,14 @@ impl RequestForwarder {
             })
             .collect();
         let mut rereads_in_flight: BTreeSet<RereadTarget> = BTreeSet::new();
+        let mut cursor: Option<Vec<u8>> = None;
         let mut control_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
             if !stopping {
                 if let Some(topic) = &self.settings.reread_topic {
                     if let Err(error) =
-                        self.send_rereads(topic, &mut buckets, &mut rereads_in_flight)
+                        self.send_rereads(topic, &mut buckets, &mut rereads_in_flight, &mut cursor)
                     {
                         error!(%error, "cannot read the re-read queue");
                     }
@@ -157,6 +161,7 @@ impl RequestForwarder {
         topic: &str,
         buckets: &mut BTreeMap<System, TokenBucket>,
         in_flight: &mut BTreeSet<RereadTarget>,
+        cursor: &mut Option<Vec<u8>>,
     ) -> tandem_store::Result<()> {
         for bucket in buckets.values_mut() {
             bucket.refill();
@@ -170,10 +175,14 @@ impl RequestForwarder {
                 .checked_sub(self.settings.reread_resend_after)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         );
-        let due = self.store.due_rereads(
+        let round = self.store.due_rereads_from(
+            cursor.as_deref(),
             resend_before,
             (budget as usize + in_flight.len()).min(10_000),
+            MAX_EXAMINED_PER_ROUND,
         )?;
+        *cursor = round.resume_after;
+        let due = round.due;
         let mut groups: BTreeMap<
             (System, String, UnverifiedReason),
             Vec<(RereadTarget, RereadRow)>,

@@ -40,6 +40,15 @@ pub struct RereadTarget {
     pub native_id: String,
 }
 
+/// A round of the re-read queue.
+#[derive(Clone, Debug, Default)]
+pub struct DueRereads {
+    /// Records due for a request, oldest first.
+    pub due: Vec<(RereadTarget, RereadRow)>,
+    /// Where the next round continues (`None`: start again from the oldest).
+    pub resume_after: Option<Vec<u8>>,
+}
+
 /// A snapshot request waiting to be published on the control topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlRequest {
@@ -75,15 +84,45 @@ impl Store {
         resend_before: Timestamp,
         limit: usize,
     ) -> Result<Vec<(RereadTarget, RereadRow)>> {
+        Ok(self
+            .due_rereads_from(None, resend_before, limit, usize::MAX)?
+            .due)
+    }
+
+    /// Like [`Store::due_rereads`], but walking the queue from just after `cursor` and looking
+    /// at no more than `max_examined` rows; also returns where to continue (`None`: the end
+    /// of the queue was reached). The forwarder goes round the queue this way, so rows
+    /// requested recently at its head cannot starve the rows behind them.
+    pub fn due_rereads_from(
+        &self,
+        cursor: Option<&[u8]>,
+        resend_before: Timestamp,
+        limit: usize,
+        max_examined: usize,
+    ) -> Result<DueRereads> {
         let mut due = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf::REREAD_QUEUE), IteratorMode::Start)
-        {
-            if due.len() >= limit {
-                break;
+        let start = match cursor {
+            Some(cursor) => {
+                let mut after = cursor.to_vec();
+                after.push(0);
+                after
             }
+            None => Vec::new(),
+        };
+        let queue = self.db.iterator_cf(
+            self.cf(cf::REREAD_QUEUE),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut last_examined: Option<Vec<u8>> = None;
+        for (examined, item) in queue.enumerate() {
             let (key, _) = item.map_err(Error::rocksdb("scan of the re-read queue"))?;
+            if due.len() >= limit || examined >= max_examined {
+                return Ok(DueRereads {
+                    due,
+                    resume_after: last_examined,
+                });
+            }
+            last_examined = Some(key.to_vec());
             let (_, system, entity, native_id) = keys::decode_reread_queue(&key)?;
             let Some(row) = self.reread(system, &entity, &native_id)? else {
                 continue;
@@ -103,7 +142,10 @@ impl Store {
                 row,
             ));
         }
-        Ok(due)
+        Ok(DueRereads {
+            due,
+            resume_after: None,
+        })
     }
 
     /// Notes that re-reads were requested at `requested_at`, for rows still waiting.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use error::{Error, Result};
-pub use feed::{ControlRequest, RereadRow, RereadTarget};
+pub use feed::{ControlRequest, DueRereads, RereadRow, RereadTarget};
 pub use keys::Coordinates;
 pub use read::{
     DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, HistoryItem, ReadSnapshot,

@@ -532,6 +532,18 @@ fn rereads_queue_until_a_full_image_arrives() {
     store.mark_rereads_requested(&due, at(10)).unwrap();
     assert!(store.due_rereads(at(10), 10).unwrap().is_empty());
     assert_eq!(store.due_rereads(at(11), 10).unwrap().len(), 2);
+    // Round by round, one at a time: the second round continues after the first.
+    let first = store.due_rereads_from(None, at(11), 1, 10).unwrap();
+    assert_eq!(first.due.len(), 1);
+    let second = store
+        .due_rereads_from(first.resume_after.as_deref(), at(11), 1, 10)
+        .unwrap();
+    assert_eq!(second.due.len(), 1);
+    assert_ne!(first.due[0].0, second.due[0].0);
+    assert!(
+        second.resume_after.is_none(),
+        "the end of the queue was reached"
+    );
 
     let control = store.pending_control_requests(10).unwrap();
     assert_eq!(

@@ -242,6 +242,11 @@ impl<'a, V: StateView> Planner<'a, V> {
         event: &ChangeEvent,
         partition: Option<(&str, i32)>,
     ) -> ViewResult<Outcome> {
+        // Every event of the stream counts for its sequence, mapped entity or not: the
+        // stream numbers them all, so skipping some would look like a hole.
+        if let (Some(seq), Some((topic, partition))) = (event.seq, partition) {
+            self.observe_seq(system, event, topic, partition, seq)?;
+        }
         let mapping = self.mapping;
         let Some(entity) = mapping.entity(&event.entity) else {
             *self
@@ -261,9 +266,6 @@ impl<'a, V: StateView> Planner<'a, V> {
         self.seen_events.insert(event_key);
         self.state.counters.system_mut(system).events_applied += 1;
         self.state.clock = self.state.clock.max(event.occurred_at);
-        if let (Some(seq), Some((topic, partition))) = (event.seq, partition) {
-            self.observe_seq(system, event, topic, partition, seq)?;
-        }
         if event.op == Op::SnapshotEnd {
             self.end_snapshot(system, entity, event)?;
             return Ok(Outcome::Applied);
