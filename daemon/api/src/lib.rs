@@ -63,6 +63,8 @@ struct ReportGauges {
     oldest_divergence_age: GaugeVec,
     ingest_running: IntGauge,
     broker_reachable: IntGauge,
+    rereads_outstanding: IntGauge,
+    open_holes: IntGaugeVec,
 }
 
 impl ApiContext {
@@ -105,6 +107,19 @@ impl ApiContext {
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(parity.clone()))?;
         registry.register(Box::new(oldest_divergence_age.clone()))?;
+        let rereads_outstanding = IntGauge::new(
+            "tandem_rereads_outstanding",
+            "Native records that are unverified and wait for a re-read",
+        )?;
+        let open_holes = IntGaugeVec::new(
+            Opts::new(
+                "tandem_seq_holes_open",
+                "Partitions with lost events (seq jumps) not yet healed by a snapshot, per system",
+            ),
+            &["system"],
+        )?;
+        registry.register(Box::new(rereads_outstanding.clone()))?;
+        registry.register(Box::new(open_holes.clone()))?;
         registry.register(Box::new(ingest_running.clone()))?;
         registry.register(Box::new(broker_reachable.clone()))?;
         Ok(ApiContext {
@@ -121,6 +136,8 @@ impl ApiContext {
                 oldest_divergence_age,
                 ingest_running,
                 broker_reachable,
+                rereads_outstanding,
+                open_holes,
             },
         })
     }
@@ -508,6 +525,23 @@ async fn get_metrics(State(context): State<Arc<ApiContext>>) -> Result<Response,
         gauges
             .broker_reachable
             .set(i64::from(report.ingest.broker_reachable));
+        gauges
+            .rereads_outstanding
+            .set(i64::try_from(report.feed.rereads_outstanding).unwrap_or(i64::MAX));
+        for (system, feed) in [
+            ("source", &report.feed.source),
+            ("target", &report.feed.target),
+        ] {
+            let open = feed
+                .holes
+                .iter()
+                .filter(|hole| hole.open_since.is_some())
+                .count();
+            gauges
+                .open_holes
+                .with_label_values(&[system])
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
+        }
         for (entity, entity_report) in &report.entities {
             for (status, count) in &entity_report.by_status {
                 gauges

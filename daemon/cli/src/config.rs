@@ -349,6 +349,14 @@ impl Config {
                 return Err(format!("key `{key}`: `{topic}` is also a change or dead-letter topic; requests need a topic of their own"));
             }
         }
+        if self.reconcile.reread_topic.is_some()
+            && self.reconcile.reread_topic == self.reconcile.control_topic
+        {
+            return Err("keys `reconcile.reread_topic` and `reconcile.control_topic` name the same topic; give each its own".to_owned());
+        }
+        if self.reconcile.reread_resend_after < Duration::from_secs(1) {
+            return Err("key `reconcile.reread_resend_after` must be at least 1s".to_owned());
+        }
         if self.reconcile.reread_max_ids_per_minute == 0 || self.reconcile.reread_batch_max_ids == 0
         {
             return Err("keys `reconcile.reread_max_ids_per_minute` and `reconcile.reread_batch_max_ids` must be at least 1".to_owned());

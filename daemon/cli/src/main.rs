@@ -73,7 +73,7 @@ enum Command {
         /// Only this entity.
         #[arg(long)]
         entity: Option<String>,
-        /// Only this status (pending, mismatch, missing_in_target, missing_in_source, duplicate).
+        /// Only this status (pending, mismatch, missing_in_target, missing_in_source, duplicate, unverified).
         #[arg(long)]
         status: Option<String>,
         /// Only mismatches of this target field.

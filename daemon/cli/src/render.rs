@@ -217,7 +217,7 @@ fn feed_lines(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
     if report.feed.rereads_outstanding > 0 {
         writeln!(
             out,
-            "{} records unverified, waiting for a re-read (oldest since {})",
+            "{} native records unverified (counted per system), waiting for a re-read (oldest since {})",
             report.feed.rereads_outstanding,
             time(report.feed.oldest_reread_since)
         )?;

@@ -219,6 +219,14 @@ fn the_report_equals_the_ground_truth() {
         "{metrics}"
     );
     assert!(metrics.contains("tandem_batch_apply_seconds_bucket"));
+    assert!(
+        metrics.contains("tandem_rereads_outstanding 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_seq_holes_open{system=\"source\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

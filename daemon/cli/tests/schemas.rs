@@ -94,3 +94,38 @@ fn the_openapi_document_lists_every_route() {
         );
     }
 }
+
+#[test]
+fn request_examples_match_their_schemas() {
+    let directory = schemas_dir().join("examples").join("requests");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&directory).unwrap() {
+        let path = entry.unwrap().path();
+        let instance: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let schema_file = match instance["type"].as_str() {
+            Some("reread") => "reread-request.schema.json",
+            Some("snapshot") => "snapshot-request.schema.json",
+            other => panic!("{}: unknown request type {other:?}", path.display()),
+        };
+        let schema: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(schemas_dir().join(schema_file)).unwrap())
+                .unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|error| error.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} fails {schema_file}: {errors:?}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "too few request examples in {}",
+        directory.display()
+    );
+}

@@ -29,6 +29,9 @@ pub struct StreamSeq {
     pub missing: u64,
     /// Since when a hole is open (until a snapshot of the system completes).
     pub open_since: Option<Timestamp>,
+    /// When the latest hole opened: only a snapshot started after it heals the stream.
+    #[serde(default)]
+    pub last_hole_at: Option<Timestamp>,
 }
 
 /// One snapshot run in progress.
@@ -126,6 +129,7 @@ impl FeedState {
                 last_seq: seq.saturating_sub(1),
                 missing: 0,
                 open_since: None,
+                last_hole_at: None,
             });
         // Re-deliveries and reordering show lower numbers: they fill nothing and open nothing.
         if seq <= stream.last_seq {
@@ -136,18 +140,30 @@ impl FeedState {
         if missing > 0 {
             stream.missing += missing;
             stream.open_since.get_or_insert(occurred_at);
+            stream.last_hole_at = Some(
+                stream
+                    .last_hole_at
+                    .map_or(occurred_at, |last| last.max(occurred_at)),
+            );
         }
         missing
     }
 
-    /// Marks an entity of a system as needing a snapshot; returns whether it is new.
-    pub fn require_snapshot(&mut self, system: System, entity: &str, since: Timestamp) -> bool {
+    /// Marks an entity of a system as needing a snapshot taken after `hole_at`; returns
+    /// whether the need is new. The need remembers the latest hole: a snapshot started
+    /// before it cannot cover what that hole lost.
+    pub fn require_snapshot(&mut self, system: System, entity: &str, hole_at: Timestamp) -> bool {
         let entities = self.needs_snapshot.entry(system).or_default();
-        if entities.contains_key(entity) {
-            return false;
+        match entities.get_mut(entity) {
+            Some(latest) => {
+                *latest = (*latest).max(hole_at);
+                false
+            }
+            None => {
+                entities.insert(entity.to_owned(), hole_at);
+                true
+            }
         }
-        entities.insert(entity.to_owned(), since);
-        true
     }
 
     /// The status of one system's entity, created if absent.
@@ -159,20 +175,29 @@ impl FeedState {
             .or_default()
     }
 
-    /// A completed snapshot satisfies the entity's need; once a system needs none, its
-    /// partitions' holes are closed.
-    pub fn snapshot_completed(&mut self, system: System, entity: &str) {
-        if let Some(entities) = self.needs_snapshot.get_mut(&system) {
+    /// A completed snapshot that started after the entity's latest hole satisfies its need;
+    /// once a system needs none, the holes that opened before the run are closed.
+    pub fn snapshot_completed(&mut self, system: System, entity: &str, started_at: Timestamp) {
+        let Some(entities) = self.needs_snapshot.get_mut(&system) else {
+            return;
+        };
+        if entities
+            .get(entity)
+            .is_some_and(|latest_hole| *latest_hole <= started_at)
+        {
             entities.remove(entity);
-            if entities.is_empty() {
-                self.needs_snapshot.remove(&system);
-                for stream in self
-                    .streams
-                    .values_mut()
-                    .filter(|stream| stream.system == system)
-                {
-                    stream.open_since = None;
-                }
+        }
+        if !entities.is_empty() {
+            return;
+        }
+        self.needs_snapshot.remove(&system);
+        for stream in self
+            .streams
+            .values_mut()
+            .filter(|stream| stream.system == system)
+        {
+            if stream.last_hole_at.is_none_or(|last| last <= started_at) {
+                stream.open_since = None;
             }
         }
     }
@@ -285,12 +310,18 @@ mod tests {
         assert!(feed.require_snapshot(System::Source, "contact", at));
         assert!(feed.require_snapshot(System::Source, "deal", at));
         assert!(!feed.require_snapshot(System::Source, "deal", at));
-        feed.snapshot_completed(System::Source, "contact");
+        let later = Timestamp::from_unix_nanos(5_000);
+        feed.snapshot_completed(System::Source, "contact", later);
         assert!(
             feed.streams["t/0"].open_since.is_some(),
             "deal still needs a snapshot"
         );
-        feed.snapshot_completed(System::Source, "deal");
+        feed.snapshot_completed(System::Source, "deal", Timestamp::from_unix_nanos(500));
+        assert!(
+            feed.streams["t/0"].open_since.is_some(),
+            "a snapshot started before the hole heals nothing"
+        );
+        feed.snapshot_completed(System::Source, "deal", later);
         assert!(feed.streams["t/0"].open_since.is_none());
         assert_eq!(
             feed.streams["t/0"].missing, 3,

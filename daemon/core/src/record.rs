@@ -31,8 +31,8 @@ pub enum Status {
     /// Two live records on one side claim the join key.
     Duplicate,
     /// A change to one side may have been lost (a version skipped, a partial update without
-    /// a full image, a gap announced by the feed): tandem cannot know the record's state
-    /// until it is read again.
+    /// a full image, a gap announced by the feed, a `seq` jump on its partition): tandem
+    /// cannot know the record's state until it is read again.
     Unverified,
 }
 

@@ -240,7 +240,14 @@ impl Scenario {
             snapshot_id,
             self.partitions,
         );
-        positions::as_snapshot_run(images, entity, snapshot_id, read_at, self.partitions)
+        positions::as_snapshot_run(
+            images,
+            system,
+            entity,
+            snapshot_id,
+            read_at,
+            self.partitions,
+        )
     }
 
     /// Every join key of the run, per entity (source ids and target legacy ids).

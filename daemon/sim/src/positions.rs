@@ -188,9 +188,11 @@ pub(crate) fn read_records(
         .collect()
 }
 
-/// Adds a snapshot id to images and appends the end of the run.
+/// Adds a snapshot id to images and appends the end of the run (also for an empty entity:
+/// the end with `records: 0` is what completes it).
 pub(crate) fn as_snapshot_run(
     mut images: Vec<SimMessage>,
+    system: SimSystem,
     entity_name: &str,
     snapshot_id: &str,
     ended_at: i64,
@@ -202,17 +204,13 @@ pub(crate) fn as_snapshot_run(
         body.insert("snapshot_id".to_owned(), json!(snapshot_id));
         image.payload = serde_json::to_vec(&body).expect("JSON values encode");
     }
-    let records = images.len();
-    let system = images.first().map(|image| image.system);
-    if let Some(system) = system {
-        let end = json!({"event_id": format!("{snapshot_id}-end"), "entity": entity_name, "op": "snapshot_end",
-            "snapshot_id": snapshot_id, "records": records, "occurred_at": rfc3339(ended_at)});
-        images.push(SimMessage {
-            system,
-            partition: partition_of(entity_name, partitions),
-            key: entity_name.to_owned(),
-            payload: serde_json::to_vec(&end).expect("JSON values encode"),
-        });
-    }
+    let end = json!({"event_id": format!("{snapshot_id}-end"), "entity": entity_name, "op": "snapshot_end",
+        "snapshot_id": snapshot_id, "records": images.len(), "occurred_at": rfc3339(ended_at)});
+    images.push(SimMessage {
+        system,
+        partition: partition_of(entity_name, partitions),
+        key: entity_name.to_owned(),
+        payload: serde_json::to_vec(&end).expect("JSON values encode"),
+    });
     images
 }

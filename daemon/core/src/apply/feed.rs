@@ -279,7 +279,9 @@ impl<V: StateView> Planner<'_, V> {
             records: expected,
             marked_missing,
         });
-        self.state.feed.snapshot_completed(system, &entity.name);
+        self.state
+            .feed
+            .snapshot_completed(system, &entity.name, run.started_at);
         Ok(())
     }
 }
