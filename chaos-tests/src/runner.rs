@@ -27,7 +27,8 @@ pub struct Outcome {
     /// Faults injected (transport and connector faults, kills, outages).
     pub faults_injected: u64,
     /// What tandem noticed by the end of ingestion: duplicates, stale versions, dead letters,
-    /// lost events (holes) and unverified records.
+    /// lost events (holes), unverified records awaiting a re-read, and broker outages that the
+    /// report and `/readyz` called stale. A kill is not detected: the restart recovers from it.
     pub detected: u64,
     /// Whether the report equalled the ground truth after healing.
     pub healed: bool,
@@ -132,6 +133,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut kills_done = 0;
     let mut outage_done = false;
+    let mut outages_reported = 0;
     let started = Instant::now();
     let report = loop {
         let report = daemon.report();
@@ -167,12 +169,14 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                     daemon.kill();
                     daemon = Daemon::start(&config, port, &log);
                     kills_done += 1;
+                    outcome.faults_injected += 1;
                 }
             }
             Disruption::BrokerOutage(duration)
                 if !outage_done && done >= expected_main * 3 / 10 =>
             {
                 outage_done = true;
+                outcome.faults_injected += 1;
                 broker.control("down 1");
                 let outage = Instant::now();
                 let mut reported_stale = false;
@@ -182,7 +186,9 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 broker.control("up 1");
-                if !reported_stale {
+                if reported_stale {
+                    outages_reported += 1;
+                } else {
                     outcome
                         .problems
                         .push("the outage was not reported by /readyz and the report".to_owned());
@@ -199,7 +205,8 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
         std::thread::sleep(Duration::from_millis(100));
     };
     producer.join().expect("the producer thread finished");
-    outcome.detected = report.ingest.source.duplicates_dropped
+    outcome.detected = outages_reported
+        + report.ingest.source.duplicates_dropped
         + report.ingest.target.duplicates_dropped
         + report.ingest.source.stale_versions
         + report.ingest.target.stale_versions

@@ -3,6 +3,7 @@
 //! Every store read runs on the blocking pool against one RocksDB snapshot, so a response
 //! never mixes two batches and the async runtime never waits on disk.
 
+mod metrics;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -12,13 +13,13 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tandem_core::{Mapping, Status, System, Timestamp};
@@ -27,6 +28,7 @@ use tandem_store::{DivergenceFilter, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::metrics::ReportGauges;
 use crate::report::{
     build_report, DivergenceList, FieldDiff, RecordView, Report, SideView, StoredFacts,
 };
@@ -55,18 +57,6 @@ pub struct ApiContext {
     report_gauges: ReportGauges,
 }
 
-/// Gauges derived from the report at scrape time.
-#[derive(Clone)]
-struct ReportGauges {
-    records: IntGaugeVec,
-    parity: GaugeVec,
-    oldest_divergence_age: GaugeVec,
-    ingest_running: IntGauge,
-    broker_reachable: IntGauge,
-    rereads_outstanding: IntGauge,
-    open_holes: IntGaugeVec,
-}
-
 impl ApiContext {
     /// Creates the context and registers the report gauges in `registry`.
     pub fn try_new(
@@ -78,50 +68,7 @@ impl ApiContext {
         registry: Registry,
         ingest_metrics: IngestMetrics,
     ) -> prometheus::Result<Self> {
-        let records = IntGaugeVec::new(
-            Opts::new("tandem_records", "Records per entity and status"),
-            &["entity", "status"],
-        )?;
-        let parity = GaugeVec::new(
-            Opts::new(
-                "tandem_parity",
-                "Share of an entity's records that are in sync",
-            ),
-            &["entity"],
-        )?;
-        let oldest_divergence_age = GaugeVec::new(
-            Opts::new(
-                "tandem_oldest_divergence_age_seconds",
-                "Age of the oldest current divergence at the reconciliation clock, 0 if none",
-            ),
-            &["entity"],
-        )?;
-        let ingest_running = IntGauge::new(
-            "tandem_ingest_running",
-            "1 while ingestion runs, 0 while it is paused or stopped (the report says why)",
-        )?;
-        let broker_reachable = IntGauge::new(
-            "tandem_broker_reachable",
-            "1 while a Kafka broker is reachable; 0 means the report is getting stale",
-        )?;
-        registry.register(Box::new(records.clone()))?;
-        registry.register(Box::new(parity.clone()))?;
-        registry.register(Box::new(oldest_divergence_age.clone()))?;
-        let rereads_outstanding = IntGauge::new(
-            "tandem_rereads_outstanding",
-            "Native records that are unverified and wait for a re-read",
-        )?;
-        let open_holes = IntGaugeVec::new(
-            Opts::new(
-                "tandem_seq_holes_open",
-                "Partitions with lost events (seq jumps) not yet healed by a snapshot, per system",
-            ),
-            &["system"],
-        )?;
-        registry.register(Box::new(rereads_outstanding.clone()))?;
-        registry.register(Box::new(open_holes.clone()))?;
-        registry.register(Box::new(ingest_running.clone()))?;
-        registry.register(Box::new(broker_reachable.clone()))?;
+        let report_gauges = ReportGauges::register(&registry)?;
         Ok(ApiContext {
             store,
             mapping,
@@ -130,15 +77,7 @@ impl ApiContext {
             status,
             registry,
             ingest_metrics,
-            report_gauges: ReportGauges {
-                records,
-                parity,
-                oldest_divergence_age,
-                ingest_running,
-                broker_reachable,
-                rereads_outstanding,
-                open_holes,
-            },
+            report_gauges,
         })
     }
 }
@@ -151,7 +90,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/records/{entity}/{*join_key}", get(get_record))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(get_ready))
-        .route("/metrics", get(get_metrics))
+        .route("/metrics", get(metrics::get_metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -502,78 +441,4 @@ async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
-}
-
-async fn get_metrics(State(context): State<Arc<ApiContext>>) -> Result<Response, ApiError> {
-    blocking(move || {
-        let report = current_report(&context).map_err(ApiError::internal)?;
-        for system in System::ALL {
-            let ingest = match system {
-                System::Source => &report.ingest.source,
-                System::Target => &report.ingest.target,
-            };
-            context
-                .ingest_metrics
-                .lag
-                .with_label_values(&[system.as_str()])
-                .set(ingest.lag.unwrap_or(-1));
-        }
-        let gauges = &context.report_gauges;
-        gauges.ingest_running.set(i64::from(
-            report.ingest.stopped.is_none() && report.ingest.paused.is_none(),
-        ));
-        gauges
-            .broker_reachable
-            .set(i64::from(report.ingest.broker_reachable));
-        gauges
-            .rereads_outstanding
-            .set(i64::try_from(report.feed.rereads_outstanding).unwrap_or(i64::MAX));
-        for (system, feed) in [
-            ("source", &report.feed.source),
-            ("target", &report.feed.target),
-        ] {
-            let open = feed
-                .holes
-                .iter()
-                .filter(|hole| hole.open_since.is_some())
-                .count();
-            gauges
-                .open_holes
-                .with_label_values(&[system])
-                .set(i64::try_from(open).unwrap_or(i64::MAX));
-        }
-        for (entity, entity_report) in &report.entities {
-            for (status, count) in &entity_report.by_status {
-                gauges
-                    .records
-                    .with_label_values(&[entity.as_str(), status.as_str()])
-                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
-            }
-            gauges
-                .parity
-                .with_label_values(&[entity.as_str()])
-                .set(entity_report.parity);
-            let age = match (entity_report.oldest_divergence_at, report.clock) {
-                (Some(oldest), Some(clock)) => clock.duration_since(oldest).as_secs_f64(),
-                _ => 0.0,
-            };
-            gauges
-                .oldest_divergence_age
-                .with_label_values(&[entity.as_str()])
-                .set(age);
-        }
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&context.registry.gather(), &mut buffer)
-            .map_err(ApiError::internal)?;
-        Ok((
-            [(
-                header::CONTENT_TYPE,
-                TextEncoder::new().format_type().to_owned(),
-            )],
-            buffer,
-        )
-            .into_response())
-    })
-    .await
 }

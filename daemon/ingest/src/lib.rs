@@ -14,6 +14,7 @@ mod dead_letters;
 mod deliveries;
 mod disk;
 pub mod metrics;
+mod overlay;
 mod requests;
 pub mod status;
 mod writer;

@@ -6,11 +6,13 @@
 //! after some committed batch, and consumption resumes at that batch's offsets.
 //! Readers (the API, the CLI) work on a RocksDB snapshot and never see half a batch.
 
+mod batch;
 mod codec;
 mod error;
 mod feed;
 mod keys;
 mod read;
+mod view;
 mod write;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use tandem_core::{ApplyState, DeadLetterReason, RecordRow, Status, System, Times
 use crate::codec::decode_value;
 use crate::error::{Error, Result};
 use crate::keys::{self, Coordinates};
-use crate::write::{scan_prefix, KeyValue};
+use crate::view::{scan_prefix, KeyValue};
 use crate::{cf, Store};
 
 /// A message that could not be decoded, kept with its reason.

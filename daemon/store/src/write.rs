@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
-use tandem_core::apply::{Plan, StateView, ViewResult};
+use tandem_core::apply::Plan;
 use tandem_core::feed::RereadChange;
 use tandem_core::{
-    ApplyState, ChangeEvent, DecodeError, Outcome, RecordRow, RecordStatus, Status, System,
-    Timestamp,
+    ApplyState, ChangeEvent, DecodeError, Outcome, RecordStatus, Status, System, Timestamp,
 };
 
+use crate::batch::OrderedBatch;
 use crate::codec::{decode_value, encode_value};
 use crate::error::{Error, Result};
 use crate::feed::{ControlRequest, RereadRow};
@@ -93,62 +93,6 @@ pub struct CommitStats {
     pub dead_lettered: usize,
     /// Records whose row or status changed.
     pub records_changed: usize,
-}
-
-/// The writes of one commit, put into the RocksDB batch sorted by column family and key.
-///
-/// A memtable is a skip list; inserting keys in order lets each insert start from where the
-/// previous one ended instead of searching from the top, which halves the cost of a commit
-/// whose keys (event ids, join keys) are otherwise random. The sort is stable, so two writes
-/// of one key keep their order.
-#[derive(Default)]
-struct OrderedBatch {
-    writes: Vec<PendingWrite>,
-}
-
-/// One put (`value` is `Some`) or delete of an [`OrderedBatch`].
-struct PendingWrite {
-    column_family: &'static str,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-}
-
-impl OrderedBatch {
-    fn put_cf(
-        &mut self,
-        column_family: &'static str,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) {
-        self.writes.push(PendingWrite {
-            column_family,
-            key: key.into(),
-            value: Some(value.into()),
-        });
-    }
-
-    fn delete_cf(&mut self, column_family: &'static str, key: impl Into<Vec<u8>>) {
-        self.writes.push(PendingWrite {
-            column_family,
-            key: key.into(),
-            value: None,
-        });
-    }
-
-    fn into_write_batch(mut self, store: &Store) -> WriteBatch {
-        self.writes.sort_by(|left, right| {
-            (left.column_family, &left.key).cmp(&(right.column_family, &right.key))
-        });
-        let mut batch = WriteBatch::default();
-        for write in self.writes {
-            let handle = store.cf(write.column_family);
-            match write.value {
-                Some(value) => batch.put_cf(handle, write.key, value),
-                None => batch.delete_cf(handle, write.key),
-            }
-        }
-        batch
-    }
 }
 
 /// First byte of a history value: whether the event changed state.
@@ -541,123 +485,4 @@ fn index_entries(
         ));
     }
     entries
-}
-
-impl StateView for Store {
-    fn native_ids(&self, system: System, entity: &str) -> ViewResult<Vec<String>> {
-        let prefix = keys::encode_native_prefix(system, entity);
-        let mut read_options = rocksdb::ReadOptions::default();
-        read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        let mut ids = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            self.cf(cf::JOIN_KEYS),
-            read_options,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, _) = item.map_err(Error::rocksdb("scan of the join-key index"))?;
-            ids.push(keys::decode_native(&key)?.2);
-        }
-        Ok(ids)
-    }
-
-    fn partition_members(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> ViewResult<Vec<(System, String, String)>> {
-        let prefix = keys::encode_partition(topic, partition);
-        let mut read_options = rocksdb::ReadOptions::default();
-        read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
-        let mut members = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            self.cf(cf::PARTITION_MEMBERS),
-            read_options,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, _) = item.map_err(Error::rocksdb("scan of partition members"))?;
-            members.push(keys::decode_partition_member(&key)?);
-        }
-        Ok(members)
-    }
-
-    fn snapshot_member(
-        &self,
-        system: System,
-        entity: &str,
-        snapshot_id: &str,
-        native_id: &str,
-    ) -> ViewResult<bool> {
-        let found = self
-            .db
-            .get_pinned_cf(
-                self.cf(cf::SNAPSHOT_MEMBERS),
-                keys::encode_snapshot_member(system, entity, snapshot_id, native_id),
-            )
-            .map_err(Error::rocksdb("read of snapshot membership"))?;
-        Ok(found.is_some())
-    }
-
-    fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool> {
-        let found = self
-            .db
-            .get_pinned_cf(self.cf(cf::DEDUPE), keys::encode_event_id(system, event_id))
-            .map_err(Error::rocksdb("read of the dedupe index"))?;
-        Ok(found.is_some())
-    }
-
-    fn join_key(
-        &self,
-        system: System,
-        entity: &str,
-        native_id: &str,
-    ) -> ViewResult<Option<String>> {
-        let found = self
-            .db
-            .get_pinned_cf(
-                self.cf(cf::JOIN_KEYS),
-                keys::encode_native(system, entity, native_id),
-            )
-            .map_err(Error::rocksdb("read of the join-key index"))?;
-        match found {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
-                Error::CorruptValue {
-                    column_family: cf::JOIN_KEYS,
-                    detail: "join key is not UTF-8".to_owned(),
-                }
-            })?)),
-        }
-    }
-
-    fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {
-        let found = self
-            .db
-            .get_pinned_cf(self.cf(cf::RECORDS), keys::encode_record(entity, join_key))
-            .map_err(Error::rocksdb("read of a record"))?;
-        Ok(found
-            .map(|bytes| decode_value(&bytes, cf::RECORDS))
-            .transpose()?)
-    }
-}
-
-/// One key and its value, as a scan returns them.
-pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
-
-/// Walks a column family forward from `start` while keys keep `prefix`.
-pub(crate) fn scan_prefix<'a>(
-    db: &'a rocksdb::DB,
-    handle: &'a rocksdb::ColumnFamily,
-    snapshot: &'a rocksdb::Snapshot<'a>,
-    prefix: Vec<u8>,
-    start: Vec<u8>,
-) -> impl Iterator<Item = Result<KeyValue>> + 'a {
-    let mut read_options = rocksdb::ReadOptions::default();
-    read_options.set_snapshot(snapshot);
-    read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
-    db.iterator_cf_opt(
-        handle,
-        read_options,
-        IteratorMode::From(&start, Direction::Forward),
-    )
-    .map(|item| item.map_err(Error::rocksdb("scan")))
 }

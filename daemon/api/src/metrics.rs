@@ -1,0 +1,158 @@
+//! `/metrics`: the registry in Prometheus text format, with gauges refreshed from the report
+//! at every scrape.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tandem_core::System;
+use tandem_ingest::IngestMetrics;
+
+use crate::report::Report;
+use crate::{blocking, current_report, ApiContext, ApiError};
+
+/// Gauges derived from the report at scrape time.
+#[derive(Clone)]
+pub(crate) struct ReportGauges {
+    records: IntGaugeVec,
+    parity: GaugeVec,
+    oldest_divergence_age: GaugeVec,
+    ingest_running: IntGauge,
+    broker_reachable: IntGauge,
+    rereads_outstanding: IntGauge,
+    open_holes: IntGaugeVec,
+}
+
+impl ReportGauges {
+    /// Creates the gauges and registers them.
+    pub(crate) fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let gauges = ReportGauges {
+            records: IntGaugeVec::new(
+                Opts::new("tandem_records", "Records per entity and status"),
+                &["entity", "status"],
+            )?,
+            parity: GaugeVec::new(
+                Opts::new("tandem_parity", "Share of an entity's records that are in sync"),
+                &["entity"],
+            )?,
+            oldest_divergence_age: GaugeVec::new(
+                Opts::new(
+                    "tandem_oldest_divergence_age_seconds",
+                    "Age of the oldest current divergence at the reconciliation clock, 0 if none",
+                ),
+                &["entity"],
+            )?,
+            ingest_running: IntGauge::new(
+                "tandem_ingest_running",
+                "1 while ingestion runs, 0 while it is paused or stopped (the report says why)",
+            )?,
+            broker_reachable: IntGauge::new(
+                "tandem_broker_reachable",
+                "1 while a Kafka broker is reachable; 0 means the report is getting stale",
+            )?,
+            rereads_outstanding: IntGauge::new(
+                "tandem_rereads_outstanding",
+                "Native records that are unverified and wait for a re-read",
+            )?,
+            open_holes: IntGaugeVec::new(
+                Opts::new(
+                    "tandem_seq_holes_open",
+                    "Partitions with lost events (seq jumps) not yet healed by a snapshot, per system",
+                ),
+                &["system"],
+            )?,
+        };
+        registry.register(Box::new(gauges.records.clone()))?;
+        registry.register(Box::new(gauges.parity.clone()))?;
+        registry.register(Box::new(gauges.oldest_divergence_age.clone()))?;
+        registry.register(Box::new(gauges.ingest_running.clone()))?;
+        registry.register(Box::new(gauges.broker_reachable.clone()))?;
+        registry.register(Box::new(gauges.rereads_outstanding.clone()))?;
+        registry.register(Box::new(gauges.open_holes.clone()))?;
+        Ok(gauges)
+    }
+
+    /// Sets every gauge (and the ingest lag) from a report.
+    pub(crate) fn refresh(&self, report: &Report, ingest_metrics: &IngestMetrics) {
+        for system in System::ALL {
+            let ingest = match system {
+                System::Source => &report.ingest.source,
+                System::Target => &report.ingest.target,
+            };
+            ingest_metrics
+                .lag
+                .with_label_values(&[system.as_str()])
+                .set(ingest.lag.unwrap_or(-1));
+        }
+        let gauges = self;
+        gauges.ingest_running.set(i64::from(
+            report.ingest.stopped.is_none() && report.ingest.paused.is_none(),
+        ));
+        gauges
+            .broker_reachable
+            .set(i64::from(report.ingest.broker_reachable));
+        gauges
+            .rereads_outstanding
+            .set(i64::try_from(report.feed.rereads_outstanding).unwrap_or(i64::MAX));
+        for (system, feed) in [
+            ("source", &report.feed.source),
+            ("target", &report.feed.target),
+        ] {
+            let open = feed
+                .holes
+                .iter()
+                .filter(|hole| hole.open_since.is_some())
+                .count();
+            gauges
+                .open_holes
+                .with_label_values(&[system])
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
+        }
+        for (entity, entity_report) in &report.entities {
+            for (status, count) in &entity_report.by_status {
+                gauges
+                    .records
+                    .with_label_values(&[entity.as_str(), status.as_str()])
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            gauges
+                .parity
+                .with_label_values(&[entity.as_str()])
+                .set(entity_report.parity);
+            let age = match (entity_report.oldest_divergence_at, report.clock) {
+                (Some(oldest), Some(clock)) => clock.duration_since(oldest).as_secs_f64(),
+                _ => 0.0,
+            };
+            gauges
+                .oldest_divergence_age
+                .with_label_values(&[entity.as_str()])
+                .set(age);
+        }
+    }
+}
+
+pub(crate) async fn get_metrics(
+    State(context): State<Arc<ApiContext>>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let report = current_report(&context).map_err(ApiError::internal)?;
+        context
+            .report_gauges
+            .refresh(&report, &context.ingest_metrics);
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&context.registry.gather(), &mut buffer)
+            .map_err(ApiError::internal)?;
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_owned(),
+            )],
+            buffer,
+        )
+            .into_response())
+    })
+    .await
+}

@@ -1,0 +1,294 @@
+//! Lost events on hand-worked sequences: unverified records, sequence holes, snapshot runs.
+
+mod support;
+
+use serde_json::json;
+use tandem_core::apply::unjoined_key;
+use tandem_core::record::UnverifiedReason;
+use tandem_core::{Outcome, Status, System};
+
+use support::*;
+
+#[test]
+fn a_partial_update_without_an_image_is_unverified_until_a_full_image() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            target_create("t1", "T1", "L1", 0, "a@x.io", "Ada"),
+            // The source's create was lost; its first event is a partial update that
+            // happens to match the target.
+            (System::Source, event(json!({"event_id": "s2", "entity": "contact", "id": "L1",
+                "op": "update", "partial": true, "external_id": "L1", "version": 2,
+                "occurred_at": at(1).to_rfc3339(), "fields": {"Email": "a@x.io", "LastName": "Ada"}}))),
+        ],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::Unverified),
+        "matching fields prove nothing"
+    );
+    assert_eq!(
+        state
+            .rereads
+            .get(&(System::Source, "contact".to_owned(), "L1".to_owned())),
+        Some(&UnverifiedReason::PartialWithoutImage)
+    );
+    state.apply_batch(
+        &mapping,
+        &[(
+            System::Source,
+            event(json!({"event_id": "s3", "entity": "contact", "id": "L1",
+            "op": "snapshot", "snapshot_id": "r1", "external_id": "L1", "version": 2,
+            "occurred_at": at(2).to_rfc3339(), "fields": {"Email": "a@x.io", "LastName": "Ada"}})),
+        )],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::InSync),
+        "a full image heals"
+    );
+    assert!(state.rereads.is_empty(), "the re-read is no longer needed");
+}
+
+#[test]
+fn a_skipped_version_and_a_gap_make_records_unverified() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let mut create = source_create("s1", "L1", 0, "a@x.io", "Ada");
+    create.1.version = Some(1);
+    state.apply_batch(
+        &mapping,
+        &[
+            create,
+            target_create("t1", "T1", "L1", 0, "a@x.io", "Ada"),
+            source_create("s9", "L9", 0, "z@x.io", "Zed"),
+            target_create("t9", "T9", "L9", 0, "z@x.io", "Zed"),
+        ],
+    );
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    state.apply_batch(
+        &mapping,
+        &[
+            (
+                System::Source,
+                event(json!({"event_id": "s3", "entity": "contact", "id": "L1",
+                "op": "update", "partial": true, "version": 3,
+                "occurred_at": at(3).to_rfc3339(), "fields": {"LastName": "Ada"}})),
+            ),
+            (
+                System::Target,
+                event(json!({"event_id": "g9", "entity": "contact", "id": "T9",
+                "op": "gap", "occurred_at": at(3).to_rfc3339()})),
+            ),
+            (
+                System::Target,
+                event(json!({"event_id": "g5", "entity": "contact", "id": "T5",
+                "op": "gap", "occurred_at": at(3).to_rfc3339()})),
+            ),
+        ],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::Unverified),
+        "version 2 was lost"
+    );
+    assert_eq!(
+        state.status("contact", "L9"),
+        Some(Status::Unverified),
+        "the feed lost changes to T9"
+    );
+    assert_eq!(
+        state.status("contact", &unjoined_key(System::Target, "T5")),
+        Some(Status::Unverified),
+        "a gap on an unknown record makes it known, and unknown"
+    );
+    assert_eq!(state.rereads.len(), 3);
+    assert_eq!(state.summary("contact").count(Status::Unverified), 3);
+}
+
+#[test]
+fn without_versions_the_later_event_time_wins() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let outcomes = state.apply_batch(
+        &mapping,
+        &[
+            source_create("s2", "L1", 5, "new@x.io", "Ada"),
+            // Delivered late, happened earlier: it must not overwrite.
+            source_create("s1", "L1", 1, "old@x.io", "Ada"),
+        ],
+    );
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Stale]);
+    let row = &state.records[&("contact".to_owned(), "L1".to_owned())];
+    assert_eq!(row.source[0].fields["Email"], json!("new@x.io"));
+}
+
+#[test]
+fn a_seq_hole_asks_for_a_snapshot_which_finds_what_was_deleted() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    assert_eq!(
+        state.snapshot_requests,
+        [(System::Source, "contact".to_owned())]
+    );
+    let stream = &state.apply.feed.streams["source/0"];
+    assert_eq!((stream.missing, stream.open_since), (2, Some(at(1))));
+    // The lost events could have been about any record of that partition.
+    assert_eq!(state.status("contact", "L1"), Some(Status::Unverified));
+    assert_eq!(state.status("contact", "L2"), Some(Status::Unverified));
+    assert_eq!(
+        state
+            .rereads
+            .get(&(System::Source, "contact".to_owned(), "L2".to_owned())),
+        Some(&UnverifiedReason::SeqHole)
+    );
+
+    // The snapshot run contains L1 and L3 only.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            source_snapshot("r3", 3, 2),
+            snapshot_end("end", 2, 3),
+        ],
+    );
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_eq!(state.status("contact", "L2"), Some(Status::MissingInSource));
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    let completed = status.last_completed.as_ref().unwrap();
+    assert_eq!(
+        (
+            completed.records,
+            completed.marked_missing,
+            completed.completed_at
+        ),
+        (2, 1, at(3))
+    );
+    assert!(state.apply.feed.needs_snapshot.is_empty());
+    assert_eq!(
+        state.apply.feed.streams["source/0"].open_since, None,
+        "the hole is healed"
+    );
+}
+
+#[test]
+fn events_of_unmapped_entities_still_count_in_the_sequence() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    let task = |event_id: &str, seq: u64| {
+        (
+            System::Source,
+            event(json!({"event_id": event_id, "entity": "task", "id": "K1",
+            "op": "create", "seq": seq, "occurred_at": at(0).to_rfc3339()})),
+        )
+    };
+    state.apply_batch(
+        &mapping,
+        &[
+            seq_event(System::Source, "s1", 1, 1, 0),
+            task("k2", 2),
+            task("k3", 3),
+            seq_event(System::Source, "s4", 2, 4, 0),
+        ],
+    );
+    assert!(
+        state
+            .apply
+            .feed
+            .streams
+            .values()
+            .all(|stream| stream.missing == 0),
+        "no hole: 2 and 3 were tasks"
+    );
+    assert!(state.snapshot_requests.is_empty());
+}
+
+#[test]
+fn an_incomplete_snapshot_concludes_nothing() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    state.apply_batch(
+        &mapping,
+        &[source_snapshot("r1", 1, 2), snapshot_end("end", 3, 3)],
+    );
+    assert_eq!(
+        state.status("contact", "L2"),
+        Some(Status::Unverified),
+        "nothing is concluded"
+    );
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    let run = &status.running["run-1"];
+    assert_eq!(
+        (run.seen, run.end.as_ref().map(|end| end.expected)),
+        (1, Some(3)),
+        "it waits for 2 more"
+    );
+    assert!(status.last_completed.is_none());
+    assert!(
+        state.apply.feed.streams["source/0"].open_since.is_some(),
+        "the hole stays open"
+    );
+
+    // A run that delivered more distinct records than its end announces is refused.
+    let mut other = state_with_a_seq_hole(&mapping);
+    other.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            source_snapshot("r2", 2, 2),
+            source_snapshot("r3", 3, 2),
+            snapshot_end("end", 2, 3),
+        ],
+    );
+    let status = &other.apply.feed.snapshots[&System::Source]["contact"];
+    assert!(status.last_completed.is_none());
+    let refused = status.last_incomplete.as_ref().unwrap();
+    assert_eq!((refused.expected, refused.received), (2, 3));
+}
+
+#[test]
+fn a_snapshot_end_read_before_its_images_waits_for_them() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    // The end travels on another partition and is read first.
+    state.apply_batch(&mapping, &[snapshot_end("end", 2, 3)]);
+    assert!(state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .is_none());
+    state.apply_batch(&mapping, &[source_snapshot("r1", 1, 2)]);
+    assert!(state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .is_none());
+    state.apply_batch(&mapping, &[source_snapshot("r3", 3, 2)]);
+    let completed = state.apply.feed.snapshots[&System::Source]["contact"]
+        .last_completed
+        .clone()
+        .unwrap();
+    assert_eq!((completed.records, completed.marked_missing), (2, 1));
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_eq!(state.status("contact", "L2"), Some(Status::MissingInSource));
+}
+
+#[test]
+fn a_record_changed_after_the_snapshot_started_is_not_missing() {
+    let mapping = contact_mapping();
+    let mut state = state_with_a_seq_hole(&mapping);
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 2),
+            // L2 changes while the snapshot runs; the run had already passed it.
+            seq_event(System::Source, "s6", 2, 6, 4),
+            snapshot_end("end", 1, 5),
+        ],
+    );
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_ne!(state.status("contact", "L2"), Some(Status::MissingInSource));
+    // L3 was last seen before the run and is not in it: gone from the source, and since
+    // the target never had it, the record leaves the counts.
+    assert_eq!(state.status("contact", "L3"), None);
+    assert!(state.records[&("contact".to_owned(), "L3".to_owned())].source[0].deleted);
+}
