@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod event;
 pub mod feed;
+pub mod format;
 pub mod mapping;
 pub mod record;
 pub mod side;

@@ -1,0 +1,232 @@
+//! Vendor change-event formats and their decoding into the canonical [`ChangeEvent`].
+//!
+//! Every topic has a [`Format`]. A message in a vendor's shape becomes zero or more canonical
+//! events: one Salesforce change event can name several records, a HubSpot webhook delivery is
+//! an array, a Debezium tombstone carries nothing to apply. A message is decoded whole or not
+//! at all: if any part of it cannot be understood, the whole message goes to the dead-letter
+//! topic with a reason that names the format and the part at fault, so nothing is half-applied.
+//!
+//! Decoders are pure functions of the message key, the message value and the topic's
+//! [`FormatSettings`] (vendor object names to tandem entities, vendor writer ids to actors).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::event::{self, Actor, ActorKind, ChangeEvent, DeadLetterReason, DecodeError};
+
+mod debezium;
+mod hubspot;
+mod pipedrive;
+mod salesforce;
+mod support;
+mod zendesk;
+
+/// The shape of the messages on a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    /// tandem's own `tandem.change.v1`.
+    Canonical,
+    /// Salesforce Change Data Capture: CometD JSON or the Pub/Sub API's decoded JSON.
+    SalesforceCdc,
+    /// HubSpot webhook deliveries: a JSON array of subscription events.
+    HubspotWebhooks,
+    /// Debezium change events, with or without the schema wrapper.
+    Debezium,
+    /// Zendesk incremental exports, ticket events and webhooks.
+    Zendesk,
+    /// Pipedrive webhooks, version 2.
+    PipedriveV2,
+}
+
+impl Format {
+    /// Every format, in a stable order.
+    pub const ALL: [Format; 6] = [
+        Format::Canonical,
+        Format::SalesforceCdc,
+        Format::HubspotWebhooks,
+        Format::Debezium,
+        Format::Zendesk,
+        Format::PipedriveV2,
+    ];
+
+    /// The name used in configuration, the CLI and dead-letter details.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Canonical => "tandem.v1",
+            Format::SalesforceCdc => "salesforce-cdc",
+            Format::HubspotWebhooks => "hubspot-webhooks",
+            Format::Debezium => "debezium",
+            Format::Zendesk => "zendesk",
+            Format::PipedriveV2 => "pipedrive-v2",
+        }
+    }
+
+    /// The format of a configured name, if there is one.
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL
+            .into_iter()
+            .find(|format| format.name() == name || (*format == Format::Canonical && name == event::CANONICAL_FORMAT))
+    }
+
+    /// Every accepted name, for error messages.
+    pub fn names() -> String {
+        Format::ALL.map(Format::name).join(", ")
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// How one topic's messages are decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatSettings {
+    /// The format of the topic.
+    pub format: Format,
+    /// Vendor object names (Salesforce `Account`, Debezium table `customers`, ...) to tandem
+    /// entity names. A name not listed becomes the entity of its lowercase name.
+    pub objects: BTreeMap<String, String>,
+    /// Vendor writer identifiers (as each format documents them, e.g. `client:SyncApp`,
+    /// `app:123`) to the actor they are.
+    pub actors: BTreeMap<String, Actor>,
+}
+
+impl FormatSettings {
+    /// Settings of a topic in `format` with no object or actor mappings.
+    pub fn new(format: Format) -> Self {
+        FormatSettings {
+            format,
+            objects: BTreeMap::new(),
+            actors: BTreeMap::new(),
+        }
+    }
+
+    /// The tandem entity of a vendor object name.
+    pub fn entity(&self, vendor_name: &str) -> String {
+        match self.objects.get(vendor_name) {
+            Some(entity) => entity.clone(),
+            None => vendor_name.to_lowercase(),
+        }
+    }
+
+    /// The actor of a change: the first of `identifiers` (most specific first) that the
+    /// settings map, else the decoder's own reading of the vendor's fields.
+    pub fn actor(&self, identifiers: &[String], otherwise: Option<Actor>) -> Option<Actor> {
+        identifiers
+            .iter()
+            .find_map(|identifier| self.actors.get(identifier).cloned())
+            .or(otherwise)
+    }
+}
+
+/// Parses an actor as written in configuration: `sync`, `repair`, `user`, `system`,
+/// `integration`, optionally followed by `:<id>` (`integration:mailchimp`, `user:42`).
+pub fn parse_actor(text: &str) -> Result<Actor, String> {
+    let (kind, id) = match text.split_once(':') {
+        Some((kind, id)) if !id.trim().is_empty() => (kind, Some(id.trim().to_owned())),
+        Some(_) => return Err(format!("actor `{text}` has an empty id after `:`")),
+        None => (text, None),
+    };
+    let kind = match kind.trim() {
+        "sync" => ActorKind::Sync,
+        "repair" => ActorKind::Repair,
+        "user" => ActorKind::User,
+        "system" => ActorKind::System,
+        "integration" => ActorKind::Integration,
+        other => {
+            return Err(format!(
+                "actor kind `{other}` is not one of sync, repair, user, system, integration"
+            ))
+        }
+    };
+    Ok(Actor { kind, id })
+}
+
+/// Decodes one Kafka message of a topic into the canonical events it carries.
+///
+/// An empty list means the message carries nothing to apply (a Debezium tombstone or
+/// transaction marker); it still counts as read.
+pub fn decode_message(
+    settings: &FormatSettings,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Vec<ChangeEvent>, DecodeError> {
+    if settings.format == Format::Canonical {
+        return event::decode(payload, max_bytes).map(|event| vec![event]);
+    }
+    let format = settings.format;
+    let value = match payload {
+        // Debezium writes a tombstone (null value) after a delete so that log compaction can
+        // drop the key; the delete itself came in the message before it.
+        None if format == Format::Debezium => return Ok(Vec::new()),
+        payload => parse_json(format, payload, max_bytes)?,
+    };
+    let events = match format {
+        Format::Canonical => unreachable!("handled above"),
+        Format::SalesforceCdc => salesforce::decode(settings, &value),
+        Format::HubspotWebhooks => hubspot::decode(settings, &value),
+        Format::Debezium => debezium::decode(settings, key, &value),
+        Format::Zendesk => zendesk::decode(settings, &value),
+        Format::PipedriveV2 => pipedrive::decode(settings, &value),
+    }
+    .map_err(|detail| {
+        DecodeError::new(
+            DeadLetterReason::SchemaViolation,
+            format!("not a {format} message: {detail}"),
+        )
+    })?;
+    for event in &events {
+        event::validate(event).map_err(|error| {
+            DecodeError::new(
+                error.reason,
+                format!("{format} message decoded to an invalid event: {}", error.detail),
+            )
+        })?;
+    }
+    Ok(events)
+}
+
+/// The checks every vendor format shares: present, within the size limit, UTF-8, JSON.
+fn parse_json(format: Format, payload: Option<&[u8]>, max_bytes: usize) -> Result<Value, DecodeError> {
+    let bytes = match payload {
+        None => {
+            return Err(DecodeError::new(
+                DeadLetterReason::Empty,
+                format!("the {format} message has no value (null or tombstone)"),
+            ))
+        }
+        Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+            return Err(DecodeError::new(
+                DeadLetterReason::Empty,
+                format!("the {format} message value is empty"),
+            ))
+        }
+        Some(bytes) => bytes,
+    };
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::new(
+            DeadLetterReason::TooLarge,
+            format!(
+                "the {format} message value is {} bytes, over the limit of {max_bytes} bytes (kafka.max_message_bytes)",
+                bytes.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|error| {
+        DecodeError::new(
+            DeadLetterReason::InvalidUtf8,
+            format!("the {format} message value is not UTF-8: {error}"),
+        )
+    })?;
+    serde_json::from_str(text).map_err(|error| {
+        DecodeError::new(
+            DeadLetterReason::InvalidJson,
+            format!("the {format} message is not well-formed JSON: {error}"),
+        )
+    })
+}
