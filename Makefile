@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/tandem/target
 export CARGO_TERM_COLOR ?= never
 export TANDEM_TANSU ?= $(HOME)/.cache/tandem/tansu-0.6.0/bin/tansu
 CARGO_FUZZ := $(HOME)/.cache/tandem/tools/bin/cargo-fuzz
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 10
 
 .PHONY: demo test chaos fuzz bench lint fmt setup setup-build build
 
@@ -35,9 +35,11 @@ test: setup lint
 fuzz:
 	@set -o pipefail; for target in $$(cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) list); do \
 	  corpus=$$(mktemp -d); \
+	  if [ "$$target" = decode ]; then seeds="../../schemas/examples/valid ../../schemas/examples/invalid"; \
+	  else seeds="../../schemas/examples/formats/$$target"; fi; \
 	  echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
 	  (cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target --target-dir $(HOME)/.cache/tandem/fuzz-target \
-	    $$corpus ../../schemas/examples/valid ../../schemas/examples/invalid -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -2) \
+	    $$corpus $$seeds -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -2) \
 	    || exit 1; \
 	  rm -rf $$corpus; \
 	done

@@ -111,6 +111,9 @@ pub struct SystemIngest {
     pub stale_versions: u64,
     /// Messages of this system sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Messages read that carry nothing to apply (Debezium tombstones, transaction markers).
+    #[serde(default)]
+    pub messages_skipped: u64,
     /// Events of entities the configuration does not map, per entity.
     pub unmapped_entities: BTreeMap<String, u64>,
     /// Sum over assigned partitions of (high watermark − next offset); null while unknown.
@@ -207,6 +210,7 @@ pub fn build_report(
             events_applied: counters.events_applied,
             duplicates_dropped: counters.duplicates_dropped,
             stale_versions: counters.stale_versions,
+            messages_skipped: counters.skipped,
             dead_lettered: counters.dead_lettered,
             unmapped_entities: counters.unmapped_entities.clone(),
             lag: ingest.lag(system),

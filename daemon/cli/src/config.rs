@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::format::{Format, FormatSettings};
 use tandem_core::{EntityMapping, Mapping, System};
 use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
@@ -113,6 +114,73 @@ pub struct SystemConfig {
     pub label: Option<String>,
     /// The change topics of this system.
     pub topics: Vec<String>,
+    /// The format of this system's topics: `tandem.v1` (default), `salesforce-cdc`,
+    /// `hubspot-webhooks`, `debezium`, `zendesk` or `pipedrive-v2`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Per-topic formats, overriding `format`.
+    #[serde(default)]
+    pub formats: BTreeMap<String, String>,
+    /// Vendor object names (Salesforce `Account`, a Debezium table) to tandem entity names;
+    /// an object not listed is the entity of its lowercase name.
+    #[serde(default)]
+    pub objects: BTreeMap<String, String>,
+    /// Vendor writer ids (`client:SyncApp`, `app:123`, `user:42`, ...) to actors (`sync`,
+    /// `repair`, `user`, `system`, `integration:<name>`).
+    #[serde(default)]
+    pub actors: BTreeMap<String, String>,
+}
+
+impl SystemConfig {
+    /// How each of this system's topics is decoded.
+    fn format_settings(&self, system: System) -> Result<BTreeMap<String, FormatSettings>, String> {
+        let parse = |key: String, name: &str| {
+            Format::from_name(name).ok_or_else(|| {
+                format!(
+                    "key `{key}`: `{name}` is not a format (known formats: {})",
+                    Format::names()
+                )
+            })
+        };
+        let default = match &self.format {
+            Some(name) => parse(format!("systems.{system}.format"), name)?,
+            None => Format::Canonical,
+        };
+        for topic in self.formats.keys() {
+            if !self.topics.contains(topic) {
+                return Err(format!("key `systems.{system}.formats`: `{topic}` is not one of `systems.{system}.topics`"));
+            }
+        }
+        let mut actors = BTreeMap::new();
+        for (identifier, actor) in &self.actors {
+            let actor = tandem_core::format::parse_actor(actor)
+                .map_err(|error| format!("key `systems.{system}.actors.{identifier}`: {error}"))?;
+            actors.insert(identifier.clone(), actor);
+        }
+        for (object, entity) in &self.objects {
+            if entity.trim().is_empty() {
+                return Err(format!(
+                    "key `systems.{system}.objects.{object}` is empty: name the tandem entity"
+                ));
+            }
+        }
+        let mut settings = BTreeMap::new();
+        for topic in &self.topics {
+            let format = match self.formats.get(topic) {
+                Some(name) => parse(format!("systems.{system}.formats.{topic}"), name)?,
+                None => default,
+            };
+            settings.insert(
+                topic.clone(),
+                FormatSettings {
+                    format,
+                    objects: self.objects.clone(),
+                    actors: actors.clone(),
+                },
+            );
+        }
+        Ok(settings)
+    }
 }
 
 /// `[reconcile]`.
@@ -337,6 +405,7 @@ impl Config {
                     return Err(format!("key `systems.{system}.topics`: topic `{topic}` is listed twice (a topic belongs to exactly one system)"));
                 }
             }
+            settings.format_settings(system)?;
         }
         for (key, topic) in [
             ("reconcile.reread_topic", &self.reconcile.reread_topic),
@@ -415,8 +484,20 @@ impl Config {
         for topic in &self.systems.target.topics {
             topics.insert(topic.clone(), System::Target);
         }
+        let mut formats = BTreeMap::new();
+        for (system, settings) in [
+            (System::Source, &self.systems.source),
+            (System::Target, &self.systems.target),
+        ] {
+            formats.extend(
+                settings
+                    .format_settings(system)
+                    .expect("invariant: the configuration was validated at load"),
+            );
+        }
         IngestSettings {
             brokers: self.kafka.brokers.clone(),
+            formats,
             group_id: self.kafka.group_id.clone(),
             properties: self.kafka.properties.clone(),
             topics,

@@ -99,6 +99,27 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Print the canonical events one message value becomes (for checking a connector).
+    ///
+    /// Reads the message value from FILE (or standard input) and prints each canonical event
+    /// as one JSON line. With --config and --topic, the topic's format, object and actor
+    /// mappings come from the configuration.
+    Decode {
+        /// The message value; standard input if absent.
+        file: Option<PathBuf>,
+        /// The format: tandem.v1, salesforce-cdc, hubspot-webhooks, debezium, zendesk, pipedrive-v2.
+        #[arg(long)]
+        format: Option<String>,
+        /// A file holding the message key (Debezium reads the native id from it).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A configuration file to take the topic's settings from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The topic whose settings apply (with --config).
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Run an embedded broker, a simulated parallel run of two CRMs and the daemon.
     Demo {
         /// Seed of the simulation.
@@ -137,6 +158,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Run { config } => run_daemon(&config),
+        Command::Decode {
+            file,
+            format,
+            key,
+            config,
+            topic,
+        } => decode_command(&mut out, file, format, key, config, topic),
         Command::Report { target, format } => {
             let report: Report = client(&target)?.get("/v1/report")?;
             match format {
@@ -286,6 +314,84 @@ fn client(target: &Target) -> anyhow::Result<ApiClient> {
     Ok(ApiClient::new(&format!("http://{address}")))
 }
 
+/// `tandem decode`: exit 0 with one JSON line per event, or 1 with the dead-letter reason.
+fn decode_command(
+    out: &mut impl Write,
+    file: Option<PathBuf>,
+    format: Option<String>,
+    key: Option<PathBuf>,
+    config: Option<PathBuf>,
+    topic: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use tandem_core::format::{decode_message, Format as Wire, FormatSettings};
+    let usage = |problem: String| {
+        eprintln!("tandem: {problem}");
+        Ok(ExitCode::from(2))
+    };
+    let mut settings = match (&config, &topic) {
+        (Some(path), Some(topic)) => {
+            let config = Config::load(path, &Environment::Process)?;
+            match config.ingest_settings().formats.remove(topic) {
+                Some(settings) => settings,
+                None => {
+                    return usage(format!(
+                        "topic `{topic}` is not one of the topics configured in {}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        (None, None) => FormatSettings::new(Wire::Canonical),
+        _ => {
+            return usage(
+                "--config and --topic go together: the topic names whose settings apply".to_owned(),
+            )
+        }
+    };
+    if let Some(name) = format {
+        match Wire::from_name(&name) {
+            Some(format) => settings.format = format,
+            None => {
+                return usage(format!(
+                    "--format `{name}` is not a format (known formats: {})",
+                    Wire::names()
+                ))
+            }
+        }
+    }
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let value = match &file {
+        Some(path) => read(path)?,
+        None => {
+            let mut value = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut value)
+                .context("cannot read the message value from standard input")?;
+            value
+        }
+    };
+    let key = key.as_deref().map(read).transpose()?;
+    match decode_message(&settings, key.as_deref(), Some(&value), usize::MAX) {
+        Ok(events) => {
+            for event in &events {
+                writeln!(out, "{}", serde_json::to_string(event)?)?;
+            }
+            if events.is_empty() {
+                eprintln!("the message carries no event to apply; tandem reads it and skips it");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!(
+                "tandem: the message would go to the dead-letter topic, reason {}: {}",
+                error.reason, error.detail
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn describe_config(out: &mut impl Write, file: &Path, config: &Config) -> anyhow::Result<()> {
     writeln!(out, "{} is valid", file.display())?;
     writeln!(
@@ -299,10 +405,14 @@ fn describe_config(out: &mut impl Write, file: &Path, config: &Config) -> anyhow
     ] {
         writeln!(
             out,
-            "  {name}: {} <- {}",
+            "  {name}: {} <- {} (format {})",
             system.label.as_deref().unwrap_or(name),
-            system.topics.join(", ")
+            system.topics.join(", "),
+            system.format.as_deref().unwrap_or("tandem.v1")
         )?;
+        for (topic, format) in &system.formats {
+            writeln!(out, "    topic {topic}: format {format}")?;
+        }
     }
     writeln!(
         out,

@@ -143,7 +143,12 @@ fn environment_variables_override_the_file() {
 #[test]
 fn bad_files_name_the_key_and_exit_2() {
     let directory = tempfile::tempdir().unwrap();
-    let cases: [(&str, String, &[&str]); 9] = [
+    let target = "topics = [\"crm.target.changes\"]\n";
+    let cases: [(&str, String, &[&str]); 13] = [
+        ("format.toml", GOOD.replace(target, &format!("{target}format = \"salesforce\"\n")), &["key `systems.target.format`", "`salesforce` is not a format", "salesforce-cdc"]),
+        ("topic_format.toml", GOOD.replace(target, &format!("{target}formats = {{ \"crm.target.changes\" = \"debezum\" }}\n")), &["key `systems.target.formats.crm.target.changes`", "`debezum` is not a format"]),
+        ("format_topic.toml", GOOD.replace(target, &format!("{target}formats = {{ \"crm.other\" = \"debezium\" }}\n")), &["key `systems.target.formats`", "`crm.other` is not one of `systems.target.topics`"]),
+        ("actor.toml", GOOD.replace(target, &format!("{target}actors = {{ \"client:SyncApp\" = \"robot\" }}\n")), &["key `systems.target.actors.client:SyncApp`", "`robot` is not one of sync, repair, user, system, integration"]),
         ("unknown.toml", GOOD.replace("group_id = \"tandem\"", "group_id = \"tandem\"\ngroupid = \"x\""), &["unknown key `kafka.groupid`", "group_id"]),
         ("missing.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"\n", ""), &["required key `kafka.brokers` is missing"]),
         ("missing_topics.toml", GOOD.replace("topics = [\"crm.target.changes\"]\n", ""), &["required key `systems.target.topics` is missing"]),
@@ -210,4 +215,107 @@ fn the_documented_example_configuration_is_valid() {
         .map(|entity| entity["name"].as_str().unwrap())
         .collect();
     assert_eq!(entities, ["contact", "company", "deal"]);
+}
+
+/// The vendor example of a format, decoded by `tandem decode`.
+fn decode(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(common::tandem_binary())
+        .arg("decode")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tandem runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn decode_prints_the_canonical_events_of_a_vendor_payload() {
+    // A Debezium update of row 1004 of `customers`, schema wrapper off; the key names the row.
+    let directory = tempfile::tempdir().unwrap();
+    let key = write(directory.path(), "key.json", r#"{"id": 1004}"#);
+    let value = br#"{"before": {"id": 1004, "email": "anne@noanswer.org"},
+        "after": {"id": 1004, "first_name": "Anne", "email": "anne@example.com"},
+        "source": {"version": "2.5.0.Final", "connector": "postgresql", "name": "crm",
+                   "ts_ms": 1763892000000, "db": "crm", "schema": "public", "table": "customers",
+                   "txId": 771, "lsn": 33560408, "snapshot": "false"},
+        "op": "u", "ts_ms": 1763892000123}"#;
+    let output = decode(
+        &["--format", "debezium", "--key", key.to_str().unwrap()],
+        value,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<tandem_core::ChangeEvent> = stdout
+        .lines()
+        .map(|line| tandem_core::event::decode(Some(line.as_bytes()), 1 << 20).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{stdout}");
+    let event = &events[0];
+    assert_eq!(
+        (
+            event.entity.as_str(),
+            event.id.as_str(),
+            event.op,
+            event.partial
+        ),
+        ("customers", "1004", tandem_core::Op::Update, false)
+    );
+    assert_eq!(event.occurred_at.to_rfc3339(), "2025-11-23T10:00:00Z");
+    assert_eq!(
+        event.fields.as_ref().unwrap()["email"],
+        serde_json::json!("anne@example.com")
+    );
+
+    // The same value from a configured topic: the table is mapped to the entity `contact`.
+    let config = write(
+        directory.path(),
+        "tandem.toml",
+        &GOOD.replace(
+            "topics = [\"crm.target.changes\"]\n",
+            "topics = [\"crm.target.changes\"]\nformat = \"debezium\"\nobjects = { customers = \"contact\" }\n",
+        ),
+    );
+    let output = decode(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--topic",
+            "crm.target.changes",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        value,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(event["entity"], "contact");
+
+    // A payload the format does not understand: exit 1, the dead-letter reason and the part.
+    let output = decode(
+        &["--format", "debezium", "--key", key.to_str().unwrap()],
+        br#"{"op": "x"}"#,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("schema_violation") && stderr.contains("not a debezium message"),
+        "{stderr}"
+    );
+
+    // An unknown format is a usage error.
+    let output = decode(&["--format", "salesforce"], b"{}");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("salesforce-cdc"));
 }

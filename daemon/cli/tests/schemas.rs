@@ -129,3 +129,54 @@ fn request_examples_match_their_schemas() {
         directory.display()
     );
 }
+
+/// Every vendor example decodes, and every canonical event it becomes passes the canonical
+/// JSON Schema: the decoders produce only what the contract documents.
+#[test]
+fn vendor_examples_decode_to_events_that_pass_the_schema() {
+    use tandem_core::format::{decode_message, Format, FormatSettings};
+    let validator = validator();
+    for format in Format::ALL.into_iter().skip(1) {
+        let directory = schemas_dir().join("examples/formats").join(format.name());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+            .unwrap_or_else(|error| panic!("{}: {error}", directory.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "json")
+                    && !path.to_string_lossy().ends_with(".key.json")
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 4,
+            "too few {format} examples in {}",
+            directory.display()
+        );
+        let settings = FormatSettings::new(format);
+        let mut events = 0;
+        for path in files {
+            let value = std::fs::read(&path).unwrap();
+            let key = std::fs::read(path.with_extension("key.json")).ok();
+            let decoded = decode_message(&settings, key.as_deref(), Some(&value), 1 << 20)
+                .unwrap_or_else(|error| panic!("{} is refused: {error}", path.display()));
+            for event in decoded {
+                let instance = serde_json::to_value(&event).unwrap();
+                let errors: Vec<String> = validator
+                    .iter_errors(&instance)
+                    .map(|error| error.to_string())
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{} decodes to {instance} which fails the schema: {errors:?}",
+                    path.display()
+                );
+                events += 1;
+            }
+        }
+        assert!(
+            events > 0,
+            "the {format} examples decode to no event at all"
+        );
+    }
+}

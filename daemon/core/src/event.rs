@@ -92,7 +92,11 @@ pub struct ChangeEvent {
     /// The record's native id in the emitting system (empty for `snapshot_end`, and for a
     /// `gap` that cannot name the records it lost: every record of the entity on that
     /// partition becomes unverified and the entity needs a snapshot).
-    #[serde(default, deserialize_with = "string_or_integer")]
+    #[serde(
+        default,
+        deserialize_with = "string_or_integer",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub id: String,
     /// What happened.
     pub op: Op,

@@ -90,6 +90,9 @@ pub struct SystemCounters {
     pub unmapped_entities: BTreeMap<String, u64>,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Messages that carry nothing to apply (Debezium tombstones and transaction markers).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// Ingest counters of both systems, persisted with the data they count.

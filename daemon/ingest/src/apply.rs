@@ -20,7 +20,7 @@ use tandem_core::{ApplyState, Input, Mapping, Planner, System, Timestamp};
 use tandem_store::{NextOffset, Store};
 use tracing::{debug, info_span, warn};
 
-use crate::consumer::{ApplyCommand, ConsumedMessage};
+use crate::consumer::{ApplyCommand, ConsumedMessage, Decoded};
 use crate::disk::DiskGuard;
 use crate::metrics::IngestMetrics;
 use crate::overlay::{InFlight, OverlayView};
@@ -231,7 +231,10 @@ impl ApplyLoop {
         );
         for message in &batch {
             let input = match &message.decoded {
-                Ok(event) => Input::Event {
+                Decoded::Skipped => Input::Skipped {
+                    system: message.system,
+                },
+                Decoded::Event(event) => Input::Event {
                     system: message.system,
                     event,
                     partition: Some((
@@ -239,7 +242,7 @@ impl ApplyLoop {
                         message.coordinates.partition,
                     )),
                 },
-                Err(error) => {
+                Decoded::Rejected(error) => {
                     warn!(
                         topic = %message.coordinates.topic,
                         partition = message.coordinates.partition,

@@ -18,7 +18,7 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tandem_core::event::decode;
+use tandem_core::format::{decode_message, Format, FormatSettings};
 use tandem_core::{ChangeEvent, DecodeError, System, Timestamp};
 use tandem_store::{Coordinates, Store};
 use tokio_util::sync::CancellationToken;
@@ -30,12 +30,79 @@ use crate::IngestSettings;
 /// How long a revocation waits for the apply loop before giving up on the handshake.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One message read from Kafka, decoded (or not) in the consumer thread.
+/// One event of a message read from Kafka (or the message itself if it carries no event or
+/// could not be decoded), decoded in the consumer thread.
 pub(crate) struct ConsumedMessage {
     pub(crate) coordinates: Coordinates,
+    /// Which of the message's events this is; 0 for the first or only one.
+    pub(crate) part: u32,
     pub(crate) system: System,
+    /// What the event log keeps: the raw value for the canonical format and for dead
+    /// letters, the canonical event for an event decoded from a vendor format.
     pub(crate) payload: Vec<u8>,
-    pub(crate) decoded: Result<ChangeEvent, DecodeError>,
+    pub(crate) decoded: Decoded,
+}
+
+/// What a message, or one part of it, became.
+// Nearly every message is an event: boxing it would cost an allocation per message to save
+// space only in the rare skipped and rejected ones.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Decoded {
+    Event(ChangeEvent),
+    /// The message carries nothing to apply (a tombstone, a transaction marker).
+    Skipped,
+    Rejected(DecodeError),
+}
+
+impl ConsumedMessage {
+    /// The parts of one message: one per event it carries, one if it carries none or is
+    /// rejected (the whole message goes to the dead-letter topic).
+    fn split(
+        coordinates: Coordinates,
+        system: System,
+        format: &FormatSettings,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Vec<ConsumedMessage> {
+        let raw = || payload.map(<[u8]>::to_vec).unwrap_or_default();
+        let whole = |decoded| {
+            vec![ConsumedMessage {
+                coordinates: coordinates.clone(),
+                part: 0,
+                system,
+                payload: raw(),
+                decoded,
+            }]
+        };
+        match decode_message(format, key, payload, max_bytes) {
+            Err(error) => whole(Decoded::Rejected(error)),
+            Ok(events) if events.is_empty() => whole(Decoded::Skipped),
+            Ok(events) if format.format == Format::Canonical => whole(Decoded::Event(
+                events.into_iter().next().expect("invariant: not empty"),
+            )),
+            Ok(events) => events
+                .into_iter()
+                .zip(0u32..)
+                .map(|(event, part)| ConsumedMessage {
+                    coordinates: coordinates.clone(),
+                    part,
+                    system,
+                    payload: serde_json::to_vec(&event)
+                        .expect("invariant: a change event always encodes as JSON"),
+                    decoded: Decoded::Event(event),
+                })
+                .collect(),
+        }
+    }
+
+    /// The decoded event, if this part is one.
+    pub(crate) fn event(&self) -> Option<&ChangeEvent> {
+        match &self.decoded {
+            Decoded::Event(event) => Some(event),
+            Decoded::Skipped | Decoded::Rejected(_) => None,
+        }
+    }
 }
 
 /// What the consumer thread tells the apply loop.
@@ -261,6 +328,7 @@ pub(crate) fn run_consumer(
     cancel: &CancellationToken,
 ) {
     let apply_tx = consumer.context().apply_tx.clone();
+    let canonical = FormatSettings::new(Format::Canonical);
     let mut batch: Vec<ConsumedMessage> = Vec::with_capacity(settings.batch_max_messages);
     let mut batch_started = Instant::now();
     let mut paused = false;
@@ -302,17 +370,19 @@ pub(crate) fn run_consumer(
                 if batch.is_empty() {
                     batch_started = Instant::now();
                 }
-                let payload = message.payload();
-                batch.push(ConsumedMessage {
-                    coordinates: Coordinates {
+                let format = settings.formats.get(message.topic()).unwrap_or(&canonical);
+                batch.extend(ConsumedMessage::split(
+                    Coordinates {
                         topic: message.topic().to_owned(),
                         partition: message.partition(),
                         offset: message.offset(),
                     },
                     system,
-                    decoded: decode(payload, settings.max_message_bytes),
-                    payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
-                });
+                    format,
+                    message.key(),
+                    message.payload(),
+                    settings.max_message_bytes,
+                ));
             }
             Some(Err(error)) => {
                 warn!(%error, "Kafka consumer error; retrying");

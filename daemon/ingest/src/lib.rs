@@ -30,6 +30,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 use tandem_core::apply::ViewError;
+use tandem_core::format::FormatSettings;
 use tandem_core::{Mapping, System};
 use tandem_store::{Coordinates, Store};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,8 @@ pub struct IngestSettings {
     pub properties: BTreeMap<String, String>,
     /// Every consumed topic with the system it belongs to.
     pub topics: BTreeMap<String, System>,
+    /// How each topic's messages are decoded; a topic not listed is in the canonical format.
+    pub formats: BTreeMap<String, FormatSettings>,
     /// Where undecodable messages go.
     pub dead_letter_topic: String,
     /// Messages larger than this are dead-lettered without parsing.

@@ -71,7 +71,7 @@ impl InFlight {
         }
         let mut events = Vec::new();
         for (message, outcome) in batch.iter().zip(&plan.outcomes) {
-            if let (Outcome::Applied | Outcome::Stale, Ok(event)) = (outcome, &message.decoded) {
+            if let (Outcome::Applied | Outcome::Stale, Some(event)) = (outcome, message.event()) {
                 let key = (message.system, event.event_id.clone());
                 self.events.insert(key.clone(), seq);
                 events.push(key);

@@ -11,7 +11,7 @@ use tandem_core::{IngestCounters, Plan, Timestamp};
 use tandem_store::{Commit, CommitStats, LoggedMessage, NextOffset, Store};
 use tracing::info_span;
 
-use crate::consumer::ConsumedMessage;
+use crate::consumer::{ConsumedMessage, Decoded};
 use crate::{Error, Result};
 
 /// A planned batch on its way to the store.
@@ -44,13 +44,16 @@ pub(crate) fn run_writer(store: Store, jobs: Receiver<WriteJob>, done: Sender<Re
         let logged: Vec<LoggedMessage<'_>> = job
             .messages
             .iter()
-            .map(|message| {
-                LoggedMessage::new(
-                    &message.coordinates,
-                    message.system,
-                    &message.payload,
-                    &message.decoded,
-                )
+            .map(|message| LoggedMessage {
+                coordinates: &message.coordinates,
+                part: message.part,
+                system: message.system,
+                payload: &message.payload,
+                event: message.event(),
+                dead_letter: match &message.decoded {
+                    Decoded::Rejected(error) => Some(error),
+                    Decoded::Event(_) | Decoded::Skipped => None,
+                },
             })
             .collect();
         let offsets: Vec<(&str, i32, NextOffset)> = job

@@ -43,6 +43,11 @@ impl KeyWriter {
         self
     }
 
+    pub(crate) fn u32(mut self, value: u32) -> Self {
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+        self
+    }
+
     pub(crate) fn i64(mut self, value: i64) -> Self {
         self.bytes
             .extend_from_slice(&((value as u64) ^ (1 << 63)).to_be_bytes());
@@ -115,6 +120,14 @@ impl<'a> KeyReader<'a> {
 
     pub(crate) fn i32(&mut self) -> Result<i32> {
         Ok((u32::from_be_bytes(self.array()?) ^ (1 << 31)) as i32)
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn is_at_end(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     pub(crate) fn i64(&mut self) -> Result<i64> {
@@ -226,6 +239,7 @@ pub(crate) fn encode_history(
     native_id: &str,
     occurred_at: Timestamp,
     coordinates: &Coordinates,
+    part: u32,
 ) -> Vec<u8> {
     let mut key = encode_history_prefix(entity, system, native_id);
     key.extend(
@@ -234,6 +248,7 @@ pub(crate) fn encode_history(
             .str(&coordinates.topic)
             .i32(coordinates.partition)
             .i64(coordinates.offset)
+            .u32(part)
             .finish(),
     );
     key
@@ -250,6 +265,10 @@ pub(crate) fn decode_history(key: &[u8]) -> Result<(System, String, Timestamp, C
         partition: reader.i32()?,
         offset: reader.i64()?,
     };
+    // Schema version 2 wrote no part: one event per message.
+    if !reader.is_at_end() {
+        let _part = reader.u32()?;
+    }
     reader.end()?;
     Ok((system, native_id, occurred_at, coordinates))
 }
@@ -467,11 +486,36 @@ mod tests {
                 System::Target,
                 "T-1",
                 at,
-                &coordinates
+                &coordinates,
+                3
             ))
             .unwrap(),
-            (System::Target, "T-1".to_owned(), at, coordinates)
+            (System::Target, "T-1".to_owned(), at, coordinates.clone())
         );
+        // Schema version 2 keys had no part; they still read.
+        let version_2 = [
+            encode_history_prefix("deal", System::Target, "T-1"),
+            KeyWriter::new()
+                .i64(at.unix_nanos())
+                .str(&coordinates.topic)
+                .i32(coordinates.partition)
+                .i64(coordinates.offset)
+                .finish(),
+        ]
+        .concat();
+        assert_eq!(
+            decode_history(&version_2).unwrap(),
+            (System::Target, "T-1".to_owned(), at, coordinates.clone())
+        );
+        // Parts of one message sort in order, after the message's earlier offset.
+        let key = |offset: i64, part: u32| {
+            let coordinates = Coordinates {
+                offset,
+                ..coordinates.clone()
+            };
+            encode_history("deal", System::Target, "T-1", at, &coordinates, part)
+        };
+        assert!(key(1, 0) < key(1, 1) && key(1, 1) < key(2, 0));
         assert_eq!(
             decode_divergence(&encode_divergence("deal", Status::Duplicate, "L\u{1}")).unwrap(),
             ("deal".to_owned(), Status::Duplicate, "L\u{1}".to_owned())

@@ -29,7 +29,7 @@ pub use read::{
 pub use write::{Commit, CommitStats, LoggedMessage, NextOffset};
 
 /// The layout version of the store; bumped when a stored format changes incompatibly.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Every column family, opened together. The names are part of the on-disk format.
 pub(crate) mod cf {
@@ -193,6 +193,12 @@ impl Store {
                     })?;
                 if found == SCHEMA_VERSION {
                     Ok(())
+                } else if found == 2 {
+                    // Version 3 added the part of a message to history keys; version 2 keys
+                    // (no part) still read, so upgrading only records the new version.
+                    self.db
+                        .put_cf(meta, SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes())
+                        .map_err(Error::rocksdb("write of the schema version"))
                 } else {
                     Err(Error::SchemaVersion {
                         path: self.path.clone(),

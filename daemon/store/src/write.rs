@@ -44,9 +44,12 @@ impl NextOffset {
 pub struct LoggedMessage<'a> {
     /// Where it was read.
     pub coordinates: &'a Coordinates,
+    /// Which of the message's events this is (a vendor message may carry several).
+    pub part: u32,
     /// The system of its topic.
     pub system: System,
-    /// The raw value (empty for a null value).
+    /// What the log keeps: the canonical event for a decoded event (the raw value for the
+    /// canonical format), the raw value for a dead letter (empty for a null value).
     pub payload: &'a [u8],
     /// The decoded event, if it decoded.
     pub event: Option<&'a ChangeEvent>,
@@ -55,7 +58,7 @@ pub struct LoggedMessage<'a> {
 }
 
 impl<'a> LoggedMessage<'a> {
-    /// A message as read, with the outcome of decoding it.
+    /// The first (or only) event of a message as read, with the outcome of decoding it.
     pub fn new(
         coordinates: &'a Coordinates,
         system: System,
@@ -64,6 +67,7 @@ impl<'a> LoggedMessage<'a> {
     ) -> Self {
         LoggedMessage {
             coordinates,
+            part: 0,
             system,
             payload,
             event: decoded.as_ref().ok(),
@@ -264,7 +268,7 @@ impl Store {
                     batch.put_cf(cf::DLQ_OUTBOX, key, []);
                     stats.dead_lettered += 1;
                 }
-                Outcome::Duplicate | Outcome::UnmappedEntity => {}
+                Outcome::Duplicate | Outcome::UnmappedEntity | Outcome::Skipped => {}
             }
         }
         for change in &commit.plan.join_keys {
@@ -442,6 +446,7 @@ impl Store {
                 &event.id,
                 event.occurred_at,
                 message.coordinates,
+                message.part,
             ),
             logged,
         );

@@ -419,51 +419,60 @@ fn a_snapshot_does_not_see_later_commits() {
     assert!(store.read().record("contact", "L1").unwrap().is_some());
 }
 
+fn set_schema_version(directory: &std::path::Path, version: u32) -> Option<u32> {
+    let mut options = rocksdb::Options::default();
+    options.create_missing_column_families(true);
+    let db = rocksdb::DB::open_cf(
+        &options,
+        directory,
+        [
+            "meta",
+            "offsets",
+            "history",
+            "dedupe",
+            "join_keys",
+            "records",
+            "divergences",
+            "field_mismatches",
+            "divergence_age",
+            "pending_due",
+            "dead_letters",
+            "dlq_outbox",
+            "snapshot_members",
+            "rereads",
+            "reread_queue",
+            "control_outbox",
+            "partition_members",
+        ],
+    )
+    .unwrap();
+    let meta = db.cf_handle("meta").unwrap();
+    let before = db
+        .get_cf(meta, b"schema_version")
+        .unwrap()
+        .map(|bytes| u32::from_be_bytes(bytes.as_slice().try_into().unwrap()));
+    db.put_cf(meta, b"schema_version", version.to_be_bytes())
+        .unwrap();
+    before
+}
+
 #[test]
 fn an_unknown_schema_version_is_refused() {
     let directory = tempfile::tempdir().unwrap();
     drop(Store::open(directory.path(), &StoreOptions::default()).unwrap());
-    {
-        // Simulate a store written by a future version.
-        let mut options = rocksdb::Options::default();
-        options.create_missing_column_families(true);
-        let db = rocksdb::DB::open_cf(
-            &options,
-            directory.path(),
-            [
-                "meta",
-                "offsets",
-                "history",
-                "dedupe",
-                "join_keys",
-                "records",
-                "divergences",
-                "field_mismatches",
-                "divergence_age",
-                "pending_due",
-                "dead_letters",
-                "dlq_outbox",
-                "snapshot_members",
-                "rereads",
-                "reread_queue",
-                "control_outbox",
-                "partition_members",
-            ],
-        )
-        .unwrap();
-        db.put_cf(
-            db.cf_handle("meta").unwrap(),
-            b"schema_version",
-            99u32.to_be_bytes(),
-        )
-        .unwrap();
-    }
+    // A store written by a future version.
+    assert_eq!(set_schema_version(directory.path(), 99), Some(3));
     let error = Store::open(directory.path(), &StoreOptions::default())
         .err()
         .unwrap();
     let message = error.to_string();
     assert!(message.contains("schema version 99"), "{message}");
-    assert!(message.contains("reads version 2"), "{message}");
+    assert!(message.contains("reads version 3"), "{message}");
+
+    // Version 2 (history keys without the part of a message) reads as is and is upgraded.
+    set_schema_version(directory.path(), 2);
+    drop(Store::open(directory.path(), &StoreOptions::default()).unwrap());
+    assert_eq!(set_schema_version(directory.path(), 3), Some(3));
 }
 
 #[test]

@@ -44,13 +44,55 @@ impl<V: StateView> Planner<'_, V> {
                 });
             }
         }
-        self.mark_partition_unverified(topic, partition, event)
+        self.mark_partition_unverified(topic, partition, None, UnverifiedReason::SeqHole, event)
+    }
+
+    /// A `gap` that names no record: the feed lost changes to records of `entity` it cannot
+    /// name. The entity needs a snapshot, and every record of it known on the partition the
+    /// gap arrived on is unverified until re-read.
+    pub(super) fn entity_gap(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        partition: Option<(&str, i32)>,
+    ) -> ViewResult<()> {
+        if self
+            .state
+            .feed
+            .require_snapshot(system, &entity.name, event.occurred_at)
+        {
+            let place = partition
+                .map(|(topic, partition)| format!(" on {topic}/{partition}"))
+                .unwrap_or_default();
+            self.snapshot_requests.push(SnapshotRequest {
+                system,
+                entity: entity.name.clone(),
+                reason: format!(
+                    "the feed lost changes to unnamed records{place} (event {})",
+                    event.event_id
+                ),
+                requested_at: event.occurred_at,
+            });
+        }
+        match partition {
+            Some((topic, partition)) => self.mark_partition_unverified(
+                topic,
+                partition,
+                Some(&entity.name),
+                UnverifiedReason::Gap,
+                event,
+            ),
+            None => Ok(()),
+        }
     }
 
     fn mark_partition_unverified(
         &mut self,
         topic: &str,
         partition: i32,
+        only_entity: Option<&str>,
+        reason: UnverifiedReason,
         event: &ChangeEvent,
     ) -> ViewResult<()> {
         let mut members = self.view.partition_members(topic, partition)?;
@@ -69,6 +111,9 @@ impl<V: StateView> Planner<'_, V> {
         members.sort_unstable();
         members.dedup();
         for (system, entity_name, native_id) in members {
+            if only_entity.is_some_and(|only| only != entity_name) {
+                continue;
+            }
             let Some(entity) = self.mapping.entity(&entity_name) else {
                 continue;
             };
@@ -88,7 +133,7 @@ impl<V: StateView> Planner<'_, V> {
                 continue;
             }
             side.unverified = Some(Unverified {
-                reason: UnverifiedReason::SeqHole,
+                reason,
                 since: event.occurred_at,
             });
             super::track_since(entity, record, event.occurred_at);
@@ -96,7 +141,7 @@ impl<V: StateView> Planner<'_, V> {
                 system,
                 entity: entity_name,
                 native_id,
-                reason: UnverifiedReason::SeqHole,
+                reason,
                 since: event.occurred_at,
             });
         }

@@ -66,6 +66,11 @@ pub enum Input<'a> {
         /// The topic and partition it was read from (for `seq` holes), if known.
         partition: Option<(&'a str, i32)>,
     },
+    /// A message that decoded to no events: it is read and counted, nothing more.
+    Skipped {
+        /// The system whose topic it came from.
+        system: System,
+    },
     /// A message that could not be decoded and goes to the dead-letter topic.
     DeadLetter {
         /// The system whose topic it came from.
@@ -88,6 +93,8 @@ pub enum Outcome {
     UnmappedEntity,
     /// Not decodable; goes to the dead-letter topic.
     DeadLettered,
+    /// Read, but carrying nothing to apply.
+    Skipped,
 }
 
 impl Outcome {
@@ -218,6 +225,10 @@ impl<'a, V: StateView> Planner<'a, V> {
                     .or_default() += 1;
                 Outcome::DeadLettered
             }
+            Input::Skipped { system } => {
+                self.state.counters.system_mut(system).skipped += 1;
+                Outcome::Skipped
+            }
             Input::Event {
                 system,
                 event,
@@ -268,6 +279,10 @@ impl<'a, V: StateView> Planner<'a, V> {
         self.state.clock = self.state.clock.max(event.occurred_at);
         if event.op == Op::SnapshotEnd {
             self.end_snapshot(system, entity, event)?;
+            return Ok(Outcome::Applied);
+        }
+        if event.op == Op::Gap && event.id.is_empty() {
+            self.entity_gap(system, entity, event, partition)?;
             return Ok(Outcome::Applied);
         }
 

@@ -65,9 +65,10 @@ impl Format {
 
     /// The format of a configured name, if there is one.
     pub fn from_name(name: &str) -> Option<Format> {
-        Format::ALL
-            .into_iter()
-            .find(|format| format.name() == name || (*format == Format::Canonical && name == event::CANONICAL_FORMAT))
+        Format::ALL.into_iter().find(|format| {
+            format.name() == name
+                || (*format == Format::Canonical && name == event::CANONICAL_FORMAT)
+        })
     }
 
     /// Every accepted name, for error messages.
@@ -184,7 +185,10 @@ pub fn decode_message(
         event::validate(event).map_err(|error| {
             DecodeError::new(
                 error.reason,
-                format!("{format} message decoded to an invalid event: {}", error.detail),
+                format!(
+                    "{format} message decoded to an invalid event: {}",
+                    error.detail
+                ),
             )
         })?;
     }
@@ -192,7 +196,11 @@ pub fn decode_message(
 }
 
 /// The checks every vendor format shares: present, within the size limit, UTF-8, JSON.
-fn parse_json(format: Format, payload: Option<&[u8]>, max_bytes: usize) -> Result<Value, DecodeError> {
+fn parse_json(
+    format: Format,
+    payload: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Value, DecodeError> {
     let bytes = match payload {
         None => {
             return Err(DecodeError::new(

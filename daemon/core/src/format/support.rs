@@ -33,7 +33,10 @@ pub(super) fn optional<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a
 pub(super) fn string(map: &Map<String, Value>, key: &str, path: &str) -> Result<String, String> {
     match required(map, key, path)? {
         Value::String(text) => Ok(text.clone()),
-        other => Err(format!("`{path}.{key}` is {}, expected a string", kind(other))),
+        other => Err(format!(
+            "`{path}.{key}` is {}, expected a string",
+            kind(other)
+        )),
     }
 }
 
@@ -46,7 +49,10 @@ pub(super) fn optional_string(
     match optional(map, key) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(other) => Err(format!("`{path}.{key}` is {}, expected a string", kind(other))),
+        Some(other) => Err(format!(
+            "`{path}.{key}` is {}, expected a string",
+            kind(other)
+        )),
     }
 }
 
@@ -56,7 +62,10 @@ pub(super) fn id_text(value: &Value, path: &str) -> Result<String, String> {
         Value::String(text) if !text.trim().is_empty() => Ok(text.clone()),
         Value::String(_) => Err(format!("`{path}` is an empty string, expected an id")),
         Value::Number(number) if number.is_u64() || number.is_i64() => Ok(number.to_string()),
-        other => Err(format!("`{path}` is {}, expected a string or integer id", kind(other))),
+        other => Err(format!(
+            "`{path}` is {}, expected a string or integer id",
+            kind(other)
+        )),
     }
 }
 
@@ -96,10 +105,17 @@ pub(super) fn epoch_millis(value: &Value, path: &str) -> Result<Timestamp, Strin
         Value::String(text) => text.parse().ok(),
         _ => None,
     }
-    .ok_or_else(|| format!("`{path}` is {}, expected milliseconds since the epoch", kind(value)))?;
+    .ok_or_else(|| {
+        format!(
+            "`{path}` is {}, expected milliseconds since the epoch",
+            kind(value)
+        )
+    })?;
     // Beyond ±292 years the nanosecond clock overflows; no CRM event is that far out.
     if !(-9_000_000_000_000..=9_000_000_000_000).contains(&millis) {
-        return Err(format!("`{path}` ({millis}) is not a plausible time in milliseconds"));
+        return Err(format!(
+            "`{path}` ({millis}) is not a plausible time in milliseconds"
+        ));
     }
     Ok(Timestamp::from_unix_millis(millis))
 }
@@ -109,7 +125,10 @@ pub(super) fn rfc3339(value: &Value, path: &str) -> Result<Timestamp, String> {
     match value {
         Value::String(text) => Timestamp::parse_rfc3339(text)
             .map_err(|error| format!("`{path}` is \"{text}\", not an RFC 3339 time: {error}")),
-        other => Err(format!("`{path}` is {}, expected an RFC 3339 time string", kind(other))),
+        other => Err(format!(
+            "`{path}` is {}, expected an RFC 3339 time string",
+            kind(other)
+        )),
     }
 }
 
