@@ -238,3 +238,102 @@ fn parse_json(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A number read from a vendor payload must read back the same from the event log, or
+    /// equal values would compare unequal (found by fuzzing; needs exact float parsing).
+    #[test]
+    fn numbers_survive_the_trip_through_the_event_log() {
+        let payload = br#"{"ticket": {"id": 41, "updated_at": "2026-03-03T12:00:00Z",
+            "requester_id": 209700000000000000000000000000, "amount": 0.30000000000000004}}"#;
+        let settings = FormatSettings::new(Format::Zendesk);
+        let events = decode_message(&settings, None, Some(payload), 1 << 20).unwrap();
+        assert_eq!(events.len(), 1);
+        let logged = serde_json::to_vec(&events[0]).unwrap();
+        let read_back = event::decode(Some(&logged), 1 << 20).unwrap();
+        assert_eq!(read_back, events[0]);
+        let fields = read_back.fields.unwrap();
+        assert_eq!(fields["amount"].as_f64(), Some(0.1 + 0.2));
+    }
+
+    #[test]
+    fn formats_and_actors_parse_from_their_configured_names() {
+        for format in Format::ALL {
+            assert_eq!(Format::from_name(format.name()), Some(format));
+        }
+        assert_eq!(
+            Format::from_name("tandem.change.v1"),
+            Some(Format::Canonical)
+        );
+        assert_eq!(Format::from_name("salesforce"), None);
+        assert_eq!(
+            parse_actor("integration:mailchimp"),
+            Ok(Actor {
+                kind: ActorKind::Integration,
+                id: Some("mailchimp".to_owned())
+            })
+        );
+        assert_eq!(
+            parse_actor("sync"),
+            Ok(Actor {
+                kind: ActorKind::Sync,
+                id: None
+            })
+        );
+        assert!(parse_actor("robot").is_err());
+        assert!(parse_actor("user:").is_err());
+    }
+
+    #[test]
+    fn an_unlisted_object_is_its_lowercase_name_and_mapped_actors_win() {
+        let mut settings = FormatSettings::new(Format::SalesforceCdc);
+        settings
+            .objects
+            .insert("Opportunity".to_owned(), "deal".to_owned());
+        settings
+            .actors
+            .insert("client:SyncLayer".to_owned(), parse_actor("sync").unwrap());
+        assert_eq!(settings.entity("Opportunity"), "deal");
+        assert_eq!(settings.entity("Account"), "account");
+        let fallback = Some(parse_actor("user:7").unwrap());
+        assert_eq!(
+            settings.actor(
+                &["client:Other".to_owned(), "client:SyncLayer".to_owned()],
+                fallback.clone()
+            ),
+            Some(parse_actor("sync").unwrap())
+        );
+        assert_eq!(
+            settings.actor(&["client:Other".to_owned()], fallback.clone()),
+            fallback
+        );
+    }
+
+    #[test]
+    fn a_debezium_tombstone_is_read_and_skipped_and_other_formats_refuse_no_value() {
+        let debezium = FormatSettings::new(Format::Debezium);
+        assert_eq!(
+            decode_message(&debezium, Some(b"{\"id\":1}"), None, 1024),
+            Ok(Vec::new())
+        );
+        let hubspot = FormatSettings::new(Format::HubspotWebhooks);
+        let error = decode_message(&hubspot, None, None, 1024).unwrap_err();
+        assert_eq!(error.reason, DeadLetterReason::Empty);
+        let error = decode_message(&hubspot, None, Some(&[b' '; 2000]), 1024).unwrap_err();
+        assert_eq!(error.reason, DeadLetterReason::Empty);
+        let error = decode_message(&hubspot, None, Some(&[b'['; 2000]), 1024).unwrap_err();
+        assert_eq!(error.reason, DeadLetterReason::TooLarge);
+        let error = decode_message(&hubspot, None, Some(b"[\xff]"), 1024).unwrap_err();
+        assert_eq!(error.reason, DeadLetterReason::InvalidUtf8);
+        let error = decode_message(&hubspot, None, Some(b"[{"), 1024).unwrap_err();
+        assert_eq!(error.reason, DeadLetterReason::InvalidJson);
+        assert!(
+            error.detail.contains("hubspot-webhooks"),
+            "{}",
+            error.detail
+        );
+    }
+}
