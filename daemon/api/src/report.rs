@@ -55,6 +55,12 @@ pub struct SystemFeed {
     pub needs_snapshot: BTreeMap<String, Timestamp>,
     /// Snapshot runs per entity.
     pub snapshots: BTreeMap<String, SnapshotStatus>,
+    /// Source transactions being counted against their announced events.
+    #[serde(default)]
+    pub transactions_open: u64,
+    /// Source transactions found short of their announced events (events lost).
+    #[serde(default)]
+    pub transactions_incomplete: u64,
 }
 
 /// A partition whose `seq` jumped.
@@ -242,6 +248,18 @@ pub fn build_report(
             .get(&system)
             .cloned()
             .unwrap_or_default(),
+        transactions_open: state
+            .feed
+            .transactions
+            .get(&system)
+            .map(|entities| entities.values().map(|open| open.len() as u64).sum())
+            .unwrap_or(0),
+        transactions_incomplete: state
+            .feed
+            .transactions_incomplete
+            .get(&system)
+            .copied()
+            .unwrap_or(0),
     };
     Report {
         generated_at,

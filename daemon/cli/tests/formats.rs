@@ -249,6 +249,14 @@ fn run(case: Case) {
             "the malformed vendor payloads are schema violations"
         );
     }
+    assert_eq!(
+        (
+            report.feed.target.transactions_open,
+            report.feed.target.transactions_incomplete
+        ),
+        (0, 0),
+        "every source transaction complete"
+    );
     let listed: BTreeMap<String, (String, Vec<String>)> = listed_records(&daemon)
         .into_iter()
         .map(|((entity, join_key), status)| {
@@ -444,10 +452,21 @@ fn debezium(id: u64, op: &str, lsn: u64, minute: i64, after: Option<Value>) -> M
     )
 }
 
+/// Puts a Debezium change into source transaction `771:1002` at position `order`.
+fn in_transaction(mut message: Message, order: u64) -> Message {
+    let mut value: Value = serde_json::from_slice(message.value.as_ref().unwrap()).unwrap();
+    value["transaction"] =
+        json!({"id": "771:1002", "total_order": order, "data_collection_order": order});
+    message.value = Some(serde_json::to_vec(&value).unwrap());
+    message
+}
+
 /// Worked out by hand: row 1 (L-1) is inserted equal; row 2 (L-2) is inserted with the wrong
 /// city and updated; row 3 (L-3) has the wrong city; L-4 never reaches the target; row 9
 /// (L-9) exists only in the target; row 5 (L-5) is inserted and deleted (then its tombstone,
-/// which carries nothing). The first change is delivered twice, and one has an unknown op.
+/// which carries nothing). Rows 1 and 2 are one transaction whose END announces both (an
+/// event of its own, and no gap). The first change is delivered twice, and one has an
+/// unknown op.
 #[test]
 fn debezium_events_give_the_report_worked_out_by_hand() {
     let row = |id: u64, name: &str, city: &str, legacy: &str| {
@@ -461,8 +480,22 @@ fn debezium_events_give_the_report_worked_out_by_hand() {
         city_field: "city",
         join_field: "legacy_id",
         target: vec![
-            debezium(1, "c", 1001, 10, row(1, "Acme", "Paris", "L-1")),
-            debezium(2, "c", 1002, 11, row(2, "Globex", "Munich", "L-2")),
+            in_transaction(
+                debezium(1, "c", 1001, 10, row(1, "Acme", "Paris", "L-1")),
+                1,
+            ),
+            in_transaction(
+                debezium(2, "c", 1002, 11, row(2, "Globex", "Munich", "L-2")),
+                2,
+            ),
+            // The transaction topic's END (here on the same topic): both its events arrived.
+            keyed(
+                &json!({"id": "771:1002"}),
+                Some(
+                    &json!({"status": "END", "id": "771:1002", "ts_ms": T0_MS + 11 * 60_000,
+                    "event_count": 2, "data_collections": [{"data_collection": "public.companies", "event_count": 2}]}),
+                ),
+            ),
             debezium(2, "u", 1003, 12, row(2, "Globex", "Berlin", "L-2")),
             debezium(3, "c", 1004, 13, row(3, "Initech", "Dallas", "L-3")),
             debezium(1, "c", 1001, 10, row(1, "Acme", "Paris", "L-1")),
@@ -473,7 +506,7 @@ fn debezium_events_give_the_report_worked_out_by_hand() {
             debezium(1, "x", 1008, 17, row(1, "Acme", "Paris", "L-1")),
         ],
         images: vec![],
-        target_events: 7,
+        target_events: 8,
         target_duplicates: 1,
         target_skipped: 1,
         dead_letters: 1,

@@ -38,6 +38,9 @@ pub enum Op {
     Gap,
     /// The end of a snapshot run: `snapshot_id` and the number of `records` it sent.
     SnapshotEnd,
+    /// The end of a source transaction: `transaction_id` and how many events (`records`) of
+    /// `entity` it holds. Fewer seen once grace has passed means events were lost.
+    TransactionEnd,
 }
 
 impl Op {
@@ -52,6 +55,7 @@ impl Op {
             Op::Snapshot => "snapshot",
             Op::Gap => "gap",
             Op::SnapshotEnd => "snapshot_end",
+            Op::TransactionEnd => "transaction_end",
         }
     }
 }
@@ -134,9 +138,14 @@ pub struct ChangeEvent {
     /// For `snapshot` and `snapshot_end`: the snapshot run the image belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
-    /// For `snapshot_end`: how many records the run sent.
+    /// For `snapshot_end`: how many records the run sent; for `transaction_end`: how many
+    /// events of the entity the transaction holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
+    /// The source transaction the change belongs to, if the feed says (Debezium's
+    /// `transaction.id`); counted against the transaction's `transaction_end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
     /// The format of the event, if the producer names it; only `tandem.change.v1` is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
@@ -311,13 +320,22 @@ pub(crate) fn validate(event: &ChangeEvent) -> Result<(), DecodeError> {
         }
     }
     // A `gap` without an id says the feed lost changes to records it cannot name.
-    if !matches!(event.op, Op::SnapshotEnd | Op::Gap) && event.id.trim().is_empty() {
+    if !matches!(event.op, Op::SnapshotEnd | Op::TransactionEnd | Op::Gap)
+        && event.id.trim().is_empty()
+    {
         return schema_error("field `id` is required and must not be empty".to_owned());
     }
     if matches!(event.op, Op::SnapshotEnd)
         && (event.snapshot_id.is_none() || event.records.is_none())
     {
         return schema_error("a `snapshot_end` event needs `snapshot_id` and `records`".to_owned());
+    }
+    if event.op == Op::TransactionEnd
+        && (event.transaction_id.as_deref().is_none_or(str::is_empty) || event.records.is_none())
+    {
+        return schema_error(
+            "a `transaction_end` event needs `transaction_id` and `records`".to_owned(),
+        );
     }
     if event.op == Op::Merge && event.merged_into.as_deref().is_none_or(str::is_empty) {
         return schema_error("a `merge` event needs `merged_into`".to_owned());

@@ -106,7 +106,35 @@ pub struct FeedState {
     pub snapshots: BTreeMap<System, BTreeMap<String, SnapshotStatus>>,
     /// Native records waiting for a re-read.
     pub rereads_outstanding: u64,
+    /// Source transactions being counted, per system, entity and transaction id.
+    #[serde(default)]
+    pub transactions: BTreeMap<System, BTreeMap<String, BTreeMap<String, TransactionCount>>>,
+    /// Per system, the newest first-seen time of a transaction dropped from counting (too
+    /// many open, or no end within an hour): an end at or before it cannot be checked.
+    #[serde(default)]
+    pub transactions_unchecked_until: BTreeMap<System, Timestamp>,
+    /// Transactions found short of their announced events, per system.
+    #[serde(default)]
+    pub transactions_incomplete: BTreeMap<System, u64>,
 }
+
+/// The events of one source transaction and one entity seen so far, and what its end announced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionCount {
+    /// Distinct events seen.
+    pub seen: u64,
+    /// Event time of the first thing seen of it (event or end).
+    pub first_seen: Timestamp,
+    /// What the end announced, with its time, once it arrived.
+    pub end: Option<(u64, Timestamp)>,
+}
+
+/// At most this many transactions are counted at once per system; beyond, the oldest are
+/// dropped (and their ends, if they come, are not checked).
+pub const MAX_OPEN_TRANSACTIONS: usize = 1000;
+/// A transaction whose end has not come this long (event time) after it was first seen is
+/// dropped: its feed may have no transaction topic configured.
+pub const TRANSACTION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl FeedState {
     /// Takes note of an event's `seq` on its partition; returns how many events are missing

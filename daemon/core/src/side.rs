@@ -74,8 +74,10 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
                 .take()
                 .or_else(|| unverified(UnverifiedReason::Gap));
         }
-        Op::SnapshotEnd => {
-            unreachable!("invariant: snapshot_end events never reach a native record")
+        Op::SnapshotEnd | Op::TransactionEnd => {
+            unreachable!(
+                "invariant: snapshot_end and transaction_end events never reach a native record"
+            )
         }
     }
     side.version = side.version.max(event.version);

@@ -292,3 +292,160 @@ fn a_record_changed_after_the_snapshot_started_is_not_missing() {
     assert_eq!(state.status("contact", "L3"), None);
     assert!(state.records[&("contact".to_owned(), "L3".to_owned())].source[0].deleted);
 }
+
+/// A target contact created in source transaction `transaction`.
+fn in_transaction(
+    event_id: &str,
+    id: &str,
+    minute: i64,
+    transaction: &str,
+) -> (System, tandem_core::ChangeEvent) {
+    let (system, mut event) =
+        target_create(event_id, id, &id.replace('T', "L"), minute, "a@x.io", "Ada");
+    event.transaction_id = Some(transaction.to_owned());
+    (system, event)
+}
+
+fn transaction_end(
+    event_id: &str,
+    transaction: &str,
+    records: u64,
+    minute: i64,
+) -> (System, tandem_core::ChangeEvent) {
+    (
+        System::Target,
+        event(
+            json!({"event_id": event_id, "entity": "contact", "op": "transaction_end",
+            "transaction_id": transaction, "records": records, "occurred_at": at(minute).to_rfc3339()}),
+        ),
+    )
+}
+
+/// Moves the clock to `minute` with a source record of its own.
+fn tick(minute: i64) -> (System, tandem_core::ChangeEvent) {
+    source_create(
+        &format!("tick-{minute}"),
+        &format!("L-tick-{minute}"),
+        minute,
+        "t@x.io",
+        "Tick",
+    )
+}
+
+#[test]
+fn a_transaction_whose_events_all_arrive_is_forgotten_whichever_comes_first() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    // Transaction A: both events, then its end. Transaction B: its end before its event.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "a@x.io", "Ada"),
+            source_create("s2", "L2", 0, "a@x.io", "Ada"),
+            source_create("s3", "L3", 0, "a@x.io", "Ada"),
+            in_transaction("t1", "T1", 1, "A"),
+            in_transaction("t2", "T2", 1, "A"),
+            transaction_end("end-A", "A", 2, 1),
+            transaction_end("end-B", "B", 1, 2),
+        ],
+    );
+    assert_eq!(
+        state.apply.feed.transactions.len(),
+        1,
+        "B is still counting"
+    );
+    state.apply_batch(&mapping, &[in_transaction("t3", "T3", 2, "B")]);
+    assert!(state.apply.feed.transactions.is_empty());
+    state.apply_batch(&mapping, &[tick(60)]);
+    for key in ["L1", "L2", "L3"] {
+        assert_eq!(state.status("contact", key), Some(Status::InSync), "{key}");
+    }
+    assert!(state.apply.feed.transactions_incomplete.is_empty());
+    assert!(state.snapshot_requests.is_empty());
+}
+
+#[test]
+fn a_transaction_short_of_its_events_after_grace_makes_the_entity_unverified() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    // The end announces 3 contact events; only 2 arrive. T9 is another target contact,
+    // outside the transaction: the lost event could have been about it too.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "a@x.io", "Ada"),
+            source_create("s2", "L2", 0, "a@x.io", "Ada"),
+            source_create("s9", "L9", 0, "a@x.io", "Ada"),
+            target_create("t9", "T9", "L9", 0, "a@x.io", "Ada"),
+            in_transaction("t1", "T1", 1, "C"),
+            in_transaction("t2", "T2", 1, "C"),
+            transaction_end("end-C", "C", 3, 1),
+        ],
+    );
+    // Within grace (5 minutes after the end) the missing event may still be in flight.
+    state.apply_batch(&mapping, &[tick(5)]);
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    assert!(state.apply.feed.transactions_incomplete.is_empty());
+    // Past grace it is lost: every target contact is unverified and the entity needs a snapshot.
+    state.apply_batch(&mapping, &[tick(7)]);
+    for key in ["L1", "L2", "L9"] {
+        assert_eq!(
+            state.status("contact", key),
+            Some(Status::Unverified),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        state
+            .apply
+            .feed
+            .transactions_incomplete
+            .get(&System::Target),
+        Some(&1)
+    );
+    assert_eq!(
+        state.snapshot_requests,
+        vec![(System::Target, "contact".to_owned())]
+    );
+    assert!(state.apply.feed.transactions.is_empty());
+    assert_eq!(
+        state
+            .rereads
+            .get(&(System::Target, "contact".to_owned(), "T9".to_owned())),
+        Some(&UnverifiedReason::Gap)
+    );
+}
+
+#[test]
+fn a_gap_without_an_id_makes_every_record_of_the_entity_in_that_system_unverified() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "a@x.io", "Ada"),
+            target_create("t1", "T1", "L1", 0, "a@x.io", "Ada"),
+            source_create("s2", "L2", 0, "b@x.io", "Bea"),
+        ],
+    );
+    state.apply_batch(
+        &mapping,
+        &[
+            target_create("t2", "T2", "L2", 1, "b@x.io", "Bea"),
+            (
+                System::Target,
+                event(
+                    json!({"event_id": "overflow", "entity": "contact", "op": "gap",
+                    "occurred_at": at(2).to_rfc3339()}),
+                ),
+            ),
+        ],
+    );
+    // T1 was stored before, T2 arrived in the same batch as the gap: both are unverified.
+    assert_eq!(state.status("contact", "L1"), Some(Status::Unverified));
+    assert_eq!(state.status("contact", "L2"), Some(Status::Unverified));
+    assert_eq!(
+        state.snapshot_requests,
+        vec![(System::Target, "contact".to_owned())]
+    );
+}

@@ -265,6 +265,9 @@ impl ApplyLoop {
         if let Some(floor) = self.idle_clock_floor() {
             planner.advance_clock(floor);
         }
+        planner
+            .settle_feeds()
+            .map_err(|source| Error::Settle { source })?;
         // The pending index in the store may lag the batches in flight by a batch or two:
         // a record that became due meanwhile is picked up by the next batch or tick.
         let due = self

@@ -78,6 +78,12 @@ pub enum Error {
         /// The read error.
         source: ViewError,
     },
+    /// Checking the feeds' transactions failed because the store could not be read.
+    #[error("cannot check the feeds' transactions: {source}")]
+    Settle {
+        /// The read error.
+        source: ViewError,
+    },
     /// Re-evaluating a pending record failed because the store could not be read.
     #[error("cannot re-evaluate `{entity}` `{join_key}`: {source}")]
     Reevaluate {

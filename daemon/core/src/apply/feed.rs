@@ -2,12 +2,16 @@
 
 use crate::apply::{Planner, StateView, ViewResult};
 use crate::event::ChangeEvent;
+use std::collections::BTreeMap;
+
 use crate::feed::{
     CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotEnd, SnapshotRequest, SnapshotRun,
+    TransactionCount, MAX_OPEN_TRANSACTIONS, TRANSACTION_END_WAIT,
 };
 use crate::mapping::EntityMapping;
 use crate::record::{Unverified, UnverifiedReason};
 use crate::system::System;
+use crate::time::Timestamp;
 
 impl<V: StateView> Planner<'_, V> {
     /// Notes the event's `seq`. A hole makes every entity of the system need a snapshot and
@@ -44,46 +48,251 @@ impl<V: StateView> Planner<'_, V> {
                 });
             }
         }
-        self.mark_partition_unverified(topic, partition, None, UnverifiedReason::SeqHole, event)
+        self.mark_partition_unverified(topic, partition, event)
     }
 
     /// A `gap` that names no record: the feed lost changes to records of `entity` it cannot
-    /// name. The entity needs a snapshot, and every record of it known on the partition the
-    /// gap arrived on is unverified until re-read.
+    /// name (a Salesforce GAP_OVERFLOW, a Debezium truncate).
     pub(super) fn entity_gap(
         &mut self,
         system: System,
         entity: &EntityMapping,
         event: &ChangeEvent,
-        partition: Option<(&str, i32)>,
     ) -> ViewResult<()> {
-        if self
-            .state
-            .feed
-            .require_snapshot(system, &entity.name, event.occurred_at)
-        {
-            let place = partition
-                .map(|(topic, partition)| format!(" on {topic}/{partition}"))
-                .unwrap_or_default();
+        let reason = format!(
+            "the feed lost changes to unnamed records (event {})",
+            event.event_id
+        );
+        self.lost_unnamed(system, entity, reason, event.occurred_at)
+    }
+
+    /// Changes to unnamed records of an entity were lost: the entity needs a snapshot, and
+    /// every record of it in that system is unverified until it is read again.
+    fn lost_unnamed(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        reason: String,
+        at: Timestamp,
+    ) -> ViewResult<()> {
+        if self.state.feed.require_snapshot(system, &entity.name, at) {
             self.snapshot_requests.push(SnapshotRequest {
                 system,
                 entity: entity.name.clone(),
-                reason: format!(
-                    "the feed lost changes to unnamed records{place} (event {})",
-                    event.event_id
-                ),
-                requested_at: event.occurred_at,
+                reason,
+                requested_at: at,
             });
         }
-        match partition {
-            Some((topic, partition)) => self.mark_partition_unverified(
-                topic,
-                partition,
-                Some(&entity.name),
-                UnverifiedReason::Gap,
-                event,
-            ),
-            None => Ok(()),
+        let mut members: Vec<(System, String, String)> = self
+            .view
+            .native_ids(system, &entity.name)?
+            .into_iter()
+            .map(|native_id| (system, entity.name.clone(), native_id))
+            .collect();
+        // Records first seen in this batch are not in the view yet.
+        members.extend(
+            self.join_keys
+                .iter()
+                .filter(|((member_system, member_entity, _), key)| {
+                    *member_system == system && *member_entity == entity.name && key.is_some()
+                })
+                .map(|((_, _, native_id), _)| (system, entity.name.clone(), native_id.clone())),
+        );
+        self.mark_unverified(members, UnverifiedReason::Gap, at)
+    }
+
+    /// Counts a distinct event in its source transaction; a transaction whose end announced
+    /// exactly this many is complete and forgotten.
+    pub(super) fn count_in_transaction(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        transaction: &str,
+        at: Timestamp,
+    ) {
+        let counts = self.transaction_counts(system, entity, transaction, at);
+        counts.seen += 1;
+        if counts
+            .end
+            .is_some_and(|(expected, _)| counts.seen >= expected)
+        {
+            self.forget_transaction(system, &entity.name, transaction);
+        }
+    }
+
+    /// Notes what a transaction's end announced; it is checked once grace has passed.
+    pub(super) fn end_transaction(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+    ) {
+        let (Some(transaction), Some(expected)) = (&event.transaction_id, event.records) else {
+            return;
+        };
+        if !self.is_counting(system, &entity.name, transaction)
+            && self
+                .state
+                .feed
+                .transactions_unchecked_until
+                .get(&system)
+                .is_some_and(|until| {
+                    event.occurred_at <= until.saturating_add(TRANSACTION_END_WAIT)
+                })
+        {
+            // Its events may have been counted in an entry dropped since: nothing to check.
+            return;
+        }
+        let counts = self.transaction_counts(system, entity, transaction, event.occurred_at);
+        counts.end = Some((expected, event.occurred_at));
+        if counts.seen >= expected {
+            self.forget_transaction(system, &entity.name, transaction);
+        }
+    }
+
+    /// Transactions whose end came more than grace ago on the clock with events still
+    /// missing lost them; transactions whose end never came are dropped after an hour.
+    pub(super) fn settle_transactions(&mut self) -> ViewResult<()> {
+        let clock = self.state.clock;
+        let grace = self.grace;
+        let mut short = Vec::new();
+        let mut abandoned = Vec::new();
+        for (system, entities) in &self.state.feed.transactions {
+            for (entity, open) in entities {
+                for (transaction, counts) in open {
+                    match counts.end {
+                        Some((expected, ended_at)) if ended_at.saturating_add(grace) <= clock => {
+                            let missing = expected.saturating_sub(counts.seen);
+                            short.push((
+                                *system,
+                                entity.clone(),
+                                transaction.clone(),
+                                missing,
+                                expected,
+                            ));
+                        }
+                        None if counts.first_seen.saturating_add(TRANSACTION_END_WAIT) <= clock => {
+                            abandoned.push((
+                                *system,
+                                entity.clone(),
+                                transaction.clone(),
+                                counts.first_seen,
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (system, entity, transaction, first_seen) in abandoned {
+            self.forget_transaction(system, &entity, &transaction);
+            self.note_unchecked(system, first_seen);
+        }
+        for (system, entity_name, transaction, missing, expected) in short {
+            self.forget_transaction(system, &entity_name, &transaction);
+            *self
+                .state
+                .feed
+                .transactions_incomplete
+                .entry(system)
+                .or_default() += 1;
+            let Some(entity) = self.mapping.entity(&entity_name) else {
+                continue;
+            };
+            let reason = format!(
+                "transaction {transaction} lost {missing} of its {expected} events of {entity_name}"
+            );
+            self.lost_unnamed(system, entity, reason, clock)?;
+        }
+        Ok(())
+    }
+
+    fn is_counting(&self, system: System, entity: &str, transaction: &str) -> bool {
+        self.state
+            .feed
+            .transactions
+            .get(&system)
+            .and_then(|entities| entities.get(entity))
+            .is_some_and(|open| open.contains_key(transaction))
+    }
+
+    fn transaction_counts(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        transaction: &str,
+        at: Timestamp,
+    ) -> &mut TransactionCount {
+        if !self.is_counting(system, &entity.name, transaction) {
+            let open: usize = self
+                .state
+                .feed
+                .transactions
+                .get(&system)
+                .map(|entities| entities.values().map(BTreeMap::len).sum())
+                .unwrap_or(0);
+            if open >= MAX_OPEN_TRANSACTIONS {
+                self.drop_oldest_transaction(system);
+            }
+        }
+        self.state
+            .feed
+            .transactions
+            .entry(system)
+            .or_default()
+            .entry(entity.name.clone())
+            .or_default()
+            .entry(transaction.to_owned())
+            .or_insert(TransactionCount {
+                seen: 0,
+                first_seen: at,
+                end: None,
+            })
+    }
+
+    fn drop_oldest_transaction(&mut self, system: System) {
+        let oldest = self
+            .state
+            .feed
+            .transactions
+            .get(&system)
+            .and_then(|entities| {
+                entities
+                    .iter()
+                    .flat_map(|(entity, open)| {
+                        open.iter().map(move |(transaction, counts)| {
+                            (counts.first_seen, entity.clone(), transaction.clone())
+                        })
+                    })
+                    .min()
+            });
+        if let Some((first_seen, entity, transaction)) = oldest {
+            self.forget_transaction(system, &entity, &transaction);
+            self.note_unchecked(system, first_seen);
+        }
+    }
+
+    fn note_unchecked(&mut self, system: System, first_seen: Timestamp) {
+        let until = self
+            .state
+            .feed
+            .transactions_unchecked_until
+            .entry(system)
+            .or_insert(first_seen);
+        *until = (*until).max(first_seen);
+    }
+
+    fn forget_transaction(&mut self, system: System, entity: &str, transaction: &str) {
+        if let Some(entities) = self.state.feed.transactions.get_mut(&system) {
+            if let Some(open) = entities.get_mut(entity) {
+                open.remove(transaction);
+                if open.is_empty() {
+                    entities.remove(entity);
+                }
+            }
+            if entities.is_empty() {
+                self.state.feed.transactions.remove(&system);
+            }
         }
     }
 
@@ -91,8 +300,6 @@ impl<V: StateView> Planner<'_, V> {
         &mut self,
         topic: &str,
         partition: i32,
-        only_entity: Option<&str>,
-        reason: UnverifiedReason,
         event: &ChangeEvent,
     ) -> ViewResult<()> {
         let mut members = self.view.partition_members(topic, partition)?;
@@ -108,12 +315,20 @@ impl<V: StateView> Planner<'_, V> {
                     )
                 }),
         );
+        self.mark_unverified(members, UnverifiedReason::SeqHole, event.occurred_at)
+    }
+
+    /// Marks native records unverified (those not deleted and not already unverified) and
+    /// asks for them to be read again.
+    fn mark_unverified(
+        &mut self,
+        mut members: Vec<(System, String, String)>,
+        reason: UnverifiedReason,
+        at: Timestamp,
+    ) -> ViewResult<()> {
         members.sort_unstable();
         members.dedup();
         for (system, entity_name, native_id) in members {
-            if only_entity.is_some_and(|only| only != entity_name) {
-                continue;
-            }
             let Some(entity) = self.mapping.entity(&entity_name) else {
                 continue;
             };
@@ -132,17 +347,14 @@ impl<V: StateView> Planner<'_, V> {
             if side.deleted || side.unverified.is_some() {
                 continue;
             }
-            side.unverified = Some(Unverified {
-                reason,
-                since: event.occurred_at,
-            });
-            super::track_since(entity, record, event.occurred_at);
+            side.unverified = Some(Unverified { reason, since: at });
+            super::track_since(entity, record, at);
             self.request_reread(RereadChange::Request {
                 system,
                 entity: entity_name,
                 native_id,
                 reason,
-                since: event.occurred_at,
+                since: at,
             });
         }
         Ok(())

@@ -239,6 +239,12 @@ impl<'a, V: StateView> Planner<'a, V> {
         Ok(outcome)
     }
 
+    /// Settles what the clock decides about the feeds: source transactions whose end came
+    /// more than grace ago with events missing make their entity's records unverified.
+    pub fn settle_feeds(&mut self) -> ViewResult<()> {
+        self.settle_transactions()
+    }
+
     /// Re-evaluates a stored record without an event: its pending period may have ended.
     pub fn reevaluate(&mut self, entity: &str, join_key: &str) -> ViewResult<()> {
         if self.mapping.entity(entity).is_some() {
@@ -281,8 +287,15 @@ impl<'a, V: StateView> Planner<'a, V> {
             self.end_snapshot(system, entity, event)?;
             return Ok(Outcome::Applied);
         }
+        if event.op == Op::TransactionEnd {
+            self.end_transaction(system, entity, event);
+            return Ok(Outcome::Applied);
+        }
+        if let Some(transaction) = &event.transaction_id {
+            self.count_in_transaction(system, entity, transaction, event.occurred_at);
+        }
         if event.op == Op::Gap && event.id.is_empty() {
-            self.entity_gap(system, entity, event, partition)?;
+            self.entity_gap(system, entity, event)?;
             return Ok(Outcome::Applied);
         }
 

@@ -101,7 +101,7 @@ pub(super) fn decode(
 
     if !payload.contains_key("op") {
         if payload.contains_key("status") {
-            return transaction_marker(payload, root);
+            return transaction_marker(settings, payload, root);
         }
         if payload.contains_key("tableChanges") || payload.contains_key("ddl") {
             return Err(format!(
@@ -162,6 +162,7 @@ pub(super) fn decode(
         op.letter()
     );
     let actor = settings.actor(&[format!("connector:{connector}")], None);
+    let transaction_id = transaction_of(payload, root)?;
 
     if op == RowOp::Truncate {
         // The key is null: the change is to the whole table, whose rows cannot be named.
@@ -181,6 +182,7 @@ pub(super) fn decode(
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: transaction_id.clone(),
         }]);
     }
 
@@ -213,23 +215,107 @@ pub(super) fn decode(
         snapshot_id: None,
         records: None,
         schema: None,
+        transaction_id,
     }])
 }
 
-/// A transaction `BEGIN` or `END` marker, from the connector's transaction topic: skipped.
+/// A transaction `BEGIN` or `END` marker, from the connector's transaction topic. A BEGIN
+/// carries nothing to apply. An END becomes one `transaction_end` per data collection with the
+/// number of events the transaction holds there, which tandem checks against the events it
+/// read with that `transaction.id`.
 fn transaction_marker(
+    settings: &FormatSettings,
     payload: &Map<String, Value>,
     root: &str,
 ) -> Result<Vec<ChangeEvent>, String> {
-    match support::string(payload, "status", root)?.as_str() {
-        "BEGIN" | "END" => {
-            support::string(payload, "id", root)?;
-            Ok(Vec::new())
+    let status = support::string(payload, "status", root)?;
+    let id = non_empty_string(payload, "id", root)?;
+    match status.as_str() {
+        "BEGIN" => return Ok(Vec::new()),
+        "END" => {}
+        other => {
+            return Err(format!(
+                "`{root}.status` is \"{other}\", expected BEGIN or END (a transaction marker), or the message needs an `op`"
+            ))
         }
-        other => Err(format!(
-            "`{root}.status` is \"{other}\", expected BEGIN or END (a transaction marker), or the message needs an `op`"
+    }
+    let Some(collections) = support::optional(payload, "data_collections") else {
+        // Without per-collection counts there is nothing to check.
+        return Ok(Vec::new());
+    };
+    let Value::Array(collections) = collections else {
+        return Err(format!(
+            "`{root}.data_collections` is {}, expected an array",
+            kind(collections)
+        ));
+    };
+    let occurred_at = support::epoch_millis(
+        support::required(payload, "ts_ms", root)?,
+        &format!("{root}.ts_ms"),
+    )?;
+    let mut events = Vec::with_capacity(collections.len());
+    for (index, collection) in collections.iter().enumerate() {
+        let path = format!("{root}.data_collections[{index}]");
+        let collection = support::object(collection, &path)?;
+        let name = non_empty_string(collection, "data_collection", &path)?;
+        let count = support::unsigned(
+            support::required(collection, "event_count", &path)?,
+            &format!("{path}.event_count"),
+        )?;
+        events.push(ChangeEvent {
+            event_id: format!("dbz:tx:{}:{}", escape(&id, false), escape(&name, false)),
+            entity: collection_entity(settings, &name),
+            id: String::new(),
+            op: Op::TransactionEnd,
+            occurred_at,
+            external_id: None,
+            fields: None,
+            partial: false,
+            version: None,
+            seq: None,
+            actor: None,
+            merged_into: None,
+            snapshot_id: None,
+            records: Some(count),
+            schema: None,
+            transaction_id: Some(id.clone()),
+        });
+    }
+    Ok(events)
+}
+
+/// The `transaction.id` of a row change, if the connector provides transaction metadata.
+fn transaction_of(payload: &Map<String, Value>, root: &str) -> Result<Option<String>, String> {
+    match support::optional(payload, "transaction") {
+        None => Ok(None),
+        Some(Value::Object(transaction)) => {
+            non_empty_string(transaction, "id", &format!("{root}.transaction")).map(Some)
+        }
+        Some(other) => Err(format!(
+            "`{root}.transaction` is {}, expected an object or null",
+            kind(other)
         )),
     }
+}
+
+/// The tandem entity of a transaction's data collection (`schema.table`, `db.table` or
+/// `db.schema.table`, as the connector names it): the collection's name mapped as it is, or a
+/// mapped name it ends (`crm.public.companies` for `public.companies`), else its table's entity,
+/// which is what the collection's row changes get.
+fn collection_entity(settings: &FormatSettings, collection: &str) -> String {
+    if let Some(entity) = settings.objects.get(collection) {
+        return entity.clone();
+    }
+    let suffix = format!(".{collection}");
+    if let Some(entity) = settings
+        .objects
+        .iter()
+        .find_map(|(name, entity)| name.ends_with(&suffix).then(|| entity.clone()))
+    {
+        return entity;
+    }
+    let table = collection.rsplit('.').next().unwrap_or(collection);
+    settings.entity(table)
 }
 
 /// The row image in `after`, without the columns Debezium could not read; `true` if any was left
@@ -532,6 +618,7 @@ mod tests {
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         }
     }
 
@@ -746,7 +833,42 @@ mod tests {
             "status": "END", "id": "571:53195832", "ts_ms": 1_486_500_577_691_i64, "event_count": 2,
             "data_collections": [{"data_collection": "s1.a", "event_count": 1}, {"data_collection": "s2.a", "event_count": 1}]
         }});
-        assert_eq!(decode_with(&settings(), None, &end), Ok(vec![]));
+        let ends = decode_with(&settings(), None, &end).unwrap();
+        let summary: Vec<_> = ends
+            .iter()
+            .map(|event| {
+                (
+                    event.event_id.as_str(),
+                    event.entity.as_str(),
+                    event.op,
+                    event.transaction_id.as_deref(),
+                    event.records,
+                    event.occurred_at,
+                )
+            })
+            .collect();
+        let ended_at = Timestamp::from_unix_millis(1_486_500_577_691);
+        assert_eq!(
+            summary,
+            [
+                (
+                    "dbz:tx:571%3A53195832:s1.a",
+                    "a",
+                    Op::TransactionEnd,
+                    Some("571:53195832"),
+                    Some(1),
+                    ended_at
+                ),
+                (
+                    "dbz:tx:571%3A53195832:s2.a",
+                    "a",
+                    Op::TransactionEnd,
+                    Some("571:53195832"),
+                    Some(1),
+                    ended_at
+                ),
+            ]
+        );
         let wrapped_tombstone = json!({"schema": null, "payload": null});
         assert_eq!(
             decode_with(&settings(), Some(pg_key(1)), &wrapped_tombstone),
@@ -783,6 +905,8 @@ mod tests {
             snapshot_id: None,
             records: None,
             schema: None,
+            // The transaction the change belongs to, counted against its END.
+            transaction_id: Some("00000027:00000b00:0005".to_owned()),
         };
         assert_eq!(one(Some(key), &value), expected);
     }

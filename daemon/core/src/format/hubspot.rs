@@ -95,6 +95,7 @@ impl Common {
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         }
     }
 
@@ -526,6 +527,7 @@ mod tests {
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         }
     }
 

@@ -148,6 +148,7 @@ pub(super) fn decode(settings: &FormatSettings, value: &Value) -> Result<Vec<Cha
         snapshot_id: None,
         records: None,
         schema: None,
+        transaction_id: None,
     }])
 }
 
@@ -445,6 +446,7 @@ mod tests {
                 snapshot_id: None,
                 records: None,
                 schema: None,
+                transaction_id: None,
             }]
         );
     }
@@ -497,6 +499,7 @@ mod tests {
                 snapshot_id: None,
                 records: None,
                 schema: None,
+                transaction_id: None,
             }]
         );
     }
@@ -585,6 +588,7 @@ mod tests {
                 snapshot_id: None,
                 records: None,
                 schema: None,
+                transaction_id: None,
             }]
         );
     }
@@ -631,6 +635,7 @@ mod tests {
                 snapshot_id: None,
                 records: None,
                 schema: None,
+                transaction_id: None,
             }]
         );
         let updated = decode(&settings(), &survivor).unwrap();

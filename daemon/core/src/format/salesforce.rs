@@ -624,6 +624,7 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         };
 
     let mut events = Vec::with_capacity(record_ids.len().saturating_mul(2).max(1));
@@ -746,6 +747,7 @@ mod tests {
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         }
     }
 

@@ -163,6 +163,7 @@ fn ticket_image(
         snapshot_id: None,
         records: None,
         schema: None,
+        transaction_id: None,
     })
 }
 
@@ -259,6 +260,7 @@ fn ticket_event(
         snapshot_id: None,
         records: None,
         schema: None,
+        transaction_id: None,
     }))
 }
 
@@ -415,6 +417,7 @@ fn webhook(
         snapshot_id: None,
         records: None,
         schema: None,
+        transaction_id: None,
     }])
 }
 
@@ -771,6 +774,7 @@ mod tests {
             snapshot_id: None,
             records: None,
             schema: None,
+            transaction_id: None,
         }
     }
 

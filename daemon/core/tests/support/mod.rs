@@ -120,6 +120,7 @@ impl MemoryState {
         if let Some(floor) = clock_floor {
             planner.advance_clock(floor);
         }
+        planner.settle_feeds().unwrap();
         let due: Vec<_> = self
             .records
             .iter()
