@@ -300,6 +300,7 @@ pub(crate) fn report_latency(
                 plan: &plan,
                 offsets: &[("bench.fill", 0, NextOffset(offset))],
                 committed_at: tandem_core::Timestamp::from_unix_nanos(0),
+                publish_violations: false,
             })?;
         }
     }

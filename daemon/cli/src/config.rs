@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tandem_core::format::{Format, FormatSettings};
+use tandem_core::ownership::{ActorRule, OwnershipPolicy, Unattributed};
 use tandem_core::{EntityMapping, Mapping, System};
 use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
@@ -28,6 +29,9 @@ pub struct Config {
     /// How records are compared over time.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Who owns live work.
+    #[serde(default)]
+    pub ownership: OwnershipConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -180,6 +184,56 @@ impl SystemConfig {
             );
         }
         Ok(settings)
+    }
+}
+
+/// `[ownership]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// The system that owns live work: `source` (default) or `target`.
+    #[serde(default)]
+    pub owner: Option<System>,
+    /// Entities owned by the other system from the start, e.g. `{ ticket = "target" }`.
+    #[serde(default)]
+    pub entities: BTreeMap<String, System>,
+    /// Per system, who besides sync and repair actors may write there while it is fenced:
+    /// `kind` or `kind:id`, e.g. `{ target = ["integration:billing-sync"] }`.
+    #[serde(default)]
+    pub allowed: BTreeMap<System, Vec<String>>,
+    /// A write into the fenced system whose event names no actor: `report` (listed among the
+    /// writers as unknown; default) or `violation`.
+    #[serde(default)]
+    pub unattributed_writes: Unattributed,
+    /// Where violations are published as JSON (none: they are kept and listed only).
+    #[serde(default)]
+    pub violations_topic: Option<String>,
+}
+
+impl OwnershipConfig {
+    /// The rules, checked against the mapped entities.
+    pub fn policy(&self, entities: &[EntityMapping]) -> Result<OwnershipPolicy, String> {
+        for entity in self.entities.keys() {
+            if !entities.iter().any(|mapped| mapped.name == *entity) {
+                return Err(format!("key `ownership.entities.{entity}`: `{entity}` is not one of the configured entities"));
+            }
+        }
+        let mut allowed = BTreeMap::new();
+        for (system, rules) in &self.allowed {
+            let mut parsed = Vec::with_capacity(rules.len());
+            for rule in rules {
+                parsed.push(ActorRule::parse(rule).map_err(|error| {
+                    format!("key `ownership.allowed.{system}`: {error} (write `kind` or `kind:id`, e.g. \"integration:billing-sync\")")
+                })?);
+            }
+            allowed.insert(*system, parsed);
+        }
+        Ok(OwnershipPolicy {
+            owner: self.owner.unwrap_or(System::Source),
+            entities: self.entities.clone(),
+            allowed,
+            unattributed: self.unattributed_writes,
+        })
     }
 }
 
@@ -410,6 +464,10 @@ impl Config {
         for (key, topic) in [
             ("reconcile.reread_topic", &self.reconcile.reread_topic),
             ("reconcile.control_topic", &self.reconcile.control_topic),
+            (
+                "ownership.violations_topic",
+                &self.ownership.violations_topic,
+            ),
         ] {
             if let Some(topic) = topic
                 .as_deref()
@@ -423,6 +481,28 @@ impl Config {
         {
             return Err("keys `reconcile.reread_topic` and `reconcile.control_topic` name the same topic; give each its own".to_owned());
         }
+        let output_topics: Vec<(&str, &String)> = [
+            ("reconcile.reread_topic", &self.reconcile.reread_topic),
+            ("reconcile.control_topic", &self.reconcile.control_topic),
+            (
+                "ownership.violations_topic",
+                &self.ownership.violations_topic,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, topic)| topic.as_ref().map(|topic| (key, topic)))
+        .collect();
+        for (index, (key, topic)) in output_topics.iter().enumerate() {
+            if let Some((other, _)) = output_topics[..index]
+                .iter()
+                .find(|(_, earlier)| earlier == topic)
+            {
+                return Err(format!(
+                    "keys `{other}` and `{key}` name the same topic `{topic}`; give each its own"
+                ));
+            }
+        }
+        self.ownership.policy(&self.entities)?;
         if self.reconcile.reread_resend_after < Duration::from_secs(1) {
             return Err("key `reconcile.reread_resend_after` must be at least 1s".to_owned());
         }
@@ -512,6 +592,11 @@ impl Config {
             reread_batch_max_ids: self.reconcile.reread_batch_max_ids,
             reread_resend_after: self.reconcile.reread_resend_after,
             control_topic: self.reconcile.control_topic.clone(),
+            ownership: self
+                .ownership
+                .policy(&self.entities)
+                .expect("invariant: the configuration was validated at load"),
+            violations_topic: self.ownership.violations_topic.clone(),
             store_path: self.store.path.clone(),
             min_free_bytes: self.store.min_free_mib.saturating_mul(1024 * 1024),
         }

@@ -61,7 +61,7 @@ impl Op {
 }
 
 /// Who made a change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
     /// A person using the system.
@@ -84,6 +84,10 @@ pub struct Actor {
     /// The writer's identity within its kind, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The ownership epoch the writer was given (from `/v1/ownership/permit`); a write with an
+    /// epoch older than the entity's current one is a `fenced_write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// One change to one record in one system.
@@ -425,7 +429,8 @@ mod tests {
             event.actor,
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("mailchimp".to_owned())
+                id: Some("mailchimp".to_owned()),
+                epoch: None,
             })
         );
         let fields = event.fields.unwrap();

@@ -9,6 +9,7 @@ pub mod event;
 pub mod feed;
 pub mod format;
 pub mod mapping;
+pub mod ownership;
 pub mod record;
 pub mod side;
 pub mod summary;

@@ -142,6 +142,10 @@ pub enum UnverifiedReason {
     /// Events were lost on the partition this record's changes arrive on (a `seq` jump):
     /// any record there may have missed a change.
     SeqHole,
+    /// A partial update without a version arrived older than the record's last change. Its
+    /// fields may still be current (the newer change may have touched others), and without a
+    /// time per field tandem cannot tell: the record is read again.
+    OutOfOrder,
 }
 
 impl UnverifiedReason {
@@ -152,6 +156,7 @@ impl UnverifiedReason {
             UnverifiedReason::PartialWithoutImage => "partial_without_image",
             UnverifiedReason::Gap => "gap",
             UnverifiedReason::SeqHole => "seq_hole",
+            UnverifiedReason::OutOfOrder => "out_of_order",
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::DeadLetterReason;
 use crate::feed::FeedState;
+use crate::ownership::{OwnershipState, ViolationKind};
 use crate::record::{RecordStatus, Status};
 use crate::system::System;
 use crate::time::Timestamp;
@@ -93,6 +94,9 @@ pub struct SystemCounters {
     /// Messages that carry nothing to apply (Debezium tombstones and transaction markers).
     #[serde(default)]
     pub skipped: u64,
+    /// Writes that broke the ownership rule, per kind.
+    #[serde(default)]
+    pub violations: BTreeMap<ViolationKind, u64>,
 }
 
 /// Ingest counters of both systems, persisted with the data they count.
@@ -136,6 +140,9 @@ pub struct ApplyState {
     /// Completeness of the feeds: sequence holes, snapshot needs and runs.
     #[serde(default)]
     pub feed: FeedState,
+    /// Ownership changed since the configuration (flips and rollbacks).
+    #[serde(default)]
+    pub ownership: OwnershipState,
 }
 
 impl Default for ApplyState {
@@ -145,6 +152,7 @@ impl Default for ApplyState {
             counters: IngestCounters::default(),
             summaries: BTreeMap::new(),
             feed: FeedState::default(),
+            ownership: OwnershipState::default(),
         }
     }
 }

@@ -449,3 +449,53 @@ fn a_gap_without_an_id_makes_every_record_of_the_entity_in_that_system_unverifie
         vec![(System::Target, "contact".to_owned())]
     );
 }
+
+#[test]
+fn an_older_partial_update_without_a_version_makes_the_record_unverified() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    // Two partial updates of T1 made at minutes 2 (email) and 3 (lastname), delivered newest
+    // first. Dropping the older would keep the old email; applying it is right here, but in
+    // general it could overwrite a newer value: tandem asks for the record again.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "new@x.io", "Lovelace"),
+            target_create("t1", "T1", "L1", 0, "old@x.io", "Ada"),
+            (
+                System::Target,
+                event(json!({"event_id": "t3", "entity": "contact", "id": "T1",
+                "op": "update", "partial": true, "occurred_at": at(3).to_rfc3339(),
+                "fields": {"lastname": "Lovelace"}})),
+            ),
+        ],
+    );
+    assert_eq!(
+        state.status("contact", "L1"),
+        Some(Status::Pending),
+        "the email differs"
+    );
+    let outcomes = state.apply_batch(
+        &mapping,
+        &[(
+            System::Target,
+            event(json!({"event_id": "t2", "entity": "contact", "id": "T1",
+            "op": "update", "partial": true, "occurred_at": at(2).to_rfc3339(),
+            "fields": {"email": "new@x.io"}})),
+        )],
+    );
+    assert_eq!(outcomes, [Outcome::Stale]);
+    assert_eq!(state.status("contact", "L1"), Some(Status::Unverified));
+    assert_eq!(
+        state
+            .rereads
+            .get(&(System::Target, "contact".to_owned(), "T1".to_owned())),
+        Some(&UnverifiedReason::OutOfOrder)
+    );
+    // An older full image is simply superseded.
+    let outcomes = state.apply_batch(
+        &mapping,
+        &[target_create("t0", "T1", "L1", 1, "x@x.io", "X")],
+    );
+    assert_eq!(outcomes, [Outcome::Stale]);
+}

@@ -228,7 +228,8 @@ impl ApplyLoop {
             self.settings.grace,
             &view,
             self.state.clone(),
-        );
+        )
+        .with_ownership(&self.settings.ownership);
         for message in &batch {
             let input = match &message.decoded {
                 Decoded::Skipped => Input::Skipped {

@@ -31,6 +31,7 @@ use rdkafka::producer::BaseProducer;
 use rdkafka::ClientConfig;
 use tandem_core::apply::ViewError;
 use tandem_core::format::FormatSettings;
+use tandem_core::ownership::OwnershipPolicy;
 use tandem_core::{Mapping, System};
 use tandem_store::{Coordinates, Store};
 use tokio_util::sync::CancellationToken;
@@ -115,6 +116,10 @@ pub struct IngestSettings {
     pub topics: BTreeMap<String, System>,
     /// How each topic's messages are decoded; a topic not listed is in the canonical format.
     pub formats: BTreeMap<String, FormatSettings>,
+    /// Who owns live work, and who may write into the fenced system.
+    pub ownership: OwnershipPolicy,
+    /// Where violations of the ownership rule are published (none: they are only kept).
+    pub violations_topic: Option<String>,
     /// Where undecodable messages go.
     pub dead_letter_topic: String,
     /// Messages larger than this are dead-lettered without parsing.
@@ -271,8 +276,9 @@ pub fn start(
     // first assignment on.
     apply_loop.watch_disk();
     let writer_store = store.clone();
+    let publish_violations = settings.violations_topic.is_some();
     let writer = spawn("tandem-writer", move || {
-        writer::run_writer(writer_store, jobs_rx, written_tx)
+        writer::run_writer(writer_store, jobs_rx, written_tx, publish_violations)
     });
     info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
 

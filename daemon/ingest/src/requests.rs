@@ -27,6 +27,8 @@ pub(crate) enum Sent {
     Rereads(Vec<(RereadTarget, RereadRow)>),
     /// One snapshot request.
     Control(ControlRequest),
+    /// One violation of the ownership rule, by its outbox key.
+    Violation(Vec<u8>),
 }
 
 /// The message asking a connector to send full images of some records again.
@@ -124,6 +126,7 @@ impl RequestForwarder {
         let mut rereads_in_flight: BTreeSet<RereadTarget> = BTreeSet::new();
         let mut cursor: Option<Vec<u8>> = None;
         let mut control_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut violations_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
             if !stopping {
@@ -139,17 +142,29 @@ impl RequestForwarder {
                         error!(%error, "cannot read the control outbox");
                     }
                 }
+                if let Some(topic) = &self.settings.violations_topic {
+                    if let Err(error) = self.send_violations(topic, &mut violations_in_flight) {
+                        error!(%error, "cannot read the violations outbox");
+                    }
+                }
             }
             if stopping {
                 let _ = self.producer.flush(Duration::from_secs(5));
             } else {
                 self.producer.poll(Duration::from_millis(100));
             }
-            self.settle(&mut rereads_in_flight, &mut control_in_flight);
+            self.settle(
+                &mut rereads_in_flight,
+                &mut control_in_flight,
+                &mut violations_in_flight,
+            );
             if stopping {
                 return;
             }
-            if rereads_in_flight.is_empty() && control_in_flight.is_empty() {
+            if rereads_in_flight.is_empty()
+                && control_in_flight.is_empty()
+                && violations_in_flight.is_empty()
+            {
                 // Nothing awaits a delivery report: look again shortly, or stop.
                 let _ = cancel_wait(&cancel, Duration::from_millis(500));
             }
@@ -271,13 +286,60 @@ impl RequestForwarder {
         Ok(())
     }
 
+    fn send_violations(
+        &self,
+        topic: &str,
+        in_flight: &mut BTreeSet<Vec<u8>>,
+    ) -> tandem_store::Result<()> {
+        for pending in self.store.pending_violations(500)? {
+            if in_flight.contains(&pending.key) {
+                continue;
+            }
+            let violation = &pending.violation;
+            let payload =
+                serde_json::to_vec(violation).expect("invariant: violations are plain data");
+            let key = format!(
+                "{}/{}/{}",
+                violation.system, violation.entity, violation.join_key
+            );
+            let outbox_key = pending.key.clone();
+            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Violation(pending.key)))
+                .key(&key)
+                .payload(&payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    in_flight.insert(outbox_key);
+                }
+                Err((error, _)) => {
+                    warn!(%error, "cannot queue a violation; retrying later");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn settle(
         &self,
         rereads_in_flight: &mut BTreeSet<RereadTarget>,
         control_in_flight: &mut BTreeSet<Vec<u8>>,
+        violations_in_flight: &mut BTreeSet<Vec<u8>>,
     ) {
         for (sent, outcome) in self.producer.context().take() {
             match (sent, outcome) {
+                (Sent::Violation(key), Ok(())) => {
+                    violations_in_flight.remove(&key);
+                    if let Err(error) = self
+                        .store
+                        .mark_violations_delivered(std::slice::from_ref(&key))
+                    {
+                        error!(%error, "cannot clear a published violation; it will be published again");
+                    }
+                }
+                (Sent::Violation(key), Err(error)) => {
+                    violations_in_flight.remove(&key);
+                    warn!(%error, "a violation was not delivered to the violations topic; retrying");
+                }
                 (Sent::Rereads(items), Ok(())) => {
                     for (target, _) in &items {
                         rereads_in_flight.remove(target);

@@ -37,7 +37,12 @@ pub(crate) struct Written {
 }
 
 /// Commits jobs in order until the job channel closes or a commit fails.
-pub(crate) fn run_writer(store: Store, jobs: Receiver<WriteJob>, done: Sender<Result<Written>>) {
+pub(crate) fn run_writer(
+    store: Store,
+    jobs: Receiver<WriteJob>,
+    done: Sender<Result<Written>>,
+    publish_violations: bool,
+) {
     let _span = info_span!("writer").entered();
     for job in jobs {
         let committed_at = Timestamp::from_system_time(std::time::SystemTime::now());
@@ -66,6 +71,7 @@ pub(crate) fn run_writer(store: Store, jobs: Receiver<WriteJob>, done: Sender<Re
             plan: &job.plan,
             offsets: &offsets,
             committed_at,
+            publish_violations,
         });
         drop(logged);
         let outcome = result.map_err(Error::Store).map(|stats| Written {

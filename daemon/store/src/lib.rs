@@ -11,6 +11,7 @@ mod codec;
 mod error;
 mod feed;
 mod keys;
+mod ownership;
 mod read;
 mod view;
 mod write;
@@ -23,6 +24,7 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Op
 pub use error::{Error, Result};
 pub use feed::{ControlRequest, DueRereads, RereadRow, RereadTarget};
 pub use keys::Coordinates;
+pub use ownership::{PendingViolation, ViolationFilter, ViolationPage};
 pub use read::{
     DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, HistoryItem, ReadSnapshot,
 };
@@ -68,8 +70,14 @@ pub(crate) mod cf {
     pub(crate) const CONTROL_OUTBOX: &str = "control_outbox";
     /// Native records by the topic-partition their changes arrive on.
     pub(crate) const PARTITION_MEMBERS: &str = "partition_members";
+    /// Writes that broke the ownership rule, by time.
+    pub(crate) const VIOLATIONS: &str = "violations";
+    /// Violations not yet confirmed delivered to the violations topic.
+    pub(crate) const VIOLATION_OUTBOX: &str = "violation_outbox";
+    /// Writes per writer, entity and day.
+    pub(crate) const WRITERS: &str = "writers";
 
-    pub(crate) const ALL: [&str; 17] = [
+    pub(crate) const ALL: [&str; 20] = [
         META,
         OFFSETS,
         HISTORY,
@@ -87,6 +95,9 @@ pub(crate) mod cf {
         REREAD_QUEUE,
         CONTROL_OUTBOX,
         PARTITION_MEMBERS,
+        VIOLATIONS,
+        VIOLATION_OUTBOX,
+        WRITERS,
     ];
 }
 

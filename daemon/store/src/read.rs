@@ -109,6 +109,15 @@ impl ReadSnapshot<'_> {
             .map_err(Error::rocksdb("snapshot read"))
     }
 
+    pub(crate) fn scan_column(
+        &self,
+        column_family: &'static str,
+        prefix: Vec<u8>,
+        start: Vec<u8>,
+    ) -> impl Iterator<Item = Result<KeyValue>> + '_ {
+        self.scan(column_family, prefix, start)
+    }
+
     fn scan(
         &self,
         column_family: &'static str,

@@ -86,6 +86,8 @@ pub struct Commit<'a> {
     pub offsets: &'a [(&'a str, i32, NextOffset)],
     /// Wall-clock time of the commit, kept with dead letters.
     pub committed_at: Timestamp,
+    /// Whether violations go to the outbox of the violations topic.
+    pub publish_violations: bool,
 }
 
 /// What a commit wrote, for logs and metrics.
@@ -271,6 +273,12 @@ impl Store {
                 Outcome::Duplicate | Outcome::UnmappedEntity | Outcome::Skipped => {}
             }
         }
+        self.write_ownership(
+            &mut batch,
+            &commit.plan.violations,
+            &commit.plan.writers,
+            commit.publish_violations,
+        )?;
         for change in &commit.plan.join_keys {
             batch.put_cf(
                 cf::JOIN_KEYS,

@@ -130,6 +130,7 @@ fn apply(store: &Store, mapping: &Mapping, messages: &[Message], clock_floor: Op
             plan: &plan,
             offsets: &offsets,
             committed_at: at(0),
+            publish_violations: false,
         })
         .unwrap();
 }
@@ -443,6 +444,9 @@ fn set_schema_version(directory: &std::path::Path, version: u32) -> Option<u32> 
             "reread_queue",
             "control_outbox",
             "partition_members",
+            "violations",
+            "violation_outbox",
+            "writers",
         ],
     )
     .unwrap();

@@ -15,7 +15,10 @@ mod feed;
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
 use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
-use crate::record::{compare, with_grace, RecordRow, RecordStatus, Status};
+use crate::ownership::{self, OwnershipPolicy, Unattributed, Violation, WriterCount, WriterKey};
+use crate::record::{
+    compare, with_grace, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
+};
 use crate::side;
 use crate::summary::ApplyState;
 use crate::system::System;
@@ -150,6 +153,10 @@ pub struct Plan {
     pub snapshot_requests: Vec<SnapshotRequest>,
     /// Native records first seen on a topic-partition.
     pub partition_members: Vec<PartitionMember>,
+    /// Writes that broke the ownership rule, in input order.
+    pub violations: Vec<Violation>,
+    /// Writes per writer, entity and day, to add to the writers report.
+    pub writers: Vec<(WriterKey, WriterCount)>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -180,9 +187,26 @@ pub struct Planner<'a, V: StateView> {
     snapshot_members: HashSet<(System, String, String, String)>,
     snapshot_requests: Vec<SnapshotRequest>,
     partition_members: BTreeSet<PartitionMember>,
+    ownership: &'a OwnershipPolicy,
+    violations: Vec<Violation>,
+    writers: BTreeMap<WriterKey, WriterCount>,
 }
 
+/// Ownership when the configuration says nothing: the source owns everything.
+static DEFAULT_OWNERSHIP: OwnershipPolicy = OwnershipPolicy {
+    owner: System::Source,
+    entities: BTreeMap::new(),
+    allowed: BTreeMap::new(),
+    unattributed: Unattributed::Report,
+};
+
 impl<'a, V: StateView> Planner<'a, V> {
+    /// Judges writes by these ownership rules (the default: the source owns everything).
+    pub fn with_ownership(mut self, ownership: &'a OwnershipPolicy) -> Self {
+        self.ownership = ownership;
+        self
+    }
+
     /// Starts a batch on top of `state`, the apply state after the last committed batch.
     pub fn new(mapping: &'a Mapping, grace: Duration, view: &'a V, state: ApplyState) -> Self {
         Planner {
@@ -198,6 +222,9 @@ impl<'a, V: StateView> Planner<'a, V> {
             rereads: Vec::new(),
             snapshot_members: HashSet::new(),
             snapshot_requests: Vec::new(),
+            ownership: &DEFAULT_OWNERSHIP,
+            violations: Vec::new(),
+            writers: BTreeMap::new(),
             partition_members: BTreeSet::new(),
         }
     }
@@ -287,6 +314,9 @@ impl<'a, V: StateView> Planner<'a, V> {
             self.end_snapshot(system, entity, event)?;
             return Ok(Outcome::Applied);
         }
+        if ownership::is_write(event.op) {
+            self.judge_write(system, entity, event)?;
+        }
         if event.op == Op::TransactionEnd {
             self.end_transaction(system, entity, event);
             return Ok(Outcome::Applied);
@@ -313,11 +343,43 @@ impl<'a, V: StateView> Planner<'a, V> {
         if event.op == Op::Snapshot {
             self.count_in_snapshot(system, entity, event)?;
         }
-        if current
+        if let Some(stored) = current
             .as_ref()
-            .is_some_and(|stored| side::is_stale(stored, event))
+            .filter(|stored| side::is_stale(stored, event))
         {
             self.state.counters.system_mut(system).stale_versions += 1;
+            // An older full image or delete is superseded. An older partial update without a
+            // version may carry a field the newer change did not touch: dropping it could
+            // keep a stale value and applying it could overwrite a newer one, so the record is
+            // read again instead.
+            if event.partial
+                && event.version.is_none()
+                && stored.unverified.is_none()
+                && !stored.deleted
+            {
+                if let Some(join_key) = &stored_key {
+                    let record = self.working_record(&entity.name, join_key)?;
+                    if let Some(side) = record
+                        .row
+                        .side_mut(system)
+                        .iter_mut()
+                        .find(|side| side.native_id == event.id)
+                    {
+                        side.unverified = Some(Unverified {
+                            reason: UnverifiedReason::OutOfOrder,
+                            since: event.occurred_at,
+                        });
+                        track_since(entity, record, event.occurred_at);
+                        self.request_reread(RereadChange::Request {
+                            system,
+                            entity: entity.name.clone(),
+                            native_id: event.id.clone(),
+                            reason: UnverifiedReason::OutOfOrder,
+                            since: event.occurred_at,
+                        });
+                    }
+                }
+            }
             return Ok(Outcome::Stale);
         }
         if let (None, Some((topic, partition))) = (&current, partition) {
@@ -492,7 +554,81 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .collect(),
             snapshot_requests: self.snapshot_requests,
             partition_members: self.partition_members.into_iter().collect(),
+            violations: self.violations,
+            writers: self.writers.into_iter().collect(),
         }
+    }
+}
+
+impl<V: StateView> Planner<'_, V> {
+    /// Counts a write for its writer and, if it breaks the ownership rule, records the
+    /// violation.
+    fn judge_write(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+    ) -> ViewResult<()> {
+        let verdict = self.ownership.judge(&self.state.ownership, system, event);
+        let key = WriterKey {
+            system,
+            kind: event.actor.as_ref().map(|actor| actor.kind),
+            id: event
+                .actor
+                .as_ref()
+                .and_then(|actor| actor.id.clone())
+                .unwrap_or_default(),
+            entity: entity.name.clone(),
+            day: ownership::day_of(event.occurred_at),
+        };
+        self.writers
+            .entry(key)
+            .or_insert(WriterCount {
+                writes: 0,
+                violations: 0,
+                last_seen: event.occurred_at,
+            })
+            .add(WriterCount {
+                writes: 1,
+                violations: u64::from(verdict.is_some()),
+                last_seen: event.occurred_at,
+            });
+        let Some(kind) = verdict else {
+            return Ok(());
+        };
+        *self
+            .state
+            .counters
+            .system_mut(system)
+            .violations
+            .entry(kind)
+            .or_default() += 1;
+        let join_key = match entity.join.for_system(system).key_in(event) {
+            Some(key) => key,
+            None => self
+                .current_join_key(system, &entity.name, &event.id)?
+                .unwrap_or_else(|| unjoined_key(system, &event.id)),
+        };
+        let ownership = self.ownership.of(&self.state.ownership, &entity.name);
+        self.violations.push(Violation {
+            kind,
+            system,
+            entity: entity.name.clone(),
+            join_key,
+            native_id: event.id.clone(),
+            actor: event.actor.clone(),
+            op: event.op,
+            fields: event
+                .fields
+                .as_ref()
+                .map(|fields| fields.keys().cloned().collect())
+                .unwrap_or_default(),
+            occurred_at: event.occurred_at,
+            event_id: event.event_id.clone(),
+            owner: ownership.owner,
+            epoch: ownership.epoch,
+        });
+        Ok(())
     }
 }
 

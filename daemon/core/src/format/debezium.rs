@@ -22,6 +22,8 @@
 //! `event_serial_no`, Oracle `scn`/`commit_scn`/`rs_id`/`ssn`), then the op and the row id, so a
 //! re-delivered or re-emitted change keeps its id. `schemas/formats/debezium.md` documents it all.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use super::support::{self, kind};
@@ -249,11 +251,13 @@ fn transaction_marker(
             kind(collections)
         ));
     };
-    let occurred_at = support::epoch_millis(
-        support::required(payload, "ts_ms", root)?,
-        &format!("{root}.ts_ms"),
-    )?;
-    let mut events = Vec::with_capacity(collections.len());
+    // An END without a time cannot be placed on the clock: nothing to check.
+    let Some(ts_ms) = support::optional(payload, "ts_ms") else {
+        return Ok(Vec::new());
+    };
+    let occurred_at = support::epoch_millis(ts_ms, &format!("{root}.ts_ms"))?;
+    // Two tables can be one entity: their counts add up, as their row changes do.
+    let mut per_entity: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
     for (index, collection) in collections.iter().enumerate() {
         let path = format!("{root}.data_collections[{index}]");
         let collection = support::object(collection, &path)?;
@@ -262,9 +266,17 @@ fn transaction_marker(
             support::required(collection, "event_count", &path)?,
             &format!("{path}.event_count"),
         )?;
-        events.push(ChangeEvent {
-            event_id: format!("dbz:tx:{}:{}", escape(&id, false), escape(&name, false)),
-            entity: collection_entity(settings, &name),
+        let entry = per_entity
+            .entry(collection_entity(settings, &name))
+            .or_default();
+        entry.0 = entry.0.saturating_add(count);
+        entry.1.push(escape(&name, false));
+    }
+    Ok(per_entity
+        .into_iter()
+        .map(|(entity, (count, names))| ChangeEvent {
+            event_id: format!("dbz:tx:{}:{}", escape(&id, false), names.join(",")),
+            entity,
             id: String::new(),
             op: Op::TransactionEnd,
             occurred_at,
@@ -279,9 +291,8 @@ fn transaction_marker(
             records: Some(count),
             schema: None,
             transaction_id: Some(id.clone()),
-        });
-    }
-    Ok(events)
+        })
+        .collect())
 }
 
 /// The `transaction.id` of a row change, if the connector provides transaction metadata.
@@ -298,24 +309,29 @@ fn transaction_of(payload: &Map<String, Value>, root: &str) -> Result<Option<Str
     }
 }
 
-/// The tandem entity of a transaction's data collection (`schema.table`, `db.table` or
-/// `db.schema.table`, as the connector names it): the collection's name mapped as it is, or a
-/// mapped name it ends (`crm.public.companies` for `public.companies`), else its table's entity,
-/// which is what the collection's row changes get.
+/// The tandem entity of a transaction's data collection, as the connector names it
+/// (PostgreSQL `schema.table`, MySQL `db.table`, SQL Server, Db2 and Oracle
+/// `db.schema.table`): resolved like the entity of the collection's row changes.
 fn collection_entity(settings: &FormatSettings, collection: &str) -> String {
-    if let Some(entity) = settings.objects.get(collection) {
-        return entity.clone();
+    let parts: Vec<&str> = collection.split('.').collect();
+    match parts.as_slice() {
+        [database, schema, table] => entity(settings, Some(database), Some(schema), table),
+        [first, table] => {
+            // PostgreSQL's row changes try `db.schema.table` first: a single mapped name that
+            // ends with this collection is theirs. Several (one per database) cannot be told
+            // apart here; the next rules then apply.
+            let suffix = format!(".{collection}");
+            let mut longer = settings
+                .objects
+                .iter()
+                .filter(|(name, _)| name.ends_with(&suffix) && name.matches('.').count() == 2);
+            match (longer.next(), longer.next()) {
+                (Some((_, entity)), None) => entity.clone(),
+                _ => entity(settings, Some(first), None, table),
+            }
+        }
+        _ => settings.entity(collection),
     }
-    let suffix = format!(".{collection}");
-    if let Some(entity) = settings
-        .objects
-        .iter()
-        .find_map(|(name, entity)| name.ends_with(&suffix).then(|| entity.clone()))
-    {
-        return entity;
-    }
-    let table = collection.rsplit('.').next().unwrap_or(collection);
-    settings.entity(table)
 }
 
 /// The row image in `after`, without the columns Debezium could not read; `true` if any was left
@@ -848,32 +864,87 @@ mod tests {
             })
             .collect();
         let ended_at = Timestamp::from_unix_millis(1_486_500_577_691);
+        // Both tables are the entity `a` (neither is mapped): one end with both counts.
         assert_eq!(
             summary,
-            [
-                (
-                    "dbz:tx:571%3A53195832:s1.a",
-                    "a",
-                    Op::TransactionEnd,
-                    Some("571:53195832"),
-                    Some(1),
-                    ended_at
-                ),
-                (
-                    "dbz:tx:571%3A53195832:s2.a",
-                    "a",
-                    Op::TransactionEnd,
-                    Some("571:53195832"),
-                    Some(1),
-                    ended_at
-                ),
-            ]
+            [(
+                "dbz:tx:571%3A53195832:s1.a,s2.a",
+                "a",
+                Op::TransactionEnd,
+                Some("571:53195832"),
+                Some(2),
+                ended_at
+            )]
         );
+        // An END without a time cannot be placed on the clock: nothing to check.
+        let mut timeless = end.clone();
+        timeless["payload"].as_object_mut().unwrap().remove("ts_ms");
+        assert_eq!(decode_with(&settings(), None, &timeless), Ok(vec![]));
         let wrapped_tombstone = json!({"schema": null, "payload": null});
         assert_eq!(
             decode_with(&settings(), Some(pg_key(1)), &wrapped_tombstone),
             Ok(vec![])
         );
+    }
+
+    #[test]
+    fn a_transaction_end_names_the_entity_its_row_changes_get() {
+        let mut settings = settings();
+        let cases = [
+            // SQL Server names collections `db.schema.table`; rows try the same names in order.
+            (
+                vec![("dbo.customers", "contact")],
+                "testDB.dbo.customers",
+                "contact",
+            ),
+            (
+                vec![
+                    ("testDB.dbo.customers", "person"),
+                    ("dbo.customers", "contact"),
+                ],
+                "testDB.dbo.customers",
+                "person",
+            ),
+            // PostgreSQL says `schema.table`; its rows try `db.schema.table` first.
+            (
+                vec![("crmdb.public.x", "a"), ("public.x", "b")],
+                "public.x",
+                "a",
+            ),
+            (vec![("public.x", "b")], "public.x", "b"),
+            // Two databases map the table: the END cannot tell which, `schema.table` decides.
+            (
+                vec![
+                    ("one.public.x", "a"),
+                    ("two.public.x", "c"),
+                    ("public.x", "b"),
+                ],
+                "public.x",
+                "b",
+            ),
+            // MySQL says `db.table`.
+            (
+                vec![("inventory.customers", "contact")],
+                "inventory.customers",
+                "contact",
+            ),
+            (
+                vec![("customers", "contact")],
+                "inventory.customers",
+                "contact",
+            ),
+            (vec![], "inventory.Customers", "customers"),
+        ];
+        for (objects, collection, expected) in cases {
+            settings.objects = objects
+                .iter()
+                .map(|(name, entity)| (name.to_string(), entity.to_string()))
+                .collect();
+            let end = json!({"status": "END", "id": "9", "ts_ms": 1_000, "event_count": 1,
+                "data_collections": [{"data_collection": collection, "event_count": 1}]});
+            let events = decode_with(&settings, None, &end).unwrap();
+            assert_eq!(events[0].entity, expected, "{collection} with {objects:?}");
+        }
     }
 
     #[test]
@@ -983,7 +1054,8 @@ mod tests {
             events[0].actor,
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("legacy-crm".to_owned())
+                id: Some("legacy-crm".to_owned()),
+                epoch: None,
             })
         );
         let mut other = settings();

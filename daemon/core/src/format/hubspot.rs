@@ -177,7 +177,12 @@ fn decode_event(
                 ));
             }
             let value = property_value(map, path)?;
-            events.push(common.partial(&entity()?, &id, Op::Update, Fields::from([(name, value)])));
+            // HubSpot does not promise unique event ids: the property keeps two changes of
+            // one operation apart.
+            let mut event = common.partial(&entity()?, &id, Op::Update, Fields::new());
+            event.event_id = format!("{}:{name}", event.event_id);
+            event.fields = Some(Fields::from([(name, value)]));
+            events.push(event);
         }
         Action::Deletion | Action::PrivacyDeletion => {
             let id = support::id(map, "objectId", path)?;
@@ -185,7 +190,9 @@ fn decode_event(
         }
         Action::Restore => {
             let id = support::id(map, "objectId", path)?;
-            events.push(common.event(&entity()?, &id, Op::Undelete));
+            // A restore carries no properties: a record tandem knows keeps what it held, one
+            // it never saw is unverified until it is read.
+            events.push(common.partial(&entity()?, &id, Op::Undelete, Fields::new()));
         }
         Action::Merge => merge(map, path, &entity()?, &common, events)?,
         Action::AssociationChange => {
@@ -304,7 +311,12 @@ fn association_change(
         )]))
     };
     let field = format!("association:{kind}:{to}");
-    Ok(common.partial(&entity, &from, Op::Update, Fields::from([(field, value)])))
+    // One operation can link an object to several others under one event id: the
+    // association keeps them apart.
+    let mut event = common.partial(&entity, &from, Op::Update, Fields::new());
+    event.event_id = format!("{}:{field}", event.event_id);
+    event.fields = Some(Fields::from([(field, value)]));
+    Ok(event)
 }
 
 /// An optional boolean member; present but not a boolean is an error.
@@ -453,23 +465,28 @@ fn actor(
         Some(SourceKind::User) => Some(Actor {
             kind: ActorKind::User,
             id: user_id,
+            epoch: None,
         }),
         Some(SourceKind::Integration) => Some(Actor {
             kind: ActorKind::Integration,
             id: app_id,
+            epoch: None,
         }),
         Some(SourceKind::System) => Some(Actor {
             kind: ActorKind::System,
             id: None,
+            epoch: None,
         }),
         None => match writer {
             Some(Writer::User(id)) => Some(Actor {
                 kind: ActorKind::User,
                 id: Some(id),
+                epoch: None,
             }),
             Some(Writer::App(id)) => Some(Actor {
                 kind: ActorKind::Integration,
                 id: Some(id),
+                epoch: None,
             }),
             None => None,
         },
@@ -499,6 +516,7 @@ mod tests {
         Some(Actor {
             kind: ActorKind::User,
             id: Some(id.to_owned()),
+            epoch: None,
         })
     }
 
@@ -506,6 +524,7 @@ mod tests {
         Some(Actor {
             kind: ActorKind::Integration,
             id: id.map(str::to_owned),
+            epoch: None,
         })
     }
 
@@ -592,17 +611,17 @@ mod tests {
                     fields: fields(&[("amount", json!("1250.50"))]),
                     partial: true,
                     actor: integration(Some("9")),
-                    ..expected("hs:5:11:300", "deal", "300", Op::Update, 1000)
+                    ..expected("hs:5:11:300:amount", "deal", "300", Op::Update, 1000)
                 },
                 ChangeEvent {
                     fields: fields(&[("lastname", Value::Null)]),
                     partial: true,
-                    ..expected("hs:6:12:41", "contact", "41", Op::Update, 1001)
+                    ..expected("hs:6:12:41:lastname", "contact", "41", Op::Update, 1001)
                 },
                 ChangeEvent {
                     fields: fields(&[("phone", Value::Null)]),
                     partial: true,
-                    ..expected("hs:6:13:40", "contact", "40", Op::Update, 999)
+                    ..expected("hs:6:13:40:phone", "contact", "40", Op::Update, 999)
                 },
             ]
         );
@@ -623,6 +642,7 @@ mod tests {
         let system = Some(Actor {
             kind: ActorKind::System,
             id: None,
+            epoch: None,
         });
         assert_eq!(
             decode(&settings(), &delivery).unwrap(),
@@ -632,8 +652,12 @@ mod tests {
                     ..expected("hs:10:1:70", "company", "70", Op::Delete, 5000)
                 },
                 expected("hs:11:2:71", "contact", "71", Op::Delete, 5001),
+                // No properties come with a restore: what tandem held stays, an unknown record
+                // is unverified.
                 ChangeEvent {
                     actor: user("5"),
+                    fields: Some(Fields::new()),
+                    partial: true,
                     ..expected("hs:12:3:72", "ticket", "72", Op::Undelete, 5002)
                 },
             ]
@@ -711,12 +735,24 @@ mod tests {
                     )]),
                     partial: true,
                     actor: user("3"),
-                    ..expected("hs:40:50:1", "contact", "1", Op::Update, 7000)
+                    ..expected(
+                        "hs:40:50:1:association:CONTACT_TO_COMPANY:900",
+                        "contact",
+                        "1",
+                        Op::Update,
+                        7000
+                    )
                 },
                 ChangeEvent {
                     fields: fields(&[("association:COMPANY_TO_CONTACT:1", Value::Null)]),
                     partial: true,
-                    ..expected("hs:41:51:900", "company", "900", Op::Update, 7001)
+                    ..expected(
+                        "hs:41:51:900:association:COMPANY_TO_CONTACT:1",
+                        "company",
+                        "900",
+                        Op::Update,
+                        7001
+                    )
                 },
             ]
         );
@@ -751,7 +787,7 @@ mod tests {
                 ChangeEvent {
                     fields: fields(&[("dealstage", json!("closedwon"))]),
                     partial: true,
-                    ..expected("hs:2:1:8", "opportunity", "8", Op::Update, 100)
+                    ..expected("hs:2:1:8:dealstage", "opportunity", "8", Op::Update, 100)
                 },
                 ChangeEvent {
                     fields: Some(Fields::new()),
@@ -765,7 +801,13 @@ mod tests {
                         json!({"primary": false})
                     )]),
                     partial: true,
-                    ..expected("hs:8:7:11", "contact", "11", Op::Update, 103)
+                    ..expected(
+                        "hs:8:7:11:association:HUBSPOT_DEFINED:279:12",
+                        "contact",
+                        "11",
+                        Op::Update,
+                        103
+                    )
                 },
             ]
         );
@@ -823,14 +865,16 @@ mod tests {
             actor_of(event("CRM_UI", Value::Null)),
             Some(Actor {
                 kind: ActorKind::User,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
         assert_eq!(
             actor_of(event("WORKFLOWS", json!("userId:7"))),
             Some(Actor {
                 kind: ActorKind::System,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
         // An unknown source still names its user; a bare number is not read as an app there.

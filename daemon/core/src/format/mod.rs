@@ -144,7 +144,11 @@ pub fn parse_actor(text: &str) -> Result<Actor, String> {
             ))
         }
     };
-    Ok(Actor { kind, id })
+    Ok(Actor {
+        kind,
+        id,
+        epoch: None,
+    })
 }
 
 /// Decodes one Kafka message of a topic into the canonical events it carries.
@@ -273,14 +277,16 @@ mod tests {
             parse_actor("integration:mailchimp"),
             Ok(Actor {
                 kind: ActorKind::Integration,
-                id: Some("mailchimp".to_owned())
+                id: Some("mailchimp".to_owned()),
+                epoch: None,
             })
         );
         assert_eq!(
             parse_actor("sync"),
             Ok(Actor {
                 kind: ActorKind::Sync,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
         assert!(parse_actor("robot").is_err());

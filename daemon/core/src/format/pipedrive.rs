@@ -330,10 +330,12 @@ fn actor(
         (Some("api"), _) => Some(Actor {
             kind: ActorKind::Integration,
             id: user_id.map(str::to_owned),
+            epoch: None,
         }),
         _ => Some(Actor {
             kind: ActorKind::User,
             id: user_id.map(str::to_owned),
+            epoch: None,
         }),
     };
     settings.actor(&identifiers, fallback)
@@ -440,7 +442,8 @@ mod tests {
                 seq: None,
                 actor: Some(Actor {
                     kind: ActorKind::User,
-                    id: Some("42".to_owned())
+                    id: Some("42".to_owned()),
+                    epoch: None,
                 }),
                 merged_into: None,
                 snapshot_id: None,
@@ -493,7 +496,8 @@ mod tests {
                 seq: None,
                 actor: Some(Actor {
                     kind: ActorKind::User,
-                    id: Some("42".to_owned())
+                    id: Some("42".to_owned()),
+                    epoch: None,
                 }),
                 merged_into: None,
                 snapshot_id: None,
@@ -546,7 +550,8 @@ mod tests {
             event.actor,
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("55".to_owned())
+                id: Some("55".to_owned()),
+                epoch: None,
             })
         );
     }
@@ -582,7 +587,8 @@ mod tests {
                 seq: None,
                 actor: Some(Actor {
                     kind: ActorKind::User,
-                    id: Some("42".to_owned())
+                    id: Some("42".to_owned()),
+                    epoch: None,
                 }),
                 merged_into: None,
                 snapshot_id: None,
@@ -629,7 +635,8 @@ mod tests {
                 seq: None,
                 actor: Some(Actor {
                     kind: ActorKind::User,
-                    id: Some("42".to_owned())
+                    id: Some("42".to_owned()),
+                    epoch: None,
                 }),
                 merged_into: Some("31".to_owned()),
                 snapshot_id: None,
@@ -669,7 +676,8 @@ mod tests {
             events[0].actor,
             Some(Actor {
                 kind: ActorKind::User,
-                id: Some("18487521".to_owned())
+                id: Some("18487521".to_owned()),
+                epoch: None,
             })
         );
         let mut quoted = message.clone();
@@ -712,7 +720,8 @@ mod tests {
             by_user[0].actor,
             Some(Actor {
                 kind: ActorKind::Sync,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
 
@@ -724,7 +733,8 @@ mod tests {
             decode(&configured, &api).unwrap()[0].actor,
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("zapier".to_owned())
+                id: Some("zapier".to_owned()),
+                epoch: None,
             })
         );
         // Without configuration the same message falls back to an integration named by user.
@@ -732,7 +742,8 @@ mod tests {
             decode(&settings(), &api).unwrap()[0].actor,
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("99".to_owned())
+                id: Some("99".to_owned()),
+                epoch: None,
             })
         );
 
@@ -743,7 +754,8 @@ mod tests {
             decode(&settings(), &automation).unwrap()[0].actor,
             Some(Actor {
                 kind: ActorKind::User,
-                id: Some("42".to_owned())
+                id: Some("42".to_owned()),
+                epoch: None,
             })
         );
         let mut nobody = create_deal();

@@ -363,11 +363,13 @@ fn actor(settings: &FormatSettings, origin: &Origin, commit_user: Option<&str>) 
     let user = || Actor {
         kind: ActorKind::User,
         id: commit_user.map(str::to_owned),
+        epoch: None,
     };
     let fallback = match origin.client.as_deref() {
         Some(client) if client != SALESFORCE_UI_CLIENT => Some(Actor {
             kind: ActorKind::Integration,
             id: Some(client.to_owned()),
+            epoch: None,
         }),
         Some(_) => Some(user()),
         None => commit_user.map(|_| user()),
@@ -554,11 +556,13 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
     let nulled = field_names(header, "nulledFields", &header_path)?.unwrap_or_default();
     let diff = field_names(header, "diffFields", &header_path)?.unwrap_or_default();
 
-    // The event's identity: its UUID, else its replay id, else its place in its transaction.
+    // The event's identity: its UUID, else its place in its transaction (unique in the org),
+    // else its replay id. Replay ids are unique only per channel and can repeat after an org
+    // migration, so two changes could share one and the second would be dropped.
     let identity = match (&located.uuid, &located.replay_id, &transaction_key, sequence_number) {
         (Some(uuid), _, _, _) => uuid.clone(),
+        (None, _, Some(transaction), Some(sequence)) => format!("tx:{transaction}:{sequence}"),
         (None, Some(replay), _, _) => replay.clone(),
-        (None, None, Some(transaction), Some(sequence)) => format!("tx:{transaction}:{sequence}"),
         _ => {
             return Err(format!(
                 "the event has no identity: expected its UUID (`event.EventUuid` or `id`), its replay id (`event.replayId`, `replayId` or `replay_id`), or `{header_path}.transactionKey` with `sequenceNumber`"
@@ -726,6 +730,7 @@ mod tests {
         Some(Actor {
             kind: ActorKind::User,
             id: Some(id.to_owned()),
+            epoch: None,
         })
     }
 
@@ -790,7 +795,7 @@ mod tests {
             }
         });
         let mut want = expected(
-            "sf:2210456:001Hn00001ZxQ2aIAF",
+            "sf:tx:0000a1b2-77c1-4f21-9d3e-5a6b7c8d9e0f:1:001Hn00001ZxQ2aIAF",
             "account",
             "001Hn00001ZxQ2aIAF",
             Op::Create,
@@ -853,6 +858,7 @@ mod tests {
         want.actor = Some(Actor {
             kind: ActorKind::Integration,
             id: Some("BillingSync".to_owned()),
+            epoch: None,
         });
         assert_eq!(decode(&settings(), &event).unwrap(), vec![want]);
     }
@@ -936,7 +942,7 @@ mod tests {
             .objects
             .insert("Contact".to_owned(), "person".to_owned());
         let mut want = expected(
-            "sf:AAAAAAAGq8E=:003Hn00002QwErTIAZ",
+            "sf:tx:00007aa1-5e5e-4c4c-8b8b-0a0b0c0d0e0f:2:003Hn00002QwErTIAZ",
             "person",
             "003Hn00002QwErTIAZ",
             Op::Create,
@@ -1019,6 +1025,7 @@ mod tests {
         Some(Actor {
             kind: ActorKind::Integration,
             id: Some("Astro".to_owned()),
+            epoch: None,
         })
     }
 
@@ -1030,7 +1037,7 @@ mod tests {
             77,
         );
         let mut first = expected(
-            "sf:77:001A",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001A",
             "account",
             "001A",
             Op::Delete,
@@ -1038,7 +1045,7 @@ mod tests {
         );
         first.actor = astro();
         let mut second = expected(
-            "sf:77:001B",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001B",
             "account",
             "001B",
             Op::Delete,
@@ -1063,7 +1070,7 @@ mod tests {
             .iter()
             .map(|id| {
                 let mut event = expected(
-                    &format!("sf:78:{id}"),
+                    &format!("sf:tx:0000abcd-0000-0000-0000-00000000beef:1:{id}"),
                     "account",
                     id,
                     Op::Update,
@@ -1086,7 +1093,7 @@ mod tests {
             79,
         );
         let mut want = expected(
-            "sf:79:001C",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001C",
             "account",
             "001C",
             Op::Undelete,
@@ -1106,7 +1113,7 @@ mod tests {
     fn gap_events_make_each_named_record_unverified() {
         let message = cometd(header("GAP_UPDATE", json!(["001D", "001E"])), json!({}), 80);
         let mut first = expected(
-            "sf:80:001D",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001D",
             "account",
             "001D",
             Op::Gap,
@@ -1114,7 +1121,7 @@ mod tests {
         );
         first.actor = astro();
         let mut second = expected(
-            "sf:80:001E",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001E",
             "account",
             "001E",
             Op::Gap,
@@ -1141,7 +1148,13 @@ mod tests {
     #[test]
     fn an_overflow_is_one_gap_for_the_whole_entity() {
         let message = cometd(header("GAP_OVERFLOW", json!([])), json!({}), 82);
-        let mut want = expected("sf:82:*", "account", "", Op::Gap, "2024-04-26T16:36:32Z");
+        let mut want = expected(
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:*",
+            "account",
+            "",
+            Op::Gap,
+            "2024-04-26T16:36:32Z",
+        );
         want.actor = astro();
         assert_eq!(decode(&settings(), &message).unwrap(), vec![want.clone()]);
         // Overflow events may leave the record ids out altogether.
@@ -1158,7 +1171,13 @@ mod tests {
         let mut head = header("UPDATE", json!(["001*"]));
         head["changedFields"] = json!(["Tier__c"]);
         let message = cometd(head, json!({"Tier__c": null}), 83);
-        let mut want = expected("sf:83:001*", "account", "", Op::Gap, "2024-04-26T16:36:32Z");
+        let mut want = expected(
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001*",
+            "account",
+            "",
+            Op::Gap,
+            "2024-04-26T16:36:32Z",
+        );
         want.actor = astro();
         assert_eq!(decode(&settings(), &message).unwrap(), vec![want]);
     }
@@ -1176,7 +1195,7 @@ mod tests {
             84,
         );
         let mut update = expected(
-            "sf:84:001F",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001F",
             "account",
             "001F",
             Op::Update,
@@ -1186,7 +1205,7 @@ mod tests {
         update.partial = true;
         update.actor = astro();
         let mut reread = expected(
-            "sf:84:001F:reread",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001F:reread",
             "account",
             "001F",
             Op::Gap,
@@ -1230,7 +1249,10 @@ mod tests {
         );
         assert_eq!(
             (events[1].op, events[1].event_id.as_str()),
-            (Op::Gap, "sf:85:001G:reread")
+            (
+                Op::Gap,
+                "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001G:reread"
+            )
         );
     }
 
@@ -1258,7 +1280,7 @@ mod tests {
             "event": {"replayId": 90}
         });
         let mut want = expected(
-            "sf:90:003Hn00002QwErTIAZ",
+            "sf:tx:00001234-aaaa-bbbb-cccc-ddddeeeeffff:1:003Hn00002QwErTIAZ",
             "contact",
             "003Hn00002QwErTIAZ",
             Op::Update,
@@ -1306,14 +1328,16 @@ mod tests {
             actor_of(&plain, &astro),
             Some(Actor {
                 kind: ActorKind::Integration,
-                id: Some("Astro".to_owned())
+                id: Some("Astro".to_owned()),
+                epoch: None,
             })
         );
         assert_eq!(
             actor_of(&mapped, &astro),
             Some(Actor {
                 kind: ActorKind::Sync,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
 
@@ -1324,7 +1348,8 @@ mod tests {
             actor_of(&mapped, &by_user),
             Some(Actor {
                 kind: ActorKind::Repair,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
 
@@ -1335,7 +1360,8 @@ mod tests {
             actor_of(&mapped, &apex),
             Some(Actor {
                 kind: ActorKind::System,
-                id: None
+                id: None,
+                epoch: None,
             })
         );
 
@@ -1353,7 +1379,8 @@ mod tests {
             actor_of(&mapped, &ui),
             Some(Actor {
                 kind: ActorKind::User,
-                id: Some("ui".to_owned())
+                id: Some("ui".to_owned()),
+                epoch: None,
             })
         );
 
@@ -1374,7 +1401,13 @@ mod tests {
                 .map(|event| event.event_id)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(ids(&message), ["sf:92:001J", "sf:92:001K"]);
+        assert_eq!(
+            ids(&message),
+            [
+                "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001J",
+                "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001K"
+            ]
+        );
         assert_eq!(ids(&message), ids(&message.clone()));
         // The same event without the Bayeux envelope.
         assert_eq!(ids(&message["data"]), ids(&message));
@@ -1510,7 +1543,7 @@ mod tests {
         let bytes = serde_json::to_vec(&message).unwrap();
         let events = decode_message(&settings(), None, Some(&bytes), 1 << 20).unwrap();
         let mut want = expected(
-            "sf:96:001Y",
+            "sf:tx:0000abcd-0000-0000-0000-00000000beef:1:001Y",
             "account",
             "001Y",
             Op::Gap,

@@ -147,6 +147,9 @@ fn ticket_image(
     } else {
         (Op::Update, Some(image_fields(ticket, path)?))
     };
+    // Both times are whole seconds: two states within one second would share them. The
+    // content tells them apart, and the same state exported twice still has the same id.
+    event_id.push_str(&format!(":{:016x}", content_hash(fields.as_ref())));
     Ok(ChangeEvent {
         event_id,
         entity: settings.entity(TICKET),
@@ -164,6 +167,15 @@ fn ticket_image(
         records: None,
         schema: None,
         transaction_id: None,
+    })
+}
+
+/// A stable 64-bit FNV-1a hash of a field image (fields are ordered by name, so the same
+/// image always serializes the same way).
+fn content_hash(fields: Option<&Fields>) -> u64 {
+    let bytes = serde_json::to_vec(&fields).expect("invariant: field images are plain JSON");
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -352,7 +364,11 @@ fn webhook(
     event_type: &str,
 ) -> Result<Vec<ChangeEvent>, String> {
     let webhook_id = id(message, "id", "")?;
-    let occurred_at = rfc3339(required(message, "time", "")?, ".time")?;
+    // Exports and ticket events give whole seconds: so does tandem for webhooks, or a change
+    // exported later within the same second would look older than the webhook's.
+    let time = rfc3339(required(message, "time", "")?, ".time")?;
+    let occurred_at =
+        Timestamp::from_unix_nanos(time.unix_nanos() - time.unix_nanos().rem_euclid(1_000_000_000));
     let name = event_type
         .strip_prefix(WEBHOOK_TYPE_PREFIX)
         .unwrap_or_default();
@@ -395,7 +411,8 @@ fn webhook(
         fallback_actor(actor_id.as_deref(), channel.as_deref()),
     );
     let (op, fields, partial, merged_into) = match change {
-        WebhookChange::Image(op) => (op, Some(detail_image(detail)), false, None),
+        // `detail` holds some twenty properties, not the custom fields: not a full image.
+        WebhookChange::Image(op) => (op, Some(detail_image(detail)), true, None),
         WebhookChange::Partial(fields) => (Op::Update, Some(fields), true, None),
         WebhookChange::Delete => (Op::Delete, None, false, None),
         WebhookChange::Merge(target) => (Op::Merge, None, false, Some(target)),
@@ -605,6 +622,7 @@ fn fallback_actor(user: Option<&str>, channel: Option<&str>) -> Option<Actor> {
         return Some(Actor {
             kind: ActorKind::System,
             id: None,
+            epoch: None,
         });
     }
     let id = user.map(str::to_owned);
@@ -612,10 +630,12 @@ fn fallback_actor(user: Option<&str>, channel: Option<&str>) -> Option<Actor> {
         Some(channel) if API_CHANNELS.contains(&channel) => Some(Actor {
             kind: ActorKind::Integration,
             id,
+            epoch: None,
         }),
         _ if user.is_some() || channel.is_some() => Some(Actor {
             kind: ActorKind::User,
             id,
+            epoch: None,
         }),
         _ => None,
     }
@@ -782,11 +802,30 @@ mod tests {
         Some(Actor {
             kind,
             id: id.map(str::to_owned),
+            epoch: None,
         })
     }
 
     fn decode_ok(value: &Value) -> Vec<ChangeEvent> {
         decode(&settings(), value).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Decodes full images, checks that each id ends with a 16-digit content hash and removes
+    /// it, so expectations can spell out the rest by hand.
+    fn images(value: &Value) -> Vec<ChangeEvent> {
+        decode_ok(value)
+            .into_iter()
+            .map(|mut event| {
+                let (rest, hash) = event.event_id.rsplit_once(':').unwrap();
+                assert!(
+                    hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+                    "{}",
+                    event.event_id
+                );
+                event.event_id = rest.to_owned();
+                event
+            })
+            .collect()
     }
 
     fn decode_err(value: &Value) -> String {
@@ -874,7 +913,7 @@ mod tests {
                 "2026-03-04T17:02:11Z",
             ),
         ];
-        assert_eq!(decode_ok(&time_based_page()), expected);
+        assert_eq!(images(&time_based_page()), expected);
     }
 
     #[test]
@@ -911,7 +950,7 @@ mod tests {
                 "2026-03-04T11:40:00Z",
             )
         };
-        assert_eq!(decode_ok(&page), vec![expected.clone()]);
+        assert_eq!(images(&page), vec![expected.clone()]);
 
         // Configuration names the channel's writer.
         let mut configured = settings();
@@ -935,11 +974,18 @@ mod tests {
         later["tickets"][0]["updated_at"] = json!("2026-03-04T18:00:00Z");
         later["tickets"][0]["generated_timestamp"] = json!(1772647200);
         let changed = decode_ok(&later);
-        assert_eq!(
-            changed[0].event_id,
-            "zd:ticket:35436:2026-03-04T18:00:00Z:1772647200"
+        assert!(
+            changed[0]
+                .event_id
+                .starts_with("zd:ticket:35436:2026-03-04T18:00:00Z:1772647200:"),
+            "{}",
+            changed[0].event_id
         );
         assert_eq!(changed[1].event_id, first[1].event_id);
+        // Two states within one second share both times: their content tells them apart.
+        let mut same_second = time_based_page();
+        same_second["tickets"][0]["status"] = json!("solved");
+        assert_ne!(decode_ok(&same_second)[0].event_id, first[0].event_id);
         // A system update moves only `generated_timestamp`: still a new state.
         let mut system = time_based_page();
         system["tickets"][0]["generated_timestamp"] = json!(1772650000);
@@ -966,9 +1012,9 @@ mod tests {
                 "2026-03-03T11:00:00Z",
             )
         };
-        assert_eq!(decode_ok(&ticket), vec![expected.clone()]);
+        assert_eq!(images(&ticket), vec![expected.clone()]);
         let wrapped = json!({"ticket": ticket, "users": [{"id": 1}]});
-        assert_eq!(decode_ok(&wrapped), vec![expected]);
+        assert_eq!(images(&wrapped), vec![expected]);
     }
 
     fn ticket_events_page() -> Value {
@@ -1161,7 +1207,8 @@ mod tests {
     }
 
     const WEBHOOK_ID: &str = "zd:webhook:2b24ef10-19d4-4740-93cf-8f98ec4776c0";
-    const WEBHOOK_TIME: &str = "2026-03-04T10:15:02.218306624Z";
+    /// The webhook's `time` (10:15:02.218306624), cut to the second like every other shape.
+    const WEBHOOK_TIME: &str = "2026-03-04T10:15:02Z";
 
     #[test]
     fn a_created_webhook_is_a_create_with_the_detail_in_rest_spelling() {
@@ -1194,6 +1241,8 @@ mod tests {
                 "via": {"channel": "web_service"}
             })),
             actor: actor(ActorKind::Integration, Some("8447388090494")),
+            // `detail` holds some twenty properties and no custom fields: not a full image.
+            partial: true,
             ..event(WEBHOOK_ID, "5158", Op::Create, WEBHOOK_TIME)
         };
         assert_eq!(decode_ok(&message), vec![expected]);
@@ -1300,7 +1349,8 @@ mod tests {
         let undeleted = decode_ok(&webhook("undeleted", json!({})));
         assert_eq!(undeleted.len(), 1);
         assert_eq!(undeleted[0].op, Op::Undelete);
-        assert!(!undeleted[0].partial);
+        // The webhook's `detail` lacks the custom fields: not a full image.
+        assert!(undeleted[0].partial);
         assert_eq!(
             undeleted[0]
                 .fields
