@@ -3,7 +3,9 @@
 //! Every store read runs on the blocking pool against one RocksDB snapshot, so a response
 //! never mixes two batches and the async runtime never waits on disk.
 
+pub mod auth;
 mod metrics;
+pub mod ownership;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -22,21 +24,23 @@ use base64::Engine;
 use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tandem_core::ownership::OwnershipPolicy;
 use tandem_core::{Mapping, Status, System, Timestamp};
 use tandem_ingest::{IngestMetrics, IngestStatus};
 use tandem_store::{DivergenceFilter, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::auth::{AccessTokens, AuthMetrics};
 use crate::metrics::ReportGauges;
 use crate::report::{
     build_report, DivergenceList, FieldDiff, RecordView, Report, SideView, StoredFacts,
 };
 
 /// Divergences returned per page when no `limit` is given.
-const DEFAULT_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit` accepted.
-const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 
 /// What the handlers share.
 pub struct ApiContext {
@@ -54,7 +58,12 @@ pub struct ApiContext {
     pub registry: Registry,
     /// Ingest metrics (the lag gauge is refreshed at scrape time).
     pub ingest_metrics: IngestMetrics,
+    /// Ownership rules.
+    pub ownership: OwnershipPolicy,
+    /// Bearer tokens.
+    pub tokens: AccessTokens,
     report_gauges: ReportGauges,
+    auth_metrics: AuthMetrics,
 }
 
 impl ApiContext {
@@ -69,6 +78,7 @@ impl ApiContext {
         ingest_metrics: IngestMetrics,
     ) -> prometheus::Result<Self> {
         let report_gauges = ReportGauges::register(&registry)?;
+        let auth_metrics = AuthMetrics::register(&registry)?;
         Ok(ApiContext {
             store,
             mapping,
@@ -77,8 +87,23 @@ impl ApiContext {
             status,
             registry,
             ingest_metrics,
+            ownership: OwnershipPolicy::default(),
+            tokens: AccessTokens::default(),
             report_gauges,
+            auth_metrics,
         })
+    }
+
+    /// Judges and answers ownership questions by these rules.
+    pub fn with_ownership(mut self, ownership: OwnershipPolicy) -> Self {
+        self.ownership = ownership;
+        self
+    }
+
+    /// Requires these bearer tokens.
+    pub fn with_tokens(mut self, tokens: AccessTokens) -> Self {
+        self.tokens = tokens;
+        self
     }
 }
 
@@ -91,13 +116,21 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(get_ready))
         .route("/metrics", get(metrics::get_metrics))
+        .route("/v1/ownership", get(ownership::get_ownership))
+        .route("/v1/ownership/permit", get(ownership::get_permit))
+        .route("/v1/violations", get(ownership::get_violations))
+        .route("/v1/writers", get(ownership::get_writers))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /healthz, /readyz, /metrics",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            context.clone(),
+            auth::require_token,
+        ))
         .with_state(context)
 }
 
@@ -108,21 +141,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     info!(address = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(listener, router(context))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(context).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// An error response: `{"error": ..., "hint": ...}`.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     error: String,
     hint: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             error: error.into(),
@@ -130,7 +170,7 @@ impl ApiError {
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> Self {
         error!(%error, "request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,7 +191,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs a store read on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
@@ -159,7 +199,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
 
@@ -202,7 +242,7 @@ struct DivergenceQuery {
     cursor: Option<String>,
 }
 
-fn known_entities(mapping: &Mapping) -> String {
+pub(crate) fn known_entities(mapping: &Mapping) -> String {
     mapping
         .entities()
         .map(|entity| entity.name.as_str())
@@ -211,7 +251,7 @@ fn known_entities(mapping: &Mapping) -> String {
 }
 
 /// An empty query value means the parameter is absent (`?entity=&status=`).
-fn present(value: Option<String>) -> Option<String> {
+pub(crate) fn present(value: Option<String>) -> Option<String> {
     value.filter(|text| !text.is_empty())
 }
 

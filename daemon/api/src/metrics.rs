@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tandem_core::ownership::ViolationKind;
 use tandem_core::System;
 use tandem_ingest::IngestMetrics;
 
@@ -23,6 +24,7 @@ pub(crate) struct ReportGauges {
     broker_reachable: IntGauge,
     rereads_outstanding: IntGauge,
     open_holes: IntGaugeVec,
+    violations: IntGaugeVec,
 }
 
 impl ReportGauges {
@@ -63,6 +65,13 @@ impl ReportGauges {
                 ),
                 &["system"],
             )?,
+            violations: IntGaugeVec::new(
+                Opts::new(
+                    "tandem_violations_total",
+                    "Writes that broke the ownership rule, per system written into and kind",
+                ),
+                &["system", "kind"],
+            )?,
         };
         registry.register(Box::new(gauges.records.clone()))?;
         registry.register(Box::new(gauges.parity.clone()))?;
@@ -71,6 +80,7 @@ impl ReportGauges {
         registry.register(Box::new(gauges.broker_reachable.clone()))?;
         registry.register(Box::new(gauges.rereads_outstanding.clone()))?;
         registry.register(Box::new(gauges.open_holes.clone()))?;
+        registry.register(Box::new(gauges.violations.clone()))?;
         Ok(gauges)
     }
 
@@ -96,6 +106,18 @@ impl ReportGauges {
         gauges
             .rereads_outstanding
             .set(i64::try_from(report.feed.rereads_outstanding).unwrap_or(i64::MAX));
+        for (system, ingest) in [
+            ("source", &report.ingest.source),
+            ("target", &report.ingest.target),
+        ] {
+            for kind in [ViolationKind::NonOwnerWrite, ViolationKind::FencedWrite] {
+                let count = ingest.violations.get(&kind).copied().unwrap_or(0);
+                gauges
+                    .violations
+                    .with_label_values(&[system, kind.as_str()])
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
         for (system, feed) in [
             ("source", &report.feed.source),
             ("target", &report.feed.target),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tandem_core::feed::SnapshotStatus;
+use tandem_core::ownership::ViolationKind;
 use tandem_core::record::Unverified;
 use tandem_core::summary::SystemCounters;
 use tandem_core::{
@@ -120,6 +121,9 @@ pub struct SystemIngest {
     /// Messages read that carry nothing to apply (Debezium tombstones, transaction markers).
     #[serde(default)]
     pub messages_skipped: u64,
+    /// Writes into this system that broke the ownership rule, per kind.
+    #[serde(default)]
+    pub violations: BTreeMap<ViolationKind, u64>,
     /// Events of entities the configuration does not map, per entity.
     pub unmapped_entities: BTreeMap<String, u64>,
     /// Sum over assigned partitions of (high watermark − next offset); null while unknown.
@@ -217,6 +221,7 @@ pub fn build_report(
             duplicates_dropped: counters.duplicates_dropped,
             stale_versions: counters.stale_versions,
             messages_skipped: counters.skipped,
+            violations: counters.violations.clone(),
             dead_lettered: counters.dead_lettered,
             unmapped_entities: counters.unmapped_entities.clone(),
             lag: ingest.lag(system),

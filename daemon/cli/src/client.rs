@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 pub struct ApiClient {
     base_url: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -21,7 +22,14 @@ impl ApiClient {
         ApiClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::new_with_config(config),
+            token: None,
         }
+    }
+
+    /// Sends `token` as the bearer token of every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The daemon's base URL.
@@ -32,7 +40,11 @@ impl ApiClient {
     /// GETs `path_and_query` and decodes the JSON answer; API errors become readable errors.
     pub fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> anyhow::Result<T> {
         let url = format!("{}{path_and_query}", self.base_url);
-        let mut response = self.agent.get(&url).call().map_err(|error| {
+        let mut request = self.agent.get(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().map_err(|error| {
             anyhow!(
                 "cannot reach tandem at {}: {error}; is the daemon running (`tandem run --config tandem.toml`), and is --url or api.listen right?",
                 self.base_url

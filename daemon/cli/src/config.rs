@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_api::auth::{AccessTokens, Token};
 use tandem_core::format::{Format, FormatSettings};
 use tandem_core::ownership::{ActorRule, OwnershipPolicy, Unattributed};
 use tandem_core::{EntityMapping, Mapping, System};
@@ -89,13 +90,70 @@ pub struct ApiConfig {
     /// Listen address of the HTTP API.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Bearer token for changes (and reads). Prefer `admin_token_file`.
+    #[serde(default, skip_serializing)]
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (its trailing newline is ignored).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Bearer token every read must carry, when set. Prefer `read_token_file`.
+    #[serde(default, skip_serializing)]
+    pub read_token: Option<String>,
+    /// A file holding the read token.
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
+            admin_token: None,
+            admin_token_file: None,
+            read_token: None,
+            read_token_file: None,
         }
+    }
+}
+
+impl ApiConfig {
+    /// The configured tokens, read from their files where given.
+    pub fn tokens(&self) -> Result<AccessTokens, String> {
+        let token = |name: &str, inline: &Option<String>, file: &Option<PathBuf>| {
+            let text = match (inline, file) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "keys `api.{name}` and `api.{name}_file` are both set: keep one"
+                    ))
+                }
+                (Some(text), None) => text.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).map_err(|error| {
+                    format!(
+                        "key `api.{name}_file`: cannot read {}: {error}",
+                        path.display()
+                    )
+                })?,
+                (None, None) => return Ok(None),
+            };
+            match Token::new(&text) {
+                Some(token) if text.trim().len() >= 16 => Ok(Some(token)),
+                _ => Err(format!("key `api.{name}`: a token needs at least 16 characters (e.g. `openssl rand -hex 32`)")),
+            }
+        };
+        let tokens = AccessTokens {
+            admin: token("admin_token", &self.admin_token, &self.admin_token_file)?,
+            read: token("read_token", &self.read_token, &self.read_token_file)?,
+        };
+        Ok(tokens)
+    }
+
+    /// The token the CLI sends: the admin token when configured, else the read token.
+    pub fn client_token(&self) -> Option<String> {
+        let tokens = self.tokens().ok()?;
+        tokens
+            .admin
+            .or(tokens.read)
+            .map(|token| token.reveal().to_owned())
     }
 }
 
@@ -503,6 +561,7 @@ impl Config {
             }
         }
         self.ownership.policy(&self.entities)?;
+        self.api.tokens()?;
         if self.reconcile.reread_resend_after < Duration::from_secs(1) {
             return Err("key `reconcile.reread_resend_after` must be at least 1s".to_owned());
         }

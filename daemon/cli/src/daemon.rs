@@ -64,6 +64,8 @@ pub async fn run(
     info!(path = %config.store.path.display(), "store open");
 
     let settings = config.ingest_settings();
+    let settings_ownership = settings.ownership.clone();
+    let tokens = config.api.tokens().map_err(StartError::Config)?;
     let status = Arc::new(IngestStatus::new(settings.topics.clone()));
     let registry = Registry::new_custom(None, None).context("metrics registry")?;
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
@@ -103,7 +105,9 @@ pub async fn run(
             registry,
             metrics,
         )
-        .context("registering API metrics")?,
+        .context("registering API metrics")?
+        .with_ownership(settings_ownership)
+        .with_tokens(tokens),
     );
     let api_cancel = cancel.clone();
     let api = tokio::spawn(tandem_api::serve(listener, context, async move {

@@ -12,6 +12,7 @@ use tandem::daemon::{self, Ended, StartError};
 use tandem::demo::{self, DemoOptions};
 use tandem::logging;
 use tandem::render::{self, Format};
+use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
 use tandem_api::report::{DivergenceEntry, DivergenceList, RecordView, Report};
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +92,49 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Who writes into each system: every writer with its writes per entity, the ones writing
+    /// into the fenced system first.
+    Writers {
+        /// Count from this time (RFC 3339) or this long ago (24h, 7d); counts are per UTC day.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List violations of the ownership rule, oldest first.
+    Violations {
+        /// From this time (RFC 3339) or this long ago (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this writer: `kind` or `kind:id`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only writes into this system.
+        #[arg(long)]
+        system: Option<String>,
+        /// Follow every page instead of printing the first 1000.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show who owns each entity, at which epoch, and who may write into the fenced system.
+    Ownership {
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Validate a configuration file (and TANDEM_* overrides) without starting anything.
     CheckConfig {
         /// The configuration file.
@@ -165,6 +209,71 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             config,
             topic,
         } => decode_command(&mut out, file, format, key, config, topic),
+        Command::Writers {
+            since,
+            target,
+            format,
+        } => {
+            let mut path = "/v1/writers".to_owned();
+            if let Some(since) = since {
+                path.push_str(&format!("?since={}", encode_component(&since)));
+            }
+            let writers: WritersView = client(&target)?.get(&path)?;
+            match format {
+                Format::Json => render::json(&mut out, &writers)?,
+                _ => render::writers_table(&mut out, &writers)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Violations {
+            since,
+            actor,
+            entity,
+            system,
+            all,
+            target,
+            format,
+        } => {
+            let api = client(&target)?;
+            let mut query = "/v1/violations?limit=1000".to_owned();
+            for (name, value) in [
+                ("since", &since),
+                ("actor", &actor),
+                ("entity", &entity),
+                ("system", &system),
+            ] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{name}={}", encode_component(value)));
+                }
+            }
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page_query = match &cursor {
+                    Some(cursor) => format!("{query}&cursor={cursor}"),
+                    None => query.clone(),
+                };
+                let page: ViolationList = api.get(&page_query)?;
+                items.extend(page.items);
+                match page.next_cursor {
+                    Some(next) if all => cursor = Some(next),
+                    _ => break,
+                }
+            }
+            match format {
+                Format::Json => render::json(&mut out, &items)?,
+                other => render::violations(&mut out, &items, other)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ownership { target, format } => {
+            let view: OwnershipView = client(&target)?.get("/v1/ownership")?;
+            match format {
+                Format::Json => render::json(&mut out, &view)?,
+                _ => render::ownership_table(&mut out, &view)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report { target, format } => {
             let report: Report = client(&target)?.get("/v1/report")?;
             match format {
@@ -296,8 +405,11 @@ fn run_daemon(config_path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn client(target: &Target) -> anyhow::Result<ApiClient> {
+    let token = std::env::var("TANDEM_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
     if let Some(url) = &target.url {
-        return Ok(ApiClient::new(url));
+        return Ok(ApiClient::new(url).with_token(token));
     }
     let config_path = match &target.config {
         Some(path) => Some(path.clone()),
@@ -311,7 +423,8 @@ fn client(target: &Target) -> anyhow::Result<ApiClient> {
     if address.ip().is_unspecified() {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok(ApiClient::new(&format!("http://{address}")))
+    Ok(ApiClient::new(&format!("http://{address}"))
+        .with_token(token.or_else(|| config.api.client_token())))
 }
 
 /// `tandem decode`: exit 0 with one JSON line per event, or 1 with the dead-letter reason.

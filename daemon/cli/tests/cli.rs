@@ -144,7 +144,11 @@ fn environment_variables_override_the_file() {
 fn bad_files_name_the_key_and_exit_2() {
     let directory = tempfile::tempdir().unwrap();
     let target = "topics = [\"crm.target.changes\"]\n";
-    let cases: [(&str, String, &[&str]); 13] = [
+    let cases: [(&str, String, &[&str]); 17] = [
+        ("owned.toml", format!("{GOOD}\n[ownership]\nentities = {{ ticket = \"target\" }}\n"), &["key `ownership.entities.ticket`", "not one of the configured entities"]),
+        ("allowed.toml", format!("{GOOD}\n[ownership]\nallowed = {{ target = [\"bot\"] }}\n"), &["key `ownership.allowed.target`", "`bot` is not one of"]),
+        ("token.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"short\""), &["key `api.admin_token`", "at least 16 characters"]),
+        ("token_file.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nread_token_file = \"/nonexistent/read.token\""), &["key `api.read_token_file`", "cannot read /nonexistent/read.token"]),
         ("format.toml", GOOD.replace(target, &format!("{target}format = \"salesforce\"\n")), &["key `systems.target.format`", "`salesforce` is not a format", "salesforce-cdc"]),
         ("topic_format.toml", GOOD.replace(target, &format!("{target}formats = {{ \"crm.target.changes\" = \"debezum\" }}\n")), &["key `systems.target.formats.crm.target.changes`", "`debezum` is not a format"]),
         ("format_topic.toml", GOOD.replace(target, &format!("{target}formats = {{ \"crm.other\" = \"debezium\" }}\n")), &["key `systems.target.formats`", "`crm.other` is not one of `systems.target.topics`"]),

@@ -87,6 +87,10 @@ fn the_openapi_document_lists_every_route() {
         "/healthz:",
         "/readyz:",
         "/metrics:",
+        "/v1/ownership:",
+        "/v1/ownership/permit:",
+        "/v1/violations:",
+        "/v1/writers:",
     ] {
         assert!(
             openapi.contains(route),
@@ -179,4 +183,56 @@ fn vendor_examples_decode_to_events_that_pass_the_schema() {
             "the {format} examples decode to no event at all"
         );
     }
+}
+
+/// The violation examples pass the schema and read as violations; a violation tandem writes
+/// passes the schema too.
+#[test]
+fn violations_match_their_schema() {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(schemas_dir().join("violation.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let check = |what: &str, instance: &serde_json::Value| {
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|error| error.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{what} fails the schema: {errors:?}");
+    };
+    let directory = schemas_dir().join("examples").join("violations");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&directory).unwrap() {
+        let path = entry.unwrap().path();
+        let instance: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        check(&path.display().to_string(), &instance);
+        let violation: tandem_core::ownership::Violation =
+            serde_json::from_value(instance.clone()).unwrap();
+        check(
+            "the example written back",
+            &serde_json::to_value(&violation).unwrap(),
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2);
+    let unattributed = tandem_core::ownership::Violation {
+        kind: tandem_core::ownership::ViolationKind::NonOwnerWrite,
+        system: tandem_core::System::Target,
+        entity: "contact".to_owned(),
+        join_key: "unjoined:target:T9".to_owned(),
+        native_id: "T9".to_owned(),
+        actor: None,
+        op: tandem_core::Op::Delete,
+        fields: Vec::new(),
+        occurred_at: tandem_core::Timestamp::from_unix_millis(1_793_610_000_000),
+        event_id: "e9".to_owned(),
+        owner: tandem_core::System::Source,
+        epoch: 1,
+    };
+    check(
+        "an unattributed delete",
+        &serde_json::to_value(&unattributed).unwrap(),
+    );
 }

@@ -285,6 +285,22 @@ impl ApplyLoop {
                 })?;
         }
         let plan = planner.finish();
+        for violation in &plan.violations {
+            let actor = violation.actor.as_ref();
+            warn!(
+                kind = %violation.kind,
+                system = %violation.system,
+                entity = %violation.entity,
+                join_key = %violation.join_key,
+                native_id = %violation.native_id,
+                actor_kind = actor.map_or("unknown", |actor| tandem_core::ownership::actor_kind_name(actor.kind)),
+                actor_id = actor.and_then(|actor| actor.id.as_deref()).unwrap_or(""),
+                event_id = %violation.event_id,
+                owner = %violation.owner,
+                epoch = violation.epoch,
+                "ownership violated: re-point this writer at the owning system, allow it under ownership.allowed, or give it the current epoch"
+            );
+        }
 
         let mut offsets: BTreeMap<(String, i32), NextOffset> = BTreeMap::new();
         for message in &batch {

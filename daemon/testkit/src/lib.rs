@@ -215,6 +215,8 @@ pub struct Daemon {
     child: Child,
     pub url: String,
     log: PathBuf,
+    /// The bearer token [`Daemon::get`] sends, if the daemon requires one.
+    pub token: Option<String>,
 }
 
 impl Daemon {
@@ -255,6 +257,7 @@ impl Daemon {
             child,
             url: format!("http://127.0.0.1:{port}"),
             log: log.to_owned(),
+            token: None,
         };
         let client = ureq::Agent::new_with_defaults();
         let health = format!("{}/healthz", daemon.url);
@@ -272,7 +275,11 @@ impl Daemon {
     /// GETs a JSON document from the API.
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let url = format!("{}{path}", self.url);
-        ureq::get(&url)
+        let mut request = ureq::get(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        request
             .call()
             .unwrap_or_else(|error| panic!("GET {url}: {error}\n{}", self.log_tail()))
             .body_mut()

@@ -1,0 +1,170 @@
+//! Bearer tokens: reads need the read token when one is configured, changes always need the
+//! admin token. Tokens are compared in constant time and never logged; every refusal is
+//! logged with the caller's address and counted.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{IntCounterVec, Opts, Registry};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use crate::{ApiContext, ApiError};
+
+/// A token, shown as `***` in logs and debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token from its text; surrounding whitespace (a file's trailing newline) is dropped.
+    pub fn new(text: &str) -> Option<Token> {
+        let text = text.trim();
+        (!text.is_empty()).then(|| Token(text.to_owned()))
+    }
+
+    /// The token itself, to send it (never to log it).
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, offered: &str) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(offered.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("***")
+    }
+}
+
+/// The configured tokens.
+#[derive(Clone, Debug, Default)]
+pub struct AccessTokens {
+    /// Needed for changes (and accepted for reads).
+    pub admin: Option<Token>,
+    /// Needed for reads when set.
+    pub read: Option<Token>,
+}
+
+/// Refusals per reason.
+#[derive(Clone)]
+pub(crate) struct AuthMetrics {
+    failures: IntCounterVec,
+}
+
+impl AuthMetrics {
+    pub(crate) fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "tandem_auth_failures_total",
+                "Requests refused for a missing or wrong bearer token, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(AuthMetrics { failures })
+    }
+}
+
+/// Whether a path is open without a token: liveness and readiness probes.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// Checks the bearer token of every request but the probes.
+pub(crate) async fn require_token(
+    State(context): State<Arc<ApiContext>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let caller = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let path = request.uri().path().to_owned();
+    if is_open(&path) {
+        return next.run(request).await;
+    }
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let tokens = &context.tokens;
+    let offered = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let admin_ok = |offered: &str| {
+        tokens
+            .admin
+            .as_ref()
+            .is_some_and(|token| token.matches(offered))
+    };
+    let read_ok = |offered: &str| {
+        tokens
+            .read
+            .as_ref()
+            .is_some_and(|token| token.matches(offered))
+    };
+    let refusal = if changes {
+        match (&tokens.admin, offered) {
+            (None, _) => Some((
+                "no_admin_token",
+                StatusCode::FORBIDDEN,
+                "changes need an admin token, and none is configured: set api.admin_token or api.admin_token_file",
+            )),
+            (Some(_), None) => Some((
+                "missing",
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <admin token>`",
+            )),
+            (Some(_), Some(offered)) if !admin_ok(offered) => Some((
+                "wrong",
+                StatusCode::UNAUTHORIZED,
+                "the token is not the admin token (api.admin_token)",
+            )),
+            _ => None,
+        }
+    } else if tokens.read.is_some() {
+        match offered {
+            None => Some((
+                "missing",
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <read token>` (api.read_token) or the admin token",
+            )),
+            Some(offered) if !read_ok(offered) && !admin_ok(offered) => Some((
+                "wrong",
+                StatusCode::UNAUTHORIZED,
+                "the token is neither the read token nor the admin token",
+            )),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some((reason, status, hint)) => {
+            context
+                .auth_metrics
+                .failures
+                .with_label_values(&[reason])
+                .inc();
+            warn!(%caller, method = %request.method(), %path, reason, "request refused: no valid bearer token");
+            let mut response = ApiError::new(status, "not authorized", hint).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
+}
