@@ -4,6 +4,7 @@
 //! never mixes two batches and the async runtime never waits on disk.
 
 pub mod auth;
+pub mod cutover;
 mod metrics;
 pub mod ownership;
 pub mod report;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::auth::{AccessTokens, AuthMetrics};
+use crate::cutover::CutoverRules;
 use crate::metrics::ReportGauges;
 use crate::report::{
     build_report, DivergenceList, FieldDiff, RecordView, Report, SideView, StoredFacts,
@@ -62,8 +64,14 @@ pub struct ApiContext {
     pub ownership: OwnershipPolicy,
     /// Bearer tokens.
     pub tokens: AccessTokens,
+    /// Gates and rollback triggers.
+    pub cutover_rules: CutoverRules,
+    /// Where cutover steps go (the running ingestion).
+    pub cutover: cutover::Handle,
     report_gauges: ReportGauges,
     auth_metrics: AuthMetrics,
+    gate_memory: cutover::Memory,
+    cutover_metrics: prometheus::IntGauge,
 }
 
 impl ApiContext {
@@ -79,6 +87,11 @@ impl ApiContext {
     ) -> prometheus::Result<Self> {
         let report_gauges = ReportGauges::register(&registry)?;
         let auth_metrics = AuthMetrics::register(&registry)?;
+        let cutover_metrics = prometheus::IntGauge::new(
+            "tandem_rollback_triggers_fired",
+            "Rollback triggers firing now (evaluated after a flip, every 15 s)",
+        )?;
+        registry.register(Box::new(cutover_metrics.clone()))?;
         Ok(ApiContext {
             store,
             mapping,
@@ -89,14 +102,29 @@ impl ApiContext {
             ingest_metrics,
             ownership: OwnershipPolicy::default(),
             tokens: AccessTokens::default(),
+            cutover_rules: CutoverRules::default(),
+            cutover: None,
             report_gauges,
             auth_metrics,
+            gate_memory: std::sync::Mutex::default(),
+            cutover_metrics,
         })
     }
 
     /// Judges and answers ownership questions by these rules.
     pub fn with_ownership(mut self, ownership: OwnershipPolicy) -> Self {
         self.ownership = ownership;
+        self
+    }
+
+    /// Runs the cutover by these rules, taking steps through `handle`.
+    pub fn with_cutover(
+        mut self,
+        rules: CutoverRules,
+        handle: Option<tandem_ingest::CutoverHandle>,
+    ) -> Self {
+        self.cutover_rules = rules;
+        self.cutover = handle;
         self
     }
 
@@ -120,11 +148,14 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/ownership/permit", get(ownership::get_permit))
         .route("/v1/violations", get(ownership::get_violations))
         .route("/v1/writers", get(ownership::get_writers))
+        .route("/v1/cutover", get(cutover::get_cutover))
+        .route("/v1/cutover/readiness", get(cutover::get_readiness))
+        .route("/v1/cutover/{step}", axum::routing::post(cutover::post_step))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, /healthz, /readyz, /metrics",
             )
         })
         .layer(axum::middleware::from_fn_with_state(

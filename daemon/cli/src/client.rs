@@ -64,6 +64,31 @@ impl ApiClient {
     }
 }
 
+impl ApiClient {
+    /// POSTs a JSON body and returns the status and the JSON answer (errors included: a
+    /// refused cutover step answers 409 with its reasons).
+    pub fn post(
+        &self,
+        path_and_query: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let url = format!("{}{path_and_query}", self.base_url);
+        let mut request = self.agent.post(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.send_json(body).map_err(|error| {
+            anyhow!(
+                "cannot reach tandem at {}: {error}; is the daemon running, and is --url or api.listen right?",
+                self.base_url
+            )
+        })?;
+        let status = response.status().as_u16();
+        let answer = response.body_mut().read_json().unwrap_or_default();
+        Ok((status, answer))
+    }
+}
+
 /// Percent-encodes one path segment or query value.
 pub fn encode_component(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());

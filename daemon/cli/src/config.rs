@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tandem_api::auth::{AccessTokens, Token};
+use tandem_api::cutover::CutoverRules;
 use tandem_core::format::{Format, FormatSettings};
+use tandem_core::gates::{GateRules, TriggerRule};
 use tandem_core::ownership::{ActorRule, OwnershipPolicy, Unattributed};
-use tandem_core::{EntityMapping, Mapping, System};
+use tandem_core::{EntityMapping, Mapping, Status, System, Timestamp};
 use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
 
@@ -33,6 +35,9 @@ pub struct Config {
     /// Who owns live work.
     #[serde(default)]
     pub ownership: OwnershipConfig,
+    /// The second cutover: gates and rollback triggers.
+    #[serde(default)]
+    pub cutover: CutoverConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -291,6 +296,154 @@ impl OwnershipConfig {
             entities: self.entities.clone(),
             allowed,
             unattributed: self.unattributed_writes,
+        })
+    }
+}
+
+/// `[cutover]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// The date the second cutover must happen by: `2026-12-15` (UTC midnight) or RFC 3339.
+    #[serde(default)]
+    pub commit_date: Option<String>,
+    /// The gates `verify` and `flip` need green.
+    #[serde(default)]
+    pub gates: GatesConfig,
+    /// Rules watched after a flip.
+    #[serde(default)]
+    pub triggers: Vec<TriggerRule>,
+}
+
+/// `[cutover.gates]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesConfig {
+    /// Minimum parity of every entity (0 to 1).
+    #[serde(default)]
+    pub min_parity: Option<f64>,
+    /// Minimum parity per entity.
+    #[serde(default)]
+    pub min_parity_by_entity: BTreeMap<String, f64>,
+    /// At most this many records of an entity per status, e.g. `{ unverified = 0 }`.
+    #[serde(default)]
+    pub max_status: BTreeMap<String, u64>,
+    /// Target fields per entity that must have no mismatch.
+    #[serde(default)]
+    pub critical_fields: BTreeMap<String, Vec<String>>,
+    /// No ownership violation in this many hours.
+    #[serde(default)]
+    pub no_violations_hours: Option<u64>,
+    /// At most this many messages not yet applied.
+    #[serde(default)]
+    pub max_lag: Option<i64>,
+    /// A complete snapshot of both systems within this many hours.
+    #[serde(default)]
+    pub snapshot_within_hours: Option<u64>,
+    /// Every gate green without a break for this many hours.
+    #[serde(default)]
+    pub sustained_hours: Option<u64>,
+}
+
+impl CutoverConfig {
+    /// The rules, checked against the mapped entities.
+    pub fn rules(&self, entities: &[EntityMapping]) -> Result<CutoverRules, String> {
+        let known = |key: &str, entity: &str| {
+            if entities.iter().any(|mapped| mapped.name == entity) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key `{key}`: `{entity}` is not one of the configured entities"
+                ))
+            }
+        };
+        let gates = &self.gates;
+        let share = |key: &str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key `{key}` is {value}: give a share between 0 and 1 (0.999 is 99.9%)"
+                ))
+            }
+        };
+        if let Some(min) = gates.min_parity {
+            share("cutover.gates.min_parity", min)?;
+        }
+        for (entity, min) in &gates.min_parity_by_entity {
+            known(
+                &format!("cutover.gates.min_parity_by_entity.{entity}"),
+                entity,
+            )?;
+            share(
+                &format!("cutover.gates.min_parity_by_entity.{entity}"),
+                *min,
+            )?;
+        }
+        let mut max_status = BTreeMap::new();
+        for (name, max) in &gates.max_status {
+            let status = Status::parse(name).filter(|status| *status != Status::InSync).ok_or_else(|| {
+                format!("key `cutover.gates.max_status.{name}`: not a status (use pending, mismatch, missing_in_target, missing_in_source, duplicate, unverified)")
+            })?;
+            max_status.insert(status, *max);
+        }
+        for (entity, fields) in &gates.critical_fields {
+            let key = format!("cutover.gates.critical_fields.{entity}");
+            known(&key, entity)?;
+            let mapped = entities.iter().find(|mapped| mapped.name == *entity);
+            for field in fields {
+                if !mapped
+                    .is_some_and(|mapped| mapped.fields.iter().any(|rule| rule.target == *field))
+                {
+                    return Err(format!(
+                        "key `{key}`: `{field}` is not a compared target field of {entity}"
+                    ));
+                }
+            }
+        }
+        let commit_date = match &self.commit_date {
+            None => None,
+            Some(text) => {
+                let full = if text.len() == 10 {
+                    format!("{text}T00:00:00Z")
+                } else {
+                    text.clone()
+                };
+                Some(Timestamp::parse_rfc3339(&full).map_err(|_| {
+                    format!("key `cutover.commit_date`: `{text}` is not a date (2026-12-15) or an RFC 3339 time")
+                })?)
+            }
+        };
+        for (index, trigger) in self.triggers.iter().enumerate() {
+            let key = format!("cutover.triggers[{index}]");
+            if trigger.name.trim().is_empty() {
+                return Err(format!("key `{key}.name` is empty"));
+            }
+            if let Some(entity) = &trigger.entity {
+                known(&format!("{key}.entity"), entity)?;
+            }
+            if let Some(max) = trigger.max_divergent_share {
+                share(&format!("{key}.max_divergent_share"), max)?;
+            }
+            if trigger.max_divergent_share.is_none() && !trigger.any_violation {
+                return Err(format!(
+                    "key `{key}`: give `max_divergent_share` or `any_violation = true`"
+                ));
+            }
+        }
+        Ok(CutoverRules {
+            gates: GateRules {
+                min_parity: gates.min_parity,
+                min_parity_by_entity: gates.min_parity_by_entity.clone(),
+                max_status,
+                critical_fields: gates.critical_fields.clone(),
+                no_violations_hours: gates.no_violations_hours,
+                max_lag: gates.max_lag,
+                snapshot_within_hours: gates.snapshot_within_hours,
+                sustained_hours: gates.sustained_hours,
+                commit_date,
+            },
+            triggers: self.triggers.clone(),
         })
     }
 }
@@ -562,6 +715,7 @@ impl Config {
         }
         self.ownership.policy(&self.entities)?;
         self.api.tokens()?;
+        self.cutover.rules(&self.entities)?;
         if self.reconcile.reread_resend_after < Duration::from_secs(1) {
             return Err("key `reconcile.reread_resend_after` must be at least 1s".to_owned());
         }

@@ -66,6 +66,10 @@ pub async fn run(
     let settings = config.ingest_settings();
     let settings_ownership = settings.ownership.clone();
     let tokens = config.api.tokens().map_err(StartError::Config)?;
+    let cutover_rules = config
+        .cutover
+        .rules(&config.entities)
+        .map_err(StartError::Config)?;
     let status = Arc::new(IngestStatus::new(settings.topics.clone()));
     let registry = Registry::new_custom(None, None).context("metrics registry")?;
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
@@ -107,8 +111,14 @@ pub async fn run(
         )
         .context("registering API metrics")?
         .with_ownership(settings_ownership)
-        .with_tokens(tokens),
+        .with_tokens(tokens)
+        .with_cutover(cutover_rules, Some(ingest.cutover())),
     );
+    tokio::spawn(tandem_api::cutover::watch(
+        context.clone(),
+        std::time::Duration::from_secs(15),
+        cancel.clone(),
+    ));
     let api_cancel = cancel.clone();
     let api = tokio::spawn(tandem_api::serve(listener, context, async move {
         api_cancel.cancelled().await

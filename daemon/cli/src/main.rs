@@ -12,8 +12,10 @@ use tandem::daemon::{self, Ended, StartError};
 use tandem::demo::{self, DemoOptions};
 use tandem::logging;
 use tandem::render::{self, Format};
+use tandem_api::cutover::CutoverView;
 use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
 use tandem_api::report::{DivergenceEntry, DivergenceList, RecordView, Report};
+use tandem_core::gates::Readiness;
 use tokio_util::sync::CancellationToken;
 
 /// The apply loop allocates per event (rows, field maps); mimalloc keeps that cheap and does
@@ -129,6 +131,26 @@ enum Command {
     },
     /// Show who owns each entity, at which epoch, and who may write into the fenced system.
     Ownership {
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// The second cutover: `status` prints the phase and the readiness checklist; the steps
+    /// (freeze, verify, flip, rollback, complete) need the admin token and a reason.
+    Cutover {
+        /// status, freeze, verify, flip, rollback or complete.
+        step: String,
+        /// Why (kept in the history and published on the control topic).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who asks (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Only show what would happen and which gates fail.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         target: Target,
         /// Output format (table or json).
@@ -265,6 +287,55 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 other => render::violations(&mut out, &items, other)?,
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Cutover {
+            step,
+            reason,
+            by,
+            dry_run,
+            target,
+            format,
+        } => {
+            let api = client(&target)?;
+            if step == "status" {
+                let view: CutoverView = api.get("/v1/cutover")?;
+                let readiness: Readiness = api.get("/v1/cutover/readiness")?;
+                match format {
+                    Format::Json => render::json(
+                        &mut out,
+                        &serde_json::json!({"cutover": view, "readiness": readiness}),
+                    )?,
+                    _ => render::cutover_status(&mut out, &view, &readiness)?,
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if tandem_core::cutover::Transition::parse(&step).is_none() {
+                eprintln!("tandem: `{step}` is not a cutover step; use status, freeze, verify, flip, rollback or complete");
+                return Ok(ExitCode::from(2));
+            }
+            let Some(reason) = reason.filter(|reason| !reason.trim().is_empty()) else {
+                eprintln!("tandem: a cutover step needs --reason \"...\": it is kept in the history and published");
+                return Ok(ExitCode::from(2));
+            };
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".to_owned());
+            let (status, answer) = api.post(
+                &format!("/v1/cutover/{step}"),
+                &serde_json::json!({"reason": reason, "by": by, "dry_run": dry_run}),
+            )?;
+            match format {
+                Format::Json => render::json(&mut out, &answer)?,
+                _ => render::cutover_answer(&mut out, status, &answer)?,
+            }
+            Ok(match status {
+                200 => ExitCode::SUCCESS,
+                401 | 403 => {
+                    eprintln!("tandem: not authorized: steps need the admin token (TANDEM_TOKEN, or api.admin_token of --config)");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::FAILURE,
+            })
         }
         Command::Ownership { target, format } => {
             let view: OwnershipView = client(&target)?.get("/v1/ownership")?;

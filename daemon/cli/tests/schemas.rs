@@ -91,6 +91,9 @@ fn the_openapi_document_lists_every_route() {
         "/v1/ownership/permit:",
         "/v1/violations:",
         "/v1/writers:",
+        "/v1/cutover:",
+        "/v1/cutover/readiness:",
+        "/v1/cutover/{step}:",
     ] {
         assert!(
             openapi.contains(route),

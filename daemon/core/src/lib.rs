@@ -5,9 +5,11 @@
 //! state and a batch of events and returns a plan, which the store executes atomically.
 
 pub mod apply;
+pub mod cutover;
 pub mod event;
 pub mod feed;
 pub mod format;
+pub mod gates;
 pub mod mapping;
 pub mod ownership;
 pub mod record;

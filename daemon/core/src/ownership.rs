@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cutover::{CutoverState, Phase};
 use crate::event::{Actor, ActorKind, ChangeEvent, Op};
 use crate::system::System;
 use crate::time::Timestamp;
@@ -116,11 +117,14 @@ pub struct EntityOwnership {
 
 /// Ownership as it stands, kept with the apply state: only entities whose ownership changed
 /// since the configuration (by a flip) are listed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OwnershipState {
     /// Entities flipped or rolled back, with their current owner and epoch.
     #[serde(default)]
     pub entities: BTreeMap<String, EntityOwnership>,
+    /// The second cutover.
+    #[serde(default)]
+    pub cutover: CutoverState,
 }
 
 /// Why a write is a violation.
@@ -241,8 +245,20 @@ impl OwnershipPolicy {
         {
             return Some(ViolationKind::FencedWrite);
         }
-        if system == ownership.owner {
+        // While frozen, the owner is fenced too: only the sync layer and repair jobs drain.
+        let frozen = state.cutover.phase == Phase::Frozen;
+        if system == ownership.owner && !frozen {
             return None;
+        }
+        if frozen && system == ownership.owner {
+            return match &event.actor {
+                Some(actor) if matches!(actor.kind, ActorKind::Sync | ActorKind::Repair) => None,
+                Some(_) => Some(ViolationKind::NonOwnerWrite),
+                None => match self.unattributed {
+                    Unattributed::Report => None,
+                    Unattributed::Violation => Some(ViolationKind::NonOwnerWrite),
+                },
+            };
         }
         match &event.actor {
             Some(actor) if self.allowed_in_fenced(system, actor) => None,
@@ -267,6 +283,13 @@ impl OwnershipPolicy {
             (
                 false,
                 format!("the actor carries epoch {} but {entity} is at epoch {epoch}: ownership changed since it was issued", actor.epoch.unwrap_or_default()),
+            )
+        } else if state.cutover.phase == Phase::Frozen
+            && !matches!(actor.kind, ActorKind::Sync | ActorKind::Repair)
+        {
+            (
+                false,
+                "the cutover is frozen: no live writes anywhere until it is verified and flipped, or rolled back".to_owned(),
             )
         } else if system == owner {
             (true, format!("{system} owns {entity}"))
@@ -385,6 +408,7 @@ mod tests {
     fn an_older_epoch_is_fenced_whoever_writes() {
         let policy = policy();
         let state = OwnershipState {
+            cutover: CutoverState::default(),
             entities: BTreeMap::from([(
                 "deal".to_owned(),
                 EntityOwnership {

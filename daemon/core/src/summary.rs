@@ -129,7 +129,7 @@ impl IngestCounters {
 }
 
 /// The state the apply loop carries from batch to batch, committed with every batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApplyState {
     /// The reconciliation clock: the newest event time applied, moved on while idle.
     pub clock: Timestamp,

@@ -18,15 +18,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use tandem_core::{ApplyState, Input, Mapping, Planner, System, Timestamp};
 use tandem_store::{NextOffset, Store};
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
-use crate::consumer::{ApplyCommand, ConsumedMessage, Decoded};
+use crate::consumer::{ApplyCommand, ConsumedMessage, CutoverRequest, Decoded};
 use crate::disk::DiskGuard;
 use crate::metrics::IngestMetrics;
 use crate::overlay::{InFlight, OverlayView};
 use crate::status::IngestStatus;
 use crate::writer::{WriteJob, Written};
 use crate::{Error, IngestSettings, Result};
+use tandem_core::cutover::{Transition, TransitionRecord};
 
 /// How often the loop wakes up when no batch arrives, to move the idle clock.
 const TICK: Duration = Duration::from_secs(1);
@@ -112,6 +113,7 @@ impl ApplyLoop {
             select! {
                 recv(commands) -> command => match command {
                     Ok(ApplyCommand::Batch(batch)) => self.plan_batch(batch)?,
+                    Ok(ApplyCommand::Cutover(request)) => self.cutover(request)?,
                     Ok(ApplyCommand::Revoke { partitions, done }) => {
                         self.drain()?;
                         debug!(partitions = ?partitions, "revocation confirmed: every batch before it is durable");
@@ -215,7 +217,55 @@ impl ApplyLoop {
         self.plan_batch(Vec::new())
     }
 
+    /// Takes a cutover step in a batch of its own, and answers once it is durable.
+    fn cutover(&mut self, request: CutoverRequest) -> Result<()> {
+        let CutoverRequest {
+            transition,
+            by,
+            reason,
+            evidence,
+            reply,
+        } = request;
+        let mut outcome = None;
+        self.plan_batch_with(
+            Vec::new(),
+            Some((transition, by, reason, evidence, &mut outcome)),
+        )?;
+        self.drain()?;
+        let outcome = outcome.unwrap_or_else(|| Err("the step was not planned".to_owned()));
+        match &outcome {
+            Ok(record) => info!(
+                transition = %record.transition,
+                from = %record.from,
+                to = %record.to,
+                by = %record.by,
+                reason = %record.reason,
+                owner = %record.owner,
+                epoch = record.epoch,
+                "cutover step taken"
+            ),
+            Err(refusal) => warn!(%transition, %refusal, "cutover step refused"),
+        }
+        let _ = reply.send(outcome);
+        Ok(())
+    }
+
     fn plan_batch(&mut self, batch: Vec<ConsumedMessage>) -> Result<()> {
+        self.plan_batch_with(batch, None)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn plan_batch_with(
+        &mut self,
+        batch: Vec<ConsumedMessage>,
+        transition: Option<(
+            Transition,
+            String,
+            String,
+            Option<serde_json::Value>,
+            &mut Option<std::result::Result<TransitionRecord, String>>,
+        )>,
+    ) -> Result<()> {
         let started = Instant::now();
         self.watch_disk();
         let batch = self.drop_replays(batch);
@@ -230,6 +280,10 @@ impl ApplyLoop {
             self.state.clone(),
         )
         .with_ownership(&self.settings.ownership);
+        if let Some((step, by, reason, evidence, outcome)) = transition {
+            let at = Timestamp::from_system_time(std::time::SystemTime::now());
+            *outcome = Some(planner.transition(step, by, reason, at, evidence));
+        }
         for message in &batch {
             let input = match &message.decoded {
                 Decoded::Skipped => Input::Skipped {

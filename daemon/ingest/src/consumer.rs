@@ -114,6 +114,17 @@ pub(crate) enum ApplyCommand {
         partitions: Vec<(String, i32)>,
         done: Sender<()>,
     },
+    /// Take a cutover step; answer once it is durable.
+    Cutover(CutoverRequest),
+}
+
+/// A cutover step asked for through the API.
+pub(crate) struct CutoverRequest {
+    pub(crate) transition: tandem_core::cutover::Transition,
+    pub(crate) by: String,
+    pub(crate) reason: String,
+    pub(crate) evidence: Option<serde_json::Value>,
+    pub(crate) reply: Sender<std::result::Result<tandem_core::cutover::TransitionRecord, String>>,
 }
 
 /// The consumer's callbacks: statistics, errors, logs and the rebalance handshake.

@@ -41,7 +41,7 @@ pub use metrics::IngestMetrics;
 pub use status::{IngestSnapshot, IngestStatus, PartitionPosition};
 
 use crate::apply::ApplyLoop;
-use crate::consumer::{run_consumer, TandemConsumerContext};
+use crate::consumer::{run_consumer, ApplyCommand, CutoverRequest, TandemConsumerContext};
 use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
 use crate::deliveries::Deliveries;
 use crate::requests::{RequestForwarder, Sent};
@@ -211,6 +211,40 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
     "group.remote.assignor",
 ];
 
+/// Asks the apply loop to take cutover steps: each is committed in a batch of its own, so it
+/// is ordered with the events around it and survives a crash.
+#[derive(Clone)]
+pub struct CutoverHandle {
+    apply_tx: crossbeam_channel::Sender<ApplyCommand>,
+}
+
+impl CutoverHandle {
+    /// Takes a step and waits until it is durable. `Err` carries why it was refused.
+    pub fn request(
+        &self,
+        transition: tandem_core::cutover::Transition,
+        by: String,
+        reason: String,
+        evidence: Option<serde_json::Value>,
+    ) -> std::result::Result<tandem_core::cutover::TransitionRecord, String> {
+        let (reply, answer) = bounded(1);
+        self.apply_tx
+            .send(ApplyCommand::Cutover(CutoverRequest {
+                transition,
+                by,
+                reason,
+                evidence,
+                reply,
+            }))
+            .map_err(|_| {
+                "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
+            })?;
+        answer
+            .recv()
+            .map_err(|_| "ingestion stopped before the step was durable; restart tandem and look at /v1/cutover".to_owned())?
+    }
+}
+
 /// The running ingest threads.
 pub struct Ingest {
     consumer: JoinHandle<()>,
@@ -220,6 +254,7 @@ pub struct Ingest {
     requests: JoinHandle<()>,
     cancel: CancellationToken,
     status: Arc<IngestStatus>,
+    cutover: CutoverHandle,
 }
 
 /// Starts consuming. Stops when `cancel` fires (or when the apply loop fails).
@@ -240,6 +275,9 @@ pub fn start(
             client: "dead-letter producer",
             source,
         })?;
+    let cutover = CutoverHandle {
+        apply_tx: apply_tx.clone(),
+    };
     let context = TandemConsumerContext {
         store: store.clone(),
         apply_tx,
@@ -330,6 +368,7 @@ pub fn start(
         dead_letters,
         cancel,
         status,
+        cutover,
     })
 }
 
@@ -344,6 +383,11 @@ fn spawn<T: Send + 'static>(
 }
 
 impl Ingest {
+    /// The handle the API takes cutover steps through.
+    pub fn cutover(&self) -> CutoverHandle {
+        self.cutover.clone()
+    }
+
     /// Waits for every thread to stop (after cancellation or a failure).
     pub fn wait(self) -> Result<()> {
         let consumer = self.consumer.join();

@@ -29,6 +29,8 @@ pub(crate) enum Sent {
     Control(ControlRequest),
     /// One violation of the ownership rule, by its outbox key.
     Violation(Vec<u8>),
+    /// One cutover step, by its outbox key.
+    Transition(Vec<u8>),
 }
 
 /// The message asking a connector to send full images of some records again.
@@ -140,6 +142,11 @@ impl RequestForwarder {
                 if let Some(topic) = &self.settings.control_topic {
                     if let Err(error) = self.send_control(topic, &mut control_in_flight) {
                         error!(%error, "cannot read the control outbox");
+                    }
+                }
+                if let Some(topic) = &self.settings.control_topic {
+                    if let Err(error) = self.send_transitions(topic, &mut violations_in_flight) {
+                        error!(%error, "cannot read the cutover outbox");
                     }
                 }
                 if let Some(topic) = &self.settings.violations_topic {
@@ -286,6 +293,36 @@ impl RequestForwarder {
         Ok(())
     }
 
+    fn send_transitions(
+        &self,
+        topic: &str,
+        in_flight: &mut BTreeSet<Vec<u8>>,
+    ) -> tandem_store::Result<()> {
+        for (key, record) in self.store.pending_transitions(100)? {
+            if in_flight.contains(&key) {
+                continue;
+            }
+            let mut message =
+                serde_json::to_value(&record).expect("invariant: transitions are plain data");
+            message["type"] = serde_json::json!("cutover");
+            let payload =
+                serde_json::to_vec(&message).expect("invariant: transitions are plain data");
+            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Transition(key.clone())))
+                .key("cutover")
+                .payload(&payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    in_flight.insert(key);
+                }
+                Err((error, _)) => {
+                    warn!(%error, "cannot queue a cutover step for the control topic; retrying later");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn send_violations(
         &self,
         topic: &str,
@@ -327,6 +364,16 @@ impl RequestForwarder {
     ) {
         for (sent, outcome) in self.producer.context().take() {
             match (sent, outcome) {
+                (Sent::Transition(key), Ok(())) => {
+                    violations_in_flight.remove(&key);
+                    if let Err(error) = self.store.mark_transition_delivered(&key) {
+                        error!(%error, "cannot clear a published cutover step; it will be published again");
+                    }
+                }
+                (Sent::Transition(key), Err(error)) => {
+                    violations_in_flight.remove(&key);
+                    warn!(%error, "a cutover step was not delivered to the control topic; retrying");
+                }
                 (Sent::Violation(key), Ok(())) => {
                     violations_in_flight.remove(&key);
                     if let Err(error) = self

@@ -76,8 +76,10 @@ pub(crate) mod cf {
     pub(crate) const VIOLATION_OUTBOX: &str = "violation_outbox";
     /// Writes per writer, entity and day.
     pub(crate) const WRITERS: &str = "writers";
+    /// Cutover transitions not yet confirmed published on the control topic.
+    pub(crate) const CUTOVER_OUTBOX: &str = "cutover_outbox";
 
-    pub(crate) const ALL: [&str; 20] = [
+    pub(crate) const ALL: [&str; 21] = [
         META,
         OFFSETS,
         HISTORY,
@@ -98,6 +100,7 @@ pub(crate) mod cf {
         VIOLATIONS,
         VIOLATION_OUTBOX,
         WRITERS,
+        CUTOVER_OUTBOX,
     ];
 }
 

@@ -2,6 +2,7 @@
 //! per writer, entity and day; violations also wait in an outbox for the violations topic.
 
 use rocksdb::{IteratorMode, WriteBatch};
+use tandem_core::cutover::TransitionRecord;
 use tandem_core::event::ActorKind;
 use tandem_core::ownership::{Violation, WriterCount, WriterKey};
 use tandem_core::{System, Timestamp};
@@ -120,6 +121,7 @@ impl Store {
         batch: &mut OrderedBatch,
         violations: &[Violation],
         writers: &[(WriterKey, WriterCount)],
+        transitions: &[TransitionRecord],
         publish: bool,
     ) -> Result<()> {
         for violation in violations {
@@ -128,6 +130,13 @@ impl Store {
                 batch.put_cf(cf::VIOLATION_OUTBOX, key.clone(), []);
             }
             batch.put_cf(cf::VIOLATIONS, key, encode_value(violation));
+        }
+        for record in transitions {
+            let key = KeyWriter::new()
+                .i64(record.at.unix_nanos())
+                .str(record.transition.as_str())
+                .finish();
+            batch.put_cf(cf::CUTOVER_OUTBOX, key, encode_value(record));
         }
         for (key, count) in writers {
             let encoded = writer_key(key);
@@ -147,6 +156,27 @@ impl Store {
             batch.put_cf(cf::WRITERS, encoded, encode_value(&total));
         }
         Ok(())
+    }
+
+    /// Cutover transitions not yet published on the control topic, oldest first.
+    pub fn pending_transitions(&self, limit: usize) -> Result<Vec<(Vec<u8>, TransitionRecord)>> {
+        let mut pending = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::CUTOVER_OUTBOX), IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, value) = item.map_err(Error::rocksdb("scan of the cutover outbox"))?;
+            pending.push((key.to_vec(), decode_value(&value, cf::CUTOVER_OUTBOX)?));
+        }
+        Ok(pending)
+    }
+
+    /// Clears a transition the broker acknowledged.
+    pub fn mark_transition_delivered(&self, key: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::CUTOVER_OUTBOX), key);
+        self.write(batch, "write of a cutover delivery")
     }
 
     /// Violations not yet produced to the violations topic, oldest first.

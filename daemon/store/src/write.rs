@@ -277,6 +277,7 @@ impl Store {
             &mut batch,
             &commit.plan.violations,
             &commit.plan.writers,
+            &commit.plan.transitions,
             commit.publish_violations,
         )?;
         for change in &commit.plan.join_keys {

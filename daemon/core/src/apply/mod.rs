@@ -12,10 +12,13 @@ use std::time::Duration;
 
 mod feed;
 
+use crate::cutover::{self, Transition, TransitionRecord};
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
 use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
-use crate::ownership::{self, OwnershipPolicy, Unattributed, Violation, WriterCount, WriterKey};
+use crate::ownership::{
+    self, EntityOwnership, OwnershipPolicy, Unattributed, Violation, WriterCount, WriterKey,
+};
 use crate::record::{
     compare, with_grace, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
 };
@@ -157,6 +160,8 @@ pub struct Plan {
     pub violations: Vec<Violation>,
     /// Writes per writer, entity and day, to add to the writers report.
     pub writers: Vec<(WriterKey, WriterCount)>,
+    /// Cutover transitions taken in this batch, to publish on the control topic.
+    pub transitions: Vec<TransitionRecord>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -190,6 +195,7 @@ pub struct Planner<'a, V: StateView> {
     ownership: &'a OwnershipPolicy,
     violations: Vec<Violation>,
     writers: BTreeMap<WriterKey, WriterCount>,
+    transitions: Vec<TransitionRecord>,
 }
 
 /// Ownership when the configuration says nothing: the source owns everything.
@@ -225,6 +231,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             ownership: &DEFAULT_OWNERSHIP,
             violations: Vec::new(),
             writers: BTreeMap::new(),
+            transitions: Vec::new(),
             partition_members: BTreeSet::new(),
         }
     }
@@ -264,6 +271,56 @@ impl<'a, V: StateView> Planner<'a, V> {
         };
         self.outcomes.push(outcome);
         Ok(outcome)
+    }
+
+    /// Takes a cutover step: checks it is allowed from the current phase, moves the phase
+    /// and, for a flip or a rollback, every entity's owner and epoch. Returns the record kept
+    /// in the history and published, or why the step is refused.
+    pub fn transition(
+        &mut self,
+        transition: Transition,
+        by: String,
+        reason: String,
+        at: Timestamp,
+        evidence: Option<serde_json::Value>,
+    ) -> Result<TransitionRecord, String> {
+        let from = self.state.ownership.cutover.phase;
+        let to = transition.target(from)?;
+        let entities: Vec<String> = self
+            .mapping
+            .entities()
+            .map(|entity| entity.name.clone())
+            .collect();
+        let policy = self.ownership;
+        if let Some((owner, epoch)) =
+            cutover::ownership_after(transition, policy, &self.state.ownership, &entities)
+        {
+            cutover::apply_ownership(&mut self.state.ownership, &entities, owner, epoch);
+        }
+        let now = entities
+            .first()
+            .map(|entity| policy.of(&self.state.ownership, entity))
+            .unwrap_or(EntityOwnership {
+                owner: policy.owner,
+                epoch: ownership::FIRST_EPOCH,
+            });
+        let record = TransitionRecord {
+            transition,
+            from,
+            to,
+            by,
+            reason,
+            at,
+            owner: now.owner,
+            epoch: now.epoch,
+            evidence,
+        };
+        let cutover = &mut self.state.ownership.cutover;
+        cutover.phase = to;
+        cutover.since = Some(at);
+        cutover.history.push(record.clone());
+        self.transitions.push(record.clone());
+        Ok(record)
     }
 
     /// Settles what the clock decides about the feeds: source transactions whose end came
@@ -556,6 +613,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             partition_members: self.partition_members.into_iter().collect(),
             violations: self.violations,
             writers: self.writers.into_iter().collect(),
+            transitions: self.transitions,
         }
     }
 }

@@ -1,0 +1,376 @@
+//! The second cutover rehearsed end to end through a real Kafka-protocol broker and the real
+//! `tandem` binary: freeze, a verify refused by a named gate, a repair, verify, flip, a write
+//! with the old epoch fenced, rollback, the second attempt to complete, and a rollback refused.
+
+use tandem_testkit as common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use tandem_api::cutover::CutoverView;
+use tandem_api::ownership::{OwnershipView, ViolationList};
+use tandem_core::cutover::Phase;
+use tandem_core::gates::Readiness;
+use tandem_core::ownership::ViolationKind;
+use tandem_core::System;
+
+use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+fn at(minute: i64) -> String {
+    tandem_core::Timestamp::from_unix_millis(1_793_610_000_000 + minute * 60_000).to_rfc3339()
+}
+
+fn event(event_id: &str, id: &str, op: &str, minute: i64, fields: Value, actor: Value) -> Value {
+    json!({"event_id": event_id, "entity": "contact", "id": id, "op": op,
+        "occurred_at": at(minute), "external_id": if id.starts_with('L') { json!(id) } else { Value::Null },
+        "fields": fields, "actor": actor})
+}
+
+fn produce(brokers: &str, topic: &str, events: &[Value]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a producer");
+    for event in events {
+        let payload = serde_json::to_vec(event).unwrap();
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .partition(0)
+                    .payload(&payload),
+            )
+            .map_err(|(error, _)| error)
+            .expect("the message is queued");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker acknowledges every message");
+}
+
+fn write_config(
+    directory: &Path,
+    brokers: &str,
+    topics: &Topics,
+    control: &str,
+    port: u16,
+) -> std::path::PathBuf {
+    let path = directory.join("tandem.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+dead_letter_topic = "{dlq}"
+batch_max_wait = "20ms"
+
+[store]
+path = "{store}"
+
+[api]
+listen = "127.0.0.1:{port}"
+admin_token = "{ADMIN}"
+
+[systems.source]
+topics = ["{source}"]
+
+[systems.target]
+topics = ["{target}"]
+
+[reconcile]
+grace = "1s"
+idle_clock = true
+control_topic = "{control}"
+
+[cutover.gates]
+min_parity = 1.0
+max_lag = 0
+
+[[entities]]
+name = "contact"
+join = {{ source = "external_id", target = "field:legacy_id" }}
+fields = [{{ source = "Email", target = "email" }}]
+"#,
+            dlq = topics.dead_letters,
+            store = directory.join("store").display(),
+            source = topics.source,
+            target = topics.target,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// POSTs a cutover step with the admin token: (status, answer).
+fn step(daemon: &Daemon, name: &str, dry_run: bool) -> (u16, Value) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut response = agent
+        .post(&format!("{}/v1/cutover/{name}", daemon.url))
+        .header("Authorization", &format!("Bearer {ADMIN}"))
+        .send_json(json!({"reason": format!("rehearsal: {name}"), "by": "release-manager", "dry_run": dry_run}))
+        .expect("the daemon answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap())
+}
+
+fn phase(daemon: &Daemon) -> Phase {
+    daemon.get::<CutoverView>("/v1/cutover").phase
+}
+
+#[test]
+fn a_full_cutover_rehearsal() {
+    let topics = Topics::unique("cutover");
+    let control = "cutover.control";
+    let broker = MockBroker::start(&[
+        (&topics.source, 1),
+        (&topics.target, 1),
+        (&topics.dead_letters, 1),
+        (control, 1),
+    ]);
+    let user = json!({"kind": "user", "id": "ann"});
+    let sync = json!({"kind": "sync", "id": "bridge"});
+    // L1 is synced right; L2 arrived in the target with the wrong e-mail.
+    produce(
+        broker.bootstrap(),
+        &topics.source,
+        &[
+            event(
+                "s1",
+                "L1",
+                "create",
+                1,
+                json!({"Email": "a@x.io"}),
+                user.clone(),
+            ),
+            event(
+                "s2",
+                "L2",
+                "create",
+                2,
+                json!({"Email": "b@x.io"}),
+                user.clone(),
+            ),
+        ],
+    );
+    produce(
+        broker.bootstrap(),
+        &topics.target,
+        &[
+            event(
+                "t1",
+                "T1",
+                "create",
+                3,
+                json!({"email": "a@x.io", "legacy_id": "L1"}),
+                sync.clone(),
+            ),
+            event(
+                "t2",
+                "T2",
+                "create",
+                4,
+                json!({"email": "wrong@x.io", "legacy_id": "L2"}),
+                sync.clone(),
+            ),
+        ],
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(directory.path(), broker.bootstrap(), &topics, control, port);
+    let mut daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
+    daemon.token = Some(ADMIN.to_owned());
+    daemon.wait_for_applied(4, DEADLINE);
+    assert_eq!(phase(&daemon), Phase::ParallelRun);
+
+    // A step that is not allowed yet is refused with the reason.
+    let (status, answer) = step(&daemon, "flip", false);
+    assert_eq!(status, 409);
+    assert!(
+        answer["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("allowed now: freeze"),
+        "{answer}"
+    );
+
+    let (status, answer) = step(&daemon, "freeze", false);
+    assert_eq!(
+        (status, answer["to"].as_str()),
+        (200, Some("frozen")),
+        "{answer}"
+    );
+
+    // While frozen, a live write in the owner is a violation too (the value is unchanged).
+    produce(
+        broker.bootstrap(),
+        &topics.source,
+        &[event(
+            "s3",
+            "L1",
+            "update",
+            5,
+            json!({"Email": "a@x.io"}),
+            user.clone(),
+        )],
+    );
+    daemon.wait_for_applied(5, DEADLINE);
+    let violations: ViolationList = daemon.get("/v1/violations");
+    assert_eq!(violations.items.len(), 1);
+    assert_eq!(
+        (violations.items[0].system, violations.items[0].kind),
+        (System::Source, ViolationKind::NonOwnerWrite)
+    );
+
+    // Verify is refused, naming the parity gate of contacts; a dry run says the same.
+    let (status, answer) = step(&daemon, "verify", true);
+    assert_eq!(
+        (status, answer["allowed"].as_bool()),
+        (200, Some(false)),
+        "{answer}"
+    );
+    let (status, answer) = step(&daemon, "verify", false);
+    assert_eq!(status, 409, "{answer}");
+    let refusal = answer["refusal"].as_str().unwrap();
+    assert!(
+        refusal.contains("min_parity (contact): 0.5000 against >= 1"),
+        "{refusal}"
+    );
+    assert_eq!(phase(&daemon), Phase::Frozen);
+
+    // The repair team fixes T2 (repair writes drain while frozen), then every gate goes green.
+    produce(
+        broker.bootstrap(),
+        &topics.target,
+        &[event(
+            "r1",
+            "T2",
+            "update",
+            6,
+            json!({"email": "b@x.io", "legacy_id": "L2"}),
+            json!({"kind": "repair", "id": "fix-emails"}),
+        )],
+    );
+    daemon.wait_for_applied(6, DEADLINE);
+    wait_for("every gate green", DEADLINE, || {
+        let readiness: Readiness = daemon.get("/v1/cutover/readiness");
+        (readiness.verdict == "safe").then_some(())
+    });
+    let (status, answer) = step(&daemon, "verify", false);
+    assert_eq!(
+        (status, answer["to"].as_str()),
+        (200, Some("verified")),
+        "{answer}"
+    );
+    assert!(
+        answer["evidence"]["gates"]
+            .as_array()
+            .is_some_and(|gates| !gates.is_empty()),
+        "the gate evidence is kept"
+    );
+    let (status, answer) = step(&daemon, "flip", false);
+    assert_eq!(
+        (status, answer["owner"].as_str(), answer["epoch"].as_u64()),
+        (200, Some("target"), Some(2)),
+        "{answer}"
+    );
+    let ownership: OwnershipView = daemon.get("/v1/ownership");
+    assert_eq!(
+        (ownership.entities[0].owner, ownership.entities[0].epoch),
+        (System::Target, 2)
+    );
+
+    // The sync layer still writes with the epoch it got before the flip: fenced.
+    produce(
+        broker.bootstrap(),
+        &topics.target,
+        &[event(
+            "t3",
+            "T1",
+            "update",
+            7,
+            json!({"email": "a@x.io"}),
+            json!({"kind": "sync", "id": "bridge", "epoch": 1}),
+        )],
+    );
+    daemon.wait_for_applied(7, DEADLINE);
+    let fenced: ViolationList = daemon.get(&format!("/v1/violations?since={}", at(7)));
+    assert_eq!(fenced.items.len(), 1);
+    assert_eq!(
+        (fenced.items[0].kind, fenced.items[0].epoch),
+        (ViolationKind::FencedWrite, 2)
+    );
+
+    // Roll back, then go through again and complete; a rollback after that is refused.
+    let (status, answer) = step(&daemon, "rollback", false);
+    assert_eq!(
+        (status, answer["owner"].as_str(), answer["epoch"].as_u64()),
+        (200, Some("source"), Some(3)),
+        "{answer}"
+    );
+    for name in ["freeze", "verify", "flip", "complete"] {
+        if name == "verify" {
+            wait_for("every gate green again", DEADLINE, || {
+                let readiness: Readiness = daemon.get("/v1/cutover/readiness");
+                (readiness.verdict == "safe").then_some(())
+            });
+        }
+        let (status, answer) = step(&daemon, name, false);
+        assert_eq!(status, 200, "{name}: {answer}");
+    }
+    assert_eq!(phase(&daemon), Phase::Complete);
+    let (status, answer) = step(&daemon, "rollback", false);
+    assert_eq!(status, 409);
+    assert!(
+        answer["refusal"].as_str().unwrap().contains("irreversible"),
+        "{answer}"
+    );
+
+    // The history has every step, who took it and why; the control topic got each of them.
+    let view: CutoverView = daemon.get("/v1/cutover");
+    let steps: Vec<&str> = view
+        .history
+        .iter()
+        .map(|record| record.transition.as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        ["freeze", "verify", "flip", "rollback", "freeze", "verify", "flip", "complete"]
+    );
+    assert!(view
+        .history
+        .iter()
+        .all(|record| record.by == "release-manager" && record.reason.starts_with("rehearsal: ")));
+    assert_eq!(view.history.last().map(|record| record.epoch), Some(4));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "control-reader")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(control, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut published: Vec<String> = Vec::new();
+    wait_for("8 cutover steps on the control topic", DEADLINE, || {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let value: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            if value["type"] == "cutover" {
+                published.push(value["transition"].as_str().unwrap().to_owned());
+            }
+        }
+        (published.len() >= 8).then_some(())
+    });
+    assert_eq!(published, steps);
+}
