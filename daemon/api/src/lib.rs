@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cutover;
+mod delta;
 mod metrics;
 pub mod ownership;
 pub mod report;
@@ -148,6 +149,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/ownership/permit", get(ownership::get_permit))
         .route("/v1/violations", get(ownership::get_violations))
         .route("/v1/writers", get(ownership::get_writers))
+        .route("/v1/delta", get(delta::get_delta))
         .route("/v1/cutover", get(cutover::get_cutover))
         .route("/v1/cutover/readiness", get(cutover::get_readiness))
         .route("/v1/cutover/{step}", axum::routing::post(cutover::post_step))
@@ -155,7 +157,7 @@ pub fn router(context: Arc<ApiContext>) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
         .layer(axum::middleware::from_fn_with_state(

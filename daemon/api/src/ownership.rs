@@ -82,7 +82,7 @@ fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
 }
 
 /// `since`: an RFC 3339 time, or a duration back from now (`24h`, `7d`).
-fn parse_since(text: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn parse_since(text: &str) -> Result<Timestamp, ApiError> {
     if let Ok(at) = Timestamp::parse_rfc3339(text) {
         return Ok(at);
     }

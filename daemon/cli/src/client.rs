@@ -65,6 +65,34 @@ impl ApiClient {
 }
 
 impl ApiClient {
+    /// GETs `path_and_query` and copies the answer's body to `out` as it arrives.
+    pub fn copy_to(
+        &self,
+        path_and_query: &str,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
+        let url = format!("{}{path_and_query}", self.base_url);
+        let mut request = self.agent.get(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request
+            .call()
+            .map_err(|error| anyhow!("cannot reach tandem at {}: {error}", self.base_url))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+            return Err(anyhow!(
+                "{} (HTTP {}); {}",
+                body["error"].as_str().unwrap_or("request failed"),
+                status.as_u16(),
+                body["hint"].as_str().unwrap_or("")
+            ));
+        }
+        let mut reader = response.body_mut().as_reader();
+        std::io::copy(&mut reader, out).context("copying the answer")
+    }
+
     /// POSTs a JSON body and returns the status and the JSON answer (errors included: a
     /// refused cutover step answers 409 with its reasons).
     pub fn post(

@@ -157,6 +157,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// The reverse delta: every record created or changed in one system since a time, mapped
+    /// back into the other system's field names for an upsert there (JSON lines or CSV).
+    Delta {
+        /// The system whose changes to carry back.
+        #[arg(long, default_value = "target")]
+        system: String,
+        /// An RFC 3339 time, a duration back from now (24h), or `flip` (the latest flip).
+        #[arg(long)]
+        since: String,
+        /// Only this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
     /// Validate a configuration file (and TANDEM_* overrides) without starting anything.
     CheckConfig {
         /// The configuration file.
@@ -336,6 +354,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 _ => ExitCode::FAILURE,
             })
+        }
+        Command::Delta {
+            system,
+            since,
+            entity,
+            target,
+            format,
+        } => {
+            let mut path = format!(
+                "/v1/delta?system={}&since={}&format={}",
+                encode_component(&system),
+                encode_component(&since),
+                encode_component(&format)
+            );
+            if let Some(entity) = entity {
+                path.push_str(&format!("&entity={}", encode_component(&entity)));
+            }
+            client(&target)?.copy_to(&path, &mut out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ownership { target, format } => {
             let view: OwnershipView = client(&target)?.get("/v1/ownership")?;

@@ -93,6 +93,10 @@ control_topic = "{control}"
 min_parity = 1.0
 max_lag = 0
 
+[[cutover.triggers]]
+name = "write-into-the-fenced-source"
+any_violation = true
+
 [[entities]]
 name = "contact"
 join = {{ source = "external_id", target = "field:legacy_id" }}
@@ -311,6 +315,131 @@ fn a_full_cutover_rehearsal() {
         (ViolationKind::FencedWrite, 2)
     );
 
+    // After the flip the target owns live work. Users change T1 and T2 and create T9 there;
+    // someone still writes L2 in the source, which fires the rollback trigger.
+    let view: CutoverView = daemon.get("/v1/cutover");
+    assert!(view.triggers_fired.is_empty(), "{:?}", view.triggers_fired);
+    let later = |minutes: i64| {
+        let now = tandem_core::Timestamp::from_system_time(std::time::SystemTime::now());
+        tandem_core::Timestamp::from_unix_millis(now.unix_millis() + minutes * 60_000).to_rfc3339()
+    };
+    let bob = json!({"kind": "user", "id": "bob"});
+    let mut after_flip = vec![
+        event(
+            "t4",
+            "T1",
+            "update",
+            0,
+            json!({"email": "a2@x.io"}),
+            bob.clone(),
+        ),
+        event(
+            "t5",
+            "T2",
+            "update",
+            0,
+            json!({"email": "b3@x.io"}),
+            bob.clone(),
+        ),
+        event(
+            "t6",
+            "T9",
+            "create",
+            0,
+            json!({"email": "n@x.io", "legacy_id": "L9"}),
+            bob.clone(),
+        ),
+    ];
+    for event in &mut after_flip {
+        event["occurred_at"] = json!(later(1));
+    }
+    produce(broker.bootstrap(), &topics.target, &after_flip);
+    let mut late_source = event(
+        "s4",
+        "L2",
+        "update",
+        0,
+        json!({"Email": "b2@x.io"}),
+        user.clone(),
+    );
+    late_source["occurred_at"] = json!(later(1));
+    produce(broker.bootstrap(), &topics.source, &[late_source]);
+    daemon.wait_for_applied(11, DEADLINE);
+    let view: CutoverView = daemon.get("/v1/cutover");
+    let fired: Vec<(&str, Option<&str>)> = view
+        .triggers_fired
+        .iter()
+        .map(|trigger| (trigger.name.as_str(), trigger.entity.as_deref()))
+        .collect();
+    assert_eq!(fired, [("write-into-the-fenced-source", Some("contact"))]);
+
+    // The reverse delta since the flip, in the source's field names, keyed for an upsert:
+    // worked out by hand from the three target changes above.
+    let agent = ureq::Agent::new_with_defaults();
+    let body = agent
+        .get(&format!("{}/v1/delta?system=target&since=flip", daemon.url))
+        .header("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let rows: Vec<(String, String, Vec<String>, Value, bool, String)> = body
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            (
+                row["join_key"].as_str().unwrap().to_owned(),
+                row["native_id"].as_str().unwrap().to_owned(),
+                serde_json::from_value(row["other_native_ids"].clone()).unwrap(),
+                row["fields"].clone(),
+                row["also_changed_in_other"].as_bool().unwrap(),
+                row["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "L1".to_owned(),
+                "T1".to_owned(),
+                vec!["L1".to_owned()],
+                json!({"Email": "a2@x.io"}),
+                false,
+                "upsert".to_owned()
+            ),
+            (
+                "L2".to_owned(),
+                "T2".to_owned(),
+                vec!["L2".to_owned()],
+                json!({"Email": "b3@x.io"}),
+                true,
+                "upsert".to_owned()
+            ),
+            (
+                "L9".to_owned(),
+                "T9".to_owned(),
+                vec![],
+                json!({"Email": "n@x.io"}),
+                false,
+                "upsert".to_owned()
+            ),
+        ]
+    );
+    let csv = agent
+        .get(&format!(
+            "{}/v1/delta?system=target&since=flip&format=csv",
+            daemon.url
+        ))
+        .header("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert_eq!(csv.lines().count(), 4, "a header and three rows:\n{csv}");
+
     // Roll back, then go through again and complete; a rollback after that is refused.
     let (status, answer) = step(&daemon, "rollback", false);
     assert_eq!(
@@ -318,6 +447,39 @@ fn a_full_cutover_rehearsal() {
         (200, Some("source"), Some(3)),
         "{answer}"
     );
+    // The repair team carries the target's changes back (L1, L9 into the source) and settles L2.
+    let repair = json!({"kind": "repair", "id": "delta"});
+    let mut carried = vec![
+        event(
+            "s5",
+            "L1",
+            "update",
+            0,
+            json!({"Email": "a2@x.io"}),
+            repair.clone(),
+        ),
+        event(
+            "s6",
+            "L9",
+            "create",
+            0,
+            json!({"Email": "n@x.io"}),
+            repair.clone(),
+        ),
+        event(
+            "s7",
+            "L2",
+            "update",
+            0,
+            json!({"Email": "b3@x.io"}),
+            repair.clone(),
+        ),
+    ];
+    for event in &mut carried {
+        event["occurred_at"] = json!(later(2));
+    }
+    produce(broker.bootstrap(), &topics.source, &carried);
+    daemon.wait_for_applied(14, DEADLINE);
     for name in ["freeze", "verify", "flip", "complete"] {
         if name == "verify" {
             wait_for("every gate green again", DEADLINE, || {

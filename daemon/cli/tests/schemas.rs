@@ -94,6 +94,7 @@ fn the_openapi_document_lists_every_route() {
         "/v1/cutover:",
         "/v1/cutover/readiness:",
         "/v1/cutover/{step}:",
+        "/v1/delta:",
     ] {
         assert!(
             openapi.contains(route),

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod cutover;
+pub mod delta;
 pub mod event;
 pub mod feed;
 pub mod format;

@@ -7,6 +7,7 @@ use tandem_core::{ApplyState, DeadLetterReason, RecordRow, Status, System, Times
 use crate::codec::decode_value;
 use crate::error::{Error, Result};
 use crate::keys::{self, Coordinates};
+use crate::keys::{KeyReader, KeyWriter};
 use crate::view::{scan_prefix, KeyValue};
 use crate::{cf, Store};
 
@@ -193,6 +194,22 @@ impl ReadSnapshot<'_> {
         self.get(cf::RECORDS, &keys::encode_record(entity, join_key))?
             .map(|bytes| decode_value(&bytes, cf::RECORDS))
             .transpose()
+    }
+
+    /// Every record of an entity, in join-key order.
+    pub fn records_of<'b>(
+        &'b self,
+        entity: &str,
+    ) -> impl Iterator<Item = Result<(String, RecordRow)>> + 'b {
+        let prefix = KeyWriter::new().str(entity).finish();
+        self.scan(cf::RECORDS, prefix.clone(), prefix).map(|item| {
+            let (key, value) = item?;
+            let mut reader = KeyReader::new(&key, "records");
+            let _entity = reader.str()?;
+            let join_key = reader.str()?;
+            reader.end()?;
+            Ok((join_key, decode_value(&value, cf::RECORDS)?))
+        })
     }
 
     /// Every event of a record's native records, from both systems, in event-time order.

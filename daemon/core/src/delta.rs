@@ -1,0 +1,198 @@
+//! The reverse delta: what changed in one system since a time, mapped back into the other
+//! system's field names, keyed for an upsert there. If a second cutover fails, this is what
+//! must be carried back to the source.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mapping::EntityMapping;
+use crate::record::RecordRow;
+use crate::system::System;
+use crate::time::Timestamp;
+
+/// What to do in the other system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaAction {
+    /// Create or update the record there with `fields`.
+    Upsert,
+    /// Delete it there.
+    Delete,
+}
+
+/// One record to carry across.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeltaRow {
+    /// The entity.
+    pub entity: String,
+    /// The join key to upsert by (an `unjoined:` key for a record that carries none).
+    pub join_key: String,
+    /// What to do.
+    pub action: DeltaAction,
+    /// The record's native id in the system that changed.
+    pub native_id: String,
+    /// The record's live native ids in the other system (empty: it must be created there).
+    pub other_native_ids: Vec<String>,
+    /// Its latest state, in the other system's field names (mapped fields only).
+    pub fields: BTreeMap<String, Value>,
+    /// Event time of its latest change.
+    pub changed_at: Timestamp,
+    /// The record also changed in the other system since then: carrying it across would
+    /// overwrite that change; someone has to decide.
+    pub also_changed_in_other: bool,
+    /// tandem is not sure of the changed system's state (a change may have been lost).
+    pub unverified: bool,
+    /// Fields whose mapping loses information on the way back (none until field rules say so).
+    pub lossy_fields: Vec<String>,
+}
+
+/// The rows of one record: one per native record of `changed` that changed at or after
+/// `since`.
+pub fn delta_rows(
+    entity: &EntityMapping,
+    join_key: &str,
+    row: &RecordRow,
+    changed: System,
+    since: Timestamp,
+) -> Vec<DeltaRow> {
+    let other = changed.other();
+    let other_side = row.side(other);
+    let other_ids: Vec<String> = other_side
+        .iter()
+        .filter(|side| !side.deleted)
+        .map(|side| side.native_id.clone())
+        .collect();
+    let also_changed = other_side.iter().any(|side| side.last_change_at >= since);
+    row.side(changed)
+        .iter()
+        .filter(|side| side.last_change_at >= since)
+        .map(|side| {
+            let fields = entity
+                .fields
+                .iter()
+                .filter_map(|rule| {
+                    let (from, to) = match changed {
+                        System::Target => (&rule.target, &rule.source),
+                        System::Source => (&rule.source, &rule.target),
+                    };
+                    side.fields
+                        .get(from)
+                        .map(|value| (to.clone(), value.clone()))
+                })
+                .collect();
+            DeltaRow {
+                entity: entity.name.clone(),
+                join_key: join_key.to_owned(),
+                action: if side.deleted {
+                    DeltaAction::Delete
+                } else {
+                    DeltaAction::Upsert
+                },
+                native_id: side.native_id.clone(),
+                other_native_ids: other_ids.clone(),
+                fields,
+                changed_at: side.last_change_at,
+                also_changed_in_other: also_changed,
+                unverified: side.unverified.is_some(),
+                lossy_fields: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{FieldMapping, JoinKeySource, JoinSpec};
+    use crate::record::{RecordStatus, SideRecord};
+
+    fn side(id: &str, minute: i64, fields: Value, deleted: bool) -> SideRecord {
+        SideRecord {
+            native_id: id.to_owned(),
+            fields: serde_json::from_value(fields).unwrap(),
+            deleted,
+            version: None,
+            last_change_at: Timestamp::from_unix_millis(minute * 60_000),
+            last_event_id: String::new(),
+            merged_into: None,
+            unverified: None,
+        }
+    }
+
+    fn contact() -> EntityMapping {
+        EntityMapping {
+            name: "contact".to_owned(),
+            join: JoinSpec {
+                source: JoinKeySource::ExternalId,
+                target: JoinKeySource::Field("legacy_id".to_owned()),
+            },
+            fields: vec![
+                FieldMapping {
+                    source: "Email".to_owned(),
+                    target: "email".to_owned(),
+                },
+                FieldMapping {
+                    source: "LastName".to_owned(),
+                    target: "lastname".to_owned(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn target_changes_since_the_flip_come_back_in_source_names() {
+        let since = Timestamp::from_unix_millis(10 * 60_000);
+        let row = RecordRow {
+            source: vec![side(
+                "L1",
+                12,
+                serde_json::json!({"Email": "old@x.io"}),
+                false,
+            )],
+            target: vec![
+                side(
+                    "T1",
+                    11,
+                    serde_json::json!({"email": "new@x.io", "lastname": "Ada", "legacy_id": "L1", "hs_score": 7}),
+                    false,
+                ),
+                side("T9", 5, serde_json::json!({"email": "z@x.io"}), false),
+            ],
+            status: RecordStatus::default(),
+        };
+        let rows = delta_rows(&contact(), "L1", &row, System::Target, since);
+        assert_eq!(
+            rows,
+            vec![DeltaRow {
+                entity: "contact".to_owned(),
+                join_key: "L1".to_owned(),
+                action: DeltaAction::Upsert,
+                native_id: "T1".to_owned(),
+                other_native_ids: vec!["L1".to_owned()],
+                fields: BTreeMap::from([
+                    ("Email".to_owned(), serde_json::json!("new@x.io")),
+                    ("LastName".to_owned(), serde_json::json!("Ada")),
+                ]),
+                changed_at: Timestamp::from_unix_millis(11 * 60_000),
+                also_changed_in_other: true,
+                unverified: false,
+                lossy_fields: Vec::new(),
+            }]
+        );
+        // A record deleted in the target since then is deleted in the source; one that did
+        // not change is not listed.
+        let deleted = RecordRow {
+            source: vec![side("L2", 1, serde_json::json!({}), false)],
+            target: vec![side("T2", 15, serde_json::json!({}), true)],
+            status: RecordStatus::default(),
+        };
+        let rows = delta_rows(&contact(), "L2", &deleted, System::Target, since);
+        assert_eq!(
+            (rows.len(), rows[0].action, rows[0].also_changed_in_other),
+            (1, DeltaAction::Delete, false)
+        );
+        assert!(delta_rows(&contact(), "L2", &deleted, System::Source, since).is_empty());
+    }
+}
