@@ -260,7 +260,10 @@ pub async fn watch(
         }
         let context = context.clone();
         let fired = tokio::task::spawn_blocking(move || {
-            readiness(&context).map(|_| {
+            readiness(&context).map(|(readiness, _)| {
+                if let Some(days) = readiness.commit_days_left {
+                    context.commit_days_left.set(days);
+                }
                 let memory = context
                     .gate_memory
                     .lock()

@@ -73,6 +73,7 @@ pub struct ApiContext {
     auth_metrics: AuthMetrics,
     gate_memory: cutover::Memory,
     cutover_metrics: prometheus::IntGauge,
+    commit_days_left: prometheus::IntGauge,
 }
 
 impl ApiContext {
@@ -93,6 +94,10 @@ impl ApiContext {
             "Rollback triggers firing now (evaluated after a flip, every 15 s)",
         )?;
         registry.register(Box::new(cutover_metrics.clone()))?;
+        let commit_days_left = prometheus::IntGauge::new(
+            "tandem_commit_days_left",
+            "Days left until the cutover's commit date (negative once past it); no series without a date",
+        )?;
         Ok(ApiContext {
             store,
             mapping,
@@ -109,6 +114,7 @@ impl ApiContext {
             auth_metrics,
             gate_memory: std::sync::Mutex::default(),
             cutover_metrics,
+            commit_days_left,
         })
     }
 
@@ -125,6 +131,12 @@ impl ApiContext {
         handle: Option<tandem_ingest::CutoverHandle>,
     ) -> Self {
         self.cutover_rules = rules;
+        if self.cutover_rules.gates.commit_date.is_some() {
+            // Only configured dates get a series, so "no date" never looks like "due today".
+            let _ = self
+                .registry
+                .register(Box::new(self.commit_days_left.clone()));
+        }
         self.cutover = handle;
         self
     }

@@ -411,6 +411,9 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         "/v1/ownership/permit?system=target&entity=contact&actor=sync",
         "/v1/violations",
         "/v1/writers",
+        "/v1/cutover",
+        "/v1/cutover/readiness",
+        "/v1/delta?since=24h",
         "/metrics",
     ] {
         let endpoint = format!("{url}{path}");
@@ -456,11 +459,11 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         .read_to_string()
         .unwrap();
     assert!(
-        metrics.contains("tandem_auth_failures_total{reason=\"missing\"} 8"),
+        metrics.contains("tandem_auth_failures_total{reason=\"missing\"} 11"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("tandem_auth_failures_total{reason=\"wrong\"} 9"),
+        metrics.contains("tandem_auth_failures_total{reason=\"wrong\"} 12"),
         "{metrics}"
     );
     assert!(
