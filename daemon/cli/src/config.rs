@@ -271,6 +271,10 @@ pub struct OwnershipConfig {
     /// Where violations are published as JSON (none: they are kept and listed only).
     #[serde(default)]
     pub violations_topic: Option<String>,
+    /// Where commands undoing non-owner updates are published for the sync layer (none: no
+    /// commands).
+    #[serde(default)]
+    pub commands_topic: Option<String>,
 }
 
 impl OwnershipConfig {
@@ -296,6 +300,7 @@ impl OwnershipConfig {
             entities: self.entities.clone(),
             allowed,
             unattributed: self.unattributed_writes,
+            compensate: self.commands_topic.is_some(),
         })
     }
 }
@@ -810,6 +815,7 @@ impl Config {
                 .policy(&self.entities)
                 .expect("invariant: the configuration was validated at load"),
             violations_topic: self.ownership.violations_topic.clone(),
+            commands_topic: self.ownership.commands_topic.clone(),
             store_path: self.store.path.clone(),
             min_free_bytes: self.store.min_free_mib.saturating_mul(1024 * 1024),
         }

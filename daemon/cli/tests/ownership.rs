@@ -98,6 +98,7 @@ idle_clock = false
 owner = "source"
 allowed = {{ target = ["integration:billing"] }}
 violations_topic = "{violations}"
+commands_topic = "{violations}.commands"
 
 [[entities]]
 name = "contact"
@@ -182,6 +183,7 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         (&topics.target, 1),
         (&topics.dead_letters, 1),
         (violations_topic, 1),
+        (&format!("{violations_topic}.commands"), 1),
     ]);
     let user = json!({"kind": "user", "id": "ann"});
     let sync = json!({"kind": "sync", "id": "bridge"});
@@ -346,6 +348,36 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         .collect();
     events.sort_unstable();
     assert_eq!(events, ["e1", "u1", "w0", "w1", "w2"]);
+
+    // A command for the sync layer per non-owner update: set the field back to the owner's
+    // value (the fenced write gets none: its writer is allowed, only its epoch is old).
+    let commands = published(
+        broker.bootstrap(),
+        &format!("{violations_topic}.commands"),
+        4,
+    );
+    let mut restores: Vec<(String, String, Value)> = commands
+        .iter()
+        .map(|command| {
+            assert_eq!(command["type"], "restore_fields");
+            assert_eq!(command["system"], "target");
+            (
+                command["violation_event_id"].as_str().unwrap().to_owned(),
+                command["native_id"].as_str().unwrap().to_owned(),
+                command["set"].clone(),
+            )
+        })
+        .collect();
+    restores.sort_by(|left, right| left.0.cmp(&right.0));
+    assert_eq!(
+        restores,
+        vec![
+            ("u1".to_owned(), "T3".to_owned(), json!({"email": "3@x.io"})),
+            ("w0".to_owned(), "T1".to_owned(), json!({"email": "1@x.io"})),
+            ("w1".to_owned(), "T1".to_owned(), json!({"email": "1@x.io"})),
+            ("w2".to_owned(), "T1".to_owned(), json!({"email": "1@x.io"})),
+        ]
+    );
 
     // The writers report: the webform first; every target writer listed with its writes.
     let writers: WritersView = daemon.get("/v1/writers");

@@ -240,3 +240,31 @@ fn violations_match_their_schema() {
         &serde_json::to_value(&unattributed).unwrap(),
     );
 }
+
+/// The compensation command example passes its schema and reads as a command.
+#[test]
+fn compensation_commands_match_their_schema() {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(schemas_dir().join("compensation-command.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let path = schemas_dir().join("examples/commands/restore-email.json");
+    let instance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|error| error.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let command: tandem_core::ownership::Compensation = serde_json::from_value(instance).unwrap();
+    let written = serde_json::to_value(&command).unwrap();
+    assert!(
+        validator.iter_errors(&written).next().is_none(),
+        "{written}"
+    );
+    assert!(validator
+        .iter_errors(&serde_json::json!({"type": "restore_fields"}))
+        .next()
+        .is_some());
+}

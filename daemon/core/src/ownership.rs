@@ -93,6 +93,8 @@ pub struct OwnershipPolicy {
     pub allowed: BTreeMap<System, Vec<ActorRule>>,
     /// What a write without an actor into a fenced system is.
     pub unattributed: Unattributed,
+    /// Whether non-owner updates get a compensation command (a commands topic is set).
+    pub compensate: bool,
 }
 
 impl Default for OwnershipPolicy {
@@ -102,6 +104,7 @@ impl Default for OwnershipPolicy {
             entities: BTreeMap::new(),
             allowed: BTreeMap::new(),
             unattributed: Unattributed::Report,
+            compensate: false,
         }
     }
 }
@@ -339,6 +342,7 @@ mod tests {
                 vec![ActorRule::parse("integration:billing").unwrap()],
             )]),
             unattributed: Unattributed::Report,
+            compensate: false,
         }
     }
 
@@ -507,4 +511,27 @@ impl WriterCount {
 /// The UTC day of a time, in days since the Unix epoch.
 pub fn day_of(at: Timestamp) -> i64 {
     at.unix_nanos().div_euclid(86_400 * 1_000_000_000)
+}
+
+/// A command for the sync layer: set these fields of a record in the fenced system back to
+/// the owner's values, undoing a `non_owner_write`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensation {
+    /// Always `restore_fields`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The system to write to (the fenced one).
+    pub system: System,
+    /// The entity.
+    pub entity: String,
+    /// The record's native id there.
+    pub native_id: String,
+    /// Its join key.
+    pub join_key: String,
+    /// Field (in that system's names) to the owner's value (null where the owner has none).
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// The violation this undoes.
+    pub violation_event_id: String,
+    /// The epoch to write with.
+    pub epoch: u64,
 }

@@ -120,6 +120,8 @@ pub struct IngestSettings {
     pub ownership: OwnershipPolicy,
     /// Where violations of the ownership rule are published (none: they are only kept).
     pub violations_topic: Option<String>,
+    /// Where commands undoing non-owner writes are published.
+    pub commands_topic: Option<String>,
     /// Where undecodable messages go.
     pub dead_letter_topic: String,
     /// Messages larger than this are dead-lettered without parsing.

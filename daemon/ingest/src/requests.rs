@@ -31,6 +31,8 @@ pub(crate) enum Sent {
     Violation(Vec<u8>),
     /// One cutover step, by its outbox key.
     Transition(Vec<u8>),
+    /// One compensation command, by its outbox key.
+    Command(Vec<u8>),
 }
 
 /// The message asking a connector to send full images of some records again.
@@ -147,6 +149,11 @@ impl RequestForwarder {
                 if let Some(topic) = &self.settings.control_topic {
                     if let Err(error) = self.send_transitions(topic, &mut violations_in_flight) {
                         error!(%error, "cannot read the cutover outbox");
+                    }
+                }
+                if let Some(topic) = &self.settings.commands_topic {
+                    if let Err(error) = self.send_commands(topic, &mut violations_in_flight) {
+                        error!(%error, "cannot read the command outbox");
                     }
                 }
                 if let Some(topic) = &self.settings.violations_topic {
@@ -323,6 +330,36 @@ impl RequestForwarder {
         Ok(())
     }
 
+    fn send_commands(
+        &self,
+        topic: &str,
+        in_flight: &mut BTreeSet<Vec<u8>>,
+    ) -> tandem_store::Result<()> {
+        for (key, command) in self.store.pending_commands(500)? {
+            if in_flight.contains(&key) {
+                continue;
+            }
+            let payload = serde_json::to_vec(&command).expect("invariant: commands are plain data");
+            let message_key = format!(
+                "{}/{}/{}",
+                command.system, command.entity, command.native_id
+            );
+            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Command(key.clone())))
+                .key(&message_key)
+                .payload(&payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    in_flight.insert(key);
+                }
+                Err((error, _)) => {
+                    warn!(%error, "cannot queue a compensation command; retrying later");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn send_violations(
         &self,
         topic: &str,
@@ -364,6 +401,16 @@ impl RequestForwarder {
     ) {
         for (sent, outcome) in self.producer.context().take() {
             match (sent, outcome) {
+                (Sent::Command(key), Ok(())) => {
+                    violations_in_flight.remove(&key);
+                    if let Err(error) = self.store.mark_command_delivered(&key) {
+                        error!(%error, "cannot clear a published command; it will be published again");
+                    }
+                }
+                (Sent::Command(key), Err(error)) => {
+                    violations_in_flight.remove(&key);
+                    warn!(%error, "a compensation command was not delivered; retrying");
+                }
                 (Sent::Transition(key), Ok(())) => {
                     violations_in_flight.remove(&key);
                     if let Err(error) = self.store.mark_transition_delivered(&key) {

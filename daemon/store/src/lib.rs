@@ -78,8 +78,10 @@ pub(crate) mod cf {
     pub(crate) const WRITERS: &str = "writers";
     /// Cutover transitions not yet confirmed published on the control topic.
     pub(crate) const CUTOVER_OUTBOX: &str = "cutover_outbox";
+    /// Compensation commands not yet confirmed published on the commands topic.
+    pub(crate) const COMMAND_OUTBOX: &str = "command_outbox";
 
-    pub(crate) const ALL: [&str; 21] = [
+    pub(crate) const ALL: [&str; 22] = [
         META,
         OFFSETS,
         HISTORY,
@@ -101,6 +103,7 @@ pub(crate) mod cf {
         VIOLATION_OUTBOX,
         WRITERS,
         CUTOVER_OUTBOX,
+        COMMAND_OUTBOX,
     ];
 }
 

@@ -4,7 +4,7 @@
 use rocksdb::{IteratorMode, WriteBatch};
 use tandem_core::cutover::TransitionRecord;
 use tandem_core::event::ActorKind;
-use tandem_core::ownership::{Violation, WriterCount, WriterKey};
+use tandem_core::ownership::{Compensation, Violation, WriterCount, WriterKey};
 use tandem_core::{System, Timestamp};
 
 use crate::batch::OrderedBatch;
@@ -122,6 +122,7 @@ impl Store {
         violations: &[Violation],
         writers: &[(WriterKey, WriterCount)],
         transitions: &[TransitionRecord],
+        compensations: &[Compensation],
         publish: bool,
     ) -> Result<()> {
         for violation in violations {
@@ -130,6 +131,13 @@ impl Store {
                 batch.put_cf(cf::VIOLATION_OUTBOX, key.clone(), []);
             }
             batch.put_cf(cf::VIOLATIONS, key, encode_value(violation));
+        }
+        for command in compensations {
+            let key = KeyWriter::new()
+                .u8(command.system.code())
+                .str(&command.violation_event_id)
+                .finish();
+            batch.put_cf(cf::COMMAND_OUTBOX, key, encode_value(command));
         }
         for record in transitions {
             let key = KeyWriter::new()
@@ -177,6 +185,27 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(cf::CUTOVER_OUTBOX), key);
         self.write(batch, "write of a cutover delivery")
+    }
+
+    /// Compensation commands not yet published.
+    pub fn pending_commands(&self, limit: usize) -> Result<Vec<(Vec<u8>, Compensation)>> {
+        let mut pending = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::COMMAND_OUTBOX), IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, value) = item.map_err(Error::rocksdb("scan of the command outbox"))?;
+            pending.push((key.to_vec(), decode_value(&value, cf::COMMAND_OUTBOX)?));
+        }
+        Ok(pending)
+    }
+
+    /// Clears a command the broker acknowledged.
+    pub fn mark_command_delivered(&self, key: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::COMMAND_OUTBOX), key);
+        self.write(batch, "write of a command delivery")
     }
 
     /// Violations not yet produced to the violations topic, oldest first.

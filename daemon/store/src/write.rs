@@ -278,6 +278,7 @@ impl Store {
             &commit.plan.violations,
             &commit.plan.writers,
             &commit.plan.transitions,
+            &commit.plan.compensations,
             commit.publish_violations,
         )?;
         for change in &commit.plan.join_keys {

@@ -448,6 +448,7 @@ fn set_schema_version(directory: &std::path::Path, version: u32) -> Option<u32> 
             "violation_outbox",
             "writers",
             "cutover_outbox",
+            "command_outbox",
         ],
     )
     .unwrap();

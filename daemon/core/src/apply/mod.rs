@@ -17,7 +17,8 @@ use crate::event::{ChangeEvent, DeadLetterReason, Op};
 use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
 use crate::ownership::{
-    self, EntityOwnership, OwnershipPolicy, Unattributed, Violation, WriterCount, WriterKey,
+    self, Compensation, EntityOwnership, OwnershipPolicy, Unattributed, Violation, ViolationKind,
+    WriterCount, WriterKey,
 };
 use crate::record::{
     compare, with_grace, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
@@ -162,6 +163,8 @@ pub struct Plan {
     pub writers: Vec<(WriterKey, WriterCount)>,
     /// Cutover transitions taken in this batch, to publish on the control topic.
     pub transitions: Vec<TransitionRecord>,
+    /// Commands undoing non-owner writes, for the commands topic.
+    pub compensations: Vec<Compensation>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -196,6 +199,7 @@ pub struct Planner<'a, V: StateView> {
     violations: Vec<Violation>,
     writers: BTreeMap<WriterKey, WriterCount>,
     transitions: Vec<TransitionRecord>,
+    compensations: Vec<Compensation>,
 }
 
 /// Ownership when the configuration says nothing: the source owns everything.
@@ -204,6 +208,7 @@ static DEFAULT_OWNERSHIP: OwnershipPolicy = OwnershipPolicy {
     entities: BTreeMap::new(),
     allowed: BTreeMap::new(),
     unattributed: Unattributed::Report,
+    compensate: false,
 };
 
 impl<'a, V: StateView> Planner<'a, V> {
@@ -232,6 +237,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             violations: Vec::new(),
             writers: BTreeMap::new(),
             transitions: Vec::new(),
+            compensations: Vec::new(),
             partition_members: BTreeSet::new(),
         }
     }
@@ -614,6 +620,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             violations: self.violations,
             writers: self.writers.into_iter().collect(),
             transitions: self.transitions,
+            compensations: self.compensations,
         }
     }
 }
@@ -684,6 +691,65 @@ impl<V: StateView> Planner<'_, V> {
             occurred_at: event.occurred_at,
             event_id: event.event_id.clone(),
             owner: ownership.owner,
+            epoch: ownership.epoch,
+        });
+        if self.ownership.compensate
+            && kind == ViolationKind::NonOwnerWrite
+            && event.op == Op::Update
+        {
+            self.compensate(system, entity, event, ownership)?;
+        }
+        Ok(())
+    }
+
+    /// The command that sets the fields a non-owner write touched back to the owner's
+    /// values, if the owner holds the record (mapped fields only).
+    fn compensate(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        ownership: EntityOwnership,
+    ) -> ViewResult<()> {
+        let owner = system.other();
+        let Some(join_key) = self.current_join_key(system, &entity.name, &event.id)? else {
+            return Ok(());
+        };
+        let record = self.working_record(&entity.name, &join_key)?;
+        let Some(owner_side) = record.row.side(owner).iter().find(|side| !side.deleted) else {
+            return Ok(());
+        };
+        let mut set = BTreeMap::new();
+        for field in event.fields.iter().flat_map(|fields| fields.keys()) {
+            let rule = entity.fields.iter().find(|rule| match system {
+                System::Target => rule.target == *field,
+                System::Source => rule.source == *field,
+            });
+            let Some(rule) = rule else { continue };
+            let owner_field = match system {
+                System::Target => &rule.source,
+                System::Source => &rule.target,
+            };
+            set.insert(
+                field.clone(),
+                owner_side
+                    .fields
+                    .get(owner_field)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            );
+        }
+        if set.is_empty() {
+            return Ok(());
+        }
+        self.compensations.push(Compensation {
+            kind: "restore_fields".to_owned(),
+            system,
+            entity: entity.name.clone(),
+            native_id: event.id.clone(),
+            join_key,
+            set,
+            violation_event_id: event.event_id.clone(),
             epoch: ownership.epoch,
         });
         Ok(())
