@@ -78,6 +78,72 @@ fn the_report_equals_the_ground_truth() {
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     let report = daemon.wait_for_applied(run.distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &scenario.truth);
+
+    // Who writes into the fenced target, counted from the produced messages themselves: the
+    // sync layer (allowed), the webform integration and users editing the target (violations).
+    let mut writes: BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
+    for message in &scenario.messages {
+        if message.system != tandem_sim::SimSystem::Target || message.payload.len() > 65_536 {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+            continue;
+        };
+        let (Some(kind), Some(event_id), Some(op)) = (
+            event["actor"]["kind"].as_str(),
+            event["event_id"].as_str(),
+            event["op"].as_str(),
+        ) else {
+            continue;
+        };
+        if ["create", "update", "delete", "undelete", "merge"].contains(&op) {
+            let id = event["actor"]["id"].as_str().unwrap_or_default().to_owned();
+            writes
+                .entry((kind.to_owned(), id))
+                .or_default()
+                .insert(event_id.to_owned());
+        }
+    }
+    let mut expected: Vec<(String, String, u64, u64)> = writes
+        .into_iter()
+        .map(|((kind, id), events)| {
+            let count = events.len() as u64;
+            let violations = if kind == "sync" || kind == "repair" {
+                0
+            } else {
+                count
+            };
+            (kind, id, count, violations)
+        })
+        .collect();
+    expected.sort();
+    assert!(
+        expected
+            .iter()
+            .any(|(kind, _, _, violations)| kind == "integration" && *violations > 0),
+        "the simulation has an integration writing into the target: {expected:?}"
+    );
+    let writers: tandem_api::ownership::WritersView = daemon.get("/v1/writers");
+    let target = &writers.systems[&tandem_core::System::Target];
+    let mut reported: Vec<(String, String, u64, u64)> = target
+        .iter()
+        .map(|writer| {
+            (
+                writer.kind.clone(),
+                writer.id.clone().unwrap_or_default(),
+                writer.writes,
+                writer.violations,
+            )
+        })
+        .collect();
+    assert!(
+        target[0].violations > 0,
+        "a violating writer is listed first: {reported:?}"
+    );
+    reported.sort();
+    assert_eq!(reported, expected);
+
     // Lag comes from the consumer's statistics (every second): observe it reach zero.
     let caught_up = wait_for("lag 0 on both systems", DEADLINE, || {
         let report = daemon.report();
