@@ -248,6 +248,9 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         Some(json!({"kind": "sync", "id": "bridge", "epoch": 0})),
     ));
     target.push(contact("n1", "T3", 33, json!({"email": "3@x.io"}), None));
+    // The records exist in both systems before anyone writes into the target: a compensation
+    // command needs the owner's record to take the values from.
+    let later_writes = target.split_off(3);
     produce(broker.bootstrap(), &topics.source, &source);
     produce(broker.bootstrap(), &topics.target, &target);
 
@@ -263,6 +266,11 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
     let mut daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     daemon.token = Some(READ.to_owned());
     daemon.wait_for_applied((source.len() + target.len()) as u64, DEADLINE);
+    produce(broker.bootstrap(), &topics.target, &later_writes);
+    daemon.wait_for_applied(
+        (source.len() + target.len() + later_writes.len()) as u64,
+        DEADLINE,
+    );
 
     // The violations, as listed: kind, writer, record and fields.
     let list: ViolationList = daemon.get("/v1/violations");
@@ -339,6 +347,29 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         paged.next_cursor.unwrap()
     ));
     assert_eq!(rest.items, list.items[2..]);
+
+    // T1 differs from the source because of the webform's writes: that is its cause. T3 was
+    // put back to the source's value by the last, unattributed write: in sync again.
+    let divergences: tandem_api::report::DivergenceList = daemon.get("/v1/divergences");
+    let causes: Vec<(String, String, Option<String>)> = divergences
+        .items
+        .iter()
+        .map(|item| {
+            (
+                item.join_key.clone(),
+                item.status.to_string(),
+                item.cause.map(|cause| cause.as_str().to_owned()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        vec![(
+            "L1".to_owned(),
+            "mismatch".to_owned(),
+            Some("non_owner_write".to_owned())
+        )]
+    );
 
     // The same five on the violations topic.
     let messages = published(broker.bootstrap(), violations_topic, 5);

@@ -118,6 +118,7 @@ mod tests {
             last_event_id: String::new(),
             merged_into: None,
             unverified: None,
+            non_owner_write: false,
         }
     }
 

@@ -118,6 +118,9 @@ pub struct SideRecord {
     /// Set while changes to this record may have been lost; cleared by a full image.
     #[serde(default)]
     pub unverified: Option<Unverified>,
+    /// Whether the latest applied change broke the ownership rule (a `non_owner_write`).
+    #[serde(default)]
+    pub non_owner_write: bool,
 }
 
 /// Why a native record's state cannot be trusted, and since when.
@@ -172,6 +175,37 @@ pub struct RecordStatus {
     pub differing_fields: Vec<String>,
     /// When a pending record stops being pending unless something changes.
     pub due_at: Option<Timestamp>,
+    /// Why the record diverges, where tandem knows.
+    #[serde(default)]
+    pub cause: Option<Cause>,
+}
+
+/// Why a divergent record diverges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The latest change to one side was written by someone not allowed to write there.
+    NonOwnerWrite,
+}
+
+impl Cause {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cause::NonOwnerWrite => "non_owner_write",
+        }
+    }
+
+    /// The cause of a row's divergence, from what its sides know.
+    pub fn of(row: &RecordRow, status: Option<Status>) -> Option<Cause> {
+        let divergent = status.is_some_and(Status::is_divergence);
+        let written = row
+            .source
+            .iter()
+            .chain(&row.target)
+            .any(|side| !side.deleted && side.non_owner_write);
+        (divergent && written).then_some(Cause::NonOwnerWrite)
+    }
 }
 
 /// Everything tandem holds about one `(entity, join key)`.

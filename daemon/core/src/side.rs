@@ -36,6 +36,7 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         last_event_id: String::new(),
         merged_into: None,
         unverified: None,
+        non_owner_write: false,
     });
     let unverified = |reason| {
         Some(Unverified {

@@ -167,6 +167,7 @@ mod tests {
             since: None,
             differing_fields: fields.iter().map(|field| (*field).to_owned()).collect(),
             due_at: None,
+            cause: None,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct DivergenceItem {
     pub fields: Vec<String>,
     /// Since when the sides differ.
     pub since: Option<Timestamp>,
+    /// Why it diverges, where tandem knows (`non_owner_write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<tandem_core::record::Cause>,
     /// Native ids of the live records on the source side.
     pub source_ids: Vec<String>,
     /// Native ids of the live records on the target side.
@@ -357,6 +360,7 @@ fn divergence_item(entity: &str, join_key: String, row: &RecordRow) -> Result<Di
         status,
         fields: row.status.differing_fields.clone(),
         since: row.status.since,
+        cause: row.status.cause,
         source_ids: live_ids(System::Source),
         target_ids: live_ids(System::Target),
     })

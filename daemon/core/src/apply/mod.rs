@@ -21,7 +21,7 @@ use crate::ownership::{
     WriterCount, WriterKey,
 };
 use crate::record::{
-    compare, with_grace, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
+    compare, with_grace, Cause, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -377,9 +377,11 @@ impl<'a, V: StateView> Planner<'a, V> {
             self.end_snapshot(system, entity, event)?;
             return Ok(Outcome::Applied);
         }
-        if ownership::is_write(event.op) {
-            self.judge_write(system, entity, event)?;
-        }
+        let verdict = if ownership::is_write(event.op) {
+            self.judge_write(system, entity, event)?
+        } else {
+            None
+        };
         if event.op == Op::TransactionEnd {
             self.end_transaction(system, entity, event);
             return Ok(Outcome::Applied);
@@ -457,7 +459,10 @@ impl<'a, V: StateView> Planner<'a, V> {
         let was_unverified = current
             .as_ref()
             .is_some_and(|side| side.unverified.is_some());
-        let side = side::apply(current, event);
+        let mut side = side::apply(current, event);
+        if ownership::is_write(event.op) {
+            side.non_owner_write = verdict == Some(ViolationKind::NonOwnerWrite);
+        }
         match (&side.unverified, was_unverified) {
             (Some(unverified), false) => self.request_reread(RereadChange::Request {
                 system,
@@ -572,6 +577,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                 since,
                 differing_fields,
                 due_at,
+                cause: Cause::of(&working.row, status),
             };
             self.state
                 .summaries
@@ -633,7 +639,7 @@ impl<V: StateView> Planner<'_, V> {
         system: System,
         entity: &EntityMapping,
         event: &ChangeEvent,
-    ) -> ViewResult<()> {
+    ) -> ViewResult<Option<ViolationKind>> {
         let verdict = self.ownership.judge(&self.state.ownership, system, event);
         let key = WriterKey {
             system,
@@ -659,7 +665,7 @@ impl<V: StateView> Planner<'_, V> {
                 last_seen: event.occurred_at,
             });
         let Some(kind) = verdict else {
-            return Ok(());
+            return Ok(None);
         };
         *self
             .state
@@ -699,7 +705,7 @@ impl<V: StateView> Planner<'_, V> {
         {
             self.compensate(system, entity, event, ownership)?;
         }
-        Ok(())
+        Ok(Some(kind))
     }
 
     /// The command that sets the fields a non-owner write touched back to the owner's
