@@ -102,7 +102,13 @@ impl ApplyLoop {
     }
 
     /// Runs until the consumer side hangs up; an error stops ingestion.
-    pub(crate) fn run(mut self, commands: Receiver<ApplyCommand>) -> Result<()> {
+    /// Runs until the consumer's channel closes. Cutover steps come on a channel of their
+    /// own, held by the API, so that it never keeps the loop alive at shutdown.
+    pub(crate) fn run(
+        mut self,
+        commands: Receiver<ApplyCommand>,
+        mut cutover: Receiver<CutoverRequest>,
+    ) -> Result<()> {
         let _span = info_span!("apply").entered();
         let written_rx = self.written_rx.clone();
         loop {
@@ -113,13 +119,17 @@ impl ApplyLoop {
             select! {
                 recv(commands) -> command => match command {
                     Ok(ApplyCommand::Batch(batch)) => self.plan_batch(batch)?,
-                    Ok(ApplyCommand::Cutover(request)) => self.cutover(request)?,
                     Ok(ApplyCommand::Revoke { partitions, done }) => {
                         self.drain()?;
                         debug!(partitions = ?partitions, "revocation confirmed: every batch before it is durable");
                         let _ = done.send(());
                     }
                     Err(_) => return self.drain(),
+                },
+                recv(cutover) -> request => match request {
+                    Ok(request) => self.cutover(request)?,
+                    // The API is gone (shutting down): stop listening for steps.
+                    Err(_) => cutover = crossbeam_channel::never(),
                 },
                 recv(written_rx) -> written => self.settle(written)?,
                 default(TICK) => self.tick()?,

@@ -114,8 +114,6 @@ pub(crate) enum ApplyCommand {
         partitions: Vec<(String, i32)>,
         done: Sender<()>,
     },
-    /// Take a cutover step; answer once it is durable.
-    Cutover(CutoverRequest),
 }
 
 /// A cutover step asked for through the API.

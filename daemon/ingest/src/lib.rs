@@ -41,7 +41,7 @@ pub use metrics::IngestMetrics;
 pub use status::{IngestSnapshot, IngestStatus, PartitionPosition};
 
 use crate::apply::ApplyLoop;
-use crate::consumer::{run_consumer, ApplyCommand, CutoverRequest, TandemConsumerContext};
+use crate::consumer::{run_consumer, CutoverRequest, TandemConsumerContext};
 use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
 use crate::deliveries::Deliveries;
 use crate::requests::{RequestForwarder, Sent};
@@ -217,7 +217,7 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
 /// is ordered with the events around it and survives a crash.
 #[derive(Clone)]
 pub struct CutoverHandle {
-    apply_tx: crossbeam_channel::Sender<ApplyCommand>,
+    requests: crossbeam_channel::Sender<CutoverRequest>,
 }
 
 impl CutoverHandle {
@@ -230,14 +230,14 @@ impl CutoverHandle {
         evidence: Option<serde_json::Value>,
     ) -> std::result::Result<tandem_core::cutover::TransitionRecord, String> {
         let (reply, answer) = bounded(1);
-        self.apply_tx
-            .send(ApplyCommand::Cutover(CutoverRequest {
+        self.requests
+            .send(CutoverRequest {
                 transition,
                 by,
                 reason,
                 evidence,
                 reply,
-            }))
+            })
             .map_err(|_| {
                 "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
             })?;
@@ -277,8 +277,9 @@ pub fn start(
             client: "dead-letter producer",
             source,
         })?;
+    let (cutover_tx, cutover_rx) = bounded(1);
     let cutover = CutoverHandle {
-        apply_tx: apply_tx.clone(),
+        requests: cutover_tx,
     };
     let context = TandemConsumerContext {
         store: store.clone(),
@@ -350,7 +351,7 @@ pub fn start(
     });
     let apply_cancel = cancel.clone();
     let apply = spawn("tandem-apply", move || {
-        let result = apply_loop.run(apply_rx);
+        let result = apply_loop.run(apply_rx, cutover_rx);
         if let Err(error) = &result {
             error!(%error, "ingestion stopped");
             apply_cancel.cancel();
