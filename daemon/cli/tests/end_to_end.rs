@@ -432,3 +432,88 @@ fn a_rebalance_mid_ingestion_loses_nothing() {
     let report = first.wait_for_applied(distinct, DEADLINE);
     assert_matches_truth(&first, &report, &run.scenario.truth);
 }
+
+/// entity, join key, native id, deleted, fields (upserts), other native ids, changed in both.
+type DeltaRowSummary = (
+    String,
+    String,
+    String,
+    bool,
+    Option<serde_json::Value>,
+    Vec<String>,
+    bool,
+);
+
+/// The reverse delta of a simulated run equals the simulator's own: every target record
+/// changed since the middle of the run, its final fields in the source's names, keyed by its
+/// legacy id, with the source records to update and whether they changed too.
+#[test]
+fn the_reverse_delta_equals_the_simulators() {
+    let mut sim = SimConfig::sized(21, 120).without_faults();
+    // Users edit the target and a webform creates records there: changes only the target has.
+    sim.target_edit_rate = 0.05;
+    sim.target_only_per_thousand = 20.0;
+    let run = SimulatedRun::start("delta", &sim);
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = run.config(directory.path(), port, 500, false);
+    let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
+    daemon.wait_for_applied(run.distinct, DEADLINE);
+
+    let since = run.scenario.median_target_change();
+    let expected = run.scenario.target_delta_since(since);
+    assert!(
+        expected.len() > 10,
+        "the run changes enough of the target: {}",
+        expected.len()
+    );
+    assert!(
+        expected.iter().any(|row| row.other_native_ids.is_empty()),
+        "some records exist only in the target"
+    );
+    let since_text = tandem_core::Timestamp::from_unix_nanos(since).to_rfc3339();
+    let url = format!("{}/v1/delta?system=target&since={since_text}", daemon.url);
+    let body = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let mut actual: Vec<DeltaRowSummary> = body
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let deleted = row["action"] == "delete";
+            (
+                row["entity"].as_str().unwrap().to_owned(),
+                row["join_key"].as_str().unwrap().to_owned(),
+                row["native_id"].as_str().unwrap().to_owned(),
+                deleted,
+                (!deleted).then(|| row["fields"].clone()),
+                serde_json::from_value(row["other_native_ids"].clone()).unwrap(),
+                row["also_changed_in_other"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    actual.sort_by(|left, right| (&left.0, &left.1, &left.2).cmp(&(&right.0, &right.1, &right.2)));
+    let mut expected: Vec<DeltaRowSummary> = expected
+        .into_iter()
+        .map(|row| {
+            (
+                row.entity.to_owned(),
+                row.join_key,
+                row.native_id,
+                row.deleted,
+                (!row.deleted).then_some(serde_json::Value::Object(row.fields)),
+                row.other_native_ids,
+                row.also_changed_in_other,
+            )
+        })
+        .collect();
+    expected
+        .sort_by(|left, right| (&left.0, &left.1, &left.2).cmp(&(&right.0, &right.1, &right.2)));
+    assert_eq!(actual.len(), expected.len(), "rows");
+    for (actual, expected) in actual.iter().zip(&expected) {
+        assert_eq!(actual, expected);
+    }
+}

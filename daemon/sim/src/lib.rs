@@ -189,7 +189,94 @@ pub struct Scenario {
     pub(crate) partitions: i32,
 }
 
+/// One row of the reverse delta a correct reconciliation exports, from the simulator's own
+/// final states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaTruth {
+    /// The entity.
+    pub entity: &'static str,
+    /// The join key (the target's legacy id).
+    pub join_key: String,
+    /// The target record's native id.
+    pub native_id: String,
+    /// Whether it was deleted in the target.
+    pub deleted: bool,
+    /// Its final fields in the source's names (mapped fields only).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The live source records with that key.
+    pub other_native_ids: Vec<String>,
+    /// Whether the source record changed at or after the time too.
+    pub also_changed_in_other: bool,
+}
+
 impl Scenario {
+    /// The reverse delta of the target since `since_nanos` (event time): every target record
+    /// whose last change is at or after it, mapped back into the source's field names.
+    pub fn target_delta_since(&self, since_nanos: i64) -> Vec<DeltaTruth> {
+        let mut rows = Vec::new();
+        for ((entity, native_id), state) in &self.final_states.target {
+            if state.last_change < since_nanos {
+                continue;
+            }
+            let Some(join_key) = state
+                .fields
+                .get(LEGACY_ID_FIELD)
+                .and_then(serde_json::Value::as_str)
+            else {
+                continue;
+            };
+            let spec = &ENTITIES[*entity];
+            let fields = spec
+                .fields
+                .iter()
+                .filter_map(|field| {
+                    state
+                        .fields
+                        .get(field.target)
+                        .map(|value| (field.source.to_owned(), value.clone()))
+                })
+                .collect();
+            let source = self
+                .final_states
+                .source
+                .get(&(*entity, join_key.to_owned()));
+            rows.push(DeltaTruth {
+                entity: spec.name,
+                join_key: join_key.to_owned(),
+                native_id: native_id.clone(),
+                deleted: state.deleted,
+                fields,
+                other_native_ids: source
+                    .filter(|source| !source.deleted)
+                    .map(|_| vec![join_key.to_owned()])
+                    .unwrap_or_default(),
+                also_changed_in_other: source
+                    .is_some_and(|source| source.last_change >= since_nanos),
+            });
+        }
+        rows.sort_by(|left, right| {
+            (left.entity, &left.join_key, &left.native_id).cmp(&(
+                right.entity,
+                &right.join_key,
+                &right.native_id,
+            ))
+        });
+        rows
+    }
+
+    /// The event time (nanoseconds) of the middle target change: half the changes are at or
+    /// after it.
+    pub fn median_target_change(&self) -> i64 {
+        let mut times: Vec<i64> = self
+            .final_states
+            .target
+            .values()
+            .map(|state| state.last_change)
+            .collect();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied().unwrap_or(0)
+    }
+
     /// Whether the systems truly differ on a record once tandem has applied each partition
     /// up to the given next offsets (`None`: unknown entity).
     pub fn differs_at(
