@@ -119,6 +119,7 @@ mod tests {
             merged_into: None,
             unverified: None,
             non_owner_write: false,
+            full_image_at: None,
         }
     }
 

@@ -121,6 +121,10 @@ pub struct SideRecord {
     /// Whether the latest applied change broke the ownership rule (a `non_owner_write`).
     #[serde(default)]
     pub non_owner_write: bool,
+    /// Event time of the newest full image applied (create, full update, snapshot): an older
+    /// partial update is wholly superseded by it.
+    #[serde(default)]
+    pub full_image_at: Option<Timestamp>,
 }
 
 /// Why a native record's state cannot be trusted, and since when.

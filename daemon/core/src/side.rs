@@ -37,6 +37,7 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         merged_into: None,
         unverified: None,
         non_owner_write: false,
+        full_image_at: None,
     });
     let unverified = |reason| {
         Some(Unverified {
@@ -103,6 +104,7 @@ fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
             (None, _) => return,
         }
         side.unverified = None;
+        side.full_image_at = side.full_image_at.max(Some(event.occurred_at));
         return;
     }
     let skipped = matches!((event.version, side.version), (Some(incoming), Some(held)) if incoming > held + 1);

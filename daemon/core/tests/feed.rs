@@ -499,3 +499,29 @@ fn an_older_partial_update_without_a_version_makes_the_record_unverified() {
     );
     assert_eq!(outcomes, [Outcome::Stale]);
 }
+
+#[test]
+fn an_older_partial_update_is_superseded_by_a_newer_full_image() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    // A re-read answered with a full image (minute 5) before the webhook of minute 3 arrived.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "a@x.io", "Ada"),
+            target_create("t5", "T1", "L1", 5, "a@x.io", "Ada"),
+        ],
+    );
+    let outcomes = state.apply_batch(
+        &mapping,
+        &[(
+            System::Target,
+            event(json!({"event_id": "t3", "entity": "contact", "id": "T1",
+            "op": "update", "partial": true, "occurred_at": at(3).to_rfc3339(),
+            "fields": {"email": "old@x.io"}})),
+        )],
+    );
+    assert_eq!(outcomes, [Outcome::Stale]);
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    assert!(state.rereads.is_empty());
+}

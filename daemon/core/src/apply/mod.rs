@@ -413,14 +413,18 @@ impl<'a, V: StateView> Planner<'a, V> {
             .filter(|stored| side::is_stale(stored, event))
         {
             self.state.counters.system_mut(system).stale_versions += 1;
-            // An older full image or delete is superseded. An older partial update without a
-            // version may carry a field the newer change did not touch: dropping it could
-            // keep a stale value and applying it could overwrite a newer one, so the record is
-            // read again instead.
+            // An older full image or delete is superseded, and so is an older partial update
+            // when a newer full image holds every field. Otherwise an older partial update
+            // without a version may carry a field the newer partial change did not touch:
+            // dropping it could keep a stale value and applying it could overwrite a newer
+            // one, so the record is read again instead.
             if event.partial
                 && event.version.is_none()
                 && stored.unverified.is_none()
                 && !stored.deleted
+                && stored
+                    .full_image_at
+                    .is_none_or(|image| image < event.occurred_at)
             {
                 if let Some(join_key) = &stored_key {
                     let record = self.working_record(&entity.name, join_key)?;
