@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tandem_api::cutover::CutoverView;
@@ -32,27 +31,6 @@ fn event(event_id: &str, id: &str, op: &str, minute: i64, fields: Value, actor: 
     json!({"event_id": event_id, "entity": "contact", "id": id, "op": op,
         "occurred_at": at(minute), "external_id": if id.starts_with('L') { json!(id) } else { Value::Null },
         "fields": fields, "actor": actor})
-}
-
-fn produce(brokers: &str, topic: &str, events: &[Value]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("a producer");
-    for event in events {
-        let payload = serde_json::to_vec(event).unwrap();
-        producer
-            .send(
-                BaseRecord::<(), _>::to(topic)
-                    .partition(0)
-                    .payload(&payload),
-            )
-            .map_err(|(error, _)| error)
-            .expect("the message is queued");
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("the broker acknowledges every message");
 }
 
 fn write_config(
@@ -145,7 +123,7 @@ fn a_full_cutover_rehearsal() {
     let user = json!({"kind": "user", "id": "ann"});
     let sync = json!({"kind": "sync", "id": "bridge"});
     // L1 is synced right; L2 arrived in the target with the wrong e-mail.
-    produce(
+    common::produce_json(
         broker.bootstrap(),
         &topics.source,
         &[
@@ -167,7 +145,7 @@ fn a_full_cutover_rehearsal() {
             ),
         ],
     );
-    produce(
+    common::produce_json(
         broker.bootstrap(),
         &topics.target,
         &[
@@ -216,7 +194,7 @@ fn a_full_cutover_rehearsal() {
     );
 
     // While frozen, a live write in the owner is a violation too (the value is unchanged).
-    produce(
+    common::produce_json(
         broker.bootstrap(),
         &topics.source,
         &[event(
@@ -253,7 +231,7 @@ fn a_full_cutover_rehearsal() {
     assert_eq!(phase(&daemon), Phase::Frozen);
 
     // The repair team fixes T2 (repair writes drain while frozen), then every gate goes green.
-    produce(
+    common::produce_json(
         broker.bootstrap(),
         &topics.target,
         &[event(
@@ -295,7 +273,7 @@ fn a_full_cutover_rehearsal() {
     );
 
     // The sync layer still writes with the epoch it got before the flip: fenced.
-    produce(
+    common::produce_json(
         broker.bootstrap(),
         &topics.target,
         &[event(
@@ -353,7 +331,7 @@ fn a_full_cutover_rehearsal() {
     for event in &mut after_flip {
         event["occurred_at"] = json!(later(1));
     }
-    produce(broker.bootstrap(), &topics.target, &after_flip);
+    common::produce_json(broker.bootstrap(), &topics.target, &after_flip);
     let mut late_source = event(
         "s4",
         "L2",
@@ -363,7 +341,7 @@ fn a_full_cutover_rehearsal() {
         user.clone(),
     );
     late_source["occurred_at"] = json!(later(1));
-    produce(broker.bootstrap(), &topics.source, &[late_source]);
+    common::produce_json(broker.bootstrap(), &topics.source, &[late_source]);
     daemon.wait_for_applied(11, DEADLINE);
     let view: CutoverView = daemon.get("/v1/cutover");
     let fired: Vec<(&str, Option<&str>)> = view
@@ -478,7 +456,7 @@ fn a_full_cutover_rehearsal() {
     for event in &mut carried {
         event["occurred_at"] = json!(later(2));
     }
-    produce(broker.bootstrap(), &topics.source, &carried);
+    common::produce_json(broker.bootstrap(), &topics.source, &carried);
     daemon.wait_for_applied(14, DEADLINE);
     for name in ["freeze", "verify", "flip", "complete"] {
         if name == "verify" {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
@@ -35,27 +34,6 @@ fn contact(event_id: &str, id: &str, minute: i64, fields: Value, actor: Option<V
         event["actor"] = actor;
     }
     event
-}
-
-fn produce(brokers: &str, topic: &str, events: &[Value]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("a producer");
-    for event in events {
-        let payload = serde_json::to_vec(event).unwrap();
-        producer
-            .send(
-                BaseRecord::<(), _>::to(topic)
-                    .partition(0)
-                    .payload(&payload),
-            )
-            .map_err(|(error, _)| error)
-            .expect("the message is queued");
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("the broker acknowledges every message");
 }
 
 fn write_config(
@@ -251,8 +229,8 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
     // The records exist in both systems before anyone writes into the target: a compensation
     // command needs the owner's record to take the values from.
     let later_writes = target.split_off(3);
-    produce(broker.bootstrap(), &topics.source, &source);
-    produce(broker.bootstrap(), &topics.target, &target);
+    common::produce_json(broker.bootstrap(), &topics.source, &source);
+    common::produce_json(broker.bootstrap(), &topics.target, &target);
 
     let directory = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -266,7 +244,7 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
     let mut daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     daemon.token = Some(READ.to_owned());
     daemon.wait_for_applied((source.len() + target.len()) as u64, DEADLINE);
-    produce(broker.bootstrap(), &topics.target, &later_writes);
+    common::produce_json(broker.bootstrap(), &topics.target, &later_writes);
     daemon.wait_for_applied(
         (source.len() + target.len() + later_writes.len()) as u64,
         DEADLINE,

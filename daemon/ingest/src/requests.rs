@@ -300,33 +300,56 @@ impl RequestForwarder {
         Ok(())
     }
 
-    fn send_transitions(
+    /// Produces an outbox's pending items that are not in flight yet; stops at the first
+    /// that cannot be queued (the next round retries).
+    fn send_outbox<T>(
         &self,
         topic: &str,
+        pending: Vec<(Vec<u8>, T)>,
         in_flight: &mut BTreeSet<Vec<u8>>,
-    ) -> tandem_store::Result<()> {
-        for (key, record) in self.store.pending_transitions(100)? {
+        what: &str,
+        message: impl Fn(&T) -> (String, Vec<u8>),
+        sent: impl Fn(Vec<u8>) -> Sent,
+    ) {
+        for (key, item) in pending {
             if in_flight.contains(&key) {
                 continue;
             }
-            let mut message =
-                serde_json::to_value(&record).expect("invariant: transitions are plain data");
-            message["type"] = serde_json::json!("cutover");
-            let payload =
-                serde_json::to_vec(&message).expect("invariant: transitions are plain data");
-            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Transition(key.clone())))
-                .key("cutover")
+            let (message_key, payload) = message(&item);
+            let record = BaseRecord::with_opaque_to(topic, Box::new(sent(key.clone())))
+                .key(&message_key)
                 .payload(&payload);
             match self.producer.send(record) {
                 Ok(()) => {
                     in_flight.insert(key);
                 }
                 Err((error, _)) => {
-                    warn!(%error, "cannot queue a cutover step for the control topic; retrying later");
-                    return Ok(());
+                    warn!(%error, "cannot queue a {what}; retrying later");
+                    return;
                 }
             }
         }
+    }
+
+    fn send_transitions(
+        &self,
+        topic: &str,
+        in_flight: &mut BTreeSet<Vec<u8>>,
+    ) -> tandem_store::Result<()> {
+        let pending = self.store.pending_transitions(100)?;
+        self.send_outbox(
+            topic,
+            pending,
+            in_flight,
+            "cutover step",
+            |record| {
+                let mut message =
+                    serde_json::to_value(record).expect("invariant: transitions are plain data");
+                message["type"] = serde_json::json!("cutover");
+                ("cutover".to_owned(), message.to_string().into_bytes())
+            },
+            Sent::Transition,
+        );
         Ok(())
     }
 
@@ -335,28 +358,23 @@ impl RequestForwarder {
         topic: &str,
         in_flight: &mut BTreeSet<Vec<u8>>,
     ) -> tandem_store::Result<()> {
-        for (key, command) in self.store.pending_commands(500)? {
-            if in_flight.contains(&key) {
-                continue;
-            }
-            let payload = serde_json::to_vec(&command).expect("invariant: commands are plain data");
-            let message_key = format!(
-                "{}/{}/{}",
-                command.system, command.entity, command.native_id
-            );
-            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Command(key.clone())))
-                .key(&message_key)
-                .payload(&payload);
-            match self.producer.send(record) {
-                Ok(()) => {
-                    in_flight.insert(key);
-                }
-                Err((error, _)) => {
-                    warn!(%error, "cannot queue a compensation command; retrying later");
-                    return Ok(());
-                }
-            }
-        }
+        let pending = self.store.pending_commands(500)?;
+        self.send_outbox(
+            topic,
+            pending,
+            in_flight,
+            "compensation command",
+            |command| {
+                (
+                    format!(
+                        "{}/{}/{}",
+                        command.system, command.entity, command.native_id
+                    ),
+                    serde_json::to_vec(command).expect("invariant: commands are plain data"),
+                )
+            },
+            Sent::Command,
+        );
         Ok(())
     }
 
@@ -365,31 +383,28 @@ impl RequestForwarder {
         topic: &str,
         in_flight: &mut BTreeSet<Vec<u8>>,
     ) -> tandem_store::Result<()> {
-        for pending in self.store.pending_violations(500)? {
-            if in_flight.contains(&pending.key) {
-                continue;
-            }
-            let violation = &pending.violation;
-            let payload =
-                serde_json::to_vec(violation).expect("invariant: violations are plain data");
-            let key = format!(
-                "{}/{}/{}",
-                violation.system, violation.entity, violation.join_key
-            );
-            let outbox_key = pending.key.clone();
-            let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Violation(pending.key)))
-                .key(&key)
-                .payload(&payload);
-            match self.producer.send(record) {
-                Ok(()) => {
-                    in_flight.insert(outbox_key);
-                }
-                Err((error, _)) => {
-                    warn!(%error, "cannot queue a violation; retrying later");
-                    return Ok(());
-                }
-            }
-        }
+        let pending = self
+            .store
+            .pending_violations(500)?
+            .into_iter()
+            .map(|pending| (pending.key, pending.violation))
+            .collect();
+        self.send_outbox(
+            topic,
+            pending,
+            in_flight,
+            "violation",
+            |violation| {
+                (
+                    format!(
+                        "{}/{}/{}",
+                        violation.system, violation.entity, violation.join_key
+                    ),
+                    serde_json::to_vec(violation).expect("invariant: violations are plain data"),
+                )
+            },
+            Sent::Violation,
+        );
         Ok(())
     }
 

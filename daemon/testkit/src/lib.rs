@@ -355,3 +355,27 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Produces JSON events to partition 0 of `topic`, in order, and waits for the broker's
+/// acknowledgements.
+pub fn produce_json(brokers: &str, topic: &str, events: &[serde_json::Value]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a producer");
+    for event in events {
+        let payload = serde_json::to_vec(event).expect("events are JSON");
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .partition(0)
+                    .payload(&payload),
+            )
+            .map_err(|(error, _)| error)
+            .expect("the message is queued");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker acknowledges every message");
+}
