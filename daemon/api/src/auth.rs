@@ -32,8 +32,20 @@ impl Token {
         &self.0
     }
 
+    /// Compares in time that depends on the configured token's length only: neither how many
+    /// bytes of the offer are right nor whether its length is shows in the timing.
     fn matches(&self, offered: &str) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(offered.as_bytes()))
+        let expected = self.0.as_bytes();
+        let offered = offered.as_bytes();
+        let mut same = (expected.len() as u64).ct_eq(&(offered.len() as u64));
+        for (index, byte) in expected.iter().enumerate() {
+            let other = match offered.len() {
+                0 => 0,
+                length => offered[index % length],
+            };
+            same &= byte.ct_eq(&other);
+        }
+        bool::from(same)
     }
 }
 
@@ -165,6 +177,27 @@ pub(crate) async fn require_token(
                 );
             }
             response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Token;
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        let token = Token::new("s3cret-admin-token\n").unwrap();
+        assert!(token.matches("s3cret-admin-token"));
+        for wrong in [
+            "",
+            "s",
+            "s3cret-admin-toke",
+            "s3cret-admin-token!",
+            "s3cret-admin-tokens3cret-admin-token",
+            "S3cret-admin-token",
+        ] {
+            assert!(!token.matches(wrong), "{wrong:?}");
         }
     }
 }

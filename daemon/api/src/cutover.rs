@@ -10,17 +10,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tandem_core::cutover::{self, CutoverState, Phase, Transition, TransitionRecord};
+use tandem_core::cutover::{self, Phase, StepOrder, Transition, TransitionRecord};
 use tandem_core::gates::{
     evaluate, fired_triggers, EntityFacts, FiredTrigger, GateFacts, GateResult, GateRules,
     Readiness, TriggerRule,
 };
+use tandem_core::ownership::{EntityOwnership, OwnershipState};
 use tandem_core::{System, Timestamp};
 use tandem_ingest::CutoverHandle;
 use tandem_store::ViolationFilter;
 use tracing::warn;
 
-use crate::{blocking, current_report, now, ApiContext, ApiError};
+use crate::{blocking, now, report_of, ApiContext, ApiError};
 
 /// The cutover's rules, from the configuration.
 #[derive(Clone, Debug, Default)]
@@ -67,8 +68,8 @@ pub struct StepPreview {
     pub to: Option<Phase>,
     /// Why it would be refused.
     pub refusal: Option<String>,
-    /// The owner and epoch every entity would get (flip, rollback).
-    pub ownership_after: Option<(System, u64)>,
+    /// The owner and epoch each entity would get (flip, rollback).
+    pub ownership_after: Option<BTreeMap<String, EntityOwnership>>,
     /// The gates, for verify and flip.
     pub readiness: Option<Readiness>,
 }
@@ -87,10 +88,16 @@ pub struct StepRequest {
 }
 
 /// Measures every gate from one snapshot, remembering since when each has held.
-pub(crate) fn readiness(context: &ApiContext) -> Result<(Readiness, CutoverState), ApiError> {
+/// The report, the ownership and cutover state and the violations all come from the same
+/// store snapshot; the third value is the number of events applied in it.
+pub(crate) fn readiness(
+    context: &ApiContext,
+) -> Result<(Readiness, OwnershipState, u64), ApiError> {
     let snapshot = context.store.read();
-    let report = current_report(context).map_err(ApiError::internal)?;
+    let report = report_of(context, &snapshot).map_err(ApiError::internal)?;
     let state = snapshot.apply_state().map_err(ApiError::internal)?;
+    let measured_at_events =
+        state.counters.source.events_applied + state.counters.target.events_applied;
     let at = now();
     let rules = &context.cutover_rules.gates;
     let recent_violations = match rules.no_violations_hours {
@@ -242,7 +249,7 @@ pub(crate) fn readiness(context: &ApiContext) -> Result<(Readiness, CutoverState
         }
         None => Vec::new(),
     };
-    Ok((readiness, state.ownership.cutover))
+    Ok((readiness, state.ownership, measured_at_events))
 }
 
 /// Re-measures the gates and watches the triggers every `period`, so that since-when and the
@@ -260,7 +267,7 @@ pub async fn watch(
         }
         let context = context.clone();
         let fired = tokio::task::spawn_blocking(move || {
-            readiness(&context).map(|(readiness, _)| {
+            readiness(&context).map(|(readiness, _, _)| {
                 if let Some(days) = readiness.commit_days_left {
                     context.commit_days_left.set(days);
                 }
@@ -310,7 +317,8 @@ pub(crate) async fn get_cutover(
     State(context): State<Arc<ApiContext>>,
 ) -> Result<Json<CutoverView>, ApiError> {
     blocking(move || {
-        let (_, state) = readiness(&context)?;
+        let (_, ownership, _) = readiness(&context)?;
+        let state = ownership.cutover;
         let fired = context
             .gate_memory
             .lock()
@@ -331,7 +339,7 @@ pub(crate) async fn get_cutover(
 pub(crate) async fn get_readiness(
     State(context): State<Arc<ApiContext>>,
 ) -> Result<Json<Readiness>, ApiError> {
-    blocking(move || readiness(&context).map(|(readiness, _)| Json(readiness))).await
+    blocking(move || readiness(&context).map(|(readiness, _, _)| Json(readiness))).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -370,18 +378,14 @@ pub(crate) async fn post_step(
             .and_then(|Query(query)| query.dry_run)
             .unwrap_or(false);
     blocking(move || {
-        let (readiness, state) = readiness(&context)?;
+        let (readiness, ownership, measured_at_events) = readiness(&context)?;
+        let state = &ownership.cutover;
         let mut entities: Vec<String> = context
             .mapping
             .entities()
             .map(|entity| entity.name.clone())
             .collect();
         entities.sort();
-        let apply_state = context
-            .store
-            .read()
-            .apply_state()
-            .map_err(ApiError::internal)?;
         let needs_gates = matches!(transition, Transition::Verify | Transition::Flip);
         let mut refusal = transition.target(state.phase).err();
         if refusal.is_none() && needs_gates && !readiness.is_safe() {
@@ -411,7 +415,7 @@ pub(crate) async fn post_step(
             ownership_after: cutover::ownership_after(
                 transition,
                 &context.ownership,
-                &apply_state.ownership,
+                &ownership,
                 &entities,
             ),
             readiness: needs_gates.then(|| readiness.clone()),
@@ -431,12 +435,14 @@ pub(crate) async fn post_step(
             ));
         };
         let evidence = needs_gates.then(|| serde_json::to_value(&readiness).unwrap_or_default());
-        match handle.request(
+        // A gated step is taken only on the state its gates were measured on.
+        match handle.request(StepOrder {
             transition,
-            request.by.unwrap_or_else(|| "api".to_owned()),
-            request.reason,
+            by: request.by.unwrap_or_else(|| "api".to_owned()),
+            reason: request.reason,
             evidence,
-        ) {
+            measured_at_events: needs_gates.then_some(measured_at_events),
+        }) {
             Ok(record) => Ok((
                 StatusCode::OK,
                 Json(serde_json::to_value(&record).map_err(ApiError::internal)?),

@@ -250,7 +250,14 @@ pub(crate) fn now() -> Timestamp {
 
 /// Builds the report from one snapshot.
 pub fn current_report(context: &ApiContext) -> Result<Report, tandem_store::Error> {
-    let snapshot = context.store.read();
+    report_of(context, &context.store.read())
+}
+
+/// The report as of one store snapshot.
+pub(crate) fn report_of(
+    context: &ApiContext,
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+) -> Result<Report, tandem_store::Error> {
     let mut stored = StoredFacts {
         state: snapshot.apply_state()?,
         oldest_reread_since: snapshot.oldest_reread()?,

@@ -27,6 +27,13 @@ fn at(minute: i64) -> String {
     tandem_core::Timestamp::from_unix_millis(1_793_610_000_000 + minute * 60_000).to_rfc3339()
 }
 
+/// Minutes from now, as an event time: the events of this test that come after a cutover
+/// step are made after it (the rule in force when a write is made is the one it is judged by).
+fn from_now(minutes: i64) -> String {
+    let now = tandem_core::Timestamp::from_system_time(std::time::SystemTime::now());
+    tandem_core::Timestamp::from_unix_millis(now.unix_millis() + minutes * 60_000).to_rfc3339()
+}
+
 fn event(event_id: &str, id: &str, op: &str, minute: i64, fields: Value, actor: Value) -> Value {
     json!({"event_id": event_id, "entity": "contact", "id": id, "op": op,
         "occurred_at": at(minute), "external_id": if id.starts_with('L') { json!(id) } else { Value::Null },
@@ -194,18 +201,16 @@ fn a_full_cutover_rehearsal() {
     );
 
     // While frozen, a live write in the owner is a violation too (the value is unchanged).
-    common::produce_json(
-        broker.bootstrap(),
-        &topics.source,
-        &[event(
-            "s3",
-            "L1",
-            "update",
-            5,
-            json!({"Email": "a@x.io"}),
-            user.clone(),
-        )],
+    let mut frozen_write = event(
+        "s3",
+        "L1",
+        "update",
+        5,
+        json!({"Email": "a@x.io"}),
+        user.clone(),
     );
+    frozen_write["occurred_at"] = json!(from_now(0));
+    common::produce_json(broker.bootstrap(), &topics.source, &[frozen_write]);
     daemon.wait_for_applied(5, DEADLINE);
     let violations: ViolationList = daemon.get("/v1/violations");
     assert_eq!(violations.items.len(), 1);
@@ -231,18 +236,16 @@ fn a_full_cutover_rehearsal() {
     assert_eq!(phase(&daemon), Phase::Frozen);
 
     // The repair team fixes T2 (repair writes drain while frozen), then every gate goes green.
-    common::produce_json(
-        broker.bootstrap(),
-        &topics.target,
-        &[event(
-            "r1",
-            "T2",
-            "update",
-            6,
-            json!({"email": "b@x.io", "legacy_id": "L2"}),
-            json!({"kind": "repair", "id": "fix-emails"}),
-        )],
+    let mut repair = event(
+        "r1",
+        "T2",
+        "update",
+        6,
+        json!({"email": "b@x.io", "legacy_id": "L2"}),
+        json!({"kind": "repair", "id": "fix-emails"}),
     );
+    repair["occurred_at"] = json!(from_now(0));
+    common::produce_json(broker.bootstrap(), &topics.target, &[repair]);
     daemon.wait_for_applied(6, DEADLINE);
     wait_for("every gate green", DEADLINE, || {
         let readiness: Readiness = daemon.get("/v1/cutover/readiness");
@@ -272,21 +275,23 @@ fn a_full_cutover_rehearsal() {
         (System::Target, 2)
     );
 
+    let view: CutoverView = daemon.get("/v1/cutover");
+    assert!(view.triggers_fired.is_empty(), "{:?}", view.triggers_fired);
+
     // The sync layer still writes with the epoch it got before the flip: fenced.
-    common::produce_json(
-        broker.bootstrap(),
-        &topics.target,
-        &[event(
-            "t3",
-            "T1",
-            "update",
-            7,
-            json!({"email": "a@x.io"}),
-            json!({"kind": "sync", "id": "bridge", "epoch": 1}),
-        )],
+    let flipped_at = from_now(0);
+    let mut stale_epoch = event(
+        "t3",
+        "T1",
+        "update",
+        7,
+        json!({"email": "a@x.io"}),
+        json!({"kind": "sync", "id": "bridge", "epoch": 1}),
     );
+    stale_epoch["occurred_at"] = json!(flipped_at);
+    common::produce_json(broker.bootstrap(), &topics.target, &[stale_epoch]);
     daemon.wait_for_applied(7, DEADLINE);
-    let fenced: ViolationList = daemon.get(&format!("/v1/violations?since={}", at(7)));
+    let fenced: ViolationList = daemon.get(&format!("/v1/violations?since={flipped_at}"));
     assert_eq!(fenced.items.len(), 1);
     assert_eq!(
         (fenced.items[0].kind, fenced.items[0].epoch),
@@ -294,13 +299,8 @@ fn a_full_cutover_rehearsal() {
     );
 
     // After the flip the target owns live work. Users change T1 and T2 and create T9 there;
-    // someone still writes L2 in the source, which fires the rollback trigger.
-    let view: CutoverView = daemon.get("/v1/cutover");
-    assert!(view.triggers_fired.is_empty(), "{:?}", view.triggers_fired);
-    let later = |minutes: i64| {
-        let now = tandem_core::Timestamp::from_system_time(std::time::SystemTime::now());
-        tandem_core::Timestamp::from_unix_millis(now.unix_millis() + minutes * 60_000).to_rfc3339()
-    };
+    // someone still writes L2 in the source. Both writes into the fenced systems fire the
+    // rollback trigger.
     let bob = json!({"kind": "user", "id": "bob"});
     let mut after_flip = vec![
         event(
@@ -329,7 +329,7 @@ fn a_full_cutover_rehearsal() {
         ),
     ];
     for event in &mut after_flip {
-        event["occurred_at"] = json!(later(1));
+        event["occurred_at"] = json!(from_now(1));
     }
     common::produce_json(broker.bootstrap(), &topics.target, &after_flip);
     let mut late_source = event(
@@ -340,7 +340,7 @@ fn a_full_cutover_rehearsal() {
         json!({"Email": "b2@x.io"}),
         user.clone(),
     );
-    late_source["occurred_at"] = json!(later(1));
+    late_source["occurred_at"] = json!(from_now(1));
     common::produce_json(broker.bootstrap(), &topics.source, &[late_source]);
     daemon.wait_for_applied(11, DEADLINE);
     let view: CutoverView = daemon.get("/v1/cutover");
@@ -454,7 +454,7 @@ fn a_full_cutover_rehearsal() {
         ),
     ];
     for event in &mut carried {
-        event["occurred_at"] = json!(later(2));
+        event["occurred_at"] = json!(from_now(2));
     }
     common::produce_json(broker.bootstrap(), &topics.source, &carried);
     daemon.wait_for_applied(14, DEADLINE);

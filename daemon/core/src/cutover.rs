@@ -3,6 +3,7 @@
 //! run. A flip and a rollback each move every entity's ownership epoch on by one, so writes
 //! issued under the previous ownership are fenced.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,12 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Whether live writes are stopped everywhere: from the freeze until the flip or a
+    /// rollback (verified included: the gates held on a state nobody may change any more).
+    pub const fn is_frozen(self) -> bool {
+        matches!(self, Phase::Frozen | Phase::Verified)
+    }
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -133,6 +140,23 @@ impl fmt::Display for Transition {
     }
 }
 
+/// A cutover step as asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOrder {
+    /// The step.
+    pub transition: Transition,
+    /// Who asks.
+    pub by: String,
+    /// Why, in their words.
+    pub reason: String,
+    /// The readiness it was decided on (verify, flip), as JSON.
+    pub evidence: Option<serde_json::Value>,
+    /// The events applied over both systems in the state the evidence was measured on: the
+    /// step is refused if any event has been applied since, so a step is always taken on the
+    /// state its gates were measured on.
+    pub measured_at_events: Option<u64>,
+}
+
 /// A transition as it happened: who, when, why, and the evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransitionRecord {
@@ -148,10 +172,14 @@ pub struct TransitionRecord {
     pub reason: String,
     /// Wall-clock time of the transition.
     pub at: Timestamp,
-    /// The owner of every entity after it.
+    /// The owner of the entities after it (the target after a flip, the configured owner
+    /// after a rollback); entities the configuration gives another owner are in `ownership`.
     pub owner: System,
-    /// The epoch of every entity after it.
+    /// The highest epoch after it (a flip and a rollback give every entity the same one).
     pub epoch: u64,
+    /// Every entity's owner and epoch after it.
+    #[serde(default)]
+    pub ownership: BTreeMap<String, EntityOwnership>,
     /// The readiness measured for it (verify, flip), as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<serde_json::Value>,
@@ -168,34 +196,45 @@ pub struct CutoverState {
     pub history: Vec<TransitionRecord>,
 }
 
-/// What a transition does to ownership: the owner and epoch every entity gets.
+/// What a transition does to ownership: the owner and epoch each entity gets, or `None` for
+/// steps that leave ownership alone. A flip gives every entity to the target; a rollback gives
+/// each back to the owner the configuration gives it (the source, unless
+/// `ownership.entities` had it cut over earlier), so rolling back the second cutover never
+/// undoes an earlier one. Every entity gets the same new epoch, one above the highest now, so
+/// writes issued under any earlier ownership are fenced.
 pub fn ownership_after(
     transition: Transition,
     policy: &OwnershipPolicy,
     state: &OwnershipState,
     entities: &[String],
-) -> Option<(System, u64)> {
-    let owner = match transition {
-        Transition::Flip => System::Target,
-        Transition::Rollback => System::Source,
-        Transition::Freeze | Transition::Verify | Transition::Complete => return None,
-    };
+) -> Option<BTreeMap<String, EntityOwnership>> {
+    if !matches!(transition, Transition::Flip | Transition::Rollback) {
+        return None;
+    }
     let epoch = entities
         .iter()
         .map(|entity| policy.of(state, entity).epoch)
         .max()
         .unwrap_or(crate::ownership::FIRST_EPOCH)
         + 1;
-    Some((owner, epoch))
+    Some(
+        entities
+            .iter()
+            .map(|entity| {
+                let owner = match transition {
+                    Transition::Flip => System::Target,
+                    _ => policy.configured_owner(entity),
+                };
+                (entity.clone(), EntityOwnership { owner, epoch })
+            })
+            .collect(),
+    )
 }
 
-/// Applies a transition to the ownership state (after a flip or rollback every entity has the
-/// new owner and epoch).
-pub fn apply_ownership(state: &mut OwnershipState, entities: &[String], owner: System, epoch: u64) {
-    for entity in entities {
-        state
-            .entities
-            .insert(entity.clone(), EntityOwnership { owner, epoch });
+/// Applies a flip or a rollback to the ownership state.
+pub fn apply_ownership(state: &mut OwnershipState, after: &BTreeMap<String, EntityOwnership>) {
+    for (entity, ownership) in after {
+        state.entities.insert(entity.clone(), *ownership);
     }
 }
 
@@ -241,19 +280,41 @@ mod tests {
 
     #[test]
     fn a_flip_and_a_rollback_each_move_every_epoch_on() {
-        let policy = OwnershipPolicy::default();
+        // Tickets were cut over to the target before this cutover; deals and contacts were not.
+        let policy = OwnershipPolicy {
+            entities: [("ticket".to_owned(), System::Target)].into(),
+            ..OwnershipPolicy::default()
+        };
         let mut state = OwnershipState::default();
-        let entities = vec!["contact".to_owned(), "deal".to_owned()];
+        let entities: Vec<String> = ["contact", "deal", "ticket"].map(str::to_owned).into();
         assert_eq!(
             ownership_after(Transition::Freeze, &policy, &state, &entities),
             None
         );
-        let (owner, epoch) = ownership_after(Transition::Flip, &policy, &state, &entities).unwrap();
-        assert_eq!((owner, epoch), (System::Target, 2));
-        apply_ownership(&mut state, &entities, owner, epoch);
+        let owners = |after: &BTreeMap<String, EntityOwnership>| -> Vec<(System, u64)> {
+            after.values().map(|own| (own.owner, own.epoch)).collect()
+        };
+        let flipped = ownership_after(Transition::Flip, &policy, &state, &entities).unwrap();
+        assert_eq!(
+            owners(&flipped),
+            [
+                (System::Target, 2),
+                (System::Target, 2),
+                (System::Target, 2)
+            ]
+        );
+        apply_ownership(&mut state, &flipped);
         assert_eq!(policy.of(&state, "deal").owner, System::Target);
-        let (owner, epoch) =
+        let rolled_back =
             ownership_after(Transition::Rollback, &policy, &state, &entities).unwrap();
-        assert_eq!((owner, epoch), (System::Source, 3));
+        // Back to before the cutover: the tickets stay with the target, at the new epoch.
+        assert_eq!(
+            owners(&rolled_back),
+            [
+                (System::Source, 3),
+                (System::Source, 3),
+                (System::Target, 3)
+            ]
+        );
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::mapping::EntityMapping;
-use crate::record::RecordRow;
+use crate::record::{RecordRow, SideRecord};
 use crate::system::System;
 use crate::time::Timestamp;
 
@@ -48,6 +48,15 @@ pub struct DeltaRow {
     pub lossy_fields: Vec<String>,
 }
 
+/// When a native record last changed as far as tandem knows: its latest change, or a later
+/// snapshot reading that found it changed.
+fn changed_at(side: &SideRecord) -> Timestamp {
+    side.revealed_change_at
+        .map_or(side.last_change_at, |revealed| {
+            revealed.max(side.last_change_at)
+        })
+}
+
 /// The rows of one record: one per native record of `changed` that changed at or after
 /// `since`.
 pub fn delta_rows(
@@ -64,10 +73,10 @@ pub fn delta_rows(
         .filter(|side| !side.deleted)
         .map(|side| side.native_id.clone())
         .collect();
-    let also_changed = other_side.iter().any(|side| side.last_change_at >= since);
+    let also_changed = other_side.iter().any(|side| changed_at(side) >= since);
     row.side(changed)
         .iter()
-        .filter(|side| side.last_change_at >= since)
+        .filter(|side| changed_at(side) >= since)
         .map(|side| {
             let fields = entity
                 .fields
@@ -93,7 +102,7 @@ pub fn delta_rows(
                 native_id: side.native_id.clone(),
                 other_native_ids: other_ids.clone(),
                 fields,
-                changed_at: side.last_change_at,
+                changed_at: changed_at(side),
                 also_changed_in_other: also_changed,
                 unverified: side.unverified.is_some(),
                 lossy_fields: Vec::new(),
@@ -106,7 +115,7 @@ pub fn delta_rows(
 mod tests {
     use super::*;
     use crate::mapping::{FieldMapping, JoinKeySource, JoinSpec};
-    use crate::record::{RecordStatus, SideRecord};
+    use crate::record::RecordStatus;
 
     fn side(id: &str, minute: i64, fields: Value, deleted: bool) -> SideRecord {
         SideRecord {
@@ -120,6 +129,7 @@ mod tests {
             unverified: None,
             non_owner_write: false,
             full_image_at: None,
+            revealed_change_at: None,
         }
     }
 
@@ -196,5 +206,32 @@ mod tests {
             (1, DeltaAction::Delete, false)
         );
         assert!(delta_rows(&contact(), "L2", &deleted, System::Source, since).is_empty());
+    }
+
+    #[test]
+    fn a_change_only_a_snapshot_revealed_is_in_the_delta() {
+        // T3's change after the flip was lost; a snapshot read at minute 20 found new values.
+        let since = Timestamp::from_unix_millis(10 * 60_000);
+        let mut revealed = side("T3", 4, serde_json::json!({"email": "c2@x.io"}), false);
+        revealed.revealed_change_at = Some(Timestamp::from_unix_millis(20 * 60_000));
+        let row = RecordRow {
+            source: vec![side("L3", 2, serde_json::json!({"Email": "c@x.io"}), false)],
+            target: vec![revealed],
+            status: RecordStatus::default(),
+        };
+        let rows = delta_rows(&contact(), "L3", &row, System::Target, since);
+        assert_eq!(
+            rows.iter()
+                .map(|row| (row.native_id.as_str(), row.changed_at, row.fields.clone()))
+                .collect::<Vec<_>>(),
+            [(
+                "T3",
+                Timestamp::from_unix_millis(20 * 60_000),
+                BTreeMap::from([("Email".to_owned(), serde_json::json!("c2@x.io"))])
+            )]
+        );
+        // Before the reading, nothing said it changed.
+        let later = Timestamp::from_unix_millis(21 * 60_000);
+        assert!(delta_rows(&contact(), "L3", &row, System::Target, later).is_empty());
     }
 }

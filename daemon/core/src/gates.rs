@@ -117,20 +117,27 @@ fn result(
 
 const HOUR_NANOS: i64 = 3_600_000_000_000;
 
-/// Measures every configured gate. Without any rule configured, parity must be 1 and no
-/// record may be in any divergent status: a cutover is never declared safe by omission.
+/// A configured number of hours in nanoseconds, saturating (a rule of a million years means
+/// "always", not an overflow).
+fn hours_nanos(hours: u64) -> i64 {
+    i64::try_from(hours)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(HOUR_NANOS)
+}
+
+/// Measures every configured gate. An entity that no parity rule (its own or the global one)
+/// and no status limit covers must have parity 1 and no record in any divergent status: a
+/// cutover is never declared safe by omission.
 pub fn evaluate(rules: &GateRules, facts: &GateFacts) -> Readiness {
     let mut gates = Vec::new();
-    let unconfigured = rules.min_parity.is_none()
-        && rules.min_parity_by_entity.is_empty()
-        && rules.max_status.is_empty();
     for (entity, counts) in &facts.entities {
-        let min_parity = rules
+        let parity_rule = rules
             .min_parity_by_entity
             .get(entity)
             .copied()
-            .or(rules.min_parity)
-            .or(unconfigured.then_some(1.0));
+            .or(rules.min_parity);
+        let unconfigured = parity_rule.is_none() && rules.max_status.is_empty();
+        let min_parity = parity_rule.or(unconfigured.then_some(1.0));
         if let Some(min) = min_parity {
             gates.push(result(
                 "min_parity".to_owned(),
@@ -195,8 +202,7 @@ pub fn evaluate(rules: &GateRules, facts: &GateFacts) -> Readiness {
         ));
     }
     if let Some(hours) = rules.snapshot_within_hours {
-        let oldest_allowed = facts.now.unix_nanos()
-            - i64::try_from(hours).unwrap_or(i64::MAX / HOUR_NANOS) * HOUR_NANOS;
+        let oldest_allowed = facts.now.unix_nanos().saturating_sub(hours_nanos(hours));
         for entity in facts.entities.keys() {
             for system in System::ALL {
                 let completed = facts.snapshots.get(&(system, entity.clone())).copied();
@@ -215,7 +221,7 @@ pub fn evaluate(rules: &GateRules, facts: &GateFacts) -> Readiness {
     }
     if let Some(hours) = rules.sustained_hours {
         let others_green = gates.iter().all(|gate| gate.passed);
-        let needed = i64::try_from(hours).unwrap_or(i64::MAX / HOUR_NANOS) * HOUR_NANOS;
+        let needed = hours_nanos(hours);
         let held = facts
             .green_since
             .filter(|_| others_green)
@@ -302,9 +308,7 @@ pub fn fired_triggers(
     let mut fired = Vec::new();
     for rule in rules {
         if let Some(hours) = rule.within_hours {
-            let end = flipped_at
-                .unix_nanos()
-                .saturating_add(i64::try_from(hours).unwrap_or(i64::MAX / HOUR_NANOS) * HOUR_NANOS);
+            let end = flipped_at.unix_nanos().saturating_add(hours_nanos(hours));
             if facts.now.unix_nanos() > end {
                 continue;
             }
@@ -446,6 +450,81 @@ mod tests {
         perfect.entities.get_mut("deal").unwrap().by_status =
             BTreeMap::from([(Status::InSync, 1000)]);
         assert_eq!(evaluate(&GateRules::default(), &perfect).verdict, "safe");
+    }
+
+    #[test]
+    fn an_entity_no_rule_covers_must_be_perfect() {
+        // A parity rule for deals only: contacts, 999 of 1,000 in sync, get the strict default.
+        let mut facts = facts();
+        facts.entities.insert(
+            "contact".to_owned(),
+            EntityFacts {
+                parity: 0.999,
+                by_status: BTreeMap::from([(Status::InSync, 999), (Status::MissingInTarget, 1)]),
+                mismatched_fields: BTreeMap::new(),
+            },
+        );
+        let rules = GateRules {
+            min_parity_by_entity: BTreeMap::from([("deal".to_owned(), 0.98)]),
+            ..GateRules::default()
+        };
+        let readiness = evaluate(&rules, &facts);
+        let failing: Vec<(String, Option<String>)> = readiness
+            .gates
+            .iter()
+            .filter(|gate| !gate.passed)
+            .map(|gate| (gate.gate.clone(), gate.entity.clone()))
+            .collect();
+        assert_eq!(
+            failing,
+            [
+                ("min_parity".to_owned(), Some("contact".to_owned())),
+                (
+                    "max_status:missing_in_target".to_owned(),
+                    Some("contact".to_owned())
+                ),
+            ]
+        );
+        let deal_gates: Vec<String> = readiness
+            .gates
+            .iter()
+            .filter(|gate| gate.entity.as_deref() == Some("deal"))
+            .map(|gate| format!("{} {}", gate.gate, gate.threshold))
+            .collect();
+        assert_eq!(deal_gates, ["min_parity >= 0.98"]);
+    }
+
+    #[test]
+    fn hours_beyond_any_date_saturate() {
+        let rules = GateRules {
+            min_parity: Some(0.0),
+            snapshot_within_hours: Some(u64::MAX),
+            sustained_hours: Some(u64::MAX / 2),
+            no_violations_hours: Some(u64::MAX),
+            ..GateRules::default()
+        };
+        let readiness = evaluate(&rules, &facts());
+        let freshness: Vec<bool> = readiness
+            .gates
+            .iter()
+            .filter(|gate| gate.gate.starts_with("snapshot_freshness"))
+            .map(|gate| gate.passed)
+            .collect();
+        // Any completed snapshot is within "forever"; green for 30 h is not green forever.
+        assert_eq!(freshness, [true, true]);
+        let sustained = readiness.gates.iter().find(|gate| gate.gate == "sustained");
+        assert!(!sustained.unwrap().passed);
+        let rule = TriggerRule {
+            name: "forever".to_owned(),
+            entity: None,
+            max_divergent_share: Some(0.0),
+            any_violation: false,
+            within_hours: Some(u64::MAX),
+        };
+        assert_eq!(
+            fired_triggers(&[rule], &facts(), &BTreeMap::new(), at(-1)).len(),
+            1
+        );
     }
 
     #[test]

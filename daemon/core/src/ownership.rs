@@ -215,9 +215,14 @@ impl OwnershipPolicy {
             .get(entity)
             .copied()
             .unwrap_or_else(|| EntityOwnership {
-                owner: self.entities.get(entity).copied().unwrap_or(self.owner),
+                owner: self.configured_owner(entity),
                 epoch: FIRST_EPOCH,
             })
+    }
+
+    /// The owner the configuration gives an entity (before any cutover step).
+    pub fn configured_owner(&self, entity: &str) -> System {
+        self.entities.get(entity).copied().unwrap_or(self.owner)
     }
 
     /// Whether an actor may write into `system` while `system` is fenced.
@@ -229,7 +234,43 @@ impl OwnershipPolicy {
                 .is_some_and(|rules| rules.iter().any(|rule| rule.matches(actor)))
     }
 
-    /// Judges one write: `None` if it is allowed.
+    /// The cutover phase and an entity's owner and epoch as they stood at `at`, from the
+    /// cutover's history. A write is judged by the rule in force when it was made, not when
+    /// tandem reads it: changes made before a freeze and still draining are not violations.
+    /// (Transition times are tandem's clock, event times the CRM's: a write within clock skew
+    /// of a step may be judged by either side of it.)
+    pub fn in_effect(
+        &self,
+        state: &OwnershipState,
+        entity: &str,
+        at: Timestamp,
+    ) -> (Phase, EntityOwnership) {
+        let history = &state.cutover.history;
+        match history.iter().rposition(|record| record.at <= at) {
+            Some(index) if index + 1 < history.len() => {
+                let record = &history[index];
+                let ownership = record
+                    .ownership
+                    .get(entity)
+                    .copied()
+                    .unwrap_or(EntityOwnership {
+                        owner: record.owner,
+                        epoch: record.epoch,
+                    });
+                (record.to, ownership)
+            }
+            None if !history.is_empty() => (
+                Phase::ParallelRun,
+                EntityOwnership {
+                    owner: self.configured_owner(entity),
+                    epoch: FIRST_EPOCH,
+                },
+            ),
+            _ => (state.cutover.phase, self.of(state, entity)),
+        }
+    }
+
+    /// Judges one write by the rule in force when it was made: `None` if it is allowed.
     pub fn judge(
         &self,
         state: &OwnershipState,
@@ -239,7 +280,7 @@ impl OwnershipPolicy {
         if !is_write(event.op) {
             return None;
         }
-        let ownership = self.of(state, &event.entity);
+        let (phase, ownership) = self.in_effect(state, &event.entity, event.occurred_at);
         if event
             .actor
             .as_ref()
@@ -248,23 +289,15 @@ impl OwnershipPolicy {
         {
             return Some(ViolationKind::FencedWrite);
         }
-        // While frozen, the owner is fenced too: only the sync layer and repair jobs drain.
-        let frozen = state.cutover.phase == Phase::Frozen;
+        // While frozen (or verified), both systems are fenced and only the sync layer and
+        // repair jobs may write, to drain: the writers `allowed` lists are live writers too.
+        let frozen = phase.is_frozen();
         if system == ownership.owner && !frozen {
             return None;
         }
-        if frozen && system == ownership.owner {
-            return match &event.actor {
-                Some(actor) if matches!(actor.kind, ActorKind::Sync | ActorKind::Repair) => None,
-                Some(_) => Some(ViolationKind::NonOwnerWrite),
-                None => match self.unattributed {
-                    Unattributed::Report => None,
-                    Unattributed::Violation => Some(ViolationKind::NonOwnerWrite),
-                },
-            };
-        }
         match &event.actor {
-            Some(actor) if self.allowed_in_fenced(system, actor) => None,
+            Some(actor) if matches!(actor.kind, ActorKind::Sync | ActorKind::Repair) => None,
+            Some(actor) if !frozen && self.allowed_in_fenced(system, actor) => None,
             Some(_) => Some(ViolationKind::NonOwnerWrite),
             None => match self.unattributed {
                 Unattributed::Report => None,
@@ -287,12 +320,12 @@ impl OwnershipPolicy {
                 false,
                 format!("the actor carries epoch {} but {entity} is at epoch {epoch}: ownership changed since it was issued", actor.epoch.unwrap_or_default()),
             )
-        } else if state.cutover.phase == Phase::Frozen
+        } else if state.cutover.phase.is_frozen()
             && !matches!(actor.kind, ActorKind::Sync | ActorKind::Repair)
         {
             (
                 false,
-                "the cutover is frozen: no live writes anywhere until it is verified and flipped, or rolled back".to_owned(),
+                format!("the cutover is {}: no live writes anywhere (only sync and repair) until it is flipped or rolled back", state.cutover.phase),
             )
         } else if system == owner {
             (true, format!("{system} owns {entity}"))
@@ -392,6 +425,130 @@ mod tests {
                 "{writer:?} writing {entity} in {system}"
             );
         }
+    }
+
+    #[test]
+    fn from_the_freeze_to_the_flip_only_sync_and_repair_write_anywhere() {
+        let policy = policy();
+        for phase in [Phase::Frozen, Phase::Verified] {
+            let mut state = OwnershipState::default();
+            state.cutover.phase = phase;
+            let cases = [
+                (System::Source, "deal", "user:ann", false),
+                (System::Source, "deal", "sync:bridge", true),
+                (System::Target, "deal", "repair", true),
+                // Allowed into the fenced target during the parallel run, not while frozen.
+                (System::Target, "deal", "integration:billing", false),
+                (System::Target, "ticket", "user:bob", false),
+            ];
+            for (system, entity, writer, allowed) in cases {
+                let event = write(entity, Some(actor(writer)));
+                let expected = (!allowed).then_some(ViolationKind::NonOwnerWrite);
+                assert_eq!(
+                    policy.judge(&state, system, &event),
+                    expected,
+                    "{writer} writing {entity} in {system} while {phase}"
+                );
+                let permit = policy.permit(&state, system, entity, &actor(writer));
+                assert_eq!(permit.allowed, allowed, "{writer} permit while {phase}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_is_judged_by_the_rule_in_force_when_it_was_made() {
+        use crate::cutover::{Transition, TransitionRecord};
+        let policy = policy();
+        let time = |text: &str| Timestamp::parse_rfc3339(text).unwrap();
+        let record = |transition, from, to, at: &str, owner, epoch| TransitionRecord {
+            transition,
+            from,
+            to,
+            by: "ops".to_owned(),
+            reason: "rehearsal".to_owned(),
+            at: time(at),
+            owner,
+            epoch,
+            ownership: BTreeMap::new(),
+            evidence: None,
+        };
+        // Frozen at 09:00, verified at 10:00, flipped at 11:00 (deals to the target, epoch 2).
+        let mut state = OwnershipState::default();
+        state.cutover.history = vec![
+            record(
+                Transition::Freeze,
+                Phase::ParallelRun,
+                Phase::Frozen,
+                "2026-11-20T09:00:00Z",
+                System::Source,
+                1,
+            ),
+            record(
+                Transition::Verify,
+                Phase::Frozen,
+                Phase::Verified,
+                "2026-11-20T10:00:00Z",
+                System::Source,
+                1,
+            ),
+            record(
+                Transition::Flip,
+                Phase::Verified,
+                Phase::Flipped,
+                "2026-11-20T11:00:00Z",
+                System::Target,
+                2,
+            ),
+        ];
+        state.cutover.phase = Phase::Flipped;
+        state.entities.insert(
+            "deal".to_owned(),
+            EntityOwnership {
+                owner: System::Target,
+                epoch: 2,
+            },
+        );
+        let judge = |system, writer: &str, at: &str| {
+            let mut event = write("deal", Some(actor(writer)));
+            event.occurred_at = time(at);
+            policy.judge(&state, system, &event)
+        };
+        let violation = Some(ViolationKind::NonOwnerWrite);
+        // A user's change in the source made before the freeze, read during the flip: fine.
+        assert_eq!(
+            judge(System::Source, "user:ann", "2026-11-20T08:59:00Z"),
+            None
+        );
+        // Made while frozen or verified: a violation, in either system.
+        assert_eq!(
+            judge(System::Source, "user:ann", "2026-11-20T09:30:00Z"),
+            violation
+        );
+        assert_eq!(
+            judge(System::Target, "user:bob", "2026-11-20T10:30:00Z"),
+            violation
+        );
+        // After the flip the target owns deals, the source is fenced.
+        assert_eq!(
+            judge(System::Target, "user:bob", "2026-11-20T11:30:00Z"),
+            None
+        );
+        assert_eq!(
+            judge(System::Source, "user:ann", "2026-11-20T11:30:00Z"),
+            violation
+        );
+        // The sync layer's epoch-1 write is fenced only when made after the flip.
+        let fenced = |at: &str| {
+            let mut event = write("deal", Some(actor("sync:bridge")));
+            event.actor.as_mut().unwrap().epoch = Some(1);
+            event.occurred_at = time(at);
+            policy.judge(&state, System::Target, &event)
+        };
+        assert_eq!(fenced("2026-11-20T10:59:00Z"), None);
+        assert_eq!(
+            fenced("2026-11-20T11:01:00Z"),
+            Some(ViolationKind::FencedWrite)
+        );
     }
 
     #[test]

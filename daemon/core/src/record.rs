@@ -125,6 +125,11 @@ pub struct SideRecord {
     /// partial update is wholly superseded by it.
     #[serde(default)]
     pub full_image_at: Option<Timestamp>,
+    /// When a reading (a snapshot image) found the record different from what tandem held:
+    /// it changed at some time tandem never saw, at the latest then. The reverse delta counts
+    /// it as a change at that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revealed_change_at: Option<Timestamp>,
 }
 
 /// Why a native record's state cannot be trusted, and since when.

@@ -38,6 +38,7 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         unverified: None,
         non_owner_write: false,
         full_image_at: None,
+        revealed_change_at: None,
     });
     let unverified = |reason| {
         Some(Unverified {
@@ -47,6 +48,12 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
     };
     match event.op {
         Op::Create | Op::Snapshot => {
+            if event.op == Op::Snapshot
+                && !event.partial
+                && reveals_a_change(&side, first_sight, event)
+            {
+                side.revealed_change_at = side.revealed_change_at.max(Some(event.occurred_at));
+            }
             side.deleted = false;
             side.merged_into = None;
             write_fields(&mut side, event, first_sight);
@@ -90,6 +97,17 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
     }
     side.last_event_id = event.event_id.clone();
     side
+}
+
+/// Whether a snapshot image shows a record other than the one tandem held: unknown before,
+/// deleted, or with other field values.
+fn reveals_a_change(held: &SideRecord, first_sight: bool, image: &ChangeEvent) -> bool {
+    first_sight
+        || held.deleted
+        || match &image.fields {
+            Some(fields) => *fields != held.fields,
+            None => !held.fields.is_empty(),
+        }
 }
 
 /// A full image replaces the fields and makes the record trustworthy; a partial one merges
@@ -229,6 +247,32 @@ mod tests {
             &read,
             &event("update", 5, Some(2), false, json!({}))
         ));
+    }
+
+    #[test]
+    fn a_snapshot_that_finds_other_values_reveals_a_change_at_its_reading() {
+        let changed = apply(None, &event("create", 1, None, false, json!({"a": 1})));
+        let same = apply(
+            Some(changed.clone()),
+            &event("snapshot", 5, None, false, json!({"a": 1})),
+        );
+        assert_eq!(same.revealed_change_at, None);
+        let other = apply(
+            Some(same),
+            &event("snapshot", 9, None, false, json!({"a": 2})),
+        );
+        assert_eq!(
+            (other.revealed_change_at, other.last_change_at),
+            (
+                Some(Timestamp::from_unix_nanos(9 * 60_000_000_000)),
+                changed.last_change_at
+            )
+        );
+        let unknown = apply(None, &event("snapshot", 7, None, false, json!({"a": 1})));
+        assert_eq!(
+            unknown.revealed_change_at,
+            Some(Timestamp::from_unix_nanos(7 * 60_000_000_000))
+        );
     }
 
     #[test]

@@ -305,3 +305,41 @@ fn unmapped_entities_are_counted_not_stored() {
     assert_eq!(state.apply.counters.source.unmapped_entities["task"], 1);
     assert!(state.records.is_empty());
 }
+
+#[test]
+fn a_gated_step_is_refused_when_events_arrived_after_its_gates_were_measured() {
+    use tandem_core::cutover::{StepOrder, Transition};
+    use tandem_core::Planner;
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            source_create("s1", "L1", 0, "a@x.io", "Ada"),
+            target_create("t1", "T1", "L1", 1, "a@x.io", "Ada"),
+        ],
+    );
+    let order = |transition, measured_at_events| StepOrder {
+        transition,
+        by: "release-manager".to_owned(),
+        reason: "rehearsal".to_owned(),
+        evidence: None,
+        measured_at_events,
+    };
+    let mut planner = Planner::new(&mapping, GRACE, &state, state.apply.clone());
+    planner
+        .transition(order(Transition::Freeze, None), at(2))
+        .unwrap();
+    // The gates were measured when one event had been applied; two have been since.
+    let refusal = planner
+        .transition(order(Transition::Verify, Some(1)), at(3))
+        .unwrap_err();
+    assert!(
+        refusal.starts_with("1 events were applied after"),
+        "{refusal}"
+    );
+    let record = planner
+        .transition(order(Transition::Verify, Some(2)), at(3))
+        .unwrap();
+    assert_eq!(record.to, tandem_core::cutover::Phase::Verified);
+}

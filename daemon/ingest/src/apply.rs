@@ -27,7 +27,7 @@ use crate::overlay::{InFlight, OverlayView};
 use crate::status::IngestStatus;
 use crate::writer::{WriteJob, Written};
 use crate::{Error, IngestSettings, Result};
-use tandem_core::cutover::{Transition, TransitionRecord};
+use tandem_core::cutover::{StepOrder, TransitionRecord};
 
 /// How often the loop wakes up when no batch arrives, to move the idle clock.
 const TICK: Duration = Duration::from_secs(1);
@@ -229,18 +229,10 @@ impl ApplyLoop {
 
     /// Takes a cutover step in a batch of its own, and answers once it is durable.
     fn cutover(&mut self, request: CutoverRequest) -> Result<()> {
-        let CutoverRequest {
-            transition,
-            by,
-            reason,
-            evidence,
-            reply,
-        } = request;
+        let CutoverRequest { order, reply } = request;
+        let transition = order.transition;
         let mut outcome = None;
-        self.plan_batch_with(
-            Vec::new(),
-            Some((transition, by, reason, evidence, &mut outcome)),
-        )?;
+        self.plan_batch_with(Vec::new(), Some((order, &mut outcome)))?;
         self.drain()?;
         let outcome = outcome.unwrap_or_else(|| Err("the step was not planned".to_owned()));
         match &outcome {
@@ -269,10 +261,7 @@ impl ApplyLoop {
         &mut self,
         batch: Vec<ConsumedMessage>,
         transition: Option<(
-            Transition,
-            String,
-            String,
-            Option<serde_json::Value>,
+            StepOrder,
             &mut Option<std::result::Result<TransitionRecord, String>>,
         )>,
     ) -> Result<()> {
@@ -290,9 +279,9 @@ impl ApplyLoop {
             self.state.clone(),
         )
         .with_ownership(&self.settings.ownership);
-        if let Some((step, by, reason, evidence, outcome)) = transition {
+        if let Some((order, outcome)) = transition {
             let at = Timestamp::from_system_time(std::time::SystemTime::now());
-            *outcome = Some(planner.transition(step, by, reason, at, evidence));
+            *outcome = Some(planner.transition(order, at));
         }
         for message in &batch {
             let input = match &message.decoded {

@@ -118,10 +118,7 @@ pub(crate) enum ApplyCommand {
 
 /// A cutover step asked for through the API.
 pub(crate) struct CutoverRequest {
-    pub(crate) transition: tandem_core::cutover::Transition,
-    pub(crate) by: String,
-    pub(crate) reason: String,
-    pub(crate) evidence: Option<serde_json::Value>,
+    pub(crate) order: tandem_core::cutover::StepOrder,
     pub(crate) reply: Sender<std::result::Result<tandem_core::cutover::TransitionRecord, String>>,
 }
 

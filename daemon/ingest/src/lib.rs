@@ -224,20 +224,11 @@ impl CutoverHandle {
     /// Takes a step and waits until it is durable. `Err` carries why it was refused.
     pub fn request(
         &self,
-        transition: tandem_core::cutover::Transition,
-        by: String,
-        reason: String,
-        evidence: Option<serde_json::Value>,
+        order: tandem_core::cutover::StepOrder,
     ) -> std::result::Result<tandem_core::cutover::TransitionRecord, String> {
         let (reply, answer) = bounded(1);
         self.requests
-            .send(CutoverRequest {
-                transition,
-                by,
-                reason,
-                evidence,
-                reply,
-            })
+            .send(CutoverRequest { order, reply })
             .map_err(|_| {
                 "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
             })?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod feed;
 
-use crate::cutover::{self, Transition, TransitionRecord};
+use crate::cutover::{self, Phase, StepOrder, TransitionRecord};
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
 use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
@@ -284,32 +284,52 @@ impl<'a, V: StateView> Planner<'a, V> {
     /// in the history and published, or why the step is refused.
     pub fn transition(
         &mut self,
-        transition: Transition,
-        by: String,
-        reason: String,
+        order: StepOrder,
         at: Timestamp,
-        evidence: Option<serde_json::Value>,
     ) -> Result<TransitionRecord, String> {
+        let StepOrder {
+            transition,
+            by,
+            reason,
+            evidence,
+            measured_at_events,
+        } = order;
         let from = self.state.ownership.cutover.phase;
         let to = transition.target(from)?;
+        let applied =
+            self.state.counters.source.events_applied + self.state.counters.target.events_applied;
+        if let Some(measured) = measured_at_events.filter(|measured| *measured != applied) {
+            return Err(format!(
+                "{} events were applied after the gates were measured (on {measured} events, now {applied}): the evidence is out of date; look at GET /v1/cutover/readiness and ask again",
+                applied.saturating_sub(measured)
+            ));
+        }
         let entities: Vec<String> = self
             .mapping
             .entities()
             .map(|entity| entity.name.clone())
             .collect();
         let policy = self.ownership;
-        if let Some((owner, epoch)) =
+        if let Some(after) =
             cutover::ownership_after(transition, policy, &self.state.ownership, &entities)
         {
-            cutover::apply_ownership(&mut self.state.ownership, &entities, owner, epoch);
+            cutover::apply_ownership(&mut self.state.ownership, &after);
         }
-        let now = entities
-            .first()
-            .map(|entity| policy.of(&self.state.ownership, entity))
-            .unwrap_or(EntityOwnership {
-                owner: policy.owner,
-                epoch: ownership::FIRST_EPOCH,
-            });
+        let ownership: BTreeMap<String, EntityOwnership> = entities
+            .iter()
+            .map(|entity| (entity.clone(), policy.of(&self.state.ownership, entity)))
+            .collect();
+        // The owner most entities have (the target after a flip, the configured owner
+        // otherwise) and the highest epoch; `ownership` has every entity's own.
+        let owner = match to {
+            Phase::Flipped | Phase::Complete => System::Target,
+            Phase::ParallelRun | Phase::Frozen | Phase::Verified => policy.owner,
+        };
+        let epoch = ownership
+            .values()
+            .map(|own| own.epoch)
+            .max()
+            .unwrap_or(ownership::FIRST_EPOCH);
         let record = TransitionRecord {
             transition,
             from,
@@ -317,8 +337,9 @@ impl<'a, V: StateView> Planner<'a, V> {
             by,
             reason,
             at,
-            owner: now.owner,
-            epoch: now.epoch,
+            owner,
+            epoch,
+            ownership,
             evidence,
         };
         let cutover = &mut self.state.ownership.cutover;
@@ -684,7 +705,9 @@ impl<V: StateView> Planner<'_, V> {
                 .current_join_key(system, &entity.name, &event.id)?
                 .unwrap_or_else(|| unjoined_key(system, &event.id)),
         };
-        let ownership = self.ownership.of(&self.state.ownership, &entity.name);
+        let (_, ownership) =
+            self.ownership
+                .in_effect(&self.state.ownership, &entity.name, event.occurred_at);
         self.violations.push(Violation {
             kind,
             system,
