@@ -17,7 +17,7 @@ use tandem_core::gates::{
 };
 use tandem_core::ownership::{EntityOwnership, OwnershipState};
 use tandem_core::{System, Timestamp};
-use tandem_ingest::CutoverHandle;
+use tandem_ingest::ControlHandle;
 use tandem_store::ViolationFilter;
 use tracing::warn;
 
@@ -462,6 +462,6 @@ pub(crate) async fn post_step(
 }
 
 /// The handle steps go through, and the rules, for [`ApiContext`].
-pub(crate) type Handle = Option<CutoverHandle>;
+pub(crate) type Handle = Option<ControlHandle>;
 /// Shared gate memory.
 pub(crate) type Memory = Mutex<GateMemory>;

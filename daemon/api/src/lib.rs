@@ -27,9 +27,10 @@ use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tandem_core::ownership::OwnershipPolicy;
+use tandem_core::patterns::SuspectedMappingError;
 use tandem_core::{Mapping, Status, System, Timestamp};
 use tandem_ingest::{IngestMetrics, IngestStatus};
-use tandem_store::{DivergenceFilter, Store};
+use tandem_store::{DivergenceFilter, FieldValues, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -74,7 +75,15 @@ pub struct ApiContext {
     gate_memory: cutover::Memory,
     cutover_metrics: prometheus::IntGauge,
     commit_days_left: prometheus::IntGauge,
+    /// Suspected mapping errors: when, for which data (events applied, clock), what.
+    patterns: std::sync::Mutex<Option<PatternCache>>,
 }
+
+type PatternCache = (
+    std::time::Instant,
+    (u64, Option<Timestamp>),
+    Vec<SuspectedMappingError>,
+);
 
 impl ApiContext {
     /// Creates the context and registers the report gauges in `registry`.
@@ -115,6 +124,7 @@ impl ApiContext {
             gate_memory: std::sync::Mutex::default(),
             cutover_metrics,
             commit_days_left,
+            patterns: std::sync::Mutex::default(),
         })
     }
 
@@ -128,7 +138,7 @@ impl ApiContext {
     pub fn with_cutover(
         mut self,
         rules: CutoverRules,
-        handle: Option<tandem_ingest::CutoverHandle>,
+        handle: Option<tandem_ingest::ControlHandle>,
     ) -> Self {
         self.cutover_rules = rules;
         if self.cutover_rules.gates.commit_date.is_some() {
@@ -165,11 +175,12 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/cutover", get(cutover::get_cutover))
         .route("/v1/cutover/readiness", get(cutover::get_readiness))
         .route("/v1/cutover/{step}", axum::routing::post(cutover::post_step))
+        .route("/v1/reevaluate", axum::routing::post(post_reevaluate))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, /v1/delta, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
         .layer(axum::middleware::from_fn_with_state(
@@ -269,14 +280,128 @@ pub(crate) fn report_of(
             snapshot.oldest_divergence(&entity.name)?,
         );
     }
-    Ok(build_report(
+    let mut report = build_report(
         &context.mapping,
         &context.labels,
         context.grace.as_secs(),
         &stored,
         &context.status.snapshot(),
         now(),
-    ))
+    );
+    report.suspected_mapping_errors = suspected_mapping_errors(context, snapshot, &report)?;
+    Ok(report)
+}
+
+/// Mismatches examined per field for systematic patterns.
+const PATTERN_SAMPLE: usize = 2_000;
+/// The patterns are looked for again at most this often while the data changes.
+const PATTERN_REFRESH: Duration = Duration::from_secs(5);
+
+/// Systematic mapping errors, from a sample of each field's mismatches; kept while the data
+/// does not change, and recomputed at most every [`PATTERN_REFRESH`] while it does.
+fn suspected_mapping_errors(
+    context: &ApiContext,
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+    report: &Report,
+) -> Result<Vec<SuspectedMappingError>, tandem_store::Error> {
+    let version = (
+        report.ingest.source.events_applied + report.ingest.target.events_applied,
+        report.clock,
+    );
+    let mut cache = context
+        .patterns
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, cached_version, found)) = &*cache {
+        if *cached_version == version || at.elapsed() < PATTERN_REFRESH {
+            return Ok(found.clone());
+        }
+    }
+    let mut found = Vec::new();
+    for entity in context.mapping.entities() {
+        let Some(counts) = report.entities.get(&entity.name) else {
+            continue;
+        };
+        for rule in &entity.fields {
+            let mismatched = counts
+                .mismatched_fields
+                .get(&rule.target)
+                .copied()
+                .unwrap_or(0);
+            if mismatched < tandem_core::patterns::MIN_MISMATCHES as u64 {
+                continue;
+            }
+            let filter = DivergenceFilter {
+                entities: vec![entity.name.clone()],
+                status: Some(Status::Mismatch),
+                field: Some(rule.target.clone()),
+            };
+            let page = snapshot.divergences(&filter, None, PATTERN_SAMPLE)?;
+            let mut rows = Vec::with_capacity(page.items.len());
+            for item in page.items {
+                let Some(row) = snapshot.record(&entity.name, &item.join_key)? else {
+                    continue;
+                };
+                let live = |sides: &[tandem_core::SideRecord]| {
+                    sides
+                        .iter()
+                        .find(|side| !side.deleted)
+                        .map(|side| side.fields.clone())
+                        .unwrap_or_default()
+                };
+                rows.push((item.join_key, live(&row.source), live(&row.target)));
+            }
+            found.extend(tandem_core::patterns::suspect(&entity.name, rule, &rows));
+        }
+    }
+    *cache = Some((std::time::Instant::now(), version, found.clone()));
+    Ok(found)
+}
+
+/// The body of `POST /v1/reevaluate`.
+#[derive(Debug, Deserialize)]
+struct ReevaluateRequest {
+    /// Why, for the log and the report.
+    reason: String,
+}
+
+/// Starts a re-evaluation of every stored record; `/v1/report` shows its progress.
+async fn post_reevaluate(
+    State(context): State<Arc<ApiContext>>,
+    body: Result<Json<ReevaluateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let hint = "POST /v1/reevaluate with {\"reason\": \"...\"}";
+    let Json(request) = body
+        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a re-evaluation needs a reason",
+            hint,
+        ));
+    }
+    let Some(handle) = context.cutover.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingestion is not running",
+            "restart tandem",
+        ));
+    };
+    let reason = request.reason;
+    blocking(move || {
+        handle
+            .reevaluate(reason.clone())
+            .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, "see /readyz"))?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "accepted": true,
+                "reason": reason,
+                "progress": "GET /v1/report: `reevaluation` while it runs, `last_reevaluation` once done"
+            })),
+        ))
+    })
+    .await
 }
 
 async fn get_report(State(context): State<Arc<ApiContext>>) -> Result<Json<Report>, ApiError> {
@@ -390,11 +515,42 @@ async fn get_divergences(
         field: query.field.clone(),
     };
     blocking(move || {
-        let page = context
-            .store
-            .read()
+        let snapshot = context.store.read();
+        let mut page = snapshot
             .divergences(&filter, cursor.as_deref(), limit)
             .map_err(ApiError::internal)?;
+        for item in &mut page.items {
+            let (Some(rules), Some(row)) = (
+                context.mapping.entity(&item.entity),
+                snapshot
+                    .record(&item.entity, &item.join_key)
+                    .map_err(ApiError::internal)?,
+            ) else {
+                continue;
+            };
+            let empty = tandem_core::Fields::new();
+            fn live(sides: &[tandem_core::SideRecord]) -> Option<&tandem_core::Fields> {
+                sides
+                    .iter()
+                    .find(|side| !side.deleted)
+                    .map(|side| &side.fields)
+            }
+            let source = live(&row.source).unwrap_or(&empty);
+            let target = live(&row.target).unwrap_or(&empty);
+            for rule in rules
+                .fields
+                .iter()
+                .filter(|rule| item.fields.contains(&rule.target))
+            {
+                item.values.insert(
+                    rule.target.clone(),
+                    FieldValues {
+                        source: rule.source_value(source),
+                        target: target.get(&rule.target).cloned().unwrap_or(Value::Null),
+                    },
+                );
+            }
+        }
         Ok(Json(DivergenceList {
             items: page.items,
             next_cursor: page
@@ -441,20 +597,24 @@ async fn get_record(
             .fields
             .iter()
             .map(|field| {
-                let source_value = source
-                    .and_then(|side| side.fields.get(&field.source))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let target_value = target
-                    .and_then(|side| side.fields.get(&field.target))
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let empty = tandem_core::Fields::new();
+                let source_fields = source.map_or(&empty, |side| &side.fields);
+                let target_fields = target.map_or(&empty, |side| &side.fields);
+                let expected = field.expected_target(source_fields);
                 FieldDiff {
                     field: field.target.clone(),
-                    source_field: field.source.clone(),
-                    equal: source_value == target_value,
-                    source: source_value,
-                    target: target_value,
+                    source_field: field.source.to_string(),
+                    equal: field.matches(source_fields, target_fields) == Ok(true),
+                    source: field.source_value(source_fields),
+                    expected: match &expected {
+                        Ok(value) => value.clone(),
+                        Err(_) => Value::Null,
+                    },
+                    unmapped: expected.is_err(),
+                    compare: field.comparer.name().to_owned(),
+                    critical: field.critical,
+                    lossy: field.is_lossy(),
+                    target: target_fields.get(&field.target).cloned().unwrap_or(Value::Null),
                 }
             })
             .collect();

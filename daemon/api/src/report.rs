@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tandem_core::feed::SnapshotStatus;
 use tandem_core::ownership::ViolationKind;
-use tandem_core::record::Unverified;
+use tandem_core::record::{Cause, Unverified};
 use tandem_core::summary::SystemCounters;
 use tandem_core::{
     ApplyState, DeadLetterReason, EntitySummary, Fields, Mapping, SideRecord, Status, System,
     Timestamp,
 };
-use tandem_ingest::IngestSnapshot;
+use tandem_ingest::{IngestSnapshot, Reevaluation};
 
 /// `GET /v1/report`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +32,18 @@ pub struct Report {
     pub ingest: IngestReport,
     /// Completeness of the feeds: holes, snapshots, re-reads.
     pub feed: FeedReport,
+    /// Set while every stored record is evaluated again (the entity rules changed, or it
+    /// was asked for): the statuses are a mix of old and new rules until it finishes.
+    #[serde(default)]
+    pub reevaluation: Option<Reevaluation>,
+    /// The latest re-evaluation that finished since the daemon started.
+    #[serde(default)]
+    pub last_reevaluation: Option<Reevaluation>,
+    /// Patterns most mismatches of a field share (the target holds another source field,
+    /// amounts scaled by 100, times shifted by a zone offset, ...), per entity and field,
+    /// from a sample of up to 2,000 mismatches per field.
+    #[serde(default)]
+    pub suspected_mapping_errors: Vec<tandem_core::patterns::SuspectedMappingError>,
 }
 
 /// What tandem knows about lost events and how they are being healed.
@@ -90,6 +102,16 @@ pub struct EntityReport {
     pub mismatched_fields: BTreeMap<String, u64>,
     /// When the oldest current divergence began (pending excluded).
     pub oldest_divergence_at: Option<Timestamp>,
+    /// Divergent records (pending included) per cause.
+    #[serde(default)]
+    pub by_cause: BTreeMap<Cause, u64>,
+    /// Target fields marked critical: their mismatches block a cutover.
+    #[serde(default)]
+    pub critical_fields: Vec<String>,
+    /// Target fields whose rule loses information on the way back to the source (a joined
+    /// list, a value map sending several values to one).
+    #[serde(default)]
+    pub lossy_fields: Vec<String>,
 }
 
 /// Counts over every entity.
@@ -198,12 +220,25 @@ pub fn build_report(
                     .get(&entity.name)
                     .copied()
                     .flatten(),
+                by_cause: summary.by_cause.clone(),
+                critical_fields: entity
+                    .fields
+                    .iter()
+                    .filter(|field| field.critical)
+                    .map(|field| field.target.clone())
+                    .collect(),
+                lossy_fields: entity
+                    .fields
+                    .iter()
+                    .filter(|field| field.is_lossy())
+                    .map(|field| field.target.clone())
+                    .collect(),
             },
         );
     }
     let total_summary = EntitySummary {
         by_status: total_by_status,
-        mismatched_fields: BTreeMap::new(),
+        ..EntitySummary::default()
     };
     let divergent = Status::ALL
         .into_iter()
@@ -295,6 +330,9 @@ pub fn build_report(
             rereads_outstanding: state.feed.rereads_outstanding,
             oldest_reread_since: stored.oldest_reread_since,
         },
+        reevaluation: ingest.reevaluation.clone(),
+        last_reevaluation: ingest.last_reevaluation.clone(),
+        suspected_mapping_errors: Vec::new(),
     }
 }
 
@@ -387,14 +425,29 @@ impl From<&SideRecord> for SideView {
 pub struct FieldDiff {
     /// Target field name.
     pub field: String,
-    /// Source field name.
+    /// Source field name (`A + B` for a joined list).
     pub source_field: String,
-    /// Source value (null if absent).
+    /// Source value (null if absent; the joined text for a joined list).
     pub source: serde_json::Value,
+    /// What the target should hold: the source value through the field's value map.
+    #[serde(default)]
+    pub expected: serde_json::Value,
     /// Target value (null if absent).
     pub target: serde_json::Value,
     /// Whether they are equal under the field's rule.
     pub equal: bool,
+    /// The source value has no entry in the field's value map.
+    #[serde(default)]
+    pub unmapped: bool,
+    /// The field's comparison rule.
+    #[serde(default)]
+    pub compare: String,
+    /// Mismatches of the field block a cutover.
+    #[serde(default)]
+    pub critical: bool,
+    /// The rule loses information on the way back to the source.
+    #[serde(default)]
+    pub lossy: bool,
 }
 
 /// One event of a record's history: system, native id, event time, position, whether it

@@ -217,9 +217,17 @@ pub(crate) struct ReportLatency {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) peak_rss_mib: f64,
+    /// The re-evaluation of every stored record at start (the filled store was never
+    /// evaluated with the configured rules): records, seconds, records per second.
+    pub(crate) reevaluated: u64,
+    pub(crate) reevaluation_seconds: f64,
+    pub(crate) reevaluation_rate: f64,
 }
 
-/// (d) Fills a store with `records` records through the planner, then times `/v1/report`.
+/// (d) Fills a store with `records` records (both sides, one in ten differing in a field)
+/// through the planner, starts the daemon, which evaluates every record again with the
+/// configured rules before anything else (the fill did not record them), and times that and
+/// `/v1/report`.
 pub(crate) fn report_latency(
     binary: &str,
     brokers: &str,
@@ -243,22 +251,47 @@ pub(crate) fn report_latency(
         let store = Store::open(&config.store.path, &StoreOptions::default())?;
         let entities = ["contact", "company", "deal"];
         let mut offset = 0i64;
-        while (offset as usize) < records {
-            let count = BATCH.min(records - offset as usize);
-            let payloads: Vec<Vec<u8>> = (0..count)
-                .map(|index| {
-                    let number = offset as usize + index;
-                    serde_json::to_vec(&serde_json::json!({
-                        "event_id": format!("fill-{number}"), "entity": entities[number % 3], "id": format!("R-{number}"),
-                        "external_id": format!("R-{number}"), "op": "create", "occurred_at": "2026-11-20T08:00:00Z",
-                        "fields": {"Email": format!("r{number}@example.com"), "Name": format!("Record {number}")}
-                    }))
-                    .expect("JSON values encode")
+        let mut next_record = 0usize;
+        while next_record < records {
+            let batch_records = (BATCH / 2).min(records - next_record);
+            // Per record: the source's create, then the target's copy of every mapped field
+            // (one in ten with one value changed).
+            let payloads: Vec<(tandem_core::System, Vec<u8>)> = (0..batch_records)
+                .flat_map(|index| {
+                    let number = next_record + index;
+                    let entity = entities[number % 3];
+                    let rules = &mapping.entity(entity).expect("the sim's entities are mapped").fields;
+                    let mut source = serde_json::Map::new();
+                    let mut target = serde_json::Map::new();
+                    for (position, rule) in rules.iter().enumerate() {
+                        let value = serde_json::json!(format!("{}-{number}", rule.source));
+                        source.insert(rule.source.first().to_owned(), value.clone());
+                        let held = if number % 10 == 0 && position == 0 {
+                            serde_json::json!("changed")
+                        } else {
+                            value
+                        };
+                        target.insert(rule.target.clone(), held);
+                    }
+                    target.insert("legacy_id".to_owned(), serde_json::json!(format!("R-{number}")));
+                    [
+                        (tandem_core::System::Source, serde_json::json!({
+                            "event_id": format!("fill-s{number}"), "entity": entity, "id": format!("R-{number}"),
+                            "external_id": format!("R-{number}"), "op": "create", "occurred_at": "2026-11-20T08:00:00Z",
+                            "fields": source
+                        })),
+                        (tandem_core::System::Target, serde_json::json!({
+                            "event_id": format!("fill-t{number}"), "entity": entity, "id": format!("T-{number}"),
+                            "op": "create", "occurred_at": "2026-11-20T08:01:00Z", "fields": target
+                        })),
+                    ]
+                    .map(|(system, event)| (system, serde_json::to_vec(&event).expect("JSON values encode")))
                 })
                 .collect();
+            let count = payloads.len();
             let events: Vec<_> = payloads
                 .iter()
-                .map(|payload| tandem_core::event::decode(Some(payload), 1 << 20))
+                .map(|(_, payload)| tandem_core::event::decode(Some(payload), 1 << 20))
                 .collect();
             let coordinates: Vec<_> = (0..count as i64)
                 .map(|index| Coordinates {
@@ -273,11 +306,11 @@ pub(crate) fn report_latency(
                 &store,
                 store.apply_state()?,
             );
-            for event in &events {
+            for ((system, _), event) in payloads.iter().zip(&events) {
                 let event = event.as_ref().map_err(|error| anyhow::anyhow!("{error}"))?;
                 planner
                     .apply(Input::Event {
-                        system: tandem_core::System::Source,
+                        system: *system,
                         event,
                         partition: Some(("bench.fill", 0)),
                     })
@@ -288,13 +321,14 @@ pub(crate) fn report_latency(
                 .map(|index| {
                     LoggedMessage::new(
                         &coordinates[index],
-                        tandem_core::System::Source,
-                        &payloads[index],
+                        payloads[index].0,
+                        &payloads[index].1,
                         &events[index],
                     )
                 })
                 .collect();
             offset += count as i64;
+            next_record += batch_records;
             store.commit(&Commit {
                 messages: &logged,
                 plan: &plan,
@@ -315,10 +349,31 @@ pub(crate) fn report_latency(
         port,
         &directory.path().join("tandem.log"),
     )?;
-    let first = daemon.get_json("/v1/report")?;
+    let first = loop {
+        let report = daemon.get_json("/v1/report")?;
+        if !report["last_reevaluation"].is_null() {
+            break report;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let stored = first["totals"]["records"]
         .as_u64()
         .context("report without totals")?;
+    let reevaluation = &first["last_reevaluation"];
+    let reevaluated = reevaluation["done"].as_u64().unwrap_or(0);
+    let reevaluation_seconds = match (
+        reevaluation["started_at"]
+            .as_str()
+            .map(tandem_core::Timestamp::parse_rfc3339),
+        reevaluation["finished_at"]
+            .as_str()
+            .map(tandem_core::Timestamp::parse_rfc3339),
+    ) {
+        (Some(Ok(started)), Some(Ok(finished))) => {
+            (finished.unix_nanos() - started.unix_nanos()) as f64 / 1e9
+        }
+        _ => f64::NAN,
+    };
     let mut latencies = Vec::new();
     for _ in 0..200 {
         let started = Instant::now();
@@ -331,5 +386,8 @@ pub(crate) fn report_latency(
         p50_ms: latencies[latencies.len() / 2],
         p99_ms: latencies[latencies.len() * 99 / 100],
         peak_rss_mib: daemon.peak_rss_mib()?,
+        reevaluated,
+        reevaluation_seconds,
+        reevaluation_rate: reevaluated as f64 / reevaluation_seconds,
     })
 }

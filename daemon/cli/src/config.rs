@@ -441,7 +441,20 @@ impl CutoverConfig {
                 min_parity: gates.min_parity,
                 min_parity_by_entity: gates.min_parity_by_entity.clone(),
                 max_status,
-                critical_fields: gates.critical_fields.clone(),
+                critical_fields: {
+                    // Fields marked `critical = true` in the entity rules, and the ones this
+                    // section lists.
+                    let mut critical = gates.critical_fields.clone();
+                    for entity in entities {
+                        for field in entity.fields.iter().filter(|field| field.critical) {
+                            let listed = critical.entry(entity.name.clone()).or_default();
+                            if !listed.contains(&field.target) {
+                                listed.push(field.target.clone());
+                            }
+                        }
+                    }
+                    critical
+                },
                 no_violations_hours: gates.no_violations_hours,
                 max_lag: gates.max_lag,
                 snapshot_within_hours: gates.snapshot_within_hours,

@@ -112,7 +112,7 @@ pub async fn run(
         .context("registering API metrics")?
         .with_ownership(settings_ownership)
         .with_tokens(tokens)
-        .with_cutover(cutover_rules, Some(ingest.cutover())),
+        .with_cutover(cutover_rules, Some(ingest.control())),
     );
     tokio::spawn(tandem_api::cutover::watch(
         context.clone(),

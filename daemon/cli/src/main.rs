@@ -157,6 +157,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Evaluate every stored record again with the configured rules (after a mapping change
+    /// the daemon does it by itself at start); shows progress until it is done.
+    Reevaluate {
+        /// Why (logged and shown in the report).
+        #[arg(long)]
+        reason: String,
+        /// Start it and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The reverse delta: every record created or changed in one system since a time, mapped
     /// back into the other system's field names for an upsert there (JSON lines or CSV).
     Delta {
@@ -355,6 +367,47 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::FAILURE,
             })
         }
+        Command::Reevaluate {
+            reason,
+            no_wait,
+            target,
+        } => {
+            let api = client(&target)?;
+            let before: Report = api.get("/v1/report")?;
+            let (status, answer) =
+                api.post("/v1/reevaluate", &serde_json::json!({"reason": reason}))?;
+            if status != 202 {
+                eprintln!(
+                    "tandem: re-evaluation refused (HTTP {status}): {}; {}",
+                    answer["error"].as_str().unwrap_or("no reason given"),
+                    answer["hint"].as_str().unwrap_or("")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            writeln!(out, "re-evaluation started: {reason}")?;
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let started_before = before
+                .last_reevaluation
+                .as_ref()
+                .map(|done| done.started_at);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let report: Report = api.get("/v1/report")?;
+                if let Some(running) = &report.reevaluation {
+                    writeln!(out, "{}", render::reevaluation_line(running))?;
+                    continue;
+                }
+                match report.last_reevaluation {
+                    Some(done) if Some(done.started_at) != started_before => {
+                        writeln!(out, "{}", render::reevaluation_line(&done))?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    _ => {}
+                }
+            }
+        }
         Command::Delta {
             system,
             since,
@@ -425,23 +478,44 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     query.push_str(&format!("&{name}={}", encode_component(value)));
                 }
             }
+            // CSV and JSON lines are written page by page, so an export of every record
+            // holds one page in memory; a table needs every row first to size its columns.
             let mut items: Vec<DivergenceEntry> = Vec::new();
+            let mut csv =
+                (format == Format::Csv).then(|| render::DivergenceCsv::new(field.clone()));
             let mut cursor: Option<String> = None;
+            let mut rows = 0_u64;
             loop {
                 let page_query = match &cursor {
                     Some(cursor) => format!("{query}&cursor={cursor}"),
                     None => query.clone(),
                 };
                 let page: DivergenceList = api.get(&page_query)?;
-                items.extend(page.items);
+                let page_rows = page.items.len() as u64;
+                rows += page_rows;
+                match (&mut csv, format) {
+                    (Some(csv), _) => csv.write(&mut out, &page.items)?,
+                    (None, Format::Json) if all => {
+                        for item in &page.items {
+                            serde_json::to_writer(&mut out, item)?;
+                            writeln!(out)?;
+                        }
+                    }
+                    _ => items.extend(page.items),
+                }
+                if all && rows % 100_000 < page_rows && rows >= 100_000 {
+                    eprintln!("tandem: {rows} records exported so far");
+                }
                 match page.next_cursor {
                     Some(next) if all => cursor = Some(next),
                     _ => break,
                 }
             }
-            match format {
-                Format::Json => render::json(&mut out, &items)?,
-                other => render::divergences(&mut out, &items, other)?,
+            match (csv, format) {
+                (Some(_), _) => {}
+                (None, Format::Json) if all => {}
+                (None, Format::Json) => render::json(&mut out, &items)?,
+                (None, other) => render::divergences(&mut out, &items, other)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -643,13 +717,25 @@ fn describe_config(out: &mut impl Write, file: &Path, config: &Config) -> anyhow
         humantime::format_duration(config.reconcile.grace)
     )?;
     for entity in &config.entities {
+        let critical = entity.fields.iter().filter(|field| field.critical).count();
+        let lossy: Vec<&str> = entity
+            .fields
+            .iter()
+            .filter(|field| field.is_lossy())
+            .map(|field| field.target.as_str())
+            .collect();
         writeln!(
             out,
-            "  entity {}: join source {} = target {}; {} compared fields",
+            "  entity {}: join source {} = target {}; {} compared fields, {critical} critical{}",
             entity.name,
             entity.join.source,
             entity.join.target,
-            entity.fields.len()
+            entity.fields.len(),
+            if lossy.is_empty() {
+                String::new()
+            } else {
+                format!(", lossy on the way back: {}", lossy.join(", "))
+            }
         )?;
     }
     Ok(())

@@ -112,12 +112,66 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
         })
         .collect();
     if !mismatched.is_empty() {
-        let mut fields = table(&["entity", "field", "mismatched records"]);
+        let mut fields = table(&["entity", "field", "mismatched records", "rule"]);
         for (entity, field, count) in mismatched {
-            fields.add_row(vec![entity.clone(), field.clone(), count.to_string()]);
+            let data = &report.entities[entity];
+            let mut marks = Vec::new();
+            if data.critical_fields.contains(field) {
+                marks.push("critical");
+            }
+            if data.lossy_fields.contains(field) {
+                marks.push("lossy");
+            }
+            fields.add_row(vec![
+                entity.clone(),
+                field.clone(),
+                count.to_string(),
+                marks.join(", "),
+            ]);
         }
         right(&mut fields, 2);
         writeln!(out, "{fields}")?;
+    }
+    let causes: Vec<_> = report
+        .entities
+        .iter()
+        .flat_map(|(entity, data)| {
+            data.by_cause
+                .iter()
+                .map(move |(cause, count)| (entity, cause, count))
+        })
+        .collect();
+    if !causes.is_empty() {
+        let mut table_of_causes = table(&["entity", "cause", "divergent records"]);
+        for (entity, cause, count) in causes {
+            table_of_causes.add_row(vec![
+                entity.clone(),
+                cause.as_str().to_owned(),
+                count.to_string(),
+            ]);
+        }
+        right(&mut table_of_causes, 2);
+        writeln!(out, "{table_of_causes}")?;
+    }
+
+    for suspected in &report.suspected_mapping_errors {
+        writeln!(
+            out,
+            "SUSPECTED MAPPING ERROR ({} of {} mismatches examined, {:.0}%): {}; e.g. {}",
+            suspected.matching,
+            suspected.examined,
+            suspected.share * 100.0,
+            suspected.description,
+            suspected
+                .examples
+                .iter()
+                .map(|example| format!(
+                    "{} expected {} holds {}",
+                    example.join_key, example.expected, example.target
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )?;
     }
 
     let mut ingest = table(&[
@@ -175,6 +229,14 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
         },
     )?;
     feed_lines(out, report)?;
+    if let Some(running) = &report.reevaluation {
+        writeln!(
+            out,
+            "RE-EVALUATING ({}): {}; statuses mix old and new rules until it ends",
+            running.reason,
+            reevaluation_line(running)
+        )?;
+    }
     if let Some(since) = report.ingest.broker_unreachable_since {
         writeln!(out, "STALE: no Kafka broker reachable since {since}")?;
     }
@@ -242,50 +304,121 @@ pub fn report_csv(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Divergent records as a table or CSV.
+/// Divergent records as a table.
 pub fn divergences(
     out: &mut impl Write,
     items: &[DivergenceEntry],
-    format: Format,
+    _format: Format,
 ) -> anyhow::Result<()> {
-    let rows = items.iter().map(|item| {
-        vec![
-            item.entity.clone(),
-            item.join_key.clone(),
-            item.status.to_string(),
-            item.fields.join(" "),
-            time(item.since),
-            item.source_ids.join(" "),
-            item.target_ids.join(" "),
-        ]
-    });
-    let header = [
+    let mut output = table(&[
         "entity",
         "join_key",
         "status",
+        "cause",
         "fields",
         "since",
         "source_ids",
         "target_ids",
-    ];
-    match format {
-        Format::Csv => {
-            let mut writer = csv::Writer::from_writer(out);
-            writer.write_record(header)?;
-            for row in rows {
-                writer.write_record(row)?;
-            }
-            writer.flush()?;
-        }
-        _ => {
-            let mut output = table(&header);
-            for row in rows {
-                output.add_row(row);
-            }
-            writeln!(out, "{output}")?;
+    ]);
+    for item in items {
+        output.add_row(vec![
+            item.entity.clone(),
+            item.join_key.clone(),
+            item.status.to_string(),
+            item.cause.map_or("", |cause| cause.as_str()).to_owned(),
+            item.fields.join(" "),
+            time(item.since),
+            item.source_ids.join(" "),
+            item.target_ids.join(" "),
+        ]);
+    }
+    writeln!(out, "{output}")?;
+    Ok(())
+}
+
+/// Divergent records as CSV, written page by page: one row per record, or with a field
+/// chosen, that field's values on both sides.
+pub struct DivergenceCsv {
+    field: Option<String>,
+    header_written: bool,
+}
+
+impl DivergenceCsv {
+    /// A writer for the export of `field` (or of every differing field).
+    pub fn new(field: Option<String>) -> Self {
+        DivergenceCsv {
+            field,
+            header_written: false,
         }
     }
-    Ok(())
+
+    /// Writes one page.
+    pub fn write(&mut self, out: &mut impl Write, items: &[DivergenceEntry]) -> anyhow::Result<()> {
+        let mut writer = csv::Writer::from_writer(out);
+        if !self.header_written {
+            self.header_written = true;
+            let mut header = vec![
+                "entity",
+                "join_key",
+                "status",
+                "cause",
+                "fields",
+                "since",
+                "source_ids",
+                "target_ids",
+            ];
+            header.extend(match &self.field {
+                Some(_) => ["source_value", "target_value"],
+                None => ["source_values", "target_values"],
+            });
+            writer.write_record(header)?;
+        }
+        let text = |value: &serde_json::Value| match value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        for item in items {
+            let (source, target) = match &self.field {
+                Some(field) => item
+                    .values
+                    .get(field)
+                    .map(|values| (text(&values.source), text(&values.target)))
+                    .unwrap_or_default(),
+                None => {
+                    let side = |pick: fn(&tandem_store::FieldValues) -> &serde_json::Value| {
+                        serde_json::to_string(
+                            &item
+                                .values
+                                .iter()
+                                .map(|(name, values)| (name, pick(values)))
+                                .collect::<std::collections::BTreeMap<_, _>>(),
+                        )
+                        .unwrap_or_default()
+                    };
+                    if item.values.is_empty() {
+                        (String::new(), String::new())
+                    } else {
+                        (side(|values| &values.source), side(|values| &values.target))
+                    }
+                }
+            };
+            writer.write_record([
+                item.entity.as_str(),
+                item.join_key.as_str(),
+                item.status.as_str(),
+                item.cause.map_or("", |cause| cause.as_str()),
+                &item.fields.join(" "),
+                &time(item.since),
+                &item.source_ids.join(" "),
+                &item.target_ids.join(" "),
+                &source,
+                &target,
+            ])?;
+        }
+        writer.flush()?;
+        Ok(())
+    }
 }
 
 /// One record: status, both sides field by field, then its history.
@@ -624,4 +757,22 @@ pub fn cutover_answer(
         }
     }
     Ok(())
+}
+
+/// One line of re-evaluation progress: done of total, changed, rate, ETA or duration.
+pub fn reevaluation_line(progress: &tandem_ingest::Reevaluation) -> String {
+    let share = if progress.total == 0 {
+        100.0
+    } else {
+        progress.done as f64 * 100.0 / progress.total as f64
+    };
+    let tail = match (&progress.finished_at, progress.eta_seconds) {
+        (Some(finished), _) => format!("finished at {finished}"),
+        (None, Some(eta)) => format!("about {eta:.0} s left"),
+        (None, None) => "starting".to_owned(),
+    };
+    format!(
+        "re-evaluated {} of {} records ({share:.1}%), {} changed, {:.0} records/s, {tail}",
+        progress.done, progress.total, progress.changed, progress.rate
+    )
 }

@@ -95,6 +95,7 @@ fn the_openapi_document_lists_every_route() {
         "/v1/cutover/readiness:",
         "/v1/cutover/{step}:",
         "/v1/delta:",
+        "/v1/reevaluate:",
     ] {
         assert!(
             openapi.contains(route),

@@ -44,7 +44,9 @@ pub struct DeltaRow {
     pub also_changed_in_other: bool,
     /// tandem is not sure of the changed system's state (a change may have been lost).
     pub unverified: bool,
-    /// Fields whose mapping loses information on the way back (none until field rules say so).
+    /// Fields, in the other system's names, that changed but cannot be carried back: a joined
+    /// list, a value map that sends several values to this one, an unmapped value. Someone
+    /// has to set them by hand.
     pub lossy_fields: Vec<String>,
 }
 
@@ -78,19 +80,35 @@ pub fn delta_rows(
         .iter()
         .filter(|side| changed_at(side) >= since)
         .map(|side| {
-            let fields = entity
-                .fields
-                .iter()
-                .filter_map(|rule| {
-                    let (from, to) = match changed {
-                        System::Target => (&rule.target, &rule.source),
-                        System::Source => (&rule.source, &rule.target),
-                    };
-                    side.fields
-                        .get(from)
-                        .map(|value| (to.clone(), value.clone()))
-                })
-                .collect();
+            let mut fields = BTreeMap::new();
+            let mut lossy_fields = Vec::new();
+            for rule in &entity.fields {
+                match changed {
+                    System::Target if side.fields.contains_key(&rule.target) => {
+                        match rule.back_to_source(&side.fields) {
+                            Some((name, value)) => {
+                                fields.insert(name, value);
+                            }
+                            None => lossy_fields.push(rule.source.to_string()),
+                        }
+                    }
+                    System::Source
+                        if rule
+                            .source
+                            .names()
+                            .iter()
+                            .any(|name| side.fields.contains_key(name)) =>
+                    {
+                        match rule.expected_target(&side.fields) {
+                            Ok(value) => {
+                                fields.insert(rule.target.clone(), value);
+                            }
+                            Err(_) => lossy_fields.push(rule.target.clone()),
+                        }
+                    }
+                    _ => {}
+                }
+            }
             DeltaRow {
                 entity: entity.name.clone(),
                 join_key: join_key.to_owned(),
@@ -105,7 +123,7 @@ pub fn delta_rows(
                 changed_at: changed_at(side),
                 also_changed_in_other: also_changed,
                 unverified: side.unverified.is_some(),
-                lossy_fields: Vec::new(),
+                lossy_fields,
             }
         })
         .collect()
@@ -130,6 +148,8 @@ mod tests {
             non_owner_write: false,
             full_image_at: None,
             revealed_change_at: None,
+            last_actor: None,
+            rekeyed: None,
         }
     }
 
@@ -141,14 +161,8 @@ mod tests {
                 target: JoinKeySource::Field("legacy_id".to_owned()),
             },
             fields: vec![
-                FieldMapping {
-                    source: "Email".to_owned(),
-                    target: "email".to_owned(),
-                },
-                FieldMapping {
-                    source: "LastName".to_owned(),
-                    target: "lastname".to_owned(),
-                },
+                FieldMapping::exact("Email", "email"),
+                FieldMapping::exact("LastName", "lastname"),
             ],
         }
     }

@@ -5,6 +5,7 @@
 //! state and a batch of events and returns a plan, which the store executes atomically.
 
 pub mod apply;
+pub mod compare;
 pub mod cutover;
 pub mod delta;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod format;
 pub mod gates;
 pub mod mapping;
 pub mod ownership;
+pub mod patterns;
 pub mod record;
 pub mod side;
 pub mod summary;

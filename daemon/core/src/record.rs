@@ -7,9 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::event::Fields;
+use crate::event::{ActorKind, Fields};
 use crate::mapping::EntityMapping;
 use crate::system::System;
 use crate::time::Timestamp;
@@ -130,6 +129,12 @@ pub struct SideRecord {
     /// it as a change at that time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revealed_change_at: Option<Timestamp>,
+    /// The kind of writer of the latest change, if the event said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_actor: Option<ActorKind>,
+    /// Set when the record came under this join key from another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekeyed: Option<Rekey>,
 }
 
 /// Why a native record's state cannot be trusted, and since when.
@@ -189,32 +194,170 @@ pub struct RecordStatus {
     pub cause: Option<Cause>,
 }
 
-/// Why a divergent record diverges.
+/// Why a divergent record diverges: a fixed vocabulary (`schemas/causes.md`), decided from
+/// what the record's event history left in its sides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// The sides differ, but the last change is younger than the grace period.
+    Lag,
+    /// The source changed later than the target's last change and the target never got it
+    /// (or never got the record at all).
+    MissedChange,
+    /// The target's latest change was made by someone other than the sync layer or the
+    /// repair jobs, after the source's latest change.
+    OverwrittenInTarget,
+    /// A source value the field's `map` has no entry for.
+    UnmappedValue,
+    /// Deleted (or merged away) in the source, live in the target.
+    DeletedInSourceOnly,
+    /// Deleted (or merged away) in the target, live in the source.
+    DeletedInTargetOnly,
+    /// Two live records on one side claim the join key.
+    Duplicate,
+    /// A native id was created again for a different join key.
+    IdReused,
+    /// A native record's join key changed (join keys are immutable).
+    JoinKeyChanged,
+    /// A reference field points at a record other than the one the source's reference is
+    /// joined to, or at nothing tandem knows.
+    BrokenReference,
     /// The latest change to one side was written by someone not allowed to write there.
     NonOwnerWrite,
+    /// None of the above can be told from the history (an unverified record, a sync-layer
+    /// write with a wrong value, a record only the target ever had).
+    Unknown,
 }
 
 impl Cause {
+    /// Every cause, in the order of the vocabulary.
+    pub const ALL: [Cause; 12] = [
+        Cause::Lag,
+        Cause::MissedChange,
+        Cause::OverwrittenInTarget,
+        Cause::UnmappedValue,
+        Cause::DeletedInSourceOnly,
+        Cause::DeletedInTargetOnly,
+        Cause::Duplicate,
+        Cause::IdReused,
+        Cause::JoinKeyChanged,
+        Cause::BrokenReference,
+        Cause::NonOwnerWrite,
+        Cause::Unknown,
+    ];
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Cause::Lag => "lag",
+            Cause::MissedChange => "missed_change",
+            Cause::OverwrittenInTarget => "overwritten_in_target",
+            Cause::UnmappedValue => "unmapped_value",
+            Cause::DeletedInSourceOnly => "deleted_in_source_only",
+            Cause::DeletedInTargetOnly => "deleted_in_target_only",
+            Cause::Duplicate => "duplicate",
+            Cause::IdReused => "id_reused",
+            Cause::JoinKeyChanged => "join_key_changed",
+            Cause::BrokenReference => "broken_reference",
             Cause::NonOwnerWrite => "non_owner_write",
+            Cause::Unknown => "unknown",
         }
     }
 
-    /// The cause of a row's divergence, from what its sides know.
-    pub fn of(row: &RecordRow, status: Option<Status>) -> Option<Cause> {
-        let divergent = status.is_some_and(Status::is_divergence);
-        let written = row
-            .source
-            .iter()
-            .chain(&row.target)
-            .any(|side| !side.deleted && side.non_owner_write);
-        (divergent && written).then_some(Cause::NonOwnerWrite)
+    /// The cause named `input`, if any.
+    pub fn parse(input: &str) -> Option<Cause> {
+        Cause::ALL.into_iter().find(|cause| cause.as_str() == input)
     }
+
+    /// The cause of a record's divergence, given its comparison and its status after grace.
+    /// The first rule that applies decides:
+    ///
+    /// 1. pending: `lag`; duplicate: `duplicate`; unverified: `unknown` (its reason says more);
+    /// 2. a live side re-keyed: `id_reused` (created again under another key) or
+    ///    `join_key_changed`;
+    /// 3. a live side whose latest change broke the ownership rule: `non_owner_write`;
+    /// 4. missing on one side: `deleted_in_<side>_only` if that side holds a deleted record,
+    ///    else `missed_change` for a record the target never got, `unknown` for one only the
+    ///    target ever had;
+    /// 5. mismatch: `unmapped_value` if a differing field's source value has no map entry,
+    ///    `broken_reference` if a differing field is a reference, `overwritten_in_target` if
+    ///    the target's latest change came from neither sync nor repair and is not older than
+    ///    the source's, `missed_change` if the source changed after the target, else
+    ///    `unknown`.
+    pub fn of(
+        mapping: &EntityMapping,
+        row: &RecordRow,
+        comparison: &Comparison,
+        status: Option<Status>,
+    ) -> Option<Cause> {
+        let status = status.filter(|status| *status != Status::InSync)?;
+        match status {
+            Status::Pending => return Some(Cause::Lag),
+            Status::Duplicate => return Some(Cause::Duplicate),
+            Status::Unverified => return Some(Cause::Unknown),
+            _ => {}
+        }
+        let live = |sides: &[SideRecord]| sides.iter().find(|side| !side.deleted).cloned();
+        let (source, target) = (live(&row.source), live(&row.target));
+        let live_sides = || source.iter().chain(target.iter());
+        if let Some(rekey) = live_sides().find_map(|side| side.rekeyed.as_ref()) {
+            return Some(if rekey.recreated {
+                Cause::IdReused
+            } else {
+                Cause::JoinKeyChanged
+            });
+        }
+        if live_sides().any(|side| side.non_owner_write) {
+            return Some(Cause::NonOwnerWrite);
+        }
+        let holds_deleted = |sides: &[SideRecord]| sides.iter().any(|side| side.deleted);
+        Some(match (status, source, target) {
+            (Status::MissingInTarget, _, _) if holds_deleted(&row.target) => {
+                Cause::DeletedInTargetOnly
+            }
+            (Status::MissingInTarget, _, _) => Cause::MissedChange,
+            (Status::MissingInSource, _, _) if holds_deleted(&row.source) => {
+                Cause::DeletedInSourceOnly
+            }
+            (Status::MissingInSource, _, _) => Cause::Unknown,
+            (Status::Mismatch, Some(source), Some(target)) => {
+                let is_reference = |name: &String| {
+                    mapping
+                        .fields
+                        .iter()
+                        .any(|field| field.target == *name && field.reference.is_some())
+                };
+                if !comparison.unmapped_fields.is_empty() {
+                    Cause::UnmappedValue
+                } else if comparison.differing_fields.iter().any(is_reference) {
+                    Cause::BrokenReference
+                } else if target
+                    .last_actor
+                    .is_some_and(|kind| !matches!(kind, ActorKind::Sync | ActorKind::Repair))
+                    && target.last_change_at >= source.last_change_at
+                {
+                    Cause::OverwrittenInTarget
+                } else if source.last_change_at > target.last_change_at {
+                    Cause::MissedChange
+                } else {
+                    Cause::Unknown
+                }
+            }
+            _ => Cause::Unknown,
+        })
+    }
+}
+
+/// How a native record came under its join key when it had another before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rekey {
+    /// The join key it had.
+    pub from: String,
+    /// Whether it came by a create (the native id was reused for another record) rather than
+    /// by a change of the key on a live record.
+    pub recreated: bool,
+    /// Event time of the change.
+    pub at: Timestamp,
 }
 
 /// Everything tandem holds about one `(entity, join key)`.
@@ -258,72 +401,93 @@ pub struct Comparison {
     pub status: Option<Status>,
     /// Target names of the differing fields, when both sides exist.
     pub differing_fields: Vec<String>,
+    /// Target names of the differing fields whose source value the field's `map` has no
+    /// entry for.
+    pub unmapped_fields: Vec<String>,
 }
 
-/// Compares the two sides of a record field by field, after the rename of the mapping.
-///
-/// Exact comparison: an absent field equals `null`, anything else must be the same JSON value.
-pub fn compare(mapping: &EntityMapping, row: &RecordRow) -> Comparison {
+impl Comparison {
+    fn of(status: Option<Status>) -> Self {
+        Comparison {
+            status,
+            differing_fields: Vec::new(),
+            unmapped_fields: Vec::new(),
+        }
+    }
+}
+
+/// Finds the join key of a native record: `(system, entity, native id)` to its key.
+pub type Resolve<'r> = dyn FnMut(System, &str, &str) -> Option<String> + 'r;
+
+/// Compares the two sides of a record field by field, through each field's rule: the
+/// source's value (joined and mapped as configured) against the target's, with the rule's
+/// normalizer. An absent field equals `null`. A reference field (`ref`) is equal when both
+/// sides point at records joined under the same key (both null counts too); `resolve`
+/// finds the join keys.
+pub fn compare(mapping: &EntityMapping, row: &RecordRow, resolve: &mut Resolve<'_>) -> Comparison {
     let mut live_source = row.source.iter().filter(|side| !side.deleted);
     let mut live_target = row.target.iter().filter(|side| !side.deleted);
     let (first_source, second_source) = (live_source.next(), live_source.next());
     let (first_target, second_target) = (live_target.next(), live_target.next());
     if second_source.is_some() || second_target.is_some() {
-        return Comparison {
-            status: Some(Status::Duplicate),
-            differing_fields: Vec::new(),
-        };
+        return Comparison::of(Some(Status::Duplicate));
     }
     if [first_source, first_target]
         .into_iter()
         .flatten()
         .any(|side| side.unverified.is_some())
     {
-        return Comparison {
-            status: Some(Status::Unverified),
-            differing_fields: Vec::new(),
-        };
+        return Comparison::of(Some(Status::Unverified));
     }
     let (source, target) = match (first_source, first_target) {
-        (None, None) => {
-            return Comparison {
-                status: None,
-                differing_fields: Vec::new(),
-            }
-        }
-        (Some(_), None) => {
-            return Comparison {
-                status: Some(Status::MissingInTarget),
-                differing_fields: Vec::new(),
-            }
-        }
-        (None, Some(_)) => {
-            return Comparison {
-                status: Some(Status::MissingInSource),
-                differing_fields: Vec::new(),
-            }
-        }
+        (None, None) => return Comparison::of(None),
+        (Some(_), None) => return Comparison::of(Some(Status::MissingInTarget)),
+        (None, Some(_)) => return Comparison::of(Some(Status::MissingInSource)),
         (Some(source), Some(target)) => (source, target),
     };
-    let differing_fields: Vec<String> = mapping
-        .fields
-        .iter()
-        .filter(|field| {
-            let source_value = source.fields.get(&field.source).unwrap_or(&Value::Null);
-            let target_value = target.fields.get(&field.target).unwrap_or(&Value::Null);
-            source_value != target_value
-        })
-        .map(|field| field.target.clone())
-        .collect();
-    let status = if differing_fields.is_empty() {
-        Status::InSync
-    } else {
-        Status::Mismatch
-    };
-    Comparison {
-        status: Some(status),
-        differing_fields,
+    let mut comparison = Comparison::of(Some(Status::InSync));
+    for field in &mapping.fields {
+        if let Some(entity) = &field.reference {
+            let key = |system: System,
+                       fields: &crate::event::Fields,
+                       name: &str,
+                       resolve: &mut Resolve<'_>| {
+                match fields.get(name) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(serde_json::Value::String(id)) if !id.is_empty() => {
+                        resolve(system, entity, id).map(Some).ok_or(())
+                    }
+                    Some(serde_json::Value::Number(id)) => {
+                        resolve(system, entity, &id.to_string()).map(Some).ok_or(())
+                    }
+                    Some(_) => Err(()),
+                }
+            };
+            let source_key = key(
+                System::Source,
+                &source.fields,
+                field.source.first(),
+                resolve,
+            );
+            let target_key = key(System::Target, &target.fields, &field.target, resolve);
+            if !matches!((source_key, target_key), (Ok(left), Ok(right)) if left == right) {
+                comparison.differing_fields.push(field.target.clone());
+            }
+            continue;
+        }
+        match field.matches(&source.fields, &target.fields) {
+            Ok(true) => {}
+            Ok(false) => comparison.differing_fields.push(field.target.clone()),
+            Err(_) => {
+                comparison.differing_fields.push(field.target.clone());
+                comparison.unmapped_fields.push(field.target.clone());
+            }
+        }
     }
+    if !comparison.differing_fields.is_empty() {
+        comparison.status = Some(Status::Mismatch);
+    }
+    comparison
 }
 
 /// Applies the grace period to a comparison.
@@ -333,12 +497,12 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow) -> Comparison {
 /// structural and an unverified record needs a re-read whatever its age: both are reported
 /// at once.
 pub fn with_grace(
-    comparison: Comparison,
+    status: Option<Status>,
     row: &RecordRow,
     now: Timestamp,
     grace: Duration,
 ) -> (Option<Status>, Option<Timestamp>) {
-    match comparison.status {
+    match status {
         Some(Status::Mismatch | Status::MissingInTarget | Status::MissingInSource) => {
             let latest_change = row
                 .source
@@ -351,7 +515,7 @@ pub fn with_grace(
             if now < due_at {
                 (Some(Status::Pending), Some(due_at))
             } else {
-                (comparison.status, None)
+                (status, None)
             }
         }
         other => (other, None),

@@ -39,6 +39,8 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         non_owner_write: false,
         full_image_at: None,
         revealed_change_at: None,
+        last_actor: None,
+        rekeyed: None,
     });
     let unverified = |reason| {
         Some(Unverified {
@@ -94,6 +96,9 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
     // neither restarts the grace period nor counts as a change during a snapshot run.
     if event.op != Op::Snapshot {
         side.last_change_at = side.last_change_at.max(event.occurred_at);
+    }
+    if crate::ownership::is_write(event.op) {
+        side.last_actor = event.actor.as_ref().map(|actor| actor.kind);
     }
     side.last_event_id = event.event_id.clone();
     side

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::DeadLetterReason;
 use crate::feed::FeedState;
 use crate::ownership::{OwnershipState, ViolationKind};
-use crate::record::{RecordStatus, Status};
+use crate::record::{Cause, RecordStatus, Status};
 use crate::system::System;
 use crate::time::Timestamp;
 
@@ -18,6 +18,9 @@ pub struct EntitySummary {
     pub by_status: [u64; Status::COUNT],
     /// Records in `mismatch` per differing target field.
     pub mismatched_fields: BTreeMap<String, u64>,
+    /// Divergent records (pending included) per cause.
+    #[serde(default)]
+    pub by_cause: BTreeMap<Cause, u64>,
 }
 
 impl EntitySummary {
@@ -50,6 +53,9 @@ impl EntitySummary {
     fn add(&mut self, status: &RecordStatus) {
         let Some(current) = status.status else { return };
         self.by_status[current.index()] += 1;
+        if let Some(cause) = status.cause {
+            *self.by_cause.entry(cause).or_default() += 1;
+        }
         if current == Status::Mismatch {
             for field in &status.differing_fields {
                 *self.mismatched_fields.entry(field.clone()).or_default() += 1;
@@ -63,6 +69,15 @@ impl EntitySummary {
         *count = count
             .checked_sub(1)
             .expect("invariant: a record's previous status was counted when it was stored");
+        // Causes were counted from store schema 4 on; a store re-evaluated since counts all.
+        if let Some(cause) = status.cause {
+            if let Some(cause_count) = self.by_cause.get_mut(&cause) {
+                *cause_count = cause_count.saturating_sub(1);
+                if *cause_count == 0 {
+                    self.by_cause.remove(&cause);
+                }
+            }
+        }
         if current == Status::Mismatch {
             for field in &status.differing_fields {
                 let field_count = self
@@ -143,6 +158,11 @@ pub struct ApplyState {
     /// Ownership changed since the configuration (flips and rollbacks).
     #[serde(default)]
     pub ownership: OwnershipState,
+    /// The fingerprint of the entity rules every stored record was last evaluated with
+    /// ([`crate::Mapping::fingerprint`]); when the configuration's differs, every record
+    /// is evaluated again.
+    #[serde(default)]
+    pub rules: Option<String>,
 }
 
 impl Default for ApplyState {
@@ -153,6 +173,7 @@ impl Default for ApplyState {
             summaries: BTreeMap::new(),
             feed: FeedState::default(),
             ownership: OwnershipState::default(),
+            rules: None,
         }
     }
 }

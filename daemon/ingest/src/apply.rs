@@ -20,7 +20,7 @@ use tandem_core::{ApplyState, Input, Mapping, Planner, System, Timestamp};
 use tandem_store::{NextOffset, Store};
 use tracing::{debug, info, info_span, warn};
 
-use crate::consumer::{ApplyCommand, ConsumedMessage, CutoverRequest, Decoded};
+use crate::consumer::{ApplyCommand, ConsumedMessage, ControlRequest, Decoded};
 use crate::disk::DiskGuard;
 use crate::metrics::IngestMetrics;
 use crate::overlay::{InFlight, OverlayView};
@@ -28,6 +28,11 @@ use crate::status::IngestStatus;
 use crate::writer::{WriteJob, Written};
 use crate::{Error, IngestSettings, Result};
 use tandem_core::cutover::{StepOrder, TransitionRecord};
+
+/// Records evaluated per committed chunk during a re-evaluation.
+const REEVALUATION_CHUNK: usize = 20_000;
+/// How often a re-evaluation logs its progress.
+const REEVALUATION_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the loop wakes up when no batch arrives, to move the idle clock.
 const TICK: Duration = Duration::from_secs(1);
@@ -101,16 +106,27 @@ impl ApplyLoop {
         })
     }
 
-    /// Runs until the consumer side hangs up; an error stops ingestion.
-    /// Runs until the consumer's channel closes. Cutover steps come on a channel of their
-    /// own, held by the API, so that it never keeps the loop alive at shutdown.
+    /// Runs until the consumer's channel closes; an error stops ingestion. Cutover steps and
+    /// re-evaluations come on a channel of their own, held by the API, so that it never keeps
+    /// the loop alive at shutdown. Before the first batch, every stored record is evaluated
+    /// again if the entity rules changed since the store was last evaluated.
     pub(crate) fn run(
         mut self,
         commands: Receiver<ApplyCommand>,
-        mut cutover: Receiver<CutoverRequest>,
+        mut control: Receiver<ControlRequest>,
     ) -> Result<()> {
         let _span = info_span!("apply").entered();
         let written_rx = self.written_rx.clone();
+        let fingerprint = self.mapping.fingerprint();
+        match &self.state.rules {
+            Some(stored) if *stored == fingerprint => {}
+            Some(_) => self.reevaluate(
+                "the entity rules changed since the store was last evaluated".to_owned(),
+            )?,
+            None => self.reevaluate(
+                "the store was last evaluated by an earlier release, or never".to_owned(),
+            )?,
+        }
         loop {
             // Durable batches first: their overlay entries can go and their offsets show.
             while let Ok(written) = written_rx.try_recv() {
@@ -126,10 +142,11 @@ impl ApplyLoop {
                     }
                     Err(_) => return self.drain(),
                 },
-                recv(cutover) -> request => match request {
-                    Ok(request) => self.cutover(request)?,
-                    // The API is gone (shutting down): stop listening for steps.
-                    Err(_) => cutover = crossbeam_channel::never(),
+                recv(control) -> request => match request {
+                    Ok(ControlRequest::Step { order, reply }) => self.cutover(order, reply)?,
+                    Ok(ControlRequest::Reevaluate { reason }) => self.reevaluate(reason)?,
+                    // The API is gone (shutting down): stop listening.
+                    Err(_) => control = crossbeam_channel::never(),
                 },
                 recv(written_rx) -> written => self.settle(written)?,
                 default(TICK) => self.tick()?,
@@ -228,8 +245,11 @@ impl ApplyLoop {
     }
 
     /// Takes a cutover step in a batch of its own, and answers once it is durable.
-    fn cutover(&mut self, request: CutoverRequest) -> Result<()> {
-        let CutoverRequest { order, reply } = request;
+    fn cutover(
+        &mut self,
+        order: StepOrder,
+        reply: Sender<std::result::Result<TransitionRecord, String>>,
+    ) -> Result<()> {
         let transition = order.transition;
         let mut outcome = None;
         self.plan_batch_with(Vec::new(), Some((order, &mut outcome)))?;
@@ -249,6 +269,110 @@ impl ApplyLoop {
             Err(refusal) => warn!(%transition, %refusal, "cutover step refused"),
         }
         let _ = reply.send(outcome);
+        Ok(())
+    }
+
+    /// Evaluates every stored record again with the current rules, in chunks committed like
+    /// batches (unchanged records are not rewritten), then records the rules' fingerprint in
+    /// the state. Consumption waits meanwhile; the API keeps answering from the store and
+    /// shows the progress. Interrupted by a crash, it starts over at the next start (a record
+    /// evaluated twice evaluates the same).
+    fn reevaluate(&mut self, reason: String) -> Result<()> {
+        self.drain()?;
+        let started = Instant::now();
+        let started_at = Timestamp::from_system_time(std::time::SystemTime::now());
+        let total: u64 = self
+            .state
+            .summaries
+            .values()
+            .map(tandem_core::EntitySummary::records)
+            .sum();
+        info!(%reason, records = total, "evaluating every stored record again");
+        let mut progress = crate::status::Reevaluation {
+            reason,
+            done: 0,
+            total,
+            changed: 0,
+            started_at,
+            rate: 0.0,
+            eta_seconds: None,
+            finished_at: None,
+        };
+        self.status
+            .update(|snapshot| snapshot.reevaluation = Some(progress.clone()));
+        let mut last_log = Instant::now();
+        let entities: Vec<String> = self
+            .mapping
+            .entities()
+            .map(|entity| entity.name.clone())
+            .collect();
+        let store = self.store.clone();
+        for entity in entities {
+            let snapshot = store.read();
+            let mut rows = snapshot.records_of(&entity).peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<(String, tandem_core::RecordRow)> = rows
+                    .by_ref()
+                    .take(REEVALUATION_CHUNK)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(Error::Store)?;
+                let count = chunk.len() as u64;
+                let chunk_started = Instant::now();
+                let view = OverlayView {
+                    store: &self.store,
+                    in_flight: &self.in_flight,
+                };
+                let mut planner = Planner::new(
+                    &self.mapping,
+                    self.settings.grace,
+                    &view,
+                    self.state.clone(),
+                )
+                .with_ownership(&self.settings.ownership);
+                for (join_key, row) in chunk {
+                    planner.reevaluate_row(&entity, &join_key, row);
+                }
+                let plan = planner.finish();
+                progress.changed += plan.records.len() as u64;
+                progress.done += count;
+                self.submit(Vec::new(), plan, chunk_started, 0)?;
+                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+                progress.rate = progress.done as f64 / elapsed;
+                progress.eta_seconds = Some(
+                    progress.total.saturating_sub(progress.done) as f64 / progress.rate.max(1e-9),
+                );
+                self.status
+                    .update(|snapshot| snapshot.reevaluation = Some(progress.clone()));
+                if last_log.elapsed() >= REEVALUATION_LOG_EVERY {
+                    last_log = Instant::now();
+                    info!(
+                        done = progress.done,
+                        total = progress.total,
+                        changed = progress.changed,
+                        rate = progress.rate.round(),
+                        eta_seconds = progress.eta_seconds.map(f64::round),
+                        "re-evaluation under way"
+                    );
+                }
+            }
+        }
+        // The fingerprint goes into the state with the next (empty) batch.
+        self.state.rules = Some(self.mapping.fingerprint());
+        self.plan_batch(Vec::new())?;
+        self.drain()?;
+        progress.eta_seconds = None;
+        progress.finished_at = Some(Timestamp::from_system_time(std::time::SystemTime::now()));
+        info!(
+            records = progress.done,
+            changed = progress.changed,
+            rate = progress.rate.round(),
+            seconds = started.elapsed().as_secs_f64(),
+            "re-evaluation finished"
+        );
+        self.status.update(|snapshot| {
+            snapshot.reevaluation = None;
+            snapshot.last_reevaluation = Some(progress);
+        });
         Ok(())
     }
 
@@ -355,6 +479,17 @@ impl ApplyLoop {
             );
         }
 
+        self.submit(batch, plan, started, due.len())
+    }
+
+    /// Hands a plan (and the messages it was made from) to the writer thread.
+    fn submit(
+        &mut self,
+        batch: Vec<ConsumedMessage>,
+        plan: tandem_core::Plan,
+        started: Instant,
+        due: usize,
+    ) -> Result<()> {
         let mut offsets: BTreeMap<(String, i32), NextOffset> = BTreeMap::new();
         for message in &batch {
             let key = (
@@ -390,7 +525,7 @@ impl ApplyLoop {
                 .collect(),
             counters_before,
             started,
-            due: due.len(),
+            due,
         };
         self.jobs_tx
             .send(job)

@@ -116,10 +116,20 @@ pub(crate) enum ApplyCommand {
     },
 }
 
-/// A cutover step asked for through the API.
-pub(crate) struct CutoverRequest {
-    pub(crate) order: tandem_core::cutover::StepOrder,
-    pub(crate) reply: Sender<std::result::Result<tandem_core::cutover::TransitionRecord, String>>,
+/// What the API asks of the apply loop, on a channel of its own.
+pub(crate) enum ControlRequest {
+    /// Take a cutover step; the answer comes once it is durable.
+    Step {
+        /// The step.
+        order: tandem_core::cutover::StepOrder,
+        /// Where the answer goes.
+        reply: Sender<std::result::Result<tandem_core::cutover::TransitionRecord, String>>,
+    },
+    /// Evaluate every stored record again (progress in the status).
+    Reevaluate {
+        /// Why, for the log and the report.
+        reason: String,
+    },
 }
 
 /// The consumer's callbacks: statistics, errors, logs and the rebalance handshake.

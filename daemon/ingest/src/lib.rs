@@ -38,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use metrics::IngestMetrics;
-pub use status::{IngestSnapshot, IngestStatus, PartitionPosition};
+pub use status::{IngestSnapshot, IngestStatus, PartitionPosition, Reevaluation};
 
 use crate::apply::ApplyLoop;
-use crate::consumer::{run_consumer, CutoverRequest, TandemConsumerContext};
+use crate::consumer::{run_consumer, ControlRequest, TandemConsumerContext};
 use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
 use crate::deliveries::Deliveries;
 use crate::requests::{RequestForwarder, Sent};
@@ -213,14 +213,15 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
     "group.remote.assignor",
 ];
 
-/// Asks the apply loop to take cutover steps: each is committed in a batch of its own, so it
-/// is ordered with the events around it and survives a crash.
+/// Asks the apply loop to take cutover steps and to evaluate every record again: each is
+/// committed in batches of its own, so it is ordered with the events around it and survives a
+/// crash.
 #[derive(Clone)]
-pub struct CutoverHandle {
-    requests: crossbeam_channel::Sender<CutoverRequest>,
+pub struct ControlHandle {
+    requests: crossbeam_channel::Sender<ControlRequest>,
 }
 
-impl CutoverHandle {
+impl ControlHandle {
     /// Takes a step and waits until it is durable. `Err` carries why it was refused.
     pub fn request(
         &self,
@@ -228,13 +229,20 @@ impl CutoverHandle {
     ) -> std::result::Result<tandem_core::cutover::TransitionRecord, String> {
         let (reply, answer) = bounded(1);
         self.requests
-            .send(CutoverRequest { order, reply })
+            .send(ControlRequest::Step { order, reply })
             .map_err(|_| {
                 "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
             })?;
         answer
             .recv()
             .map_err(|_| "ingestion stopped before the step was durable; restart tandem and look at /v1/cutover".to_owned())?
+    }
+
+    /// Starts a re-evaluation of every stored record; its progress shows in the status.
+    pub fn reevaluate(&self, reason: String) -> std::result::Result<(), String> {
+        self.requests
+            .send(ControlRequest::Reevaluate { reason })
+            .map_err(|_| "ingestion has stopped; restart tandem (see /readyz for why)".to_owned())
     }
 }
 
@@ -247,7 +255,7 @@ pub struct Ingest {
     requests: JoinHandle<()>,
     cancel: CancellationToken,
     status: Arc<IngestStatus>,
-    cutover: CutoverHandle,
+    control: ControlHandle,
 }
 
 /// Starts consuming. Stops when `cancel` fires (or when the apply loop fails).
@@ -268,9 +276,9 @@ pub fn start(
             client: "dead-letter producer",
             source,
         })?;
-    let (cutover_tx, cutover_rx) = bounded(1);
-    let cutover = CutoverHandle {
-        requests: cutover_tx,
+    let (control_tx, control_rx) = bounded(1);
+    let control = ControlHandle {
+        requests: control_tx,
     };
     let context = TandemConsumerContext {
         store: store.clone(),
@@ -342,7 +350,7 @@ pub fn start(
     });
     let apply_cancel = cancel.clone();
     let apply = spawn("tandem-apply", move || {
-        let result = apply_loop.run(apply_rx, cutover_rx);
+        let result = apply_loop.run(apply_rx, control_rx);
         if let Err(error) = &result {
             error!(%error, "ingestion stopped");
             apply_cancel.cancel();
@@ -362,7 +370,7 @@ pub fn start(
         dead_letters,
         cancel,
         status,
-        cutover,
+        control,
     })
 }
 
@@ -377,9 +385,9 @@ fn spawn<T: Send + 'static>(
 }
 
 impl Ingest {
-    /// The handle the API takes cutover steps through.
-    pub fn cutover(&self) -> CutoverHandle {
-        self.cutover.clone()
+    /// The handle the API takes cutover steps and re-evaluations through.
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
     }
 
     /// Waits for every thread to stop (after cancellation or a failure).

@@ -53,6 +53,32 @@ pub struct IngestSnapshot {
     pub stopped: Option<String>,
     /// Set while ingestion is paused (disk nearly full), with the reason.
     pub paused: Option<String>,
+    /// Set while every stored record is evaluated again.
+    pub reevaluation: Option<Reevaluation>,
+    /// The latest re-evaluation that finished.
+    pub last_reevaluation: Option<Reevaluation>,
+}
+
+/// A re-evaluation of every stored record (after the entity rules changed, or on request):
+/// how far it is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reevaluation {
+    /// Why it runs.
+    pub reason: String,
+    /// Records evaluated so far.
+    pub done: u64,
+    /// Records stored when it started (about; records deleted on both sides included).
+    pub total: u64,
+    /// Records whose status, fields or cause changed.
+    pub changed: u64,
+    /// Wall-clock start.
+    pub started_at: Timestamp,
+    /// Records per second so far.
+    pub rate: f64,
+    /// Seconds left at that rate, while it runs.
+    pub eta_seconds: Option<f64>,
+    /// Wall-clock end, once finished.
+    pub finished_at: Option<Timestamp>,
 }
 
 impl IngestSnapshot {

@@ -22,6 +22,8 @@ pub(crate) struct SideState {
     pub(crate) deleted: bool,
     pub(crate) version: u64,
     pub(crate) last_change: i64,
+    /// The kind of writer of the latest change (`user`, `sync`, `integration`, ...).
+    pub(crate) last_actor: String,
 }
 
 impl SideState {
@@ -31,6 +33,7 @@ impl SideState {
             deleted: false,
             version: 0,
             last_change: i64::MIN,
+            last_actor: String::new(),
         }
     }
 }
@@ -42,6 +45,8 @@ pub struct RecordTruth {
     pub status: &'static str,
     /// The differing target fields, sorted (for a mismatch, or a pending record that differs).
     pub fields: Vec<String>,
+    /// Why it diverges (schemas/causes.md), from the simulator's record of who wrote what.
+    pub cause: &'static str,
 }
 
 /// The expected counts of one entity.
@@ -55,6 +60,8 @@ pub struct EntityTruth {
     pub mismatched_fields: BTreeMap<String, u64>,
     /// Every counted record that is not in sync, by join key.
     pub not_in_sync: BTreeMap<String, RecordTruth>,
+    /// Records that are not in sync, per cause.
+    pub by_cause: BTreeMap<&'static str, u64>,
 }
 
 /// What a correct reconciliation reports after consuming the whole run.
@@ -181,11 +188,14 @@ impl GroundTruth {
                 }
                 if status != "in_sync" {
                     differing.sort();
+                    let cause = cause_of(status, &sources, &targets);
+                    *entity_truth.by_cause.entry(cause).or_default() += 1;
                     entity_truth.not_in_sync.insert(
                         key,
                         RecordTruth {
                             status,
                             fields: differing,
+                            cause,
                         },
                     );
                 }
@@ -193,5 +203,37 @@ impl GroundTruth {
             truth.entities.insert(entity.name, entity_truth);
         }
         truth
+    }
+}
+
+/// Why a record that is not in sync diverges, by the documented rules (schemas/causes.md)
+/// applied to the simulator's own model. The simulated run has the default ownership: the
+/// source owns every entity, so a write into the target by anyone but the sync layer breaks
+/// the rule.
+fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'static str {
+    let live_source = sources.iter().find(|state| !state.deleted);
+    let live_target = targets.iter().find(|state| !state.deleted);
+    match status {
+        "pending" => return "lag",
+        "duplicate" => return "duplicate",
+        _ => {}
+    }
+    let fenced_write =
+        live_target.is_some_and(|target| !matches!(target.last_actor.as_str(), "sync" | "repair"));
+    if fenced_write {
+        return "non_owner_write";
+    }
+    match (status, live_source, live_target) {
+        ("missing_in_target", _, _) if targets.iter().any(|state| state.deleted) => {
+            "deleted_in_target_only"
+        }
+        ("missing_in_target", _, _) => "missed_change",
+        ("missing_in_source", _, _) if sources.iter().any(|state| state.deleted) => {
+            "deleted_in_source_only"
+        }
+        ("mismatch", Some(source), Some(target)) if source.last_change > target.last_change => {
+            "missed_change"
+        }
+        _ => "unknown",
     }
 }

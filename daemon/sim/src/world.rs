@@ -220,6 +220,7 @@ impl<'a> World<'a> {
         .expect("a record exists before its event is emitted");
         state.version += 1;
         state.last_change = state.last_change.max(at);
+        state.last_actor = actor.0.to_owned();
         let version = state.version;
         let state_after = state.clone();
         let partition = partition_of(native_id, self.config.partitions);

@@ -26,7 +26,8 @@ pub use feed::{ControlRequest, DueRereads, RereadRow, RereadTarget};
 pub use keys::Coordinates;
 pub use ownership::{PendingViolation, ViolationFilter, ViolationPage};
 pub use read::{
-    DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, HistoryItem, ReadSnapshot,
+    DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, FieldValues, HistoryItem,
+    ReadSnapshot,
 };
 pub use write::{Commit, CommitStats, LoggedMessage, NextOffset};
 

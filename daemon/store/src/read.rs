@@ -1,5 +1,7 @@
 //! The readers' side: consistent queries on a RocksDB snapshot, for the API and the CLI.
 
+use std::collections::BTreeMap;
+
 use rocksdb::Snapshot;
 use serde::{Deserialize, Serialize};
 use tandem_core::{ApplyState, DeadLetterReason, RecordRow, Status, System, Timestamp};
@@ -51,13 +53,26 @@ pub struct DivergenceItem {
     pub fields: Vec<String>,
     /// Since when the sides differ.
     pub since: Option<Timestamp>,
-    /// Why it diverges, where tandem knows (`non_owner_write`).
+    /// Why it diverges (`schemas/causes.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<tandem_core::record::Cause>,
     /// Native ids of the live records on the source side.
     pub source_ids: Vec<String>,
     /// Native ids of the live records on the target side.
     pub target_ids: Vec<String>,
+    /// The values of each differing field on both sides (filled by the API, which knows
+    /// the field rules).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, FieldValues>,
+}
+
+/// One field's values on both sides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldValues {
+    /// The source's value (the joined text for a joined list), `null` if absent.
+    pub source: serde_json::Value,
+    /// The target's value, `null` if absent.
+    pub target: serde_json::Value,
 }
 
 /// A page of divergent records.
@@ -363,5 +378,6 @@ fn divergence_item(entity: &str, join_key: String, row: &RecordRow) -> Result<Di
         cause: row.status.cause,
         source_ids: live_ids(System::Source),
         target_ids: live_ids(System::Target),
+        values: BTreeMap::new(),
     })
 }

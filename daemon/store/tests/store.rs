@@ -20,10 +20,7 @@ fn mapping() -> Mapping {
             source: JoinKeySource::ExternalId,
             target: JoinKeySource::Field("legacy_id".to_owned()),
         },
-        fields: vec![FieldMapping {
-            source: "Email".to_owned(),
-            target: "email".to_owned(),
-        }],
+        fields: vec![FieldMapping::exact("Email", "email")],
     }])
     .unwrap()
 }

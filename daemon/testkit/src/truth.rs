@@ -37,10 +37,12 @@ pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Ve
     listed
 }
 
-/// Asserts that the report and the divergence listing equal the ground truth.
+/// Asserts that the report and the divergence listing equal the ground truth, causes
+/// included.
 pub fn assert_matches_truth(daemon: &Daemon, report: &Report, truth: &GroundTruth) {
     let mut differences = count_differences(report, truth);
     differences.extend(status_differences(daemon, report, truth));
+    differences.extend(cause_differences(daemon, report, truth));
     assert!(
         differences.is_empty(),
         "the daemon differs from the ground truth:\n{}",
@@ -149,6 +151,69 @@ pub fn count_differences(report: &Report, truth: &GroundTruth) -> Vec<String> {
             "dead letters by reason {dead_letters:?}, truth {:?}",
             truth.dead_lettered
         ));
+    }
+    differences
+}
+
+/// Where the divergence causes (per record in the listing, and counted per entity in the
+/// report) differ from the truth.
+pub fn cause_differences(daemon: &Daemon, report: &Report, truth: &GroundTruth) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut listed: BTreeMap<(String, String), String> = BTreeMap::new();
+    for filter in ["", "&status=pending"] {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/divergences?limit=500{filter}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: DivergenceList = daemon.get(&path);
+            for item in page.items {
+                let cause = item.cause.map_or("none", |cause| cause.as_str());
+                listed.insert((item.entity, item.join_key), cause.to_owned());
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    let expected: BTreeMap<(String, String), String> = truth
+        .entities
+        .iter()
+        .flat_map(|(entity, entity_truth)| {
+            entity_truth.not_in_sync.iter().map(move |(key, record)| {
+                ((entity.to_string(), key.clone()), record.cause.to_owned())
+            })
+        })
+        .collect();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, cause)| listed.get(*key) != Some(cause))
+        .map(|(key, cause)| format!("{key:?}: listed {:?}, truth {cause}", listed.get(key)))
+        .take(10)
+        .collect();
+    if !wrong.is_empty() {
+        differences.push(format!(
+            "causes differ from the ground truth: {}",
+            wrong.join("; ")
+        ));
+    }
+    for (entity, expected) in &truth.entities {
+        let Some(actual) = report.entities.get(*entity) else {
+            continue;
+        };
+        let actual: BTreeMap<&str, u64> = actual
+            .by_cause
+            .iter()
+            .map(|(cause, count)| (cause.as_str(), *count))
+            .collect();
+        if actual != expected.by_cause {
+            differences.push(format!(
+                "{entity}: records by cause {actual:?}, truth {:?}",
+                expected.by_cause
+            ));
+        }
     }
     differences
 }

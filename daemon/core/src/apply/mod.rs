@@ -21,7 +21,8 @@ use crate::ownership::{
     WriterCount, WriterKey,
 };
 use crate::record::{
-    compare, with_grace, Cause, RecordRow, RecordStatus, Status, Unverified, UnverifiedReason,
+    compare, with_grace, Cause, RecordRow, RecordStatus, Rekey, Status, Unverified,
+    UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -364,6 +365,21 @@ impl<'a, V: StateView> Planner<'a, V> {
         Ok(())
     }
 
+    /// Re-evaluates a stored record read by the caller (a re-evaluation walks the store in
+    /// order instead of looking each record up). The row must be the stored one.
+    pub fn reevaluate_row(&mut self, entity: &str, join_key: &str, row: RecordRow) {
+        if self.mapping.entity(entity).is_none() {
+            return;
+        }
+        self.records
+            .entry((entity.to_owned(), join_key.to_owned()))
+            .or_insert_with(|| WorkingRecord {
+                before: row.status.clone(),
+                row,
+                dirty: false,
+            });
+    }
+
     fn apply_event(
         &mut self,
         system: System,
@@ -484,6 +500,7 @@ impl<'a, V: StateView> Planner<'a, V> {
         let was_unverified = current
             .as_ref()
             .is_some_and(|side| side.unverified.is_some());
+        let was_deleted = current.as_ref().is_some_and(|side| side.deleted);
         let mut side = side::apply(current, event);
         if ownership::is_write(event.op) {
             side.non_owner_write = verdict == Some(ViolationKind::NonOwnerWrite);
@@ -511,12 +528,25 @@ impl<'a, V: StateView> Planner<'a, V> {
             .unwrap_or_else(|| unjoined_key(system, &event.id));
 
         if let Some(old_key) = stored_key.as_ref().filter(|old| **old != join_key) {
+            // Join keys are immutable: a native record that comes under another key was
+            // either created again for another record (its id reused) or re-keyed. Either
+            // way it leaves its old record and its new record says so until it is deleted.
+            if !old_key.starts_with("unjoined:") {
+                side.rekeyed = Some(Rekey {
+                    from: old_key.clone(),
+                    recreated: event.op == Op::Create || was_deleted,
+                    at: event.occurred_at,
+                });
+            }
             let old_record = self.working_record(&entity.name, old_key)?;
             old_record
                 .row
                 .side_mut(system)
                 .retain(|existing| existing.native_id != event.id);
             track_since(entity, old_record, event.occurred_at);
+        }
+        if side.deleted {
+            side.rekeyed = None;
         }
         if stored_key.as_ref() != Some(&join_key) {
             let native = (system, entity.name.clone(), event.id.clone());
@@ -590,9 +620,27 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .mapping
                 .entity(&entity_name)
                 .expect("invariant: only mapped entities have working records");
-            let comparison = compare(entity, &working.row);
+            let join_keys = &self.join_keys;
+            let view = self.view;
+            let mut resolve = |system: System, entity: &str, native_id: &str| {
+                match join_keys.get(&(system, entity.to_owned(), native_id.to_owned())) {
+                    Some(known) => known.clone(),
+                    // A store that cannot be read leaves the reference unresolved: a
+                    // divergence reported, never a false in_sync.
+                    None => view.join_key(system, entity, native_id).ok().flatten(),
+                }
+            };
+            let comparison = compare(entity, &working.row, &mut resolve);
             let differing_fields = comparison.differing_fields.clone();
-            let (status, due_at) = with_grace(comparison, &working.row, clock, self.grace);
+            let (status, due_at) = with_grace(comparison.status, &working.row, clock, self.grace);
+            if status == Some(Status::InSync) {
+                // Both sides agree under the new key: the re-keying has been carried across.
+                for side in working.row.source.iter_mut().chain(&mut working.row.target) {
+                    if side.rekeyed.take().is_some() {
+                        working.dirty = true;
+                    }
+                }
+            }
             let since = match status {
                 None | Some(Status::InSync) => None,
                 Some(_) => Some(working.row.status.since.unwrap_or(clock)),
@@ -602,7 +650,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                 since,
                 differing_fields,
                 due_at,
-                cause: Cause::of(&working.row, status),
+                cause: Cause::of(entity, &working.row, &comparison, status),
             };
             self.state
                 .summaries
@@ -752,25 +800,25 @@ impl<V: StateView> Planner<'_, V> {
         let Some(owner_side) = record.row.side(owner).iter().find(|side| !side.deleted) else {
             return Ok(());
         };
+        // The touched fields of the written record, set to what the owner's record says
+        // through the field rules (a rule that cannot carry a value back is left out).
         let mut set = BTreeMap::new();
         for field in event.fields.iter().flat_map(|fields| fields.keys()) {
-            let rule = entity.fields.iter().find(|rule| match system {
-                System::Target => rule.target == *field,
-                System::Source => rule.source == *field,
-            });
-            let Some(rule) = rule else { continue };
-            let owner_field = match system {
-                System::Target => &rule.source,
-                System::Source => &rule.target,
-            };
-            set.insert(
-                field.clone(),
-                owner_side
-                    .fields
-                    .get(owner_field)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
-            );
+            for rule in &entity.fields {
+                match system {
+                    System::Target if rule.target == *field => {
+                        if let Ok(value) = rule.expected_target(&owner_side.fields) {
+                            set.insert(field.clone(), value);
+                        }
+                    }
+                    System::Source if rule.source.names().contains(field) => {
+                        if let Some((name, value)) = rule.back_to_source(&owner_side.fields) {
+                            set.insert(name, value);
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
         if set.is_empty() {
             return Ok(());
@@ -793,7 +841,8 @@ impl<V: StateView> Planner<'_, V> {
 fn track_since(entity: &EntityMapping, record: &mut WorkingRecord, occurred_at: Timestamp) {
     record.dirty = true;
     let differs = !matches!(
-        compare(entity, &record.row).status,
+        // References are not resolved here: `since` may start early for a reference field.
+        compare(entity, &record.row, &mut |_, _, _| None).status,
         None | Some(Status::InSync)
     );
     record.row.status.since = match (differs, record.row.status.since) {

@@ -27,6 +27,7 @@ pub struct MemoryState {
     pub rereads: BTreeMap<(System, String, String), UnverifiedReason>,
     pub snapshot_requests: Vec<(System, String)>,
     pub apply: ApplyState,
+    pub ownership: tandem_core::ownership::OwnershipPolicy,
 }
 
 impl StateView for MemoryState {
@@ -107,7 +108,9 @@ impl MemoryState {
         batch: &[(System, ChangeEvent)],
         clock_floor: Option<Timestamp>,
     ) -> Vec<Outcome> {
-        let mut planner = Planner::new(mapping, GRACE, &*self, self.apply.clone());
+        let ownership = self.ownership.clone();
+        let mut planner =
+            Planner::new(mapping, GRACE, &*self, self.apply.clone()).with_ownership(&ownership);
         for (system, event) in batch {
             planner
                 .apply(Input::Event {
@@ -218,6 +221,9 @@ impl MemoryState {
             let summary = summaries.entry(entity.clone()).or_default();
             if let Some(status) = row.status.status {
                 summary.by_status[status.index()] += 1;
+                if let Some(cause) = row.status.cause {
+                    *summary.by_cause.entry(cause).or_default() += 1;
+                }
                 if status == Status::Mismatch {
                     for field in &row.status.differing_fields {
                         *summary.mismatched_fields.entry(field.clone()).or_default() += 1;
@@ -240,14 +246,8 @@ pub fn contact_mapping() -> Mapping {
             target: JoinKeySource::Field("legacy_id".to_owned()),
         },
         fields: vec![
-            FieldMapping {
-                source: "Email".to_owned(),
-                target: "email".to_owned(),
-            },
-            FieldMapping {
-                source: "LastName".to_owned(),
-                target: "lastname".to_owned(),
-            },
+            FieldMapping::exact("Email", "email"),
+            FieldMapping::exact("LastName", "lastname"),
         ],
     }])
     .unwrap()

@@ -1,0 +1,303 @@
+//! Field rules end to end, through a real broker process and the real binary: a column
+//! shift, an e-mail in capitals and an amount sent as text are mismatches under exact rules;
+//! the report states the shift once as a suspected mapping error; the repair team's export
+//! has both values and the cause; then the mapping is fixed and the restarted daemon
+//! evaluates the stored records again, without reading Kafka again, and they are in sync.
+//! Every expected value below is worked out by hand from the events.
+
+use tandem_testkit as common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tandem_api::report::Report;
+
+use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const ADMIN: &str = "admin-token-for-reevaluation-0123";
+
+/// Minutes after 2026-11-02T09:00:00Z, as an event time.
+fn at(minute: i64) -> String {
+    tandem_core::Timestamp::from_unix_millis(1_793_610_000_000 + minute * 60_000).to_rfc3339()
+}
+
+fn write_config(directory: &Path, brokers: &str, topics: &Topics, port: u16, fields: &str) {
+    std::fs::write(
+        directory.join("tandem.toml"),
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+dead_letter_topic = "{dlq}"
+batch_max_wait = "20ms"
+
+[store]
+path = "{store}"
+
+[api]
+listen = "127.0.0.1:{port}"
+admin_token = "{ADMIN}"
+read_token = "{ADMIN}"
+
+[systems.source]
+topics = ["{source}"]
+
+[systems.target]
+topics = ["{target}"]
+
+[reconcile]
+grace = "1m"
+idle_clock = false
+
+[[entities]]
+name = "contact"
+join = {{ source = "external_id", target = "field:legacy_id" }}
+fields = [
+{fields}
+]
+"#,
+            dlq = topics.dead_letters,
+            store = directory.join("store").display(),
+            source = topics.source,
+            target = topics.target,
+        ),
+    )
+    .unwrap();
+}
+
+/// The source's contact `n` and the sync layer's copy of it one minute later.
+fn pair(n: i64, source: Value, target: Value) -> (Value, Value) {
+    let key = format!("L{n}");
+    (
+        json!({"event_id": format!("s{n}"), "entity": "contact", "id": key, "op": "create",
+            "occurred_at": at(n * 2), "external_id": key, "fields": source,
+            "actor": {"kind": "user"}}),
+        json!({"event_id": format!("t{n}"), "entity": "contact", "id": format!("T{n}"), "op": "create",
+            "occurred_at": at(n * 2 + 1), "fields": target, "actor": {"kind": "sync"}}),
+    )
+}
+
+fn tandem(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(common::tandem_binary())
+        .args(args)
+        .args(["--url", &daemon.url])
+        .env("TANDEM_TOKEN", ADMIN)
+        .output()
+        .expect("the CLI runs")
+}
+
+#[test]
+fn field_rules_patterns_exports_and_reevaluation() {
+    let topics = Topics::unique("field-rules");
+    let broker = MockBroker::start(&[
+        (&topics.source, 1),
+        (&topics.target, 1),
+        (&topics.dead_letters, 1),
+    ]);
+    // L1-L3: the sync layer writes the title into `company`; L1's e-mail in capitals, L3's
+    // amount as text. L4 and L10 (a one-person company: title and company agree) are copied
+    // right; L10, twenty minutes later, moves the clock past grace.
+    let pairs = [
+        pair(
+            1,
+            json!({"Email": "a1@x.io", "Title": "CTO", "Company": "Acme", "Amount": 12.5}),
+            json!({"email": "A1@X.IO", "company": "CTO", "amount": 12.5, "legacy_id": "L1"}),
+        ),
+        pair(
+            2,
+            json!({"Email": "a2@x.io", "Title": "CFO", "Company": "Bolt", "Amount": 20}),
+            json!({"email": "a2@x.io", "company": "CFO", "amount": 20, "legacy_id": "L2"}),
+        ),
+        pair(
+            3,
+            json!({"Email": "a3@x.io", "Title": "CEO", "Company": "Core", "Amount": 7.25}),
+            json!({"email": "a3@x.io", "company": "CEO", "amount": "7.25", "legacy_id": "L3"}),
+        ),
+        pair(
+            4,
+            json!({"Email": "a4@x.io", "Title": "Owner", "Company": "Owner", "Amount": 3}),
+            json!({"email": "a4@x.io", "company": "Owner", "amount": 3, "legacy_id": "L4"}),
+        ),
+        pair(
+            10,
+            json!({"Email": "a5@x.io", "Title": "Founder", "Company": "Founder", "Amount": 1}),
+            json!({"email": "a5@x.io", "company": "Founder", "amount": 1, "legacy_id": "L10"}),
+        ),
+    ];
+    let (sources, targets): (Vec<Value>, Vec<Value>) = pairs.into_iter().unzip();
+    common::produce_json(broker.bootstrap(), &topics.source, &sources);
+    common::produce_json(broker.bootstrap(), &topics.target, &targets);
+
+    let directory = tempfile::tempdir().unwrap();
+    let config = directory.path().join("tandem.toml");
+    let log = directory.path().join("tandem.log");
+    let port = free_port();
+    write_config(
+        directory.path(),
+        broker.bootstrap(),
+        &topics,
+        port,
+        r#"{ source = "Email", target = "email" },
+{ source = "Company", target = "company" },
+{ source = "Amount", target = "amount" },"#,
+    );
+    let mut daemon = Daemon::start(&config, port, &log);
+    daemon.token = Some(ADMIN.to_owned());
+    let report = daemon.wait_for_applied(10, DEADLINE);
+    let contact = &report.entities["contact"];
+    assert_eq!(contact.records, 5);
+    assert_eq!(
+        contact.mismatched_fields,
+        [("amount", 1), ("company", 3), ("email", 1)]
+            .into_iter()
+            .map(|(field, count)| (field.to_owned(), count))
+            .collect()
+    );
+    // The sync layer wrote each copy after the source's change: nothing in the history
+    // explains the differences.
+    assert_eq!(
+        contact
+            .by_cause
+            .iter()
+            .map(|(cause, count)| (cause.as_str(), *count))
+            .collect::<Vec<_>>(),
+        [("unknown", 3)]
+    );
+
+    // The column shift is stated once: all three company mismatches hold the title.
+    let report: Report = wait_for("the suspected mapping error", DEADLINE, || {
+        let report = daemon.report();
+        (!report.suspected_mapping_errors.is_empty()).then_some(report)
+    });
+    let suspected: Vec<(&str, &str, &str, u64, u64)> = report
+        .suspected_mapping_errors
+        .iter()
+        .map(|found| {
+            (
+                found.entity.as_str(),
+                found.field.as_str(),
+                found.pattern.as_str(),
+                found.matching,
+                found.examined,
+            )
+        })
+        .collect();
+    assert_eq!(
+        suspected,
+        [("contact", "company", "column_shift:Title", 3, 3)]
+    );
+
+    // The repair team's export of the company mismatches: both values and the cause.
+    let output = tandem(
+        &daemon,
+        &[
+            "divergences",
+            "--entity",
+            "contact",
+            "--status",
+            "mismatch",
+            "--field",
+            "company",
+            "--all",
+            "--format",
+            "csv",
+            "--limit",
+            "2",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut reader = csv::Reader::from_reader(output.stdout.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let column = |name: &str| header.iter().position(|field| field == name).unwrap();
+    let rows: Vec<(String, String, String, String, String)> = reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            (
+                row[column("join_key")].to_owned(),
+                row[column("target_ids")].to_owned(),
+                row[column("source_value")].to_owned(),
+                row[column("target_value")].to_owned(),
+                row[column("cause")].to_owned(),
+            )
+        })
+        .collect();
+    let row = |key: &str, target: &str, source: &str, held: &str| {
+        (
+            key.to_owned(),
+            target.to_owned(),
+            source.to_owned(),
+            held.to_owned(),
+            "unknown".to_owned(),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row("L1", "T1", "Acme", "CTO"),
+            row("L2", "T2", "Bolt", "CFO"),
+            row("L3", "T3", "Core", "CEO"),
+        ]
+    );
+
+    // The mapping is fixed: the company comes from Title, e-mails compare as addresses,
+    // amounts as decimals. The restart evaluates the five stored records again.
+    assert!(daemon.terminate().success());
+    write_config(
+        directory.path(),
+        broker.bootstrap(),
+        &topics,
+        port,
+        r#"{ source = "Email", target = "email", compare = "email" },
+{ source = "Title", target = "company" },
+{ source = "Amount", target = "amount", compare = "decimal", scale = 2, critical = true },"#,
+    );
+    let mut daemon = Daemon::start(&config, port, &log);
+    daemon.token = Some(ADMIN.to_owned());
+    let report: Report = wait_for("the re-evaluation at start", DEADLINE, || {
+        let report = daemon.report();
+        report.last_reevaluation.clone().map(|_| report)
+    });
+    let done = report.last_reevaluation.as_ref().unwrap();
+    assert_eq!((done.done, done.total, done.changed), (5, 5, 3));
+    assert!(done.reason.contains("rules changed"), "{}", done.reason);
+    let contact = &report.entities["contact"];
+    assert_eq!(contact.by_status[&tandem_core::Status::InSync], 5);
+    assert_eq!(contact.critical_fields, ["amount"]);
+    // Nothing was read from Kafka again.
+    assert_eq!(
+        (
+            report.ingest.source.events_applied,
+            report.ingest.target.events_applied
+        ),
+        (5, 5)
+    );
+    assert!(report.suspected_mapping_errors.is_empty());
+
+    // On request, through the CLI: nothing changes any more.
+    let output = tandem(
+        &daemon,
+        &["reevaluate", "--reason", "checking the new rules"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("re-evaluated 5 of 5 records (100.0%), 0 changed"),
+        "{stdout}"
+    );
+}

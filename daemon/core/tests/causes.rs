@@ -1,0 +1,552 @@
+//! Every divergence cause, each from a hand-worked event sequence: the history decides it.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+use tandem_core::mapping::{FieldMapping, JoinSpec};
+use tandem_core::ownership::ActorRule;
+use tandem_core::record::Cause;
+use tandem_core::{ChangeEvent, EntityMapping, JoinKeySource, Mapping, Status, System};
+
+/// One event of contact `id` in `system`, with an actor.
+fn write(
+    system: System,
+    event_id: &str,
+    id: &str,
+    op: &str,
+    minute: i64,
+    fields: Value,
+    actor: &str,
+) -> (System, ChangeEvent) {
+    let mut value = json!({"event_id": event_id, "entity": "contact", "id": id, "op": op,
+        "occurred_at": at(minute).to_rfc3339(), "actor": {"kind": actor}});
+    if !fields.is_null() {
+        value["fields"] = fields;
+    }
+    if system == System::Source {
+        value["external_id"] = json!(id);
+    }
+    (system, event(value))
+}
+
+fn cause(state: &MemoryState, join_key: &str) -> (Option<Status>, Option<Cause>) {
+    let row = &state.records[&("contact".to_owned(), join_key.to_owned())];
+    (row.status.status, row.status.cause)
+}
+
+/// L1 created in the source by a user and copied by the sync layer at minute 1.
+fn synced(state: &mut MemoryState, mapping: &Mapping) {
+    state.apply_batch(
+        mapping,
+        &[
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                0,
+                json!({"Email": "a@x.io", "LastName": "Ada"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                1,
+                json!({"email": "a@x.io", "lastname": "Ada", "legacy_id": "L1"}),
+                "sync",
+            ),
+        ],
+    );
+    assert_eq!(cause(state, "L1"), (Some(Status::InSync), None));
+}
+
+/// L1 synced, then `events`, evaluated at `minute` (or at the newest event's time).
+fn synced_then(events: &[(System, ChangeEvent)], minute: Option<i64>) -> MemoryState {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    synced(&mut state, &mapping);
+    state.apply_batch_at(&mapping, events, minute.map(at));
+    state
+}
+
+#[test]
+fn a_difference_within_grace_is_lag() {
+    let state = synced_then(
+        &[write(
+            System::Source,
+            "s2",
+            "L1",
+            "update",
+            10,
+            json!({"Email": "a2@x.io", "LastName": "Ada"}),
+            "user",
+        )],
+        None,
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Pending), Some(Cause::Lag))
+    );
+}
+
+#[test]
+fn a_source_change_the_target_never_got_is_a_missed_change() {
+    // The user changes the e-mail at minute 10; no copy arrives; grace (5 min) passes.
+    let mut state = synced_then(
+        &[write(
+            System::Source,
+            "s2",
+            "L1",
+            "update",
+            10,
+            json!({"Email": "a2@x.io", "LastName": "Ada"}),
+            "user",
+        )],
+        Some(20),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::MissedChange))
+    );
+    // A record the target never got at all is a missed change too.
+    state.apply_batch_at(
+        &contact_mapping(),
+        &[write(
+            System::Source,
+            "s3",
+            "L2",
+            "create",
+            21,
+            json!({"Email": "b@x.io"}),
+            "user",
+        )],
+        Some(at(40)),
+    );
+    assert_eq!(
+        cause(&state, "L2"),
+        (Some(Status::MissingInTarget), Some(Cause::MissedChange))
+    );
+}
+
+#[test]
+fn a_target_value_changed_after_the_sync_wrote_it_is_overwritten_in_target() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.ownership.allowed.insert(
+        System::Target,
+        vec![ActorRule::parse("integration").unwrap()],
+    );
+    synced(&mut state, &mapping);
+    // An integration allowed into the target edits the e-mail.
+    state.apply_batch_at(
+        &mapping,
+        &[write(
+            System::Target,
+            "t2",
+            "T1",
+            "update",
+            10,
+            json!({"email": "typo@x.io", "lastname": "Ada", "legacy_id": "L1"}),
+            "integration",
+        )],
+        Some(at(20)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::OverwrittenInTarget))
+    );
+}
+
+#[test]
+fn a_sync_write_with_a_wrong_value_has_no_cause_the_history_can_tell() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch_at(
+        &mapping,
+        &[
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                0,
+                json!({"Email": "a@x.io", "LastName": "Ada"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                1,
+                json!({"email": "A@X.IO", "lastname": "Ada", "legacy_id": "L1"}),
+                "sync",
+            ),
+        ],
+        Some(at(20)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::Unknown))
+    );
+}
+
+#[test]
+fn a_source_value_the_map_does_not_know_is_unmapped() {
+    let mut stage = FieldMapping::exact("StageName", "dealstage");
+    stage.map = Some(
+        [
+            ("Closed Won", "closedwon"),
+            ("Prospecting", "appointmentscheduled"),
+        ]
+        .into_iter()
+        .map(|(from, to)| (from.to_owned(), to.to_owned()))
+        .collect(),
+    );
+    let mapping = Mapping::try_new(vec![EntityMapping {
+        name: "contact".to_owned(),
+        join: JoinSpec {
+            source: JoinKeySource::ExternalId,
+            target: JoinKeySource::Field("legacy_id".to_owned()),
+        },
+        fields: vec![stage],
+    }])
+    .unwrap();
+    let mut state = MemoryState::default();
+    state.apply_batch_at(
+        &mapping,
+        &[
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                0,
+                json!({"StageName": "Closed Won"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                1,
+                json!({"dealstage": "closedwon", "legacy_id": "L1"}),
+                "sync",
+            ),
+            write(
+                System::Source,
+                "s2",
+                "L2",
+                "create",
+                0,
+                json!({"StageName": "Negotiation"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t2",
+                "T2",
+                "create",
+                1,
+                json!({"dealstage": "negotiation", "legacy_id": "L2"}),
+                "sync",
+            ),
+        ],
+        Some(at(20)),
+    );
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+    assert_eq!(
+        cause(&state, "L2"),
+        (Some(Status::Mismatch), Some(Cause::UnmappedValue))
+    );
+}
+
+#[test]
+fn a_delete_on_one_side_only_says_which() {
+    let mut state = synced_then(
+        &[write(
+            System::Target,
+            "t2",
+            "T1",
+            "delete",
+            10,
+            Value::Null,
+            "user",
+        )],
+        Some(20),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (
+            Some(Status::MissingInTarget),
+            Some(Cause::DeletedInTargetOnly)
+        )
+    );
+    // The target record comes back; then the source merges L1 away (a merge on one side).
+    state.apply_batch_at(
+        &contact_mapping(),
+        &[
+            write(
+                System::Target,
+                "t3",
+                "T1",
+                "undelete",
+                21,
+                Value::Null,
+                "sync",
+            ),
+            (
+                System::Source,
+                event(
+                    json!({"event_id": "s2", "entity": "contact", "id": "L1", "op": "merge",
+                    "merged_into": "L7", "external_id": "L1", "occurred_at": at(22).to_rfc3339()}),
+                ),
+            ),
+        ],
+        Some(at(40)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (
+            Some(Status::MissingInSource),
+            Some(Cause::DeletedInSourceOnly)
+        )
+    );
+}
+
+#[test]
+fn two_live_records_on_one_side_are_a_duplicate() {
+    let state = synced_then(
+        &[write(
+            System::Target,
+            "t2",
+            "T1b",
+            "create",
+            2,
+            json!({"email": "a@x.io", "lastname": "Ada", "legacy_id": "L1"}),
+            "sync",
+        )],
+        None,
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Duplicate), Some(Cause::Duplicate))
+    );
+}
+
+#[test]
+fn a_native_id_created_again_for_another_key_is_id_reuse() {
+    // The target deletes T1, then creates a new record with the same native id for L9.
+    let state = synced_then(
+        &[
+            write(
+                System::Target,
+                "t2",
+                "T1",
+                "delete",
+                10,
+                Value::Null,
+                "user",
+            ),
+            write(
+                System::Target,
+                "t3",
+                "T1",
+                "create",
+                11,
+                json!({"email": "z@x.io", "lastname": "Zed", "legacy_id": "L9"}),
+                "user",
+            ),
+        ],
+        Some(30),
+    );
+    assert_eq!(
+        cause(&state, "L9"),
+        (Some(Status::MissingInSource), Some(Cause::IdReused))
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::MissingInTarget), Some(Cause::MissedChange))
+    );
+}
+
+#[test]
+fn a_join_key_changed_on_a_live_record_is_a_divergence() {
+    // Someone edits the target's legacy_id of T1 from L1 to L2.
+    let state = synced_then(
+        &[write(
+            System::Target,
+            "t2",
+            "T1",
+            "update",
+            10,
+            json!({"email": "a@x.io", "lastname": "Ada", "legacy_id": "L2"}),
+            "user",
+        )],
+        Some(30),
+    );
+    assert_eq!(
+        cause(&state, "L2"),
+        (Some(Status::MissingInSource), Some(Cause::JoinKeyChanged))
+    );
+}
+
+#[test]
+fn a_gap_leaves_the_cause_unknown_until_the_record_is_read_again() {
+    let state = synced_then(
+        &[(
+            System::Target,
+            event(
+                json!({"event_id": "g1", "entity": "contact", "id": "T1", "op": "gap",
+                "occurred_at": at(5).to_rfc3339()}),
+            ),
+        )],
+        None,
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Unverified), Some(Cause::Unknown))
+    );
+}
+
+#[test]
+fn a_reference_to_another_record_than_the_joined_one_is_broken() {
+    // Deals point at companies; a company is joined by external id / legacy_id too.
+    let join = || JoinSpec {
+        source: JoinKeySource::ExternalId,
+        target: JoinKeySource::Field("legacy_id".to_owned()),
+    };
+    let mut company_ref = FieldMapping::exact("AccountId", "company_id");
+    company_ref.reference = Some("company".to_owned());
+    let mapping = Mapping::try_new(vec![
+        EntityMapping {
+            name: "company".to_owned(),
+            join: join(),
+            fields: vec![FieldMapping::exact("Name", "name")],
+        },
+        EntityMapping {
+            name: "contact".to_owned(),
+            join: join(),
+            fields: vec![company_ref],
+        },
+    ])
+    .unwrap();
+    let company = |system: System, event_id: &str, id: &str, key: &str| {
+        let mut value = json!({"event_id": event_id, "entity": "company", "id": id, "op": "create",
+            "occurred_at": at(0).to_rfc3339(), "fields": {"Name": key, "name": key, "legacy_id": key}});
+        if system == System::Source {
+            value["external_id"] = json!(key);
+        }
+        (system, event(value))
+    };
+    let mut state = MemoryState::default();
+    state.apply_batch_at(
+        &mapping,
+        &[
+            // Companies A-1 (source 001A / target 9A) and B-2 (source 001B / target 9B).
+            company(System::Source, "c1", "001A", "A-1"),
+            company(System::Target, "c2", "9A", "A-1"),
+            company(System::Source, "c3", "001B", "B-2"),
+            company(System::Target, "c4", "9B", "B-2"),
+            // L1 points at A-1 on both sides; L2 at A-1 in the source, B-2 in the target;
+            // L3 at A-1 in the source and at a target company tandem does not know.
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                2,
+                json!({"company_id": "9A", "legacy_id": "L1"}),
+                "sync",
+            ),
+            write(
+                System::Source,
+                "s2",
+                "L2",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t2",
+                "T2",
+                "create",
+                2,
+                json!({"company_id": "9B", "legacy_id": "L2"}),
+                "sync",
+            ),
+            write(
+                System::Source,
+                "s3",
+                "L3",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t3",
+                "T3",
+                "create",
+                2,
+                json!({"company_id": "9Z", "legacy_id": "L3"}),
+                "sync",
+            ),
+        ],
+        Some(at(30)),
+    );
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+    for broken in ["L2", "L3"] {
+        assert_eq!(
+            cause(&state, broken),
+            (Some(Status::Mismatch), Some(Cause::BrokenReference)),
+            "{broken}"
+        );
+    }
+}
+
+#[test]
+fn a_write_that_broke_the_ownership_rule_says_so_first() {
+    // The source owns contacts; a user edits the fenced target.
+    let state = synced_then(
+        &[write(
+            System::Target,
+            "t2",
+            "T1",
+            "update",
+            10,
+            json!({"email": "typo@x.io", "lastname": "Ada", "legacy_id": "L1"}),
+            "user",
+        )],
+        Some(20),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::NonOwnerWrite))
+    );
+}
+
+#[test]
+fn causes_have_stable_wire_names() {
+    for cause in Cause::ALL {
+        assert_eq!(Cause::parse(cause.as_str()), Some(cause));
+        assert_eq!(serde_json::to_value(cause).unwrap(), json!(cause.as_str()));
+    }
+    assert_eq!(Cause::ALL.len(), 12);
+}
