@@ -6,9 +6,11 @@
 pub mod auth;
 pub mod cutover;
 mod delta;
+pub mod history;
 mod metrics;
 pub mod ownership;
 pub mod report;
+pub mod spotcheck;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -176,11 +178,13 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/cutover/readiness", get(cutover::get_readiness))
         .route("/v1/cutover/{step}", axum::routing::post(cutover::post_step))
         .route("/v1/reevaluate", axum::routing::post(post_reevaluate))
+        .route("/v1/report/history", get(history::get_history))
+        .route("/v1/spotcheck", get(spotcheck::get_spotcheck))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, /v1/delta, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
         .layer(axum::middleware::from_fn_with_state(

@@ -491,6 +491,9 @@ pub struct ReconcileConfig {
     /// Topic for snapshot requests (after sequence holes); unset: they are only reported.
     #[serde(default)]
     pub control_topic: Option<String>,
+    /// How often a summary of the report is kept for its history (`/v1/report/history`).
+    #[serde(default = "default_history_interval", with = "humantime_serde")]
+    pub history_interval: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -503,6 +506,7 @@ impl Default for ReconcileConfig {
             reread_batch_max_ids: default_reread_batch_max_ids(),
             reread_resend_after: default_reread_resend_after(),
             control_topic: None,
+            history_interval: default_history_interval(),
         }
     }
 }
@@ -574,6 +578,9 @@ fn default_reread_batch_max_ids() -> usize {
 }
 fn default_reread_resend_after() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_history_interval() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_true() -> bool {
     true
@@ -753,6 +760,9 @@ impl Config {
         self.mapping()
             .map(|_| ())
             .map_err(|error| format!("key `entities`: {error}"))?;
+        if self.reconcile.history_interval < std::time::Duration::from_secs(1) {
+            return Err("key `reconcile.history_interval`: at least 1s (default 5m)".to_owned());
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(format!("key `log.level`: `{}` is not a level or filter (use error, warn, info, debug or trace)", self.log.level));
         }

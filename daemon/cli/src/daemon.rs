@@ -119,6 +119,11 @@ pub async fn run(
         std::time::Duration::from_secs(15),
         cancel.clone(),
     ));
+    tokio::spawn(tandem_api::history::keep(
+        context.clone(),
+        config.reconcile.history_interval,
+        cancel.clone(),
+    ));
     let api_cancel = cancel.clone();
     let api = tokio::spawn(tandem_api::serve(listener, context, async move {
         api_cancel.cancelled().await

@@ -51,8 +51,18 @@ enum Command {
         #[arg(long, short, env = "TANDEM_CONFIG", default_value = "tandem.toml")]
         config: PathBuf,
     },
-    /// Print the divergence report of a running daemon.
+    /// Print the divergence report of a running daemon; `--history` shows the trend of parity
+    /// and of each status per entity instead.
     Report {
+        /// The trend from the kept summaries (`reconcile.history_interval`).
+        #[arg(long)]
+        history: bool,
+        /// With --history: only this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// With --history: from this time (RFC 3339) or this long ago (24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
         #[command(flatten)]
         target: Target,
         /// Output format.
@@ -435,7 +445,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Report { target, format } => {
+        Command::Report {
+            history: true,
+            entity,
+            since,
+            target,
+            format,
+        } => {
+            let mut path = format!("/v1/report/history?since={}", encode_component(&since));
+            if let Some(entity) = &entity {
+                path.push_str(&format!("&entity={}", encode_component(entity)));
+            }
+            let history: tandem_api::history::ReportHistory = client(&target)?.get(&path)?;
+            match format {
+                Format::Json => render::json(&mut out, &history)?,
+                _ => render::history(&mut out, &history)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { target, format, .. } => {
             let report: Report = client(&target)?.get("/v1/report")?;
             match format {
                 Format::Table => render::report_table(&mut out, &report)?,

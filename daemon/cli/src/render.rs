@@ -776,3 +776,69 @@ pub fn reevaluation_line(progress: &tandem_ingest::Reevaluation) -> String {
         progress.done, progress.total, progress.changed, progress.rate
     )
 }
+
+/// The trend of each entity: a sparkline of parity, then the kept summaries as rows (at most
+/// the last 24), newest last.
+pub fn history(
+    out: &mut impl Write,
+    history: &tandem_api::history::ReportHistory,
+) -> anyhow::Result<()> {
+    if history.items.is_empty() {
+        writeln!(
+            out,
+            "no summaries kept in that period yet (one is kept every reconcile.history_interval, 5m by default)"
+        )?;
+        return Ok(());
+    }
+    let entities: std::collections::BTreeSet<&String> = history
+        .items
+        .iter()
+        .flat_map(|item| item.entities.keys())
+        .collect();
+    for entity in entities {
+        let series = history.series(entity);
+        let bars = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+        let (low, high) = series
+            .iter()
+            .fold((1.0_f64, 0.0_f64), |(low, high), point| {
+                (low.min(point.2), high.max(point.2))
+            });
+        let spark: String = series
+            .iter()
+            .map(|point| {
+                let share = if high > low {
+                    (point.2 - low) / (high - low)
+                } else {
+                    1.0
+                };
+                bars[((share * 7.0).round() as usize).min(7)]
+            })
+            .collect();
+        writeln!(
+            out,
+            "{entity}: parity {spark}  {:.2}% .. {:.2}% over {} summaries",
+            low * 100.0,
+            high * 100.0,
+            series.len()
+        )?;
+        let mut header = vec!["at", "records", "parity"];
+        header.extend(Status::ALL.iter().map(|status| status.as_str()));
+        let mut rows = table(&header);
+        for (at, records, parity, by_status) in series.iter().rev().take(24).rev() {
+            let mut row = vec![
+                at.to_string(),
+                records.to_string(),
+                format!("{:.2}%", parity * 100.0),
+            ];
+            row.extend(
+                Status::ALL
+                    .iter()
+                    .map(|status| by_status.get(status).copied().unwrap_or(0).to_string()),
+            );
+            rows.add_row(row);
+        }
+        right(&mut rows, 1);
+        writeln!(out, "{rows}")?;
+    }
+    Ok(())
+}

@@ -50,6 +50,7 @@ topics = ["{target}"]
 [reconcile]
 grace = "1m"
 idle_clock = false
+history_interval = "1s"
 
 [[entities]]
 name = "contact"
@@ -189,6 +190,60 @@ fn field_rules_patterns_exports_and_reevaluation() {
         [("contact", "company", "column_shift:Title", 3, 3)]
     );
 
+    // The history keeps summaries; the newest one counts what was applied.
+    let by_status = |pairs: &[(tandem_core::Status, u64)]| {
+        pairs
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let summary = wait_for("a summary of the applied events", DEADLINE, || {
+        let history: tandem_api::history::ReportHistory =
+            daemon.get("/v1/report/history?entity=contact&since=1h");
+        history
+            .items
+            .last()
+            .and_then(|item| item.entities.get("contact").cloned())
+            .filter(|counts| counts.records == 5)
+    });
+    assert_eq!(
+        summary.by_status,
+        by_status(&[
+            (tandem_core::Status::InSync, 2),
+            (tandem_core::Status::Mismatch, 3)
+        ])
+    );
+    assert!((summary.parity - 0.4).abs() < 1e-9);
+    let output = tandem(&daemon, &["report", "--history", "--entity", "contact"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("contact: parity"), "{stdout}");
+
+    // A spot-check of four: both in-sync records, and two mismatches with the company
+    // marked unequal.
+    let sample: tandem_api::spotcheck::Spotcheck = daemon.get("/v1/spotcheck?entity=contact&n=4");
+    assert_eq!(sample.records.len(), 4);
+    let mut in_sync: Vec<&str> = sample
+        .records
+        .iter()
+        .filter(|record| record.status == tandem_core::Status::InSync)
+        .map(|record| record.join_key.as_str())
+        .collect();
+    in_sync.sort_unstable();
+    assert_eq!(in_sync, ["L10", "L4"]);
+    for record in &sample.records {
+        let company = record
+            .fields
+            .iter()
+            .find(|field| field.field == "company")
+            .unwrap();
+        assert_eq!(
+            company.equal,
+            record.status == tandem_core::Status::InSync,
+            "{}",
+            record.join_key
+        );
+    }
+
     // The repair team's export of the company mismatches: both values and the cause.
     let output = tandem(
         &daemon,
@@ -284,6 +339,12 @@ fn field_rules_patterns_exports_and_reevaluation() {
         (5, 5)
     );
     assert!(report.suspected_mapping_errors.is_empty());
+    let sample: tandem_api::spotcheck::Spotcheck = daemon.get("/v1/spotcheck?entity=contact&n=5");
+    assert_eq!(sample.critical_fields_covered, ["amount"]);
+    assert!(sample
+        .records
+        .iter()
+        .all(|record| record.fields.iter().all(|field| field.equal)));
 
     // On request, through the CLI: nothing changes any more.
     let output = tandem(

@@ -96,6 +96,8 @@ fn the_openapi_document_lists_every_route() {
         "/v1/cutover/{step}:",
         "/v1/delta:",
         "/v1/reevaluate:",
+        "/v1/report/history:",
+        "/v1/spotcheck:",
     ] {
         assert!(
             openapi.contains(route),

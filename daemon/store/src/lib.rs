@@ -13,6 +13,7 @@ mod feed;
 mod keys;
 mod ownership;
 mod read;
+mod summaries;
 mod view;
 mod write;
 
@@ -29,6 +30,7 @@ pub use read::{
     DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, FieldValues, HistoryItem,
     ReadSnapshot,
 };
+pub use summaries::{EntityCounts, SummarySnapshot};
 pub use write::{Commit, CommitStats, LoggedMessage, NextOffset};
 
 /// The layout version of the store; bumped when a stored format changes incompatibly.
@@ -81,8 +83,10 @@ pub(crate) mod cf {
     pub(crate) const CUTOVER_OUTBOX: &str = "cutover_outbox";
     /// Compensation commands not yet confirmed published on the commands topic.
     pub(crate) const COMMAND_OUTBOX: &str = "command_outbox";
+    /// Summaries of the report, by the time they were taken.
+    pub(crate) const REPORT_HISTORY: &str = "report_history";
 
-    pub(crate) const ALL: [&str; 22] = [
+    pub(crate) const ALL: [&str; 23] = [
         META,
         OFFSETS,
         HISTORY,
@@ -105,6 +109,7 @@ pub(crate) mod cf {
         WRITERS,
         CUTOVER_OUTBOX,
         COMMAND_OUTBOX,
+        REPORT_HISTORY,
     ];
 }
 
