@@ -81,11 +81,7 @@ pub struct ApiContext {
     patterns: std::sync::Mutex<Option<PatternCache>>,
 }
 
-type PatternCache = (
-    std::time::Instant,
-    (u64, Option<Timestamp>),
-    Vec<SuspectedMappingError>,
-);
+type PatternCache = (std::time::Instant, String, Vec<SuspectedMappingError>);
 
 impl ApiContext {
     /// Creates the context and registers the report gauges in `registry`.
@@ -308,10 +304,18 @@ fn suspected_mapping_errors(
     snapshot: &tandem_store::ReadSnapshot<'_>,
     report: &Report,
 ) -> Result<Vec<SuspectedMappingError>, tandem_store::Error> {
-    let version = (
+    // What the patterns depend on: the events applied, the clock, and the mismatches per
+    // field (a re-evaluation changes those without an event).
+    let version = serde_json::to_string(&(
         report.ingest.source.events_applied + report.ingest.target.events_applied,
         report.clock,
-    );
+        report
+            .entities
+            .iter()
+            .map(|(name, entity)| (name, &entity.mismatched_fields))
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap_or_default();
     let mut cache = context
         .patterns
         .lock()

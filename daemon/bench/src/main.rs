@@ -34,6 +34,10 @@ fn main() -> anyhow::Result<()> {
             "(d) /v1/report with {} records: p50 {:.2} ms",
             report.records, report.p50_ms
         );
+        println!(
+            "(e) re-evaluation: {} records in {:.1} s = {:.0} records/s",
+            report.reevaluated, report.reevaluation_seconds, report.reevaluation_rate
+        );
         return Ok(());
     }
 

@@ -69,6 +69,9 @@ fn the_report_equals_the_ground_truth() {
     let mut sim = SimConfig::sized(11, 400);
     sim.oversized_message_bytes = Some(100_000);
     sim.poison_per_thousand = 3.0;
+    // Systematic mapping errors: a column shift in contacts, amounts in cents in deals.
+    sim.sync_shift_rate = 0.2;
+    sim.sync_cents_rate = 0.2;
     let run = SimulatedRun::start("truth", &sim);
     let (broker, topics, scenario) = (&run.broker, &run.topics, &run.scenario);
 
@@ -78,6 +81,54 @@ fn the_report_equals_the_ground_truth() {
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     let report = daemon.wait_for_applied(run.distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &scenario.truth);
+
+    // The suspected mapping errors equal the simulator's (they are recomputed at most every
+    // 5 s while data changes: the report may need one refresh after the last batch).
+    let mut expected: Vec<(String, String, String, u64, u64)> = scenario
+        .truth
+        .suspected_mapping_errors
+        .iter()
+        .map(|suspected| {
+            (
+                suspected.entity.to_owned(),
+                suspected.field.to_owned(),
+                suspected.pattern.clone(),
+                suspected.matching,
+                suspected.examined,
+            )
+        })
+        .collect();
+    expected.sort();
+    assert!(
+        expected
+            .iter()
+            .any(|suspected| suspected.2 == "column_shift:LastName")
+            && expected.iter().any(|suspected| suspected.2 == "scaled:100"),
+        "the injected faults are systematic enough to be suspected: {expected:?}"
+    );
+    let started = std::time::Instant::now();
+    let reported = loop {
+        let mut reported: Vec<(String, String, String, u64, u64)> = daemon
+            .report()
+            .suspected_mapping_errors
+            .into_iter()
+            .map(|found| {
+                (
+                    found.entity,
+                    found.field,
+                    found.pattern,
+                    found.matching,
+                    found.examined,
+                )
+            })
+            .collect();
+        reported.sort();
+        if reported == expected || started.elapsed() > Duration::from_secs(30) {
+            break reported;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reported, expected);
 
     // Who writes into the fenced target, counted from the produced messages themselves: the
     // sync layer (allowed), the webform integration and users editing the target (violations).

@@ -338,7 +338,14 @@ fn field_rules_patterns_exports_and_reevaluation() {
         ),
         (5, 5)
     );
-    assert!(report.suspected_mapping_errors.is_empty());
+    // The suspected mapping errors are recomputed at most every 5 s while data changes.
+    wait_for("no suspected mapping error any more", DEADLINE, || {
+        daemon
+            .report()
+            .suspected_mapping_errors
+            .is_empty()
+            .then_some(())
+    });
     let sample: tandem_api::spotcheck::Spotcheck = daemon.get("/v1/spotcheck?entity=contact&n=5");
     assert_eq!(sample.critical_fields_covered, ["amount"]);
     assert!(sample

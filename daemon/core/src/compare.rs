@@ -203,6 +203,13 @@ impl Comparer {
 
     /// Whether two values are equal under this rule.
     pub fn equal(&self, left: &Value, right: &Value) -> bool {
+        // The same JSON value is equal under every rule; under `exact` nothing else is.
+        if left == right {
+            return true;
+        }
+        if matches!(self, Comparer::Exact) {
+            return false;
+        }
         if let Comparer::Decimal {
             tolerance: Some(tolerance),
             scale,

@@ -267,8 +267,13 @@ impl FieldMapping {
     /// Whether the target's field holds what the source's fields say it should.
     /// `Err` when the source value is unmapped (always a mismatch).
     pub fn matches(&self, source: &Fields, target: &Fields) -> Result<bool, Unmapped> {
-        let expected = self.expected_target(source)?;
         let held = target.get(&self.target).unwrap_or(&Value::Null);
+        // The common rule, one field without a map, compares in place.
+        if let (SourceFields::One(name), None) = (&self.source, &self.map) {
+            let value = source.get(name).unwrap_or(&Value::Null);
+            return Ok(self.comparer.equal(value, held));
+        }
+        let expected = self.expected_target(source)?;
         Ok(self.comparer.equal(&expected, held))
     }
 

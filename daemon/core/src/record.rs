@@ -297,9 +297,11 @@ impl Cause {
             Status::Unverified => return Some(Cause::Unknown),
             _ => {}
         }
-        let live = |sides: &[SideRecord]| sides.iter().find(|side| !side.deleted).cloned();
+        fn live(sides: &[SideRecord]) -> Option<&SideRecord> {
+            sides.iter().find(|side| !side.deleted)
+        }
         let (source, target) = (live(&row.source), live(&row.target));
-        let live_sides = || source.iter().chain(target.iter());
+        let live_sides = || source.into_iter().chain(target);
         if let Some(rekey) = live_sides().find_map(|side| side.rekeyed.as_ref()) {
             return Some(if rekey.recreated {
                 Cause::IdReused

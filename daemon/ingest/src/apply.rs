@@ -307,17 +307,24 @@ impl ApplyLoop {
             .map(|entity| entity.name.clone())
             .collect();
         let store = self.store.clone();
+        let clock = self.state.clock;
         for entity in entities {
+            let Some(rules) = self.mapping.entity(&entity).cloned() else {
+                continue;
+            };
             let snapshot = store.read();
-            let mut rows = snapshot.records_of(&entity).peekable();
+            let mut rows = snapshot.encoded_records_of(&entity).peekable();
             while rows.peek().is_some() {
-                let chunk: Vec<(String, tandem_core::RecordRow)> = rows
+                let encoded: Vec<(String, Vec<u8>)> = rows
                     .by_ref()
                     .take(REEVALUATION_CHUNK)
                     .collect::<std::result::Result<_, _>>()
                     .map_err(Error::Store)?;
-                let count = chunk.len() as u64;
+                let count = encoded.len() as u64;
                 let chunk_started = Instant::now();
+                // Decoding and comparing take the time: both cores do it, and only the
+                // records whose evaluation changes go through a planner.
+                let chunk = changed_rows(&rules, &store, encoded, clock, self.settings.grace)?;
                 let view = OverlayView {
                     store: &self.store,
                     in_flight: &self.in_flight,
@@ -330,7 +337,7 @@ impl ApplyLoop {
                 )
                 .with_ownership(&self.settings.ownership);
                 for (join_key, row) in chunk {
-                    planner.reevaluate_row(&entity, &join_key, row);
+                    planner.reevaluate_row(&entity, join_key, row);
                 }
                 let plan = planner.finish();
                 progress.changed += plan.records.len() as u64;
@@ -554,4 +561,41 @@ impl ApplyLoop {
         });
         batch
     }
+}
+
+/// The stored rows of one entity whose evaluation at `clock` differs from the stored one,
+/// decoded and evaluated on two threads (a record's references are looked up in the store).
+fn changed_rows(
+    rules: &tandem_core::EntityMapping,
+    store: &Store,
+    encoded: Vec<(String, Vec<u8>)>,
+    clock: Timestamp,
+    grace: Duration,
+) -> Result<Vec<(String, tandem_core::RecordRow)>> {
+    let evaluate_part =
+        |part: &[(String, Vec<u8>)]| -> Result<Vec<(String, tandem_core::RecordRow)>> {
+            let mut changed = Vec::new();
+            let mut resolve = |system: System, entity: &str, native_id: &str| {
+                tandem_core::StateView::join_key(store, system, entity, native_id)
+                    .ok()
+                    .flatten()
+            };
+            for (join_key, bytes) in part {
+                let row = tandem_store::decode_record(bytes).map_err(Error::Store)?;
+                let after = tandem_core::apply::evaluate(rules, &row, clock, grace, &mut resolve);
+                if tandem_core::apply::evaluation_changes(&after, &row) {
+                    changed.push((join_key.clone(), row));
+                }
+            }
+            Ok(changed)
+        };
+    let (left, right) = encoded.split_at(encoded.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| evaluate_part(right));
+        let mut changed = evaluate_part(left)?;
+        changed.extend(other.join().map_err(|_| Error::Panicked {
+            thread: "re-evaluation",
+        })??);
+        Ok(changed)
+    })
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 pub use catalog::{entities_toml, SimEntity, SimField, ENTITIES, LEGACY_ID_FIELD};
 pub use stream::FaultCounts;
-pub use truth::{EntityTruth, GroundTruth, RecordTruth};
+pub use truth::{EntityTruth, GroundTruth, RecordTruth, SuspectedTruth};
 
 /// 2026-11-20T08:00:00Z, the default start of simulated time.
 pub const DEFAULT_START_UNIX_SECONDS: i64 = 1_795_161_600;
@@ -60,6 +60,11 @@ pub struct SimConfig {
     pub sync_mangle_rate: f64,
     /// Share of creates the sync layer copies twice (a duplicate in the target).
     pub sync_duplicate_rate: f64,
+    /// Share of contact creates the sync layer copies with the source's `LastName` in the
+    /// target's `jobtitle` (a column shift: a systematic mapping error).
+    pub sync_shift_rate: f64,
+    /// Share of deal creates the sync layer copies with the amount in cents (×100).
+    pub sync_cents_rate: f64,
     /// Share of source records deleted later.
     pub delete_rate: f64,
     /// Share of synced records a target user edits afterwards.
@@ -117,6 +122,8 @@ impl SimConfig {
             sync_drop_rate: 0.02,
             sync_mangle_rate: 0.01,
             sync_duplicate_rate: 0.004,
+            sync_shift_rate: 0.0,
+            sync_cents_rate: 0.0,
             delete_rate: 0.03,
             target_edit_rate: 0.01,
             target_only_per_thousand: 4.0,
@@ -148,6 +155,8 @@ impl SimConfig {
         self.sync_drop_rate = 0.0;
         self.sync_mangle_rate = 0.0;
         self.sync_duplicate_rate = 0.0;
+        self.sync_shift_rate = 0.0;
+        self.sync_cents_rate = 0.0;
         self.target_edit_rate = 0.0;
         self.target_only_per_thousand = 0.0;
         self.redelivery_rate = 0.0;

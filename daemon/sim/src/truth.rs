@@ -79,6 +79,25 @@ pub struct GroundTruth {
     pub stale_versions: BTreeMap<&'static str, u64>,
     /// Garbage messages per expected dead-letter reason.
     pub dead_lettered: BTreeMap<&'static str, u64>,
+    /// The patterns at least half of a field's mismatches share (schemas: suspected mapping
+    /// errors), per entity and target field.
+    pub suspected_mapping_errors: Vec<SuspectedTruth>,
+}
+
+/// A systematic mapping error a correct reconciliation suspects.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SuspectedTruth {
+    /// The entity.
+    pub entity: &'static str,
+    /// The target field.
+    pub field: &'static str,
+    /// `column_shift:<source field>`, `scaled:<factor>`, `number_as_text` or
+    /// `case_or_spaces`.
+    pub pattern: String,
+    /// Mismatches of the field that follow it.
+    pub matching: u64,
+    /// Mismatches of the field.
+    pub examined: u64,
 }
 
 /// Every status a report lists. `unverified` is about what tandem can know, not about the
@@ -131,6 +150,8 @@ impl GroundTruth {
                 by_status: STATUSES.iter().map(|status| (*status, 0)).collect(),
                 ..EntityTruth::default()
             };
+            // Per target field, the patterns of each of its mismatches.
+            let mut field_patterns: BTreeMap<&'static str, Vec<Vec<String>>> = BTreeMap::new();
             for (key, (sources, targets)) in keys {
                 let live_sources: Vec<_> = sources.iter().filter(|state| !state.deleted).collect();
                 let live_targets: Vec<_> = targets.iter().filter(|state| !state.deleted).collect();
@@ -185,6 +206,18 @@ impl GroundTruth {
                             .entry(field.clone())
                             .or_default() += 1;
                     }
+                    for field in entity.fields {
+                        if differing.iter().any(|name| name == field.target) {
+                            field_patterns
+                                .entry(field.target)
+                                .or_default()
+                                .push(patterns_of(
+                                    field.source,
+                                    &live_sources[0].fields,
+                                    live_targets[0].fields.get(field.target),
+                                ));
+                        }
+                    }
                 }
                 if status != "in_sync" {
                     differing.sort();
@@ -198,6 +231,27 @@ impl GroundTruth {
                             cause,
                         },
                     );
+                }
+            }
+            for (field, mismatches) in field_patterns {
+                let examined = mismatches.len() as u64;
+                if examined < 3 {
+                    continue;
+                }
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for pattern in mismatches.into_iter().flatten() {
+                    *counts.entry(pattern).or_default() += 1;
+                }
+                for (pattern, matching) in counts {
+                    if matching * 2 >= examined {
+                        truth.suspected_mapping_errors.push(SuspectedTruth {
+                            entity: entity.name,
+                            field,
+                            pattern,
+                            matching,
+                            examined,
+                        });
+                    }
                 }
             }
             truth.entities.insert(entity.name, entity_truth);
@@ -236,4 +290,59 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
         }
         _ => "unknown",
     }
+}
+
+/// The documented patterns one mismatch follows: the target holds another source field's
+/// value (compared without surrounding spaces), the source's number times 100, 1000, 0.01
+/// or 0.001, the source's number as text, or the source's text in another case or with
+/// other surrounding spaces.
+fn patterns_of(
+    source_field: &str,
+    source: &Map<String, Value>,
+    held: Option<&Value>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let Some(held) = held.filter(|held| !held.is_null()) else {
+        return found;
+    };
+    let text = |value: &Value| match value {
+        Value::String(text) => Some(text.trim().to_owned()),
+        _ => None,
+    };
+    for (name, value) in source {
+        let same = match (value, held) {
+            (Value::String(_), Value::String(_)) => text(value) == text(held),
+            (value, held) => value == held,
+        };
+        if name != source_field && !value.is_null() && same {
+            found.push(format!("column_shift:{name}"));
+        }
+    }
+    let expected = source.get(source_field).unwrap_or(&Value::Null);
+    if let (Some(want), Some(have)) = (expected.as_f64(), held.as_f64()) {
+        for (factor, name) in [
+            (100.0, "100"),
+            (1000.0, "1000"),
+            (0.01, "0.01"),
+            (0.001, "0.001"),
+        ] {
+            if want != 0.0
+                && want != have
+                && (want * factor - have).abs() < 1e-9 * have.abs().max(1.0)
+            {
+                found.push(format!("scaled:{name}"));
+            }
+        }
+    }
+    if let (Some(want), Value::String(have)) = (expected.as_f64(), held) {
+        if have.trim().parse::<f64>() == Ok(want) {
+            found.push("number_as_text".to_owned());
+        }
+    }
+    if let (Value::String(want), Value::String(have)) = (expected, held) {
+        if want.trim().to_lowercase() == have.trim().to_lowercase() {
+            found.push("case_or_spaces".to_owned());
+        }
+    }
+    found
 }

@@ -310,6 +310,24 @@ impl<'a> World<'a> {
             } => {
                 let target_id = self.new_target_id();
                 let mut fields = self.sync_copy(entity, &image);
+                // Systematic mapping errors of the sync layer, when the run has them.
+                let name = ENTITIES[entity].name;
+                if name == "contact"
+                    && self.config.sync_shift_rate > 0.0
+                    && self.rng.random_bool(self.config.sync_shift_rate)
+                {
+                    if let Some(last_name) = image.get("LastName") {
+                        fields.insert("jobtitle".to_owned(), last_name.clone());
+                    }
+                }
+                if name == "deal"
+                    && self.config.sync_cents_rate > 0.0
+                    && self.rng.random_bool(self.config.sync_cents_rate)
+                {
+                    if let Some(amount) = image.get("Amount").and_then(Value::as_i64) {
+                        fields.insert("amount".to_owned(), json!(amount * 100));
+                    }
+                }
                 fields.insert(LEGACY_ID_FIELD.to_owned(), json!(source_id));
                 self.target
                     .insert((entity, target_id.clone()), SideState::new(fields.clone()));

@@ -27,8 +27,8 @@ pub use feed::{ControlRequest, DueRereads, RereadRow, RereadTarget};
 pub use keys::Coordinates;
 pub use ownership::{PendingViolation, ViolationFilter, ViolationPage};
 pub use read::{
-    DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, FieldValues, HistoryItem,
-    ReadSnapshot,
+    decode_record, DeadLetterRow, DivergenceFilter, DivergenceItem, DivergencePage, FieldValues,
+    HistoryItem, ReadSnapshot,
 };
 pub use summaries::{EntityCounts, SummarySnapshot};
 pub use write::{Commit, CommitStats, LoggedMessage, NextOffset};

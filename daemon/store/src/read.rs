@@ -214,6 +214,23 @@ impl ReadSnapshot<'_> {
             .transpose()
     }
 
+    /// Every record of an entity, in join-key order, still encoded (decode with
+    /// [`decode_record`] where it suits, e.g. on several threads).
+    pub fn encoded_records_of<'b>(
+        &'b self,
+        entity: &str,
+    ) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + 'b {
+        let prefix = KeyWriter::new().str(entity).finish();
+        self.scan(cf::RECORDS, prefix.clone(), prefix).map(|item| {
+            let (key, value) = item?;
+            let mut reader = KeyReader::new(&key, "records");
+            let _entity = reader.str()?;
+            let join_key = reader.str()?;
+            reader.end()?;
+            Ok((join_key, value.to_vec()))
+        })
+    }
+
     /// Every record of an entity, in join-key order.
     pub fn records_of<'b>(
         &'b self,
@@ -380,4 +397,9 @@ fn divergence_item(entity: &str, join_key: String, row: &RecordRow) -> Result<Di
         target_ids: live_ids(System::Target),
         values: BTreeMap::new(),
     })
+}
+
+/// Decodes a record row read by [`ReadSnapshot::encoded_records_of`].
+pub fn decode_record(bytes: &[u8]) -> Result<RecordRow> {
+    decode_value(bytes, cf::RECORDS)
 }

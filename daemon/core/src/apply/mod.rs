@@ -367,12 +367,12 @@ impl<'a, V: StateView> Planner<'a, V> {
 
     /// Re-evaluates a stored record read by the caller (a re-evaluation walks the store in
     /// order instead of looking each record up). The row must be the stored one.
-    pub fn reevaluate_row(&mut self, entity: &str, join_key: &str, row: RecordRow) {
+    pub fn reevaluate_row(&mut self, entity: &str, join_key: String, row: RecordRow) {
         if self.mapping.entity(entity).is_none() {
             return;
         }
         self.records
-            .entry((entity.to_owned(), join_key.to_owned()))
+            .entry((entity.to_owned(), join_key))
             .or_insert_with(|| WorkingRecord {
                 before: row.status.clone(),
                 row,
@@ -630,10 +630,8 @@ impl<'a, V: StateView> Planner<'a, V> {
                     None => view.join_key(system, entity, native_id).ok().flatten(),
                 }
             };
-            let comparison = compare(entity, &working.row, &mut resolve);
-            let differing_fields = comparison.differing_fields.clone();
-            let (status, due_at) = with_grace(comparison.status, &working.row, clock, self.grace);
-            if status == Some(Status::InSync) {
+            let after = evaluate(entity, &working.row, clock, self.grace, &mut resolve);
+            if after.status == Some(Status::InSync) {
                 // Both sides agree under the new key: the re-keying has been carried across.
                 for side in working.row.source.iter_mut().chain(&mut working.row.target) {
                     if side.rekeyed.take().is_some() {
@@ -641,22 +639,15 @@ impl<'a, V: StateView> Planner<'a, V> {
                     }
                 }
             }
-            let since = match status {
-                None | Some(Status::InSync) => None,
-                Some(_) => Some(working.row.status.since.unwrap_or(clock)),
-            };
-            let after = RecordStatus {
-                status,
-                since,
-                differing_fields,
-                due_at,
-                cause: Cause::of(entity, &working.row, &comparison, status),
-            };
-            self.state
-                .summaries
-                .entry(entity_name.clone())
-                .or_default()
-                .transition(&working.before, &after);
+            match self.state.summaries.get_mut(&entity_name) {
+                Some(summary) => summary.transition(&working.before, &after),
+                None => self
+                    .state
+                    .summaries
+                    .entry(entity_name.clone())
+                    .or_default()
+                    .transition(&working.before, &after),
+            }
             if !working.dirty && after == working.before {
                 continue;
             }
@@ -835,6 +826,43 @@ impl<V: StateView> Planner<'_, V> {
         });
         Ok(())
     }
+}
+
+/// A record's evaluation at `clock`: status (grace applied), since when it differs, the
+/// differing fields, when a pending period ends, and the cause.
+pub fn evaluate(
+    entity: &EntityMapping,
+    row: &RecordRow,
+    clock: Timestamp,
+    grace: Duration,
+    resolve: &mut crate::record::Resolve<'_>,
+) -> RecordStatus {
+    let comparison = compare(entity, row, resolve);
+    let (status, due_at) = with_grace(comparison.status, row, clock, grace);
+    let since = match status {
+        None | Some(Status::InSync) => None,
+        Some(_) => Some(row.status.since.unwrap_or(clock)),
+    };
+    let cause = Cause::of(entity, row, &comparison, status);
+    RecordStatus {
+        status,
+        since,
+        differing_fields: comparison.differing_fields,
+        due_at,
+        cause,
+    }
+}
+
+/// Whether evaluating a stored row again would change it (its status, or a re-keying to
+/// clear): only those need a planner during a re-evaluation.
+pub fn evaluation_changes(after: &RecordStatus, row: &RecordRow) -> bool {
+    *after != row.status
+        || (after.status == Some(Status::InSync)
+            && row
+                .source
+                .iter()
+                .chain(&row.target)
+                .any(|side| side.rekeyed.is_some()))
 }
 
 /// Marks the record changed and keeps `since` at the moment the sides started to differ.
