@@ -69,9 +69,13 @@ fn the_report_equals_the_ground_truth() {
     let mut sim = SimConfig::sized(11, 400);
     sim.oversized_message_bytes = Some(100_000);
     sim.poison_per_thousand = 3.0;
-    // Systematic mapping errors: a column shift in contacts, amounts in cents in deals.
+    // Systematic mapping errors (a column shift in contacts, amounts in cents in deals,
+    // employee counts as text in companies), merges in the source only, reused target ids.
     sim.sync_shift_rate = 0.2;
     sim.sync_cents_rate = 0.2;
+    sim.sync_text_number_rate = 0.2;
+    sim.source_merge_rate = 0.05;
+    sim.target_reuse_rate = 0.03;
     let run = SimulatedRun::start("truth", &sim);
     let (broker, topics, scenario) = (&run.broker, &run.topics, &run.scenario);
 
@@ -81,6 +85,25 @@ fn the_report_equals_the_ground_truth() {
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     let report = daemon.wait_for_applied(run.distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &scenario.truth);
+    let causes: std::collections::BTreeSet<&str> = scenario
+        .truth
+        .entities
+        .values()
+        .flat_map(|entity| entity.by_cause.keys().copied())
+        .collect();
+    for injected in [
+        "id_reused",
+        "deleted_in_source_only",
+        "missed_change",
+        "non_owner_write",
+        "duplicate",
+        "unknown",
+    ] {
+        assert!(
+            causes.contains(injected),
+            "the run has no {injected}: {causes:?}"
+        );
+    }
 
     // The suspected mapping errors equal the simulator's (they are recomputed at most every
     // 5 s while data changes: the report may need one refresh after the last batch).
@@ -103,7 +126,10 @@ fn the_report_equals_the_ground_truth() {
         expected
             .iter()
             .any(|suspected| suspected.2 == "column_shift:LastName")
-            && expected.iter().any(|suspected| suspected.2 == "scaled:100"),
+            && expected.iter().any(|suspected| suspected.2 == "scaled:100")
+            && expected
+                .iter()
+                .any(|suspected| suspected.2 == "number_as_text"),
         "the injected faults are systematic enough to be suspected: {expected:?}"
     );
     let started = std::time::Instant::now();

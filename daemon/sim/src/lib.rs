@@ -65,6 +65,14 @@ pub struct SimConfig {
     pub sync_shift_rate: f64,
     /// Share of deal creates the sync layer copies with the amount in cents (×100).
     pub sync_cents_rate: f64,
+    /// Share of company creates the sync layer copies with the employee count as text.
+    pub sync_text_number_rate: f64,
+    /// Share of source records merged into another later (the sync layer does not merge
+    /// in the target: a merge on one side only).
+    pub source_merge_rate: f64,
+    /// Share of synced records whose target record is deleted by a user and created again
+    /// under the same native id for another record (an id reuse).
+    pub target_reuse_rate: f64,
     /// Share of source records deleted later.
     pub delete_rate: f64,
     /// Share of synced records a target user edits afterwards.
@@ -124,6 +132,9 @@ impl SimConfig {
             sync_duplicate_rate: 0.004,
             sync_shift_rate: 0.0,
             sync_cents_rate: 0.0,
+            sync_text_number_rate: 0.0,
+            source_merge_rate: 0.0,
+            target_reuse_rate: 0.0,
             delete_rate: 0.03,
             target_edit_rate: 0.01,
             target_only_per_thousand: 4.0,
@@ -157,6 +168,9 @@ impl SimConfig {
         self.sync_duplicate_rate = 0.0;
         self.sync_shift_rate = 0.0;
         self.sync_cents_rate = 0.0;
+        self.sync_text_number_rate = 0.0;
+        self.source_merge_rate = 0.0;
+        self.target_reuse_rate = 0.0;
         self.target_edit_rate = 0.0;
         self.target_only_per_thousand = 0.0;
         self.redelivery_rate = 0.0;

@@ -24,6 +24,8 @@ pub(crate) struct SideState {
     pub(crate) last_change: i64,
     /// The kind of writer of the latest change (`user`, `sync`, `integration`, ...).
     pub(crate) last_actor: String,
+    /// Created again under this native id for another record, after a delete.
+    pub(crate) reused: bool,
 }
 
 impl SideState {
@@ -34,6 +36,7 @@ impl SideState {
             version: 0,
             last_change: i64::MIN,
             last_actor: String::new(),
+            reused: false,
         }
     }
 }
@@ -271,6 +274,9 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
         "pending" => return "lag",
         "duplicate" => return "duplicate",
         _ => {}
+    }
+    if live_target.is_some_and(|target| target.reused) {
+        return "id_reused";
     }
     let fenced_write =
         live_target.is_some_and(|target| !matches!(target.last_actor.as_str(), "sync" | "repair"));

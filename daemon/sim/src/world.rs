@@ -53,6 +53,15 @@ enum Action {
         entity: usize,
         source_id: String,
     },
+    SourceMerge {
+        entity: usize,
+        id: String,
+    },
+    TargetReuse {
+        entity: usize,
+        source_id: String,
+        serial: u64,
+    },
 }
 
 /// One event emitted by a system's connector, with the record's true state after it.
@@ -285,6 +294,12 @@ impl<'a> World<'a> {
                 );
             }
             Action::TargetEdit { entity, source_id } => self.target_edit(at, entity, source_id),
+            Action::SourceMerge { entity, id } => self.source_merge(at, entity, id),
+            Action::TargetReuse {
+                entity,
+                source_id,
+                serial,
+            } => self.target_reuse(at, entity, source_id, serial),
             Action::TargetOnlyCreate { entity, serial } => {
                 let target_id = self.new_target_id();
                 let mut fields = Map::new();
@@ -318,6 +333,14 @@ impl<'a> World<'a> {
                 {
                     if let Some(last_name) = image.get("LastName") {
                         fields.insert("jobtitle".to_owned(), last_name.clone());
+                    }
+                }
+                if name == "company"
+                    && self.config.sync_text_number_rate > 0.0
+                    && self.rng.random_bool(self.config.sync_text_number_rate)
+                {
+                    if let Some(count) = image.get("NumberOfEmployees").and_then(Value::as_i64) {
+                        fields.insert("numberofemployees".to_owned(), json!(count.to_string()));
                     }
                 }
                 if name == "deal"
@@ -502,9 +525,30 @@ impl<'a> World<'a> {
                 },
             );
         }
+        if self.config.target_reuse_rate > 0.0
+            && self.rng.random_bool(self.config.target_reuse_rate)
+        {
+            let when = self.random_time(
+                at + self.config.max_sync_delay_seconds * NANOS * 3,
+                end + NANOS,
+            );
+            self.schedule(
+                when,
+                Action::TargetReuse {
+                    entity,
+                    source_id: id.clone(),
+                    serial,
+                },
+            );
+        }
         if self.rng.random_bool(self.config.delete_rate) {
             let when = self.random_time(last + NANOS, end + 2 * NANOS);
             self.schedule(when, Action::SourceDelete { entity, id });
+        } else if self.config.source_merge_rate > 0.0
+            && self.rng.random_bool(self.config.source_merge_rate)
+        {
+            let when = self.random_time(last + NANOS, end + 2 * NANOS);
+            self.schedule(when, Action::SourceMerge { entity, id });
         }
     }
 
@@ -557,6 +601,72 @@ impl<'a> World<'a> {
                 changes: copied,
                 full,
             },
+        );
+    }
+
+    /// The source merges a record into the entity's first record; the sync layer does not
+    /// merge in the target.
+    fn source_merge(&mut self, at: i64, entity: usize, id: String) {
+        let Some(state) = self.source.get_mut(&(entity, id.clone())) else {
+            return;
+        };
+        if state.deleted {
+            return;
+        }
+        state.deleted = true;
+        self.emit(
+            SimSystem::Source,
+            (entity, &id),
+            "merge",
+            at,
+            None,
+            ("user", "crm-user"),
+        );
+        if let Some(emitted) = self.emitted.last_mut() {
+            emitted.body["merged_into"] =
+                json!(format!("{}-{:06}", id_prefix(&ENTITIES[entity]), 1));
+        }
+    }
+
+    /// A target user deletes a synced record and creates another record under the same
+    /// native id, for a key the source does not have.
+    fn target_reuse(&mut self, at: i64, entity: usize, source_id: String, serial: u64) {
+        let Some(target_id) = self.live_links(entity, &source_id).into_iter().next() else {
+            return;
+        };
+        self.target
+            .get_mut(&(entity, target_id.clone()))
+            .expect("linked records exist")
+            .deleted = true;
+        self.emit(
+            SimSystem::Target,
+            (entity, &target_id),
+            "delete",
+            at,
+            None,
+            ("user", "target-user"),
+        );
+        if let Some(links) = self.links.get_mut(&(entity, source_id)) {
+            links.retain(|linked| *linked != target_id);
+        }
+        let state = self
+            .target
+            .get_mut(&(entity, target_id.clone()))
+            .expect("linked records exist");
+        state.deleted = false;
+        state.reused = true;
+        state.fields.insert(
+            LEGACY_ID_FIELD.to_owned(),
+            json!(format!("X-R-{serial:06}")),
+        );
+        let image = state.fields.clone();
+        self.emit(
+            SimSystem::Target,
+            (entity, &target_id),
+            "create",
+            at,
+            Some((image, false)),
+            ("user", "target-user"),
         );
     }
 

@@ -446,6 +446,7 @@ fn set_schema_version(directory: &std::path::Path, version: u32) -> Option<u32> 
             "writers",
             "cutover_outbox",
             "command_outbox",
+            "report_history",
         ],
     )
     .unwrap();
