@@ -294,11 +294,12 @@ pub(crate) fn report_of(
 
 /// Mismatches examined per field for systematic patterns.
 const PATTERN_SAMPLE: usize = 2_000;
-/// The patterns are looked for again at most this often while the data changes.
+/// While ingestion catches up, the patterns are looked for again at most this often.
 const PATTERN_REFRESH: Duration = Duration::from_secs(5);
 
 /// Systematic mapping errors, from a sample of each field's mismatches; kept while the data
-/// does not change, and recomputed at most every [`PATTERN_REFRESH`] while it does.
+/// does not change, recomputed when it did (at most every [`PATTERN_REFRESH`] while
+/// ingestion catches up).
 fn suspected_mapping_errors(
     context: &ApiContext,
     snapshot: &tandem_store::ReadSnapshot<'_>,
@@ -321,7 +322,11 @@ fn suspected_mapping_errors(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((at, cached_version, found)) = &*cache {
-        if *cached_version == version || at.elapsed() < PATTERN_REFRESH {
+        // While catching up the data changes with every batch: at most every
+        // PATTERN_REFRESH. Once caught up, whenever it changed.
+        if *cached_version == version
+            || (at.elapsed() < PATTERN_REFRESH && !report.ingest.caught_up)
+        {
             return Ok(found.clone());
         }
     }

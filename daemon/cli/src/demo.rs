@@ -69,6 +69,11 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     let brokers = cluster.bootstrap_servers();
 
     let mut sim = SimConfig::demo(options.seed);
+    // A sync layer with systematic mapping errors too: the report suspects them.
+    sim.sync_shift_rate = 0.2;
+    sim.sync_cents_rate = 0.2;
+    sim.source_merge_rate = 0.02;
+    sim.target_reuse_rate = 0.01;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("system clock before 1970")?
