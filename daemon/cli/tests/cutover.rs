@@ -34,6 +34,13 @@ fn from_now(minutes: i64) -> String {
     tandem_core::Timestamp::from_unix_millis(now.unix_millis() + minutes * 60_000).to_rfc3339()
 }
 
+/// The next millisecond: a write made just after a step, never within the step's millisecond
+/// (these event times are kept to the millisecond, step times to the nanosecond).
+fn just_after_now() -> String {
+    let now = tandem_core::Timestamp::from_system_time(std::time::SystemTime::now());
+    tandem_core::Timestamp::from_unix_millis(now.unix_millis() + 1).to_rfc3339()
+}
+
 fn event(event_id: &str, id: &str, op: &str, minute: i64, fields: Value, actor: Value) -> Value {
     json!({"event_id": event_id, "entity": "contact", "id": id, "op": op,
         "occurred_at": at(minute), "external_id": if id.starts_with('L') { json!(id) } else { Value::Null },
@@ -209,7 +216,7 @@ fn a_full_cutover_rehearsal() {
         json!({"Email": "a@x.io"}),
         user.clone(),
     );
-    frozen_write["occurred_at"] = json!(from_now(0));
+    frozen_write["occurred_at"] = json!(just_after_now());
     common::produce_json(broker.bootstrap(), &topics.source, &[frozen_write]);
     daemon.wait_for_applied(5, DEADLINE);
     let violations: ViolationList = daemon.get("/v1/violations");
@@ -244,7 +251,7 @@ fn a_full_cutover_rehearsal() {
         json!({"email": "b@x.io", "legacy_id": "L2"}),
         json!({"kind": "repair", "id": "fix-emails"}),
     );
-    repair["occurred_at"] = json!(from_now(0));
+    repair["occurred_at"] = json!(just_after_now());
     common::produce_json(broker.bootstrap(), &topics.target, &[repair]);
     daemon.wait_for_applied(6, DEADLINE);
     wait_for("every gate green", DEADLINE, || {
@@ -279,7 +286,7 @@ fn a_full_cutover_rehearsal() {
     assert!(view.triggers_fired.is_empty(), "{:?}", view.triggers_fired);
 
     // The sync layer still writes with the epoch it got before the flip: fenced.
-    let flipped_at = from_now(0);
+    let flipped_at = just_after_now();
     let mut stale_epoch = event(
         "t3",
         "T1",
