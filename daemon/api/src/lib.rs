@@ -280,16 +280,14 @@ pub(crate) fn report_of(
             snapshot.oldest_divergence(&entity.name)?,
         );
     }
-    let mut report = build_report(
+    Ok(build_report(
         &context.mapping,
         &context.labels,
         context.grace.as_secs(),
         &stored,
         &context.status.snapshot(),
         now(),
-    );
-    report.suspected_mapping_errors = suspected_mapping_errors(context, snapshot, &report)?;
-    Ok(report)
+    ))
 }
 
 /// Mismatches examined per field for systematic patterns.
@@ -355,14 +353,11 @@ fn suspected_mapping_errors(
                 let Some(row) = snapshot.record(&entity.name, &item.join_key)? else {
                     continue;
                 };
-                let live = |sides: &[tandem_core::SideRecord]| {
-                    sides
-                        .iter()
-                        .find(|side| !side.deleted)
-                        .map(|side| side.fields.clone())
-                        .unwrap_or_default()
-                };
-                rows.push((item.join_key, live(&row.source), live(&row.target)));
+                rows.push((
+                    item.join_key,
+                    row.live_fields(System::Source).clone(),
+                    row.live_fields(System::Target).clone(),
+                ));
             }
             found.extend(tandem_core::patterns::suspect(&entity.name, rule, &rows));
         }
@@ -417,10 +412,18 @@ async fn post_reevaluate(
     .await
 }
 
+/// `GET /v1/report`: the report with the suspected mapping errors, which only this answer
+/// carries (gates, metrics and the history do not need them).
 async fn get_report(State(context): State<Arc<ApiContext>>) -> Result<Json<Report>, ApiError> {
-    blocking(move || current_report(&context).map_err(ApiError::internal))
-        .await
-        .map(Json)
+    blocking(move || {
+        let snapshot = context.store.read();
+        let mut report = report_of(&context, &snapshot).map_err(ApiError::internal)?;
+        report.suspected_mapping_errors =
+            suspected_mapping_errors(&context, &snapshot, &report).map_err(ApiError::internal)?;
+        Ok(report)
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,15 +544,8 @@ async fn get_divergences(
             ) else {
                 continue;
             };
-            let empty = tandem_core::Fields::new();
-            fn live(sides: &[tandem_core::SideRecord]) -> Option<&tandem_core::Fields> {
-                sides
-                    .iter()
-                    .find(|side| !side.deleted)
-                    .map(|side| &side.fields)
-            }
-            let source = live(&row.source).unwrap_or(&empty);
-            let target = live(&row.target).unwrap_or(&empty);
+            let source = row.live_fields(System::Source);
+            let target = row.live_fields(System::Target);
             for rule in rules
                 .fields
                 .iter()
@@ -604,15 +600,12 @@ async fn get_record(
         let history = snapshot
             .history(&entity, &row)
             .map_err(ApiError::internal)?;
-        let first_live = |system: System| row.side(system).iter().find(|side| !side.deleted);
-        let (source, target) = (first_live(System::Source), first_live(System::Target));
         let diff = mapping
             .fields
             .iter()
             .map(|field| {
-                let empty = tandem_core::Fields::new();
-                let source_fields = source.map_or(&empty, |side| &side.fields);
-                let target_fields = target.map_or(&empty, |side| &side.fields);
+                let source_fields = row.live_fields(System::Source);
+                let target_fields = row.live_fields(System::Target);
                 let expected = field.expected_target(source_fields);
                 FieldDiff {
                     field: field.target.clone(),

@@ -41,7 +41,7 @@ pub struct Report {
     pub last_reevaluation: Option<Reevaluation>,
     /// Patterns most mismatches of a field share (the target holds another source field,
     /// amounts scaled by 100, times shifted by a zone offset, ...), per entity and field,
-    /// from a sample of up to 2,000 mismatches per field.
+    /// from a sample of up to 2,000 mismatches per field (in `GET /v1/report` only).
     #[serde(default)]
     pub suspected_mapping_errors: Vec<tandem_core::patterns::SuspectedMappingError>,
 }

@@ -14,7 +14,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tandem_core::record::Cause;
-use tandem_core::{EntityMapping, RecordRow, Status};
+use tandem_core::{EntityMapping, RecordRow, Status, System};
 
 use crate::{blocking, ApiContext, ApiError};
 
@@ -113,10 +113,6 @@ pub(crate) async fn get_spotcheck(
     blocking(move || sample(&context, &mapping, n).map(Json)).await
 }
 
-fn live(sides: &[tandem_core::SideRecord]) -> Option<&tandem_core::SideRecord> {
-    sides.iter().find(|side| !side.deleted)
-}
-
 fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spotcheck, ApiError> {
     let snapshot = context.store.read();
     // Bottom-k by a per-request random hash of the join key: a uniform sample of what is
@@ -145,8 +141,8 @@ fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spo
         .filter(|field| field.critical)
         .collect();
     let holds = |row: &RecordRow, field: &tandem_core::mapping::FieldMapping| match (
-        live(&row.source),
-        live(&row.target),
+        row.live(System::Source),
+        row.live(System::Target),
     ) {
         (Some(source), Some(target)) => {
             !field.source_value(&source.fields).is_null()
@@ -204,9 +200,8 @@ fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spo
         .into_iter()
         .map(|index| {
             let (_, join_key, row) = &candidates[index];
-            let empty = tandem_core::Fields::new();
-            let source = live(&row.source).map_or(&empty, |side| &side.fields);
-            let target = live(&row.target).map_or(&empty, |side| &side.fields);
+            let source = row.live_fields(System::Source);
+            let target = row.live_fields(System::Target);
             let ids = |sides: &[tandem_core::SideRecord]| {
                 sides
                     .iter()
@@ -230,7 +225,7 @@ fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spo
                         critical: field.critical,
                         source: field.source_value(source),
                         target: target.get(&field.target).cloned().unwrap_or(Value::Null),
-                        equal: match (live(&row.source), live(&row.target)) {
+                        equal: match (row.live(System::Source), row.live(System::Target)) {
                             // References are resolved when records are evaluated.
                             (Some(_), Some(_)) if field.reference.is_some() => {
                                 !row.status.differing_fields.contains(&field.target)

@@ -543,7 +543,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 (Some(_), _) => {}
                 (None, Format::Json) if all => {}
                 (None, Format::Json) => render::json(&mut out, &items)?,
-                (None, other) => render::divergences(&mut out, &items, other)?,
+                (None, _) => render::divergences(&mut out, &items)?,
             }
             Ok(ExitCode::SUCCESS)
         }

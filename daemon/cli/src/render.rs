@@ -59,6 +59,26 @@ pub fn json<T: Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A row of a counts table: its label, records, parity and the records of every status.
+fn counts_row(
+    label: String,
+    records: u64,
+    parity: f64,
+    counts: &std::collections::BTreeMap<Status, u64>,
+) -> Vec<String> {
+    let mut row = vec![
+        label,
+        records.to_string(),
+        format!("{:.2}%", parity * 100.0),
+    ];
+    row.extend(
+        Status::ALL
+            .iter()
+            .map(|status| counts.get(status).copied().unwrap_or(0).to_string()),
+    );
+    row
+}
+
 /// The report as a table, per entity, then ingest figures.
 pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
     let mut header = vec!["entity", "records", "parity"];
@@ -70,16 +90,7 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
                        parity: f64,
                        counts: &std::collections::BTreeMap<Status, u64>,
                        oldest: String| {
-        let mut row = vec![
-            name.to_owned(),
-            records.to_string(),
-            format!("{:.2}%", parity * 100.0),
-        ];
-        row.extend(
-            Status::ALL
-                .iter()
-                .map(|status| counts.get(status).copied().unwrap_or(0).to_string()),
-        );
+        let mut row = counts_row(name.to_owned(), records, parity, counts);
         row.push(oldest);
         entities.add_row(row);
     };
@@ -305,11 +316,7 @@ pub fn report_csv(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
 }
 
 /// Divergent records as a table.
-pub fn divergences(
-    out: &mut impl Write,
-    items: &[DivergenceEntry],
-    _format: Format,
-) -> anyhow::Result<()> {
+pub fn divergences(out: &mut impl Write, items: &[DivergenceEntry]) -> anyhow::Result<()> {
     let mut output = table(&[
         "entity",
         "join_key",
@@ -825,17 +832,7 @@ pub fn history(
         header.extend(Status::ALL.iter().map(|status| status.as_str()));
         let mut rows = table(&header);
         for (at, records, parity, by_status) in series.iter().rev().take(24).rev() {
-            let mut row = vec![
-                at.to_string(),
-                records.to_string(),
-                format!("{:.2}%", parity * 100.0),
-            ];
-            row.extend(
-                Status::ALL
-                    .iter()
-                    .map(|status| by_status.get(status).copied().unwrap_or(0).to_string()),
-            );
-            rows.add_row(row);
+            rows.add_row(counts_row(at.to_string(), *records, *parity, by_status));
         }
         right(&mut rows, 1);
         writeln!(out, "{rows}")?;

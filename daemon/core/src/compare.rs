@@ -616,9 +616,8 @@ mod tests {
         }
 
         #[test]
-        fn a_value_equals_itself_and_its_normal_form(value in crm_value()) {
+        fn a_value_equals_its_normal_form(value in crm_value()) {
             for rule in every_rule() {
-                proptest::prop_assert!(rule.equal(&value, &value), "{:?}: {} != itself", rule, value);
                 let normal = rule.normalize(&value);
                 proptest::prop_assert!(rule.equal(&value, &normal), "{:?}: {} != {}", rule, value, normal);
             }

@@ -297,10 +297,7 @@ impl Cause {
             Status::Unverified => return Some(Cause::Unknown),
             _ => {}
         }
-        fn live(sides: &[SideRecord]) -> Option<&SideRecord> {
-            sides.iter().find(|side| !side.deleted)
-        }
-        let (source, target) = (live(&row.source), live(&row.target));
+        let (source, target) = (row.live(System::Source), row.live(System::Target));
         let live_sides = || source.into_iter().chain(target);
         if let Some(rekey) = live_sides().find_map(|side| side.rekeyed.as_ref()) {
             return Some(if rekey.recreated {
@@ -388,6 +385,18 @@ impl RecordRow {
             System::Source => &mut self.source,
             System::Target => &mut self.target,
         }
+    }
+
+    /// The first live (not deleted) native record of one side: the one compared.
+    pub fn live(&self, system: System) -> Option<&SideRecord> {
+        self.side(system).iter().find(|side| !side.deleted)
+    }
+
+    /// The fields of [`RecordRow::live`], empty when the side has no live record.
+    pub fn live_fields(&self, system: System) -> &Fields {
+        static EMPTY: std::sync::OnceLock<Fields> = std::sync::OnceLock::new();
+        self.live(system)
+            .map_or_else(|| EMPTY.get_or_init(Fields::new), |side| &side.fields)
     }
 
     /// Whether any native record remains on either side.

@@ -154,6 +154,20 @@ impl ApplyLoop {
         }
     }
 
+    /// The store as the planner sees it: with the batches in flight laid over it.
+    fn view(&self) -> OverlayView<'_> {
+        OverlayView {
+            store: &self.store,
+            in_flight: &self.in_flight,
+        }
+    }
+
+    /// A planner starting from the current state, with the configured rules.
+    fn planner<'s>(&'s self, view: &'s OverlayView<'s>) -> Planner<'s, OverlayView<'s>> {
+        Planner::new(&self.mapping, self.settings.grace, view, self.state.clone())
+            .with_ownership(&self.settings.ownership)
+    }
+
     /// Waits until every batch in flight is durable.
     fn drain(&mut self) -> Result<()> {
         while !self.in_flight.is_empty() {
@@ -325,17 +339,8 @@ impl ApplyLoop {
                 // Decoding and comparing take the time: both cores do it, and only the
                 // records whose evaluation changes go through a planner.
                 let chunk = changed_rows(&rules, &store, encoded, clock, self.settings.grace)?;
-                let view = OverlayView {
-                    store: &self.store,
-                    in_flight: &self.in_flight,
-                };
-                let mut planner = Planner::new(
-                    &self.mapping,
-                    self.settings.grace,
-                    &view,
-                    self.state.clone(),
-                )
-                .with_ownership(&self.settings.ownership);
+                let view = self.view();
+                let mut planner = self.planner(&view);
                 for (join_key, row) in chunk {
                     planner.reevaluate_row(&entity, join_key, row);
                 }
@@ -399,17 +404,8 @@ impl ApplyLoop {
         let started = Instant::now();
         self.watch_disk();
         let batch = self.drop_replays(batch);
-        let view = OverlayView {
-            store: &self.store,
-            in_flight: &self.in_flight,
-        };
-        let mut planner = Planner::new(
-            &self.mapping,
-            self.settings.grace,
-            &view,
-            self.state.clone(),
-        )
-        .with_ownership(&self.settings.ownership);
+        let view = self.view();
+        let mut planner = self.planner(&view);
         if let Some((order, outcome)) = transition {
             let at = Timestamp::from_system_time(std::time::SystemTime::now());
             *outcome = Some(planner.transition(order, at));

@@ -512,31 +512,23 @@ impl<'a> World<'a> {
                 },
             );
         }
+        // Target-side actions come once the sync layer has surely copied the create.
+        let synced = at + self.config.max_sync_delay_seconds * NANOS * 3;
         if self.rng.random_bool(self.config.target_edit_rate) {
-            let when = self.random_time(
-                at + self.config.max_sync_delay_seconds * NANOS * 3,
-                end + NANOS,
-            );
-            self.schedule(
-                when,
-                Action::TargetEdit {
-                    entity,
-                    source_id: id.clone(),
-                },
-            );
+            let when = self.random_time(synced, end + NANOS);
+            let source_id = id.clone();
+            self.schedule(when, Action::TargetEdit { entity, source_id });
         }
         if self.config.target_reuse_rate > 0.0
             && self.rng.random_bool(self.config.target_reuse_rate)
         {
-            let when = self.random_time(
-                at + self.config.max_sync_delay_seconds * NANOS * 3,
-                end + NANOS,
-            );
+            let when = self.random_time(synced, end + NANOS);
+            let source_id = id.clone();
             self.schedule(
                 when,
                 Action::TargetReuse {
                     entity,
-                    source_id: id.clone(),
+                    source_id,
                     serial,
                 },
             );

@@ -788,7 +788,7 @@ impl<V: StateView> Planner<'_, V> {
             return Ok(());
         };
         let record = self.working_record(&entity.name, &join_key)?;
-        let Some(owner_side) = record.row.side(owner).iter().find(|side| !side.deleted) else {
+        let Some(owner_side) = record.row.live(owner) else {
             return Ok(());
         };
         // The touched fields of the written record, set to what the owner's record says
