@@ -160,7 +160,18 @@ fn stream_rows(
                     return;
                 }
             };
-            for delta in delta_rows(entity, &join_key, &row, system, since) {
+            // A reference becomes the other system's id of the record joined to the one
+            // it points at.
+            let mut translate = |referenced: &str, native_id: &str| {
+                let key = snapshot.join_key(system, referenced, native_id).ok()??;
+                let row = snapshot.record(referenced, &key).ok()??;
+                let mut live = row.side(system.other()).iter().filter(|side| !side.deleted);
+                match (live.next(), live.next()) {
+                    (Some(only), None) => Some(only.native_id.clone()),
+                    _ => None,
+                }
+            };
+            for delta in delta_rows(entity, &join_key, &row, system, since, &mut translate) {
                 if csv {
                     chunk.extend_from_slice(csv_line(&delta).as_bytes());
                 } else {

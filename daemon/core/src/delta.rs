@@ -59,14 +59,31 @@ fn changed_at(side: &SideRecord) -> Timestamp {
         })
 }
 
+/// Finds, for a record of the changed system that a `ref` field points at (`entity`,
+/// native id), the native id of the record joined to it in the other system.
+pub type Translate<'t> = dyn FnMut(&str, &str) -> Option<String> + 't;
+
+/// A reference carried across: the other system's id of the record it points at; `None`
+/// when that record has no single live counterpart there.
+fn translated(value: &Value, entity: &str, translate: &mut Translate<'_>) -> Option<Value> {
+    let id = match value {
+        Value::Null => return Some(Value::Null),
+        Value::String(id) if !id.is_empty() => id.clone(),
+        Value::Number(id) => id.to_string(),
+        _ => return None,
+    };
+    translate(entity, &id).map(Value::String)
+}
+
 /// The rows of one record: one per native record of `changed` that changed at or after
-/// `since`.
+/// `since`. A `ref` field carries the other system's id of the record it points at.
 pub fn delta_rows(
     entity: &EntityMapping,
     join_key: &str,
     row: &RecordRow,
     changed: System,
     since: Timestamp,
+    translate: &mut Translate<'_>,
 ) -> Vec<DeltaRow> {
     let other = changed.other();
     let other_side = row.side(other);
@@ -83,6 +100,21 @@ pub fn delta_rows(
             let mut fields = BTreeMap::new();
             let mut lossy_fields = Vec::new();
             for rule in &entity.fields {
+                if let Some(referenced) = &rule.reference {
+                    let (from, to) = match changed {
+                        System::Target => (rule.target.clone(), rule.source.to_string()),
+                        System::Source => (rule.source.to_string(), rule.target.clone()),
+                    };
+                    if let Some(value) = side.fields.get(&from) {
+                        match translated(value, referenced, translate) {
+                            Some(value) => {
+                                fields.insert(to, value);
+                            }
+                            None => lossy_fields.push(to),
+                        }
+                    }
+                    continue;
+                }
                 match changed {
                     System::Target if side.fields.contains_key(&rule.target) => {
                         match rule.back_to_source(&side.fields) {
@@ -168,6 +200,47 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_comes_back_as_the_other_systems_id() {
+        let mut entity = contact();
+        let mut company = FieldMapping::exact("AccountId", "company_id");
+        company.reference = Some("company".to_owned());
+        entity.fields.push(company);
+        let since = Timestamp::from_unix_millis(0);
+        // Target company 9A is joined to source company 001A; 9Z has no live source record.
+        let mut translate = |referenced: &str, id: &str| {
+            assert_eq!(referenced, "company");
+            (id == "9A").then(|| "001A".to_owned())
+        };
+        let rows = |fields: Value, translate: &mut Translate<'_>| {
+            let row = RecordRow {
+                source: Vec::new(),
+                target: vec![side("T1", 1, fields, false)],
+                status: RecordStatus::default(),
+            };
+            let delta = delta_rows(&entity, "L1", &row, System::Target, since, translate);
+            (delta[0].fields.clone(), delta[0].lossy_fields.clone())
+        };
+        assert_eq!(
+            rows(serde_json::json!({"company_id": "9A"}), &mut translate),
+            (
+                BTreeMap::from([("AccountId".to_owned(), serde_json::json!("001A"))]),
+                Vec::new()
+            )
+        );
+        assert_eq!(
+            rows(serde_json::json!({"company_id": null}), &mut translate),
+            (
+                BTreeMap::from([("AccountId".to_owned(), Value::Null)]),
+                Vec::new()
+            )
+        );
+        assert_eq!(
+            rows(serde_json::json!({"company_id": "9Z"}), &mut translate),
+            (BTreeMap::new(), vec!["AccountId".to_owned()])
+        );
+    }
+
+    #[test]
     fn target_changes_since_the_flip_come_back_in_source_names() {
         let since = Timestamp::from_unix_millis(10 * 60_000);
         let row = RecordRow {
@@ -188,7 +261,14 @@ mod tests {
             ],
             status: RecordStatus::default(),
         };
-        let rows = delta_rows(&contact(), "L1", &row, System::Target, since);
+        let rows = delta_rows(
+            &contact(),
+            "L1",
+            &row,
+            System::Target,
+            since,
+            &mut |_, _| None,
+        );
         assert_eq!(
             rows,
             vec![DeltaRow {
@@ -214,12 +294,27 @@ mod tests {
             target: vec![side("T2", 15, serde_json::json!({}), true)],
             status: RecordStatus::default(),
         };
-        let rows = delta_rows(&contact(), "L2", &deleted, System::Target, since);
+        let rows = delta_rows(
+            &contact(),
+            "L2",
+            &deleted,
+            System::Target,
+            since,
+            &mut |_, _| None,
+        );
         assert_eq!(
             (rows.len(), rows[0].action, rows[0].also_changed_in_other),
             (1, DeltaAction::Delete, false)
         );
-        assert!(delta_rows(&contact(), "L2", &deleted, System::Source, since).is_empty());
+        assert!(delta_rows(
+            &contact(),
+            "L2",
+            &deleted,
+            System::Source,
+            since,
+            &mut |_, _| None
+        )
+        .is_empty());
     }
 
     #[test]
@@ -233,7 +328,14 @@ mod tests {
             target: vec![revealed],
             status: RecordStatus::default(),
         };
-        let rows = delta_rows(&contact(), "L3", &row, System::Target, since);
+        let rows = delta_rows(
+            &contact(),
+            "L3",
+            &row,
+            System::Target,
+            since,
+            &mut |_, _| None,
+        );
         assert_eq!(
             rows.iter()
                 .map(|row| (row.native_id.as_str(), row.changed_at, row.fields.clone()))
@@ -246,6 +348,14 @@ mod tests {
         );
         // Before the reading, nothing said it changed.
         let later = Timestamp::from_unix_millis(21 * 60_000);
-        assert!(delta_rows(&contact(), "L3", &row, System::Target, later).is_empty());
+        assert!(delta_rows(
+            &contact(),
+            "L3",
+            &row,
+            System::Target,
+            later,
+            &mut |_, _| None
+        )
+        .is_empty());
     }
 }

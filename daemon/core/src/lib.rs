@@ -24,7 +24,7 @@ pub mod time;
 pub use apply::{Input, Outcome, Plan, Planner, StateView};
 pub use event::{ChangeEvent, DeadLetterReason, DecodeError, Fields, Op};
 pub use mapping::{EntityMapping, JoinKeySource, Mapping};
-pub use record::{RecordRow, RecordStatus, SideRecord, Status};
+pub use record::{RecordRow, RecordStatus, Reference, SideRecord, Status};
 pub use summary::{ApplyState, EntitySummary, IngestCounters};
 pub use system::System;
 pub use time::Timestamp;

@@ -14,7 +14,7 @@ use crate::system::System;
 
 /// The version of the comparison and cause logic: moved on whenever a release changes how a
 /// stored record evaluates, so that stores evaluated by an older release are evaluated again.
-pub const RULES_VERSION: &str = "rules-2";
+pub const RULES_VERSION: &str = "rules-3";
 
 /// Where one system's records carry the join key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -490,6 +490,8 @@ pub enum MappingError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     entities: BTreeMap<String, EntityMapping>,
+    /// Entities some `ref` field points at.
+    referenced: BTreeSet<String>,
 }
 
 impl Mapping {
@@ -542,7 +544,21 @@ impl Mapping {
             }
             by_name.insert(entity.name.clone(), entity);
         }
-        Ok(Mapping { entities: by_name })
+        let referenced = by_name
+            .values()
+            .flat_map(|entity| &entity.fields)
+            .filter_map(|field| field.reference.clone())
+            .collect();
+        Ok(Mapping {
+            entities: by_name,
+            referenced,
+        })
+    }
+
+    /// Whether some `ref` field points at records of this entity: a record of it that comes
+    /// under a (new) join key changes how references to it resolve.
+    pub fn is_referenced(&self, entity: &str) -> bool {
+        self.referenced.contains(entity)
     }
 
     /// The mapping of one entity, if it is configured.

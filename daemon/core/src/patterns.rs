@@ -28,7 +28,7 @@ pub struct SuspectedMappingError {
     /// The target field.
     pub field: String,
     /// The pattern, machine-readable: `column_shift:<source field>`, `scaled:<factor>`,
-    /// `time_shift:<±HH:MM>`, `number_as_text`, `case_or_spaces`.
+    /// `time_shift:<±HH:MM>`, `number_as_text`, `case_or_spaces`, `untranslated_reference`.
     pub pattern: String,
     /// The pattern in words, with what to do.
     pub description: String,
@@ -62,6 +62,14 @@ fn patterns_of(
 ) -> Vec<String> {
     let mut found = Vec::new();
     if held.is_null() {
+        return found;
+    }
+    if rule.reference.is_some() {
+        // An id says nothing by its digits: the one pattern is the source's own id copied
+        // across untranslated.
+        if Comparer::Trim.equal(expected, held) {
+            found.push("untranslated_reference".to_owned());
+        }
         return found;
     }
     // Another source field's value landed here.
@@ -132,6 +140,11 @@ fn describe(entity: &str, rule: &FieldMapping, pattern: &str) -> String {
         Some(("time_shift", offset)) => format!(
             "{entity}.{field} is the source's `{}` shifted by {offset}: a time-zone conversion in the sync layer (or set `zone` if the target stores local time)",
             rule.source
+        ),
+        _ if pattern == "untranslated_reference" => format!(
+            "{entity}.{field} holds the source's own id from `{}`, not the id of the joined {} record in the target: the sync layer copies references without translating them",
+            rule.source,
+            rule.reference.as_deref().unwrap_or("referenced")
         ),
         _ if pattern == "number_as_text" => format!(
             "{entity}.{field} holds the source's number as text: set compare = \"decimal\" if that is acceptable, or fix the field type"
@@ -316,5 +329,34 @@ mod tests {
             )
         });
         assert_eq!(suspect("deal", &name, &rows)[0].pattern, "case_or_spaces");
+    }
+
+    #[test]
+    fn a_source_id_copied_into_a_reference_is_named_and_its_digits_are_not_read() {
+        let mut company = FieldMapping::exact("AccountId", "company_id");
+        company.reference = Some("company".to_owned());
+        // Four of five deals hold the source's company id; the fifth holds a target id that
+        // happens to be the source id times 100, which is not a pattern for an id.
+        let rows = mismatches(5, 5, |index| {
+            let source = 1000 + index as i64;
+            let held = if index < 4 {
+                json!(source.to_string())
+            } else {
+                json!(source * 100)
+            };
+            (
+                json!({"AccountId": source.to_string()}),
+                json!({"company_id": held}),
+            )
+        });
+        let found = suspect("deal", &company, &rows);
+        assert_eq!(
+            found
+                .iter()
+                .map(|found| (found.pattern.as_str(), found.matching))
+                .collect::<Vec<_>>(),
+            [("untranslated_reference", 4)]
+        );
+        assert!(found[0].description.contains("without translating"));
     }
 }

@@ -430,6 +430,23 @@ impl Comparison {
 /// Finds the join key of a native record: `(system, entity, native id)` to its key.
 pub type Resolve<'r> = dyn FnMut(System, &str, &str) -> Option<String> + 'r;
 
+/// A record whose evaluation looked up another record through a `ref` field: when the
+/// referenced native record comes under a (new) join key, the referencing record is
+/// evaluated again.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reference {
+    /// The system of the referenced record.
+    pub system: System,
+    /// Its entity.
+    pub entity: String,
+    /// Its native id.
+    pub native_id: String,
+    /// The entity of the referencing record.
+    pub from_entity: String,
+    /// The join key of the referencing record.
+    pub from_key: String,
+}
+
 /// Compares the two sides of a record field by field, through each field's rule: the
 /// source's value (joined and mapped as configured) against the target's, with the rule's
 /// normalizer. An absent field equals `null`. A reference field (`ref`) is equal when both

@@ -413,16 +413,16 @@ fn a_gap_leaves_the_cause_unknown_until_the_record_is_read_again() {
     );
 }
 
-#[test]
-fn a_reference_to_another_record_than_the_joined_one_is_broken() {
-    // Deals point at companies; a company is joined by external id / legacy_id too.
+/// Contacts point at companies (`AccountId` / `company_id`, `ref = "company"`); both are
+/// joined by external id / legacy_id.
+fn reference_mapping() -> Mapping {
     let join = || JoinSpec {
         source: JoinKeySource::ExternalId,
         target: JoinKeySource::Field("legacy_id".to_owned()),
     };
     let mut company_ref = FieldMapping::exact("AccountId", "company_id");
     company_ref.reference = Some("company".to_owned());
-    let mapping = Mapping::try_new(vec![
+    Mapping::try_new(vec![
         EntityMapping {
             name: "company".to_owned(),
             join: join(),
@@ -434,15 +434,33 @@ fn a_reference_to_another_record_than_the_joined_one_is_broken() {
             fields: vec![company_ref],
         },
     ])
-    .unwrap();
-    let company = |system: System, event_id: &str, id: &str, key: &str| {
-        let mut value = json!({"event_id": event_id, "entity": "company", "id": id, "op": "create",
-            "occurred_at": at(0).to_rfc3339(), "fields": {"Name": key, "name": key, "legacy_id": key}});
-        if system == System::Source {
-            value["external_id"] = json!(key);
-        }
-        (system, event(value))
-    };
+    .unwrap()
+}
+
+/// A company `op` (create or delete) at `minute` under join key `key`.
+fn company_at(
+    system: System,
+    event_id: &str,
+    id: &str,
+    key: &str,
+    op: &str,
+    minute: i64,
+) -> (System, ChangeEvent) {
+    let mut value = json!({"event_id": event_id, "entity": "company", "id": id, "op": op,
+        "occurred_at": at(minute).to_rfc3339()});
+    if op != "delete" {
+        value["fields"] = json!({"Name": key, "name": key, "legacy_id": key});
+    }
+    if system == System::Source {
+        value["external_id"] = json!(key);
+    }
+    (system, event(value))
+}
+
+#[test]
+fn a_reference_to_another_record_than_the_joined_one_is_broken() {
+    let mapping = reference_mapping();
+    let company = |system, event_id, id, key| company_at(system, event_id, id, key, "create", 0);
     let mut state = MemoryState::default();
     state.apply_batch_at(
         &mapping,
@@ -519,6 +537,67 @@ fn a_reference_to_another_record_than_the_joined_one_is_broken() {
             "{broken}"
         );
     }
+}
+
+#[test]
+fn a_reference_is_judged_again_when_the_record_it_points_at_arrives_or_changes_key() {
+    let mapping = reference_mapping();
+    let mut state = MemoryState::default();
+    // The contacts arrive before the companies they point at (another partition, or a
+    // lagging connector): the references cannot be resolved yet.
+    state.apply_batch_at(
+        &mapping,
+        &[
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                2,
+                json!({"company_id": "9A", "legacy_id": "L1"}),
+                "sync",
+            ),
+        ],
+        Some(at(30)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::BrokenReference))
+    );
+    // The companies arrive in a later batch: L1 is evaluated again without an event of its
+    // own, and both sides point at the records joined under A-1.
+    state.apply_batch_at(
+        &mapping,
+        &[
+            company_at(System::Source, "c1", "001A", "A-1", "create", 0),
+            company_at(System::Target, "c2", "9A", "A-1", "create", 0),
+        ],
+        Some(at(31)),
+    );
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+    // A target user deletes company 9A and creates another company under the same id: the
+    // target's reference now points at the record joined under X-9, not A-1.
+    state.apply_batch_at(
+        &mapping,
+        &[
+            company_at(System::Target, "c3", "9A", "A-1", "delete", 40),
+            company_at(System::Target, "c4", "9A", "X-9", "create", 41),
+        ],
+        Some(at(42)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::BrokenReference))
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use tandem_core::{ApplyState, Input, Mapping, Planner, System, Timestamp};
+use tandem_core::{ApplyState, Input, Mapping, Planner, Reference, System, Timestamp};
 use tandem_store::{NextOffset, Store};
 use tracing::{debug, info, info_span, warn};
 
@@ -338,9 +338,11 @@ impl ApplyLoop {
                 let chunk_started = Instant::now();
                 // Decoding and comparing take the time: both cores do it, and only the
                 // records whose evaluation changes go through a planner.
-                let chunk = changed_rows(&rules, &store, encoded, clock, self.settings.grace)?;
+                let (chunk, references) =
+                    changed_rows(&rules, &store, encoded, clock, self.settings.grace)?;
                 let view = self.view();
                 let mut planner = self.planner(&view);
+                planner.add_references(references);
                 for (join_key, row) in chunk {
                     planner.reevaluate_row(&entity, join_key, row);
                 }
@@ -559,39 +561,52 @@ impl ApplyLoop {
     }
 }
 
+/// The rows of a chunk whose evaluation changed, and the references every row looked up.
+type ChangedRows = (Vec<(String, tandem_core::RecordRow)>, Vec<Reference>);
+
 /// The stored rows of one entity whose evaluation at `clock` differs from the stored one,
-/// decoded and evaluated on two threads (a record's references are looked up in the store).
+/// decoded and evaluated on two threads (a record's references are looked up in the store,
+/// and recorded for every row: a rule may have gained a `ref`).
 fn changed_rows(
     rules: &tandem_core::EntityMapping,
     store: &Store,
     encoded: Vec<(String, Vec<u8>)>,
     clock: Timestamp,
     grace: Duration,
-) -> Result<Vec<(String, tandem_core::RecordRow)>> {
-    let evaluate_part =
-        |part: &[(String, Vec<u8>)]| -> Result<Vec<(String, tandem_core::RecordRow)>> {
-            let mut changed = Vec::new();
+) -> Result<ChangedRows> {
+    let evaluate_part = |part: &[(String, Vec<u8>)]| -> Result<ChangedRows> {
+        let mut changed = Vec::new();
+        let mut references = Vec::new();
+        for (join_key, bytes) in part {
+            let row = tandem_store::decode_record(bytes).map_err(Error::Store)?;
             let mut resolve = |system: System, entity: &str, native_id: &str| {
+                references.push(Reference {
+                    system,
+                    entity: entity.to_owned(),
+                    native_id: native_id.to_owned(),
+                    from_entity: rules.name.clone(),
+                    from_key: join_key.clone(),
+                });
                 tandem_core::StateView::join_key(store, system, entity, native_id)
                     .ok()
                     .flatten()
             };
-            for (join_key, bytes) in part {
-                let row = tandem_store::decode_record(bytes).map_err(Error::Store)?;
-                let after = tandem_core::apply::evaluate(rules, &row, clock, grace, &mut resolve);
-                if tandem_core::apply::evaluation_changes(&after, &row) {
-                    changed.push((join_key.clone(), row));
-                }
+            let after = tandem_core::apply::evaluate(rules, &row, clock, grace, &mut resolve);
+            if tandem_core::apply::evaluation_changes(&after, &row) {
+                changed.push((join_key.clone(), row));
             }
-            Ok(changed)
-        };
+        }
+        Ok((changed, references))
+    };
     let (left, right) = encoded.split_at(encoded.len() / 2);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| evaluate_part(right));
-        let mut changed = evaluate_part(left)?;
-        changed.extend(other.join().map_err(|_| Error::Panicked {
+        let (mut changed, mut references) = evaluate_part(left)?;
+        let (more_changed, more_references) = other.join().map_err(|_| Error::Panicked {
             thread: "re-evaluation",
-        })??);
-        Ok(changed)
+        })??;
+        changed.extend(more_changed);
+        references.extend(more_references);
+        Ok((changed, references))
     })
 }

@@ -15,6 +15,7 @@ type NativeKey = (System, String, String);
 type EventKey = (System, String);
 type MemberKey = (System, String, String, String);
 type PartitionKey = (String, i32, System, String, String);
+type ReferenceKey = tandem_core::Reference;
 
 /// What the batches in flight changed, until the store has it.
 #[derive(Default)]
@@ -24,6 +25,7 @@ pub(crate) struct InFlight {
     events: HashMap<EventKey, u64>,
     snapshot_members: HashMap<MemberKey, u64>,
     partition_members: HashMap<PartitionKey, u64>,
+    references: HashMap<ReferenceKey, u64>,
     /// Per batch in flight, oldest first: the keys it wrote.
     batches: VecDeque<WrittenKeys>,
 }
@@ -36,6 +38,7 @@ struct WrittenKeys {
     events: Vec<EventKey>,
     snapshot_members: Vec<MemberKey>,
     partition_members: Vec<PartitionKey>,
+    references: Vec<ReferenceKey>,
 }
 
 impl InFlight {
@@ -100,6 +103,11 @@ impl InFlight {
             self.partition_members.insert(key.clone(), seq);
             partition_members.push(key);
         }
+        let mut references = Vec::with_capacity(plan.references.len());
+        for reference in &plan.references {
+            self.references.insert(reference.clone(), seq);
+            references.push(reference.clone());
+        }
         self.batches.push_back(WrittenKeys {
             seq,
             records,
@@ -107,6 +115,7 @@ impl InFlight {
             events,
             snapshot_members,
             partition_members,
+            references,
         });
     }
 
@@ -150,6 +159,11 @@ impl InFlight {
         for key in oldest.partition_members {
             if self.partition_members.get(&key) == Some(&seq) {
                 self.partition_members.remove(&key);
+            }
+        }
+        for key in oldest.references {
+            if self.references.get(&key) == Some(&seq) {
+                self.references.remove(&key);
             }
         }
     }
@@ -216,6 +230,29 @@ impl StateView for OverlayView<'_> {
         members.sort_unstable();
         members.dedup();
         Ok(members)
+    }
+
+    fn referencing(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Vec<(String, String)>> {
+        let mut found = self.store.referencing(system, entity, native_id)?;
+        found.extend(
+            self.in_flight
+                .references
+                .keys()
+                .filter(|reference| {
+                    reference.system == system
+                        && reference.entity == entity
+                        && reference.native_id == native_id
+                })
+                .map(|reference| (reference.from_entity.clone(), reference.from_key.clone())),
+        );
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
     }
 
     fn snapshot_member(

@@ -410,6 +410,36 @@ pub(crate) fn decode_partition_member(key: &[u8]) -> Result<(System, String, Str
     Ok(parts)
 }
 
+/// The prefix of the records referencing a native record: `system, entity, native id`.
+pub(crate) fn encode_referenced(system: System, entity: &str, native_id: &str) -> Vec<u8> {
+    KeyWriter::new()
+        .u8(system.code())
+        .str(entity)
+        .str(native_id)
+        .finish()
+}
+
+/// A record that looked up a native record through a `ref` field: the referenced record,
+/// then `referencing entity, join key`.
+pub(crate) fn encode_reference(reference: &tandem_core::Reference) -> Vec<u8> {
+    let mut key = encode_referenced(reference.system, &reference.entity, &reference.native_id);
+    key.extend(
+        KeyWriter::new()
+            .str(&reference.from_entity)
+            .str(&reference.from_key)
+            .finish(),
+    );
+    key
+}
+
+pub(crate) fn decode_reference(key: &[u8]) -> Result<(String, String)> {
+    let mut reader = KeyReader::new(key, "references");
+    let (_system, _entity, _native_id) = (reader.system()?, reader.str()?, reader.str()?);
+    let parts = (reader.str()?, reader.str()?);
+    reader.end()?;
+    Ok(parts)
+}
+
 /// A record waiting for a re-read, in queue order: `since, system, entity, native id`.
 pub(crate) fn encode_reread_queue(
     since: Timestamp,

@@ -85,8 +85,10 @@ pub(crate) mod cf {
     pub(crate) const COMMAND_OUTBOX: &str = "command_outbox";
     /// Summaries of the report, by the time they were taken.
     pub(crate) const REPORT_HISTORY: &str = "report_history";
+    /// Records by the native records their `ref` fields looked up.
+    pub(crate) const REFERENCES: &str = "references";
 
-    pub(crate) const ALL: [&str; 23] = [
+    pub(crate) const ALL: [&str; 24] = [
         META,
         OFFSETS,
         HISTORY,
@@ -110,6 +112,7 @@ pub(crate) mod cf {
         CUTOVER_OUTBOX,
         COMMAND_OUTBOX,
         REPORT_HISTORY,
+        REFERENCES,
     ];
 }
 

@@ -207,6 +207,26 @@ impl ReadSnapshot<'_> {
             .transpose()
     }
 
+    /// The join key a native record belongs to.
+    pub fn join_key(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> Result<Option<String>> {
+        self.get(
+            cf::JOIN_KEYS,
+            &keys::encode_native(system, entity, native_id),
+        )?
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|_| Error::CorruptValue {
+                column_family: cf::JOIN_KEYS,
+                detail: "join key is not UTF-8".to_owned(),
+            })
+        })
+        .transpose()
+    }
+
     /// The stored row of a record.
     pub fn record(&self, entity: &str, join_key: &str) -> Result<Option<RecordRow>> {
         self.get(cf::RECORDS, &keys::encode_record(entity, join_key))?

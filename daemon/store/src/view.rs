@@ -46,6 +46,27 @@ impl StateView for Store {
         Ok(members)
     }
 
+    fn referencing(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Vec<(String, String)>> {
+        let prefix = keys::encode_referenced(system, entity, native_id);
+        let mut read_options = rocksdb::ReadOptions::default();
+        read_options.set_iterate_upper_bound(keys::prefix_end(&prefix));
+        let mut found = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf::REFERENCES),
+            read_options,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, _) = item.map_err(Error::rocksdb("scan of the reference index"))?;
+            found.push(keys::decode_reference(&key)?);
+        }
+        Ok(found)
+    }
+
     fn snapshot_member(
         &self,
         system: System,

@@ -329,6 +329,9 @@ impl Store {
 
     /// Re-read rows, snapshot membership and snapshot requests of a batch.
     fn write_feed(&self, batch: &mut OrderedBatch, commit: &Commit<'_>) -> Result<()> {
+        for reference in &commit.plan.references {
+            batch.put_cf(cf::REFERENCES, keys::encode_reference(reference), []);
+        }
         for member in &commit.plan.partition_members {
             batch.put_cf(
                 cf::PARTITION_MEMBERS,

@@ -21,7 +21,7 @@ use crate::ownership::{
     WriterCount, WriterKey,
 };
 use crate::record::{
-    compare, with_grace, Cause, RecordRow, RecordStatus, Rekey, Status, Unverified,
+    compare, with_grace, Cause, RecordRow, RecordStatus, Reference, Rekey, Status, Unverified,
     UnverifiedReason,
 };
 use crate::side;
@@ -52,6 +52,14 @@ pub trait StateView {
         topic: &str,
         partition: i32,
     ) -> ViewResult<Vec<(System, String, String)>>;
+    /// The records (entity, join key) whose evaluation looked up this native record through
+    /// a `ref` field.
+    fn referencing(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Vec<(String, String)>>;
     /// Whether a snapshot run already contained a native record.
     fn snapshot_member(
         &self,
@@ -166,6 +174,8 @@ pub struct Plan {
     pub transitions: Vec<TransitionRecord>,
     /// Commands undoing non-owner writes, for the commands topic.
     pub compensations: Vec<Compensation>,
+    /// References looked up by the evaluations of this batch.
+    pub references: Vec<Reference>,
 }
 
 /// The join key given to a native record that carries none: it cannot match anything on the
@@ -201,6 +211,7 @@ pub struct Planner<'a, V: StateView> {
     writers: BTreeMap<WriterKey, WriterCount>,
     transitions: Vec<TransitionRecord>,
     compensations: Vec<Compensation>,
+    references: BTreeSet<Reference>,
 }
 
 /// Ownership when the configuration says nothing: the source owns everything.
@@ -239,6 +250,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             writers: BTreeMap::new(),
             transitions: Vec::new(),
             compensations: Vec::new(),
+            references: BTreeSet::new(),
             partition_members: BTreeSet::new(),
         }
     }
@@ -378,6 +390,12 @@ impl<'a, V: StateView> Planner<'a, V> {
                 row,
                 dirty: false,
             });
+    }
+
+    /// Adds references a re-evaluation looked up outside the planner (it evaluates every
+    /// stored record, and passes only the changed ones to the planner).
+    pub fn add_references(&mut self, references: impl IntoIterator<Item = Reference>) {
+        self.references.extend(references);
     }
 
     fn apply_event(
@@ -553,6 +571,17 @@ impl<'a, V: StateView> Planner<'a, V> {
             self.join_keys
                 .insert(native.clone(), Some(join_key.clone()));
             self.changed_join_keys.insert(native, join_key.clone());
+            if self.mapping.is_referenced(&entity.name) {
+                // References to this record resolve differently now (they may have been
+                // dangling): the records holding them are evaluated again with this batch.
+                for (from_entity, from_key) in
+                    self.view.referencing(system, &entity.name, &event.id)?
+                {
+                    if self.mapping.entity(&from_entity).is_some() {
+                        self.working_record(&from_entity, &from_key)?;
+                    }
+                }
+            }
         }
         let record = self.working_record(&entity.name, &join_key)?;
         let sides = record.row.side_mut(system);
@@ -622,12 +651,20 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .expect("invariant: only mapped entities have working records");
             let join_keys = &self.join_keys;
             let view = self.view;
-            let mut resolve = |system: System, entity: &str, native_id: &str| {
-                match join_keys.get(&(system, entity.to_owned(), native_id.to_owned())) {
+            let references = &mut self.references;
+            let mut resolve = |system: System, referenced: &str, native_id: &str| {
+                references.insert(Reference {
+                    system,
+                    entity: referenced.to_owned(),
+                    native_id: native_id.to_owned(),
+                    from_entity: entity_name.clone(),
+                    from_key: join_key.clone(),
+                });
+                match join_keys.get(&(system, referenced.to_owned(), native_id.to_owned())) {
                     Some(known) => known.clone(),
                     // A store that cannot be read leaves the reference unresolved: a
                     // divergence reported, never a false in_sync.
-                    None => view.join_key(system, entity, native_id).ok().flatten(),
+                    None => view.join_key(system, referenced, native_id).ok().flatten(),
                 }
             };
             let after = evaluate(entity, &working.row, clock, self.grace, &mut resolve);
@@ -691,6 +728,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             writers: self.writers.into_iter().collect(),
             transitions: self.transitions,
             compensations: self.compensations,
+            references: self.references.into_iter().collect(),
         }
     }
 }

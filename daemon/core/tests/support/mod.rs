@@ -24,6 +24,7 @@ pub struct MemoryState {
     pub records: BTreeMap<(String, String), RecordRow>,
     pub snapshot_members: HashSet<(System, String, String, String)>,
     pub partition_members: BTreeSet<(String, i32, System, String, String)>,
+    pub references: BTreeSet<tandem_core::Reference>,
     pub rereads: BTreeMap<(System, String, String), UnverifiedReason>,
     pub snapshot_requests: Vec<(System, String)>,
     pub apply: ApplyState,
@@ -73,6 +74,24 @@ impl StateView for MemoryState {
             .iter()
             .filter(|member| member.0 == topic && member.1 == partition)
             .map(|member| (member.2, member.3.clone(), member.4.clone()))
+            .collect())
+    }
+
+    fn referencing(
+        &self,
+        system: System,
+        entity: &str,
+        native_id: &str,
+    ) -> ViewResult<Vec<(String, String)>> {
+        Ok(self
+            .references
+            .iter()
+            .filter(|reference| {
+                reference.system == system
+                    && reference.entity == entity
+                    && reference.native_id == native_id
+            })
+            .map(|reference| (reference.from_entity.clone(), reference.from_key.clone()))
             .collect())
     }
 
@@ -154,6 +173,7 @@ impl MemoryState {
                 None => self.records.remove(&key),
             };
         }
+        self.references.extend(plan.references);
         for member in plan.partition_members {
             self.partition_members.insert((
                 member.topic,
