@@ -264,12 +264,27 @@ pub(crate) fn report_latency(
                     let mut source = serde_json::Map::new();
                     let mut target = serde_json::Map::new();
                     for (position, rule) in rules.iter().enumerate() {
-                        let value = serde_json::json!(format!("{}-{number}", rule.source));
-                        source.insert(rule.source.first().to_owned(), value.clone());
+                        // Values each rule agrees on: a mapped stage, a time written in two
+                        // zones, the record's company (the one numbered just before a deal),
+                        // text otherwise.
+                        let (value, copied) = if let Some((from, to)) =
+                            rule.map.as_ref().and_then(|map| map.iter().next())
+                        {
+                            (serde_json::json!(from), serde_json::json!(to))
+                        } else if rule.reference.is_some() {
+                            let company = number.saturating_sub(1);
+                            (serde_json::json!(format!("R-{company}")), serde_json::json!(format!("T-{company}")))
+                        } else if rule.compare.as_deref() == Some("timestamp") {
+                            (serde_json::json!("2026-11-20T03:00:00-05:00"), serde_json::json!("2026-11-20T08:00:00Z"))
+                        } else {
+                            let value = serde_json::json!(format!("{}-{number}", rule.source));
+                            (value.clone(), value)
+                        };
+                        source.insert(rule.source.first().to_owned(), value);
                         let held = if number % 10 == 0 && position == 0 {
                             serde_json::json!("changed")
                         } else {
-                            value
+                            copied
                         };
                         target.insert(rule.target.clone(), held);
                     }

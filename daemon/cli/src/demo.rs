@@ -72,6 +72,9 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     // A sync layer with systematic mapping errors too: the report suspects them.
     sim.sync_shift_rate = 0.2;
     sim.sync_cents_rate = 0.2;
+    sim.sync_zone_shift_rate = 0.2;
+    sim.sync_raw_reference_rate = 0.1;
+    sim.source_new_stage_rate = 0.02;
     sim.source_merge_rate = 0.02;
     sim.target_reuse_rate = 0.01;
     let now = SystemTime::now()

@@ -69,11 +69,16 @@ fn the_report_equals_the_ground_truth() {
     let mut sim = SimConfig::sized(11, 400);
     sim.oversized_message_bytes = Some(100_000);
     sim.poison_per_thousand = 3.0;
-    // Systematic mapping errors (a column shift in contacts, amounts in cents in deals,
-    // employee counts as text in companies), merges in the source only, reused target ids.
+    // Systematic mapping errors (a column shift in contacts, amounts in cents and times
+    // shifted by the legacy zone in deals, employee counts as text in companies, company ids
+    // copied untranslated), stages the value map does not know, merges in the source only,
+    // reused target ids.
     sim.sync_shift_rate = 0.2;
     sim.sync_cents_rate = 0.2;
     sim.sync_text_number_rate = 0.2;
+    sim.sync_zone_shift_rate = 0.2;
+    sim.sync_raw_reference_rate = 0.2;
+    sim.source_new_stage_rate = 0.03;
     sim.source_merge_rate = 0.05;
     sim.target_reuse_rate = 0.03;
     let run = SimulatedRun::start("truth", &sim);
@@ -93,6 +98,8 @@ fn the_report_equals_the_ground_truth() {
         .collect();
     for injected in [
         "id_reused",
+        "unmapped_value",
+        "broken_reference",
         "deleted_in_source_only",
         "missed_change",
         "non_owner_write",
@@ -129,7 +136,13 @@ fn the_report_equals_the_ground_truth() {
             && expected.iter().any(|suspected| suspected.2 == "scaled:100")
             && expected
                 .iter()
-                .any(|suspected| suspected.2 == "number_as_text"),
+                .any(|suspected| suspected.2 == "number_as_text")
+            && expected
+                .iter()
+                .any(|suspected| suspected.2 == "time_shift:-05:00")
+            && expected
+                .iter()
+                .any(|suspected| suspected.2 == "untranslated_reference"),
         "the injected faults are systematic enough to be suspected: {expected:?}"
     );
     let started = std::time::Instant::now();

@@ -601,6 +601,60 @@ fn a_reference_is_judged_again_when_the_record_it_points_at_arrives_or_changes_k
 }
 
 #[test]
+fn a_compensation_sets_a_reference_back_to_the_target_id_of_the_owners_company() {
+    let mapping = reference_mapping();
+    let mut state = MemoryState::default();
+    state.ownership.compensate = true;
+    state.apply_batch_at(
+        &mapping,
+        &[
+            company_at(System::Source, "c1", "001A", "A-1", "create", 0),
+            company_at(System::Target, "c2", "9A", "A-1", "create", 0),
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                2,
+                json!({"company_id": "9A", "legacy_id": "L1"}),
+                "sync",
+            ),
+        ],
+        Some(at(30)),
+    );
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+    // A target user re-points the contact: the command puts back 9A (the target company
+    // joined to the source's 001A), not the source's own id.
+    state.apply_batch_at(
+        &mapping,
+        &[write(
+            System::Target,
+            "t2",
+            "T1",
+            "update",
+            40,
+            json!({"company_id": "9Z", "legacy_id": "L1"}),
+            "user",
+        )],
+        Some(at(41)),
+    );
+    assert_eq!(state.compensations.len(), 1);
+    assert_eq!(
+        state.compensations[0].set,
+        std::collections::BTreeMap::from([("company_id".to_owned(), json!("9A"))])
+    );
+}
+
+#[test]
 fn a_write_that_broke_the_ownership_rule_says_so_first() {
     // The source owns contacts; a user edits the fenced target.
     let state = synced_then(

@@ -4,6 +4,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// One mapped field: its name in the source (legacy) and in the target (new) CRM.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +15,8 @@ pub struct SimField {
     /// Target field name.
     pub target: &'static str,
     kind: FieldKind,
+    /// The field's rule settings in tandem's configuration, beyond the names.
+    rule: &'static str,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +34,19 @@ enum FieldKind {
     Amount,
     Stage,
     CloseDate,
+    /// The company a deal belongs to: a reference (`ref = "company"`).
+    CompanyRef,
+    /// A time with a zone offset (`compare = "timestamp"`).
+    LastActivity,
+}
+
+/// How the simulator judges a mapped field, by the rules of tandem's configuration that
+/// [`entities_toml`] writes (schemas/field-rules.md), implemented here on its own.
+pub(crate) enum Judgement {
+    Equal,
+    Differs,
+    /// The source value has no entry in the field's value map.
+    Unmapped,
 }
 
 /// One simulated entity.
@@ -46,26 +63,31 @@ const CONTACT_FIELDS: &[SimField] = &[
         source: "FirstName",
         target: "firstname",
         kind: FieldKind::FirstName,
+        rule: "",
     },
     SimField {
         source: "LastName",
         target: "lastname",
         kind: FieldKind::LastName,
+        rule: "",
     },
     SimField {
         source: "Email",
         target: "email",
         kind: FieldKind::Email,
+        rule: "",
     },
     SimField {
         source: "Phone",
         target: "phone",
         kind: FieldKind::Phone,
+        rule: "",
     },
     SimField {
         source: "Title",
         target: "jobtitle",
         kind: FieldKind::Title,
+        rule: "",
     },
 ];
 
@@ -74,21 +96,25 @@ const COMPANY_FIELDS: &[SimField] = &[
         source: "Name",
         target: "name",
         kind: FieldKind::Company,
+        rule: "",
     },
     SimField {
         source: "Website",
         target: "domain",
         kind: FieldKind::Domain,
+        rule: "",
     },
     SimField {
         source: "Industry",
         target: "industry",
         kind: FieldKind::Industry,
+        rule: "",
     },
     SimField {
         source: "NumberOfEmployees",
         target: "numberofemployees",
         kind: FieldKind::Employees,
+        rule: "",
     },
 ];
 
@@ -97,23 +123,88 @@ const DEAL_FIELDS: &[SimField] = &[
         source: "Name",
         target: "dealname",
         kind: FieldKind::DealName,
+        rule: "",
     },
     SimField {
         source: "Amount",
         target: "amount",
         kind: FieldKind::Amount,
+        rule: "",
     },
     SimField {
         source: "StageName",
         target: "dealstage",
         kind: FieldKind::Stage,
+        rule: STAGE_RULE,
     },
     SimField {
         source: "CloseDate",
         target: "closedate",
         kind: FieldKind::CloseDate,
+        rule: "",
+    },
+    SimField {
+        source: "AccountId",
+        target: "associatedcompany",
+        kind: FieldKind::CompanyRef,
+        rule: r#"ref = "company""#,
+    },
+    SimField {
+        source: "LastActivityDate",
+        target: "notes_last_updated",
+        kind: FieldKind::LastActivity,
+        rule: r#"compare = "timestamp""#,
     },
 ];
+
+/// The target's values for the source's deal stages: the value map of `dealstage`.
+pub(crate) const STAGE_MAP: [(&str, &str); 6] = [
+    ("Prospecting", "appointmentscheduled"),
+    ("Qualification", "qualifiedtobuy"),
+    ("Proposal", "presentationscheduled"),
+    ("Negotiation", "decisionmakerboughtin"),
+    ("Closed Won", "closedwon"),
+    ("Closed Lost", "closedlost"),
+];
+
+/// A stage the legacy CRM gained after the mapping was written: the map has no entry for it,
+/// and the sync layer copies it as it is.
+pub(crate) const NEW_STAGE: &str = "Verbal Commit";
+
+const STAGE_RULE: &str = r#"map = { "Prospecting" = "appointmentscheduled", "Qualification" = "qualifiedtobuy", "Proposal" = "presentationscheduled", "Negotiation" = "decisionmakerboughtin", "Closed Won" = "closedwon", "Closed Lost" = "closedlost" }"#;
+
+/// The legacy CRM writes times in its own zone, UTC-5.
+const LEGACY_OFFSET: &str = "-05:00";
+
+/// Seconds since the epoch of an RFC 3339 time.
+pub(crate) fn instant(value: &Value) -> Option<i64> {
+    let parsed = OffsetDateTime::parse(value.as_str()?, &Rfc3339).ok()?;
+    Some(parsed.unix_timestamp())
+}
+
+/// The same instant written in UTC, as the new CRM stores times.
+pub(crate) fn in_utc(value: &Value) -> Value {
+    match value
+        .as_str()
+        .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
+    {
+        Some(parsed) => json!(parsed
+            .to_offset(time::UtcOffset::UTC)
+            .format(&Rfc3339)
+            .expect("a UTC time formats as RFC 3339")),
+        None => value.clone(),
+    }
+}
+
+/// The legacy CRM's local wall-clock time labelled as UTC: off by the legacy zone's offset.
+pub(crate) fn wall_clock_as_utc(value: &Value) -> Value {
+    match value.as_str() {
+        Some(text) if text.ends_with(LEGACY_OFFSET) => {
+            json!(format!("{}Z", &text[..text.len() - LEGACY_OFFSET.len()]))
+        }
+        _ => value.clone(),
+    }
+}
 
 /// The three simulated entities.
 pub const ENTITIES: [SimEntity; 3] = [
@@ -130,6 +221,9 @@ pub const ENTITIES: [SimEntity; 3] = [
         fields: DEAL_FIELDS,
     },
 ];
+
+/// The index of companies in [`ENTITIES`]: deals point at them.
+pub(crate) const COMPANY: usize = 1;
 
 /// The target field that holds the source id (the migration's join key).
 pub const LEGACY_ID_FIELD: &str = "legacy_id";
@@ -166,6 +260,95 @@ const STAGES: &[&str] = &[
 ];
 
 impl SimField {
+    /// Whether the field points at a company (its values are native ids the world picks).
+    pub(crate) fn is_company_ref(&self) -> bool {
+        matches!(self.kind, FieldKind::CompanyRef)
+    }
+
+    /// Whether the field is the deal stage, with its value map.
+    pub(crate) fn is_stage(&self) -> bool {
+        matches!(self.kind, FieldKind::Stage)
+    }
+
+    /// What the target should hold for a source value by the field's rule: `None` when the
+    /// value map has no entry for it. References are judged by [`SimField::judge`].
+    pub(crate) fn expected(&self, source: &Value) -> Option<Value> {
+        match (self.kind, source) {
+            (FieldKind::Stage, Value::String(stage)) => STAGE_MAP
+                .iter()
+                .find(|(from, _)| from == stage)
+                .map(|(_, to)| json!(to)),
+            (FieldKind::Stage, Value::Null) => Some(Value::Null),
+            (FieldKind::Stage, _) => None,
+            _ => Some(source.clone()),
+        }
+    }
+
+    /// The source value a target value comes back as (the reverse delta); `None` when the
+    /// rule cannot say (a value no map entry sends there). References: the caller's.
+    pub(crate) fn back_to_source(&self, target: &Value) -> Option<Value> {
+        match (self.kind, target) {
+            (FieldKind::Stage, Value::String(stage)) => STAGE_MAP
+                .iter()
+                .find(|(_, to)| to == stage)
+                .map(|(from, _)| json!(from)),
+            (FieldKind::Stage, Value::Null) => Some(Value::Null),
+            (FieldKind::Stage, _) => None,
+            _ => Some(target.clone()),
+        }
+    }
+
+    /// Judges a record's field: `resolve` gives the join key of a company by system and
+    /// native id (`None`: unknown).
+    pub(crate) fn judge(
+        &self,
+        source: &Value,
+        target: &Value,
+        resolve: &dyn Fn(crate::SimSystem, &str) -> Option<String>,
+    ) -> Judgement {
+        let verdict = |equal: bool| {
+            if equal {
+                Judgement::Equal
+            } else {
+                Judgement::Differs
+            }
+        };
+        match self.kind {
+            FieldKind::CompanyRef => {
+                let key = |system, value: &Value| match value {
+                    Value::Null => Ok(None),
+                    Value::String(id) if !id.is_empty() => resolve(system, id).map(Some).ok_or(()),
+                    _ => Err(()),
+                };
+                let (left, right) = (
+                    key(crate::SimSystem::Source, source),
+                    key(crate::SimSystem::Target, target),
+                );
+                verdict(matches!((left, right), (Ok(left), Ok(right)) if left == right))
+            }
+            FieldKind::LastActivity => match (instant(source), instant(target)) {
+                (Some(left), Some(right)) => verdict(left == right),
+                _ => verdict(source == target),
+            },
+            _ => match self.expected(source) {
+                Some(expected) => verdict(expected == *target),
+                None => Judgement::Unmapped,
+            },
+        }
+    }
+
+    /// A fresh value for this field in the target's terms (a record created there).
+    pub fn target_value(&self, rng: &mut ChaCha8Rng, serial: u64) -> Value {
+        match self.kind {
+            FieldKind::CompanyRef => Value::Null,
+            FieldKind::LastActivity => in_utc(&self.value(rng, serial)),
+            _ => {
+                let value = self.value(rng, serial);
+                self.expected(&value).unwrap_or(value)
+            }
+        }
+    }
+
     /// A fresh value for this field.
     pub fn value(&self, rng: &mut ChaCha8Rng, serial: u64) -> Value {
         let pick =
@@ -191,6 +374,14 @@ impl SimField {
                 rng.random_range(1..13),
                 rng.random_range(1..29)
             )),
+            // The world picks an existing company; on its own a field has none.
+            FieldKind::CompanyRef => Value::Null,
+            FieldKind::LastActivity => json!(format!(
+                "2026-11-{:02}T{:02}:{:02}:00{LEGACY_OFFSET}",
+                rng.random_range(1..29),
+                rng.random_range(0..24),
+                rng.random_range(0..60)
+            )),
         }
     }
 
@@ -204,6 +395,10 @@ impl SimField {
                 json!(text.trim_start_matches('+').to_owned() + "0")
             }
             (FieldKind::Industry | FieldKind::Stage, _) => json!("UNMAPPED"),
+            (FieldKind::LastActivity, _) if *value == json!("1999-01-01T00:00:00Z") => {
+                json!("1999-01-02T00:00:00Z")
+            }
+            (FieldKind::LastActivity, _) => json!("1999-01-01T00:00:00Z"),
             (_, Value::String(text)) => json!(format!("{} ", text.to_uppercase())),
             (_, _) => json!("?"),
         }
@@ -219,8 +414,13 @@ pub fn entities_toml() -> String {
             entity.name
         ));
         for field in entity.fields {
+            let rule = if field.rule.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", field.rule)
+            };
             toml.push_str(&format!(
-                "  {{ source = \"{}\", target = \"{}\" }},\n",
+                "  {{ source = \"{}\", target = \"{}\"{rule} }},\n",
                 field.source, field.target
             ));
         }

@@ -67,6 +67,15 @@ pub struct SimConfig {
     pub sync_cents_rate: f64,
     /// Share of company creates the sync layer copies with the employee count as text.
     pub sync_text_number_rate: f64,
+    /// Share of deal creates the sync layer copies with the last-activity time's legacy
+    /// wall-clock time labelled as UTC (a time-zone shift: a systematic mapping error).
+    pub sync_zone_shift_rate: f64,
+    /// Share of deal creates the sync layer copies with the source's company id instead of
+    /// the target company's (an untranslated reference: a broken reference).
+    pub sync_raw_reference_rate: f64,
+    /// Share of deal stages set in the source to a stage the mapping does not know yet (an
+    /// unmapped value; the sync layer copies it as it is).
+    pub source_new_stage_rate: f64,
     /// Share of source records merged into another later (the sync layer does not merge
     /// in the target: a merge on one side only).
     pub source_merge_rate: f64,
@@ -133,6 +142,9 @@ impl SimConfig {
             sync_shift_rate: 0.0,
             sync_cents_rate: 0.0,
             sync_text_number_rate: 0.0,
+            sync_zone_shift_rate: 0.0,
+            sync_raw_reference_rate: 0.0,
+            source_new_stage_rate: 0.0,
             source_merge_rate: 0.0,
             target_reuse_rate: 0.0,
             delete_rate: 0.03,
@@ -169,6 +181,9 @@ impl SimConfig {
         self.sync_shift_rate = 0.0;
         self.sync_cents_rate = 0.0;
         self.sync_text_number_rate = 0.0;
+        self.sync_zone_shift_rate = 0.0;
+        self.sync_raw_reference_rate = 0.0;
+        self.source_new_stage_rate = 0.0;
         self.source_merge_rate = 0.0;
         self.target_reuse_rate = 0.0;
         self.target_edit_rate = 0.0;
@@ -249,14 +264,32 @@ impl Scenario {
                 continue;
             };
             let spec = &ENTITIES[*entity];
+            // Each field back in the source's terms; one the rules cannot carry back (a stage
+            // no map entry sends there, a company with no live source record) is left out.
             let fields = spec
                 .fields
                 .iter()
                 .filter_map(|field| {
-                    state
-                        .fields
-                        .get(field.target)
-                        .map(|value| (field.source.to_owned(), value.clone()))
+                    let value = state.fields.get(field.target)?;
+                    let back = if field.is_company_ref() {
+                        match value {
+                            serde_json::Value::Null => Some(serde_json::Value::Null),
+                            serde_json::Value::String(id) => self
+                                .final_states
+                                .company_key(SimSystem::Target, id)
+                                .filter(|key| {
+                                    self.final_states
+                                        .source
+                                        .get(&(catalog::COMPANY, key.clone()))
+                                        .is_some_and(|company| !company.deleted)
+                                })
+                                .map(serde_json::Value::String),
+                            _ => None,
+                        }
+                    } else {
+                        field.back_to_source(value)
+                    };
+                    back.map(|value| (field.source.to_owned(), value))
                 })
                 .collect();
             let source = self

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Map, Value};
 
-use crate::catalog::{ENTITIES, LEGACY_ID_FIELD};
+use crate::catalog::{Judgement, COMPANY, ENTITIES, LEGACY_ID_FIELD};
 use crate::truth::{FinalStates, SideState};
 use crate::world::{partition_of, rfc3339, Emitted};
 use crate::{SimMessage, SimSystem};
@@ -111,10 +111,33 @@ impl Positions {
             .flatten()
             .filter_map(|native_id| at(SimSystem::Target, native_id))
             .collect();
+        // A company as tandem's join index has it at these positions: known once any of its
+        // events is applied, deleted or not.
+        let resolve = |system: SimSystem, id: &str| {
+            let offset = next_offsets
+                .get(&(system, partition_of(id, self.partitions)))
+                .copied()
+                .unwrap_or(0);
+            let state = self.state_at(system, COMPANY, id, offset)?;
+            match system {
+                SimSystem::Source => Some(id.to_owned()),
+                SimSystem::Target => state
+                    .fields
+                    .get(LEGACY_ID_FIELD)?
+                    .as_str()
+                    .map(str::to_owned),
+            }
+        };
         Some(match (sources.as_slice(), targets.as_slice()) {
             ([source], [target]) => ENTITIES[entity].fields.iter().any(|field| {
-                source.fields.get(field.source).unwrap_or(&Value::Null)
-                    != target.fields.get(field.target).unwrap_or(&Value::Null)
+                !matches!(
+                    field.judge(
+                        source.fields.get(field.source).unwrap_or(&Value::Null),
+                        target.fields.get(field.target).unwrap_or(&Value::Null),
+                        &resolve,
+                    ),
+                    Judgement::Equal
+                )
             }),
             ([], []) => false,
             _ => true,

@@ -4,8 +4,11 @@
 //! The rules, written down independently of the daemon: a record is a join key (the source id,
 //! which the target keeps in `legacy_id`). No live record on either side: not counted. More
 //! than one live target record: `duplicate`. One side only: `missing_in_target` /
-//! `missing_in_source`. Both: every mapped field must hold the same JSON value (absent counts
-//! as null), else `mismatch` with the differing target fields. Anything but in sync or
+//! `missing_in_source`. Both: every mapped field must agree by its rule (absent counts as
+//! null): the same JSON value, the source's stage through the stage map (a stage with no entry
+//! never agrees), the same instant for times, and references to companies joined under the
+//! same key (an id tandem never saw resolves to nothing and never agrees); else `mismatch`
+//! with the differing target fields. Anything but in sync or
 //! duplicate is `pending` while the newest change to any of the key's records (deletes
 //! included) is younger than the grace period at the clock, the newest event time.
 
@@ -13,7 +16,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{ENTITIES, LEGACY_ID_FIELD};
+use crate::catalog::{instant, Judgement, SimField, COMPANY, ENTITIES, LEGACY_ID_FIELD};
+use crate::SimSystem;
 
 /// One record of one CRM in the simulator's model.
 #[derive(Clone, Debug)]
@@ -94,8 +98,8 @@ pub struct SuspectedTruth {
     pub entity: &'static str,
     /// The target field.
     pub field: &'static str,
-    /// `column_shift:<source field>`, `scaled:<factor>`, `number_as_text` or
-    /// `case_or_spaces`.
+    /// `column_shift:<source field>`, `scaled:<factor>`, `time_shift:<±HH:MM>`,
+    /// `number_as_text`, `case_or_spaces` or `untranslated_reference`.
     pub pattern: String,
     /// Mismatches of the field that follow it.
     pub matching: u64,
@@ -122,9 +126,31 @@ pub(crate) struct FinalStates {
     pub(crate) target: BTreeMap<(usize, String), SideState>,
 }
 
+impl FinalStates {
+    /// The join key of a company by system and native id, as tandem's join index has it once
+    /// it has seen the company (deleted ones included): the source id, or the target's
+    /// legacy id. `None`: no such company.
+    pub(crate) fn company_key(&self, system: SimSystem, id: &str) -> Option<String> {
+        match system {
+            SimSystem::Source => self
+                .source
+                .contains_key(&(COMPANY, id.to_owned()))
+                .then(|| id.to_owned()),
+            SimSystem::Target => self
+                .target
+                .get(&(COMPANY, id.to_owned()))?
+                .fields
+                .get(LEGACY_ID_FIELD)?
+                .as_str()
+                .map(str::to_owned),
+        }
+    }
+}
+
 impl GroundTruth {
     pub(crate) fn compute(states: &FinalStates, clock: i64, grace: i64) -> GroundTruth {
         let (source, target) = (&states.source, &states.target);
+        let resolve = |system: SimSystem, id: &str| states.company_key(system, id);
         let mut truth = GroundTruth {
             clock_unix_nanos: clock,
             ..GroundTruth::default()
@@ -159,6 +185,7 @@ impl GroundTruth {
                 let live_sources: Vec<_> = sources.iter().filter(|state| !state.deleted).collect();
                 let live_targets: Vec<_> = targets.iter().filter(|state| !state.deleted).collect();
                 let mut differing = Vec::new();
+                let (mut unmapped, mut broken_reference) = (false, false);
                 let underlying = match (live_sources.len(), live_targets.len()) {
                     (0, 0) => continue,
                     (_, targets) if targets > 1 => "duplicate",
@@ -175,9 +202,13 @@ impl GroundTruth {
                                 .fields
                                 .get(field.target)
                                 .unwrap_or(&Value::Null);
-                            if source_value != target_value {
-                                differing.push(field.target.to_owned());
+                            match field.judge(source_value, target_value, &resolve) {
+                                Judgement::Equal => continue,
+                                Judgement::Differs => {}
+                                Judgement::Unmapped => unmapped = true,
                             }
+                            broken_reference |= field.is_company_ref();
+                            differing.push(field.target.to_owned());
                         }
                         if differing.is_empty() {
                             "in_sync"
@@ -215,7 +246,7 @@ impl GroundTruth {
                                 .entry(field.target)
                                 .or_default()
                                 .push(patterns_of(
-                                    field.source,
+                                    field,
                                     &live_sources[0].fields,
                                     live_targets[0].fields.get(field.target),
                                 ));
@@ -224,7 +255,12 @@ impl GroundTruth {
                 }
                 if status != "in_sync" {
                     differing.sort();
-                    let cause = cause_of(status, &sources, &targets);
+                    let cause = match cause_of(status, &sources, &targets) {
+                        "mismatch" if unmapped => "unmapped_value",
+                        "mismatch" if broken_reference => "broken_reference",
+                        "mismatch" => mismatch_cause(&sources, &targets),
+                        cause => cause,
+                    };
                     *entity_truth.by_cause.entry(cause).or_default() += 1;
                     entity_truth.not_in_sync.insert(
                         key,
@@ -291,22 +327,30 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
         ("missing_in_source", _, _) if sources.iter().any(|state| state.deleted) => {
             "deleted_in_source_only"
         }
-        ("mismatch", Some(source), Some(target)) if source.last_change > target.last_change => {
-            "missed_change"
-        }
+        // The field rules decide first (the caller knows them).
+        ("mismatch", Some(_), Some(_)) => "mismatch",
         _ => "unknown",
     }
 }
 
-/// The documented patterns one mismatch follows: the target holds another source field's
-/// value (compared without surrounding spaces), the source's number times 100, 1000, 0.01
-/// or 0.001, the source's number as text, or the source's text in another case or with
-/// other surrounding spaces.
-fn patterns_of(
-    source_field: &str,
-    source: &Map<String, Value>,
-    held: Option<&Value>,
-) -> Vec<String> {
+/// A mismatch no field rule explains: the source changed after the target, or unknown.
+fn mismatch_cause(sources: &[&SideState], targets: &[&SideState]) -> &'static str {
+    let live_source = sources.iter().find(|state| !state.deleted);
+    let live_target = targets.iter().find(|state| !state.deleted);
+    match (live_source, live_target) {
+        (Some(source), Some(target)) if source.last_change > target.last_change => "missed_change",
+        _ => "unknown",
+    }
+}
+
+/// The documented patterns one mismatch follows, against what the field's rule expects
+/// (the source's value, or its stage through the map: a stage with no entry follows none):
+/// the target holds another source field's value (compared without surrounding spaces), the
+/// expected number times 100, 1000, 0.01 or 0.001, the expected time shifted by a whole
+/// quarter hour up to 14 hours, the expected number as text, or the expected text in another
+/// case or with other surrounding spaces. A reference follows one only: it holds the source's
+/// own id (compared without surrounding spaces).
+fn patterns_of(field: &SimField, source: &Map<String, Value>, held: Option<&Value>) -> Vec<String> {
     let mut found = Vec::new();
     let Some(held) = held.filter(|held| !held.is_null()) else {
         return found;
@@ -315,16 +359,25 @@ fn patterns_of(
         Value::String(text) => Some(text.trim().to_owned()),
         _ => None,
     };
+    let own = source.get(field.source).unwrap_or(&Value::Null);
+    if field.is_company_ref() {
+        if text(own).is_some() && text(own) == text(held) {
+            found.push("untranslated_reference".to_owned());
+        }
+        return found;
+    }
+    let Some(expected) = field.expected(own) else {
+        return found;
+    };
     for (name, value) in source {
         let same = match (value, held) {
             (Value::String(_), Value::String(_)) => text(value) == text(held),
             (value, held) => value == held,
         };
-        if name != source_field && !value.is_null() && same {
+        if name != field.source && !value.is_null() && same {
             found.push(format!("column_shift:{name}"));
         }
     }
-    let expected = source.get(source_field).unwrap_or(&Value::Null);
     if let (Some(want), Some(have)) = (expected.as_f64(), held.as_f64()) {
         for (factor, name) in [
             (100.0, "100"),
@@ -340,12 +393,24 @@ fn patterns_of(
             }
         }
     }
+    if let (Some(want), Some(have)) = (instant(&expected), instant(held)) {
+        let shift = have - want;
+        if shift != 0 && shift % 900 == 0 && shift.abs() <= 14 * 3600 {
+            let minutes = shift.abs() / 60;
+            let sign = if shift > 0 { '+' } else { '-' };
+            found.push(format!(
+                "time_shift:{sign}{:02}:{:02}",
+                minutes / 60,
+                minutes % 60
+            ));
+        }
+    }
     if let (Some(want), Value::String(have)) = (expected.as_f64(), held) {
         if have.trim().parse::<f64>() == Ok(want) {
             found.push("number_as_text".to_owned());
         }
     }
-    if let (Value::String(want), Value::String(have)) = (expected, held) {
+    if let (Value::String(want), Value::String(have)) = (&expected, held) {
         if want.trim().to_lowercase() == have.trim().to_lowercase() {
             found.push("case_or_spaces".to_owned());
         }

@@ -11,7 +11,9 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::catalog::{SimEntity, ENTITIES, LEGACY_ID_FIELD};
+use crate::catalog::{
+    in_utc, wall_clock_as_utc, SimEntity, SimField, COMPANY, ENTITIES, LEGACY_ID_FIELD, NEW_STAGE,
+};
 use crate::truth::{FinalStates, GroundTruth, SideState};
 use crate::{Scenario, SimConfig, SimSystem};
 
@@ -91,6 +93,8 @@ pub(crate) struct World<'a> {
     next_event_id: u64,
     /// The next `seq` of each connector stream (system and partition).
     next_seq: std::collections::HashMap<(SimSystem, i32), u64>,
+    /// Source companies by creation time, for deals to point at.
+    companies: Vec<(i64, String)>,
 }
 
 /// The partition a record's events go to: a stable hash of its native id.
@@ -134,6 +138,7 @@ impl<'a> World<'a> {
             next_target_id: 5_000_000,
             next_event_id: 0,
             next_seq: std::collections::HashMap::new(),
+            companies: Vec::new(),
         };
         world.schedule_users();
         while let Some(Reverse((at, key))) = world.queue.pop() {
@@ -304,7 +309,10 @@ impl<'a> World<'a> {
                 let target_id = self.new_target_id();
                 let mut fields = Map::new();
                 for field in ENTITIES[entity].fields {
-                    fields.insert(field.target.to_owned(), field.value(&mut self.rng, serial));
+                    fields.insert(
+                        field.target.to_owned(),
+                        field.target_value(&mut self.rng, serial),
+                    );
                 }
                 fields.insert(LEGACY_ID_FIELD.to_owned(), json!(format!("X-{serial:06}")));
                 self.target
@@ -349,6 +357,22 @@ impl<'a> World<'a> {
                 {
                     if let Some(amount) = image.get("Amount").and_then(Value::as_i64) {
                         fields.insert("amount".to_owned(), json!(amount * 100));
+                    }
+                }
+                if name == "deal"
+                    && self.config.sync_zone_shift_rate > 0.0
+                    && self.rng.random_bool(self.config.sync_zone_shift_rate)
+                {
+                    if let Some(time) = image.get("LastActivityDate") {
+                        fields.insert("notes_last_updated".to_owned(), wall_clock_as_utc(time));
+                    }
+                }
+                if name == "deal"
+                    && self.config.sync_raw_reference_rate > 0.0
+                    && self.rng.random_bool(self.config.sync_raw_reference_rate)
+                {
+                    if let Some(company) = image.get("AccountId").filter(|id| !id.is_null()) {
+                        fields.insert("associatedcompany".to_owned(), company.clone());
                     }
                 }
                 fields.insert(LEGACY_ID_FIELD.to_owned(), json!(source_id));
@@ -455,7 +479,7 @@ impl<'a> World<'a> {
                 let written = if self.rng.random_bool(self.config.sync_mangle_rate) {
                     field.mangle(value)
                 } else {
-                    value.clone()
+                    self.translate(field, value)
                 };
                 copied.insert(field.target.to_owned(), written);
             }
@@ -463,11 +487,65 @@ impl<'a> World<'a> {
         copied
     }
 
+    /// The sync layer's own translation of a value into the target's terms: stages through
+    /// its stage table (one it does not know is copied as it is), times into UTC, a company
+    /// id into the id of the target company it created for it (none: null).
+    fn translate(&self, field: &SimField, value: &Value) -> Value {
+        if field.is_stage() {
+            return field.expected(value).unwrap_or_else(|| value.clone());
+        }
+        if field.is_company_ref() {
+            return match value.as_str() {
+                Some(company) => self
+                    .live_links(COMPANY, company)
+                    .into_iter()
+                    .next()
+                    .map_or(Value::Null, Value::String),
+                None => Value::Null,
+            };
+        }
+        if field.target == "notes_last_updated" {
+            return in_utc(value);
+        }
+        value.clone()
+    }
+
+    /// A value a source user writes: a company that exists (created long enough ago for the
+    /// sync layer to have copied it), a stage the mapping may not know yet.
+    fn source_value(&mut self, field: &SimField, serial: u64, at: i64) -> Value {
+        if field.is_company_ref() {
+            let settled = at - self.config.max_sync_delay_seconds * NANOS * 3;
+            let old_enough = self
+                .companies
+                .partition_point(|(created, _)| *created <= settled);
+            if old_enough == 0 {
+                return Value::Null;
+            }
+            let (_, company) = &self.companies[self.rng.random_range(0..old_enough)];
+            let live = self
+                .source
+                .get(&(COMPANY, company.clone()))
+                .is_some_and(|state| !state.deleted);
+            return if live { json!(company) } else { Value::Null };
+        }
+        if field.is_stage()
+            && self.config.source_new_stage_rate > 0.0
+            && self.rng.random_bool(self.config.source_new_stage_rate)
+        {
+            return json!(NEW_STAGE);
+        }
+        field.value(&mut self.rng, serial)
+    }
+
     fn source_create(&mut self, at: i64, entity: usize, serial: u64) {
         let id = format!("{}-{serial:06}", id_prefix(&ENTITIES[entity]));
         let mut image = Map::new();
         for field in ENTITIES[entity].fields {
-            image.insert(field.source.to_owned(), field.value(&mut self.rng, serial));
+            let value = self.source_value(field, serial, at);
+            image.insert(field.source.to_owned(), value);
+        }
+        if entity == COMPANY {
+            self.companies.push((at, id.clone()));
         }
         self.source
             .insert((entity, id.clone()), SideState::new(image.clone()));
@@ -556,7 +634,8 @@ impl<'a> World<'a> {
         let mut changes = Map::new();
         let serial = self.next_event_id;
         for field in fields.choose_multiple(&mut self.rng, changed_count) {
-            changes.insert(field.source.to_owned(), field.value(&mut self.rng, serial));
+            let value = self.source_value(field, serial, at);
+            changes.insert(field.source.to_owned(), value);
         }
         let state = self
             .source

@@ -64,3 +64,67 @@ fn without_faults_nothing_diverges() {
         }
     }
 }
+
+/// Every fault the simulator can inject leaves its mark in the ground truth: the cause of the
+/// records it breaks, and the systematic ones as suspected mapping errors.
+#[test]
+fn each_injected_fault_shows_in_the_truth_with_its_cause() {
+    let mut config = SimConfig::sized(11, 400).without_faults();
+    config.sync_shift_rate = 0.3;
+    config.sync_cents_rate = 0.3;
+    config.sync_text_number_rate = 0.3;
+    config.sync_zone_shift_rate = 0.3;
+    config.sync_raw_reference_rate = 0.3;
+    config.source_new_stage_rate = 0.05;
+    config.source_merge_rate = 0.05;
+    config.target_reuse_rate = 0.03;
+    config.sync_duplicate_rate = 0.02;
+    config.target_edit_rate = 0.03;
+    config.sync_drop_rate = 0.02;
+    let truth = generate(&config).truth;
+    let mut causes = std::collections::BTreeMap::new();
+    for entity in truth.entities.values() {
+        for (cause, count) in &entity.by_cause {
+            *causes.entry(*cause).or_insert(0u64) += count;
+        }
+    }
+    for cause in [
+        "unmapped_value",
+        "broken_reference",
+        "deleted_in_source_only",
+        "duplicate",
+        "id_reused",
+        "non_owner_write",
+        "missed_change",
+        "unknown",
+    ] {
+        assert!(
+            causes.get(cause).copied().unwrap_or(0) > 0,
+            "no {cause}: {causes:?}"
+        );
+    }
+    let suspected: Vec<(&str, &str, &str)> = truth
+        .suspected_mapping_errors
+        .iter()
+        .map(|error| (error.entity, error.field, error.pattern.as_str()))
+        .collect();
+    for expected in [
+        ("contact", "jobtitle", "column_shift:LastName"),
+        ("deal", "amount", "scaled:100"),
+        ("company", "numberofemployees", "number_as_text"),
+        ("deal", "notes_last_updated", "time_shift:-05:00"),
+        ("deal", "associatedcompany", "untranslated_reference"),
+    ] {
+        assert!(
+            suspected.contains(&expected),
+            "{expected:?} in {suspected:?}"
+        );
+    }
+    // The unmapped stages are the new stage, copied as it is.
+    let deals = &truth.entities["deal"];
+    assert!(deals
+        .not_in_sync
+        .values()
+        .filter(|record| record.cause == "unmapped_value")
+        .all(|record| record.fields.contains(&"dealstage".to_owned())));
+}

@@ -447,6 +447,7 @@ fn set_schema_version(directory: &std::path::Path, version: u32) -> Option<u32> 
             "cutover_outbox",
             "command_outbox",
             "report_history",
+            "references",
         ],
     )
     .unwrap();

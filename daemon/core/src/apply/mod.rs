@@ -28,6 +28,7 @@ use crate::side;
 use crate::summary::ApplyState;
 use crate::system::System;
 use crate::time::Timestamp;
+use serde_json::Value;
 
 /// An error of the view the planner reads from (a store read failed).
 pub type ViewError = Box<dyn std::error::Error + Send + Sync>;
@@ -831,17 +832,35 @@ impl<V: StateView> Planner<'_, V> {
         };
         // The touched fields of the written record, set to what the owner's record says
         // through the field rules (a rule that cannot carry a value back is left out).
+        let owner_fields = owner_side.fields.clone();
         let mut set = BTreeMap::new();
         for field in event.fields.iter().flat_map(|fields| fields.keys()) {
             for rule in &entity.fields {
+                if let Some(referenced) = &rule.reference {
+                    // A reference is set to the written system's id of the record joined to
+                    // the one the owner's record points at.
+                    let (owner_name, name) = match system {
+                        System::Target => (rule.source.to_string(), rule.target.clone()),
+                        System::Source => (rule.target.clone(), rule.source.to_string()),
+                    };
+                    if name != *field {
+                        continue;
+                    }
+                    let value = owner_fields.get(&owner_name).unwrap_or(&Value::Null);
+                    if let Some(value) = self.translate_reference(owner, referenced, value)? {
+                        set.insert(name, value);
+                    }
+                    continue;
+                }
+                let owner_side = &owner_fields;
                 match system {
                     System::Target if rule.target == *field => {
-                        if let Ok(value) = rule.expected_target(&owner_side.fields) {
+                        if let Ok(value) = rule.expected_target(owner_side) {
                             set.insert(field.clone(), value);
                         }
                     }
                     System::Source if rule.source.names().contains(field) => {
-                        if let Some((name, value)) = rule.back_to_source(&owner_side.fields) {
+                        if let Some((name, value)) = rule.back_to_source(owner_side) {
                             set.insert(name, value);
                         }
                     }
@@ -863,6 +882,39 @@ impl<V: StateView> Planner<'_, V> {
             epoch: ownership.epoch,
         });
         Ok(())
+    }
+}
+
+impl<V: StateView> Planner<'_, V> {
+    /// A reference held in `from` as the other system's id of the record joined to the one
+    /// it points at; `None` when that record has no single live counterpart there.
+    fn translate_reference(
+        &mut self,
+        from: System,
+        entity: &str,
+        value: &Value,
+    ) -> ViewResult<Option<Value>> {
+        let id = match value {
+            Value::Null => return Ok(Some(Value::Null)),
+            Value::String(id) if !id.is_empty() => id.clone(),
+            Value::Number(id) => id.to_string(),
+            _ => return Ok(None),
+        };
+        let Some(join_key) = self.current_join_key(from, entity, &id)? else {
+            return Ok(None);
+        };
+        let row = match self.records.get(&(entity.to_owned(), join_key.clone())) {
+            Some(working) => Some(working.row.clone()),
+            None => self.view.record(entity, &join_key)?,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut live = row.side(from.other()).iter().filter(|side| !side.deleted);
+        Ok(match (live.next(), live.next()) {
+            (Some(only), None) => Some(Value::String(only.native_id.clone())),
+            _ => None,
+        })
     }
 }
 

@@ -25,6 +25,7 @@ pub struct MemoryState {
     pub snapshot_members: HashSet<(System, String, String, String)>,
     pub partition_members: BTreeSet<(String, i32, System, String, String)>,
     pub references: BTreeSet<tandem_core::Reference>,
+    pub compensations: Vec<tandem_core::ownership::Compensation>,
     pub rereads: BTreeMap<(System, String, String), UnverifiedReason>,
     pub snapshot_requests: Vec<(System, String)>,
     pub apply: ApplyState,
@@ -174,6 +175,7 @@ impl MemoryState {
             };
         }
         self.references.extend(plan.references);
+        self.compensations.extend(plan.compensations);
         for member in plan.partition_members {
             self.partition_members.insert((
                 member.topic,
