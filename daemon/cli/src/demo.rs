@@ -76,6 +76,7 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     sim.sync_raw_reference_rate = 0.1;
     sim.source_new_stage_rate = 0.02;
     sim.source_merge_rate = 0.02;
+    sim.target_enrichment_rate = 0.01;
     sim.target_reuse_rate = 0.01;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -182,8 +183,9 @@ grace = "5m"
 [log]
 level = "info"
 
-{entities}"#,
+{ownership}{entities}"#,
         store = store.display(),
+        ownership = tandem_sim::ownership_toml(),
         entities = tandem_sim::entities_toml()
     )
 }

@@ -405,6 +405,20 @@ impl SimField {
     }
 }
 
+/// The writer allowed to write into the fenced target besides the sync layer: an enrichment
+/// integration (kind, id). Its writes are no violations, but they still overwrite what the
+/// sync layer copied.
+pub const ALLOWED_TARGET_WRITER: (&str, &str) = ("integration", "enrichment");
+
+/// The `[ownership]` table of a tandem configuration for these CRMs: the source owns every
+/// entity, and [`ALLOWED_TARGET_WRITER`] may write into the target.
+pub fn ownership_toml() -> String {
+    format!(
+        "[ownership]\nowner = \"source\"\nallowed = {{ target = [\"{}:{}\"] }}\n\n",
+        ALLOWED_TARGET_WRITER.0, ALLOWED_TARGET_WRITER.1
+    )
+}
+
 /// The `[[entities]]` blocks of a tandem configuration that maps these CRMs.
 pub fn entities_toml() -> String {
     let mut toml = String::new();

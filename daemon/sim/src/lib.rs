@@ -17,7 +17,10 @@ mod world;
 
 use std::collections::BTreeMap;
 
-pub use catalog::{entities_toml, SimEntity, SimField, ENTITIES, LEGACY_ID_FIELD};
+pub use catalog::{
+    entities_toml, ownership_toml, SimEntity, SimField, ALLOWED_TARGET_WRITER, ENTITIES,
+    LEGACY_ID_FIELD,
+};
 pub use stream::FaultCounts;
 pub use truth::{EntityTruth, GroundTruth, RecordTruth, SuspectedTruth};
 
@@ -86,6 +89,10 @@ pub struct SimConfig {
     pub delete_rate: f64,
     /// Share of synced records a target user edits afterwards.
     pub target_edit_rate: f64,
+    /// Share of synced records the allowed enrichment integration
+    /// ([`ALLOWED_TARGET_WRITER`]) rewrites a field of in the target afterwards: no violation,
+    /// but the target no longer holds what the source has (overwritten in the target).
+    pub target_enrichment_rate: f64,
     /// Records created directly in the target, with a legacy id the source never had, per
     /// thousand source records.
     pub target_only_per_thousand: f64,
@@ -149,6 +156,7 @@ impl SimConfig {
             target_reuse_rate: 0.0,
             delete_rate: 0.03,
             target_edit_rate: 0.01,
+            target_enrichment_rate: 0.0,
             target_only_per_thousand: 4.0,
             redelivery_rate: 0.01,
             stale_replay_rate: 0.005,
@@ -187,6 +195,7 @@ impl SimConfig {
         self.source_merge_rate = 0.0;
         self.target_reuse_rate = 0.0;
         self.target_edit_rate = 0.0;
+        self.target_enrichment_rate = 0.0;
         self.target_only_per_thousand = 0.0;
         self.redelivery_rate = 0.0;
         self.stale_replay_rate = 0.0;

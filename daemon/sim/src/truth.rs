@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{instant, Judgement, SimField, COMPANY, ENTITIES, LEGACY_ID_FIELD};
+use crate::catalog::{
+    instant, Judgement, SimField, ALLOWED_TARGET_WRITER, COMPANY, ENTITIES, LEGACY_ID_FIELD,
+};
 use crate::SimSystem;
 
 /// One record of one CRM in the simulator's model.
@@ -26,7 +28,7 @@ pub(crate) struct SideState {
     pub(crate) deleted: bool,
     pub(crate) version: u64,
     pub(crate) last_change: i64,
-    /// The kind of writer of the latest change (`user`, `sync`, `integration`, ...).
+    /// The writer of the latest change, `kind:id` (`user:crm-user`, `sync:sync-layer`, ...).
     pub(crate) last_actor: String,
     /// Created again under this native id for another record, after a delete.
     pub(crate) reused: bool,
@@ -314,8 +316,9 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
     if live_target.is_some_and(|target| target.reused) {
         return "id_reused";
     }
-    let fenced_write =
-        live_target.is_some_and(|target| !matches!(target.last_actor.as_str(), "sync" | "repair"));
+    let allowed = format!("{}:{}", ALLOWED_TARGET_WRITER.0, ALLOWED_TARGET_WRITER.1);
+    let fenced_write = live_target
+        .is_some_and(|target| !sync_or_repair(&target.last_actor) && target.last_actor != allowed);
     if fenced_write {
         return "non_owner_write";
     }
@@ -333,11 +336,23 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
     }
 }
 
-/// A mismatch no field rule explains: the source changed after the target, or unknown.
+/// Whether a writer (`kind:id`) is the sync layer or a repair job.
+fn sync_or_repair(actor: &str) -> bool {
+    matches!(actor.split(':').next(), Some("sync" | "repair"))
+}
+
+/// A mismatch no field rule explains: the target was last written, no earlier than the
+/// source, by someone allowed there who is neither the sync layer nor a repair job; else the
+/// source changed after the target; else unknown.
 fn mismatch_cause(sources: &[&SideState], targets: &[&SideState]) -> &'static str {
     let live_source = sources.iter().find(|state| !state.deleted);
     let live_target = targets.iter().find(|state| !state.deleted);
     match (live_source, live_target) {
+        (Some(source), Some(target))
+            if !sync_or_repair(&target.last_actor) && target.last_change >= source.last_change =>
+        {
+            "overwritten_in_target"
+        }
         (Some(source), Some(target)) if source.last_change > target.last_change => "missed_change",
         _ => "unknown",
     }

@@ -12,7 +12,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::catalog::{
-    in_utc, wall_clock_as_utc, SimEntity, SimField, COMPANY, ENTITIES, LEGACY_ID_FIELD, NEW_STAGE,
+    in_utc, wall_clock_as_utc, SimEntity, SimField, ALLOWED_TARGET_WRITER, COMPANY, ENTITIES,
+    LEGACY_ID_FIELD, NEW_STAGE,
 };
 use crate::truth::{FinalStates, GroundTruth, SideState};
 use crate::{Scenario, SimConfig, SimSystem};
@@ -35,6 +36,7 @@ enum Action {
     TargetEdit {
         entity: usize,
         source_id: String,
+        by: (&'static str, &'static str),
     },
     TargetOnlyCreate {
         entity: usize,
@@ -234,7 +236,7 @@ impl<'a> World<'a> {
         .expect("a record exists before its event is emitted");
         state.version += 1;
         state.last_change = state.last_change.max(at);
-        state.last_actor = actor.0.to_owned();
+        state.last_actor = format!("{}:{}", actor.0, actor.1);
         let version = state.version;
         let state_after = state.clone();
         let partition = partition_of(native_id, self.config.partitions);
@@ -298,7 +300,11 @@ impl<'a> World<'a> {
                     },
                 );
             }
-            Action::TargetEdit { entity, source_id } => self.target_edit(at, entity, source_id),
+            Action::TargetEdit {
+                entity,
+                source_id,
+                by,
+            } => self.target_edit(at, entity, source_id, by),
             Action::SourceMerge { entity, id } => self.source_merge(at, entity, id),
             Action::TargetReuse {
                 entity,
@@ -595,7 +601,30 @@ impl<'a> World<'a> {
         if self.rng.random_bool(self.config.target_edit_rate) {
             let when = self.random_time(synced, end + NANOS);
             let source_id = id.clone();
-            self.schedule(when, Action::TargetEdit { entity, source_id });
+            let by = ("user", "target-user");
+            self.schedule(
+                when,
+                Action::TargetEdit {
+                    entity,
+                    source_id,
+                    by,
+                },
+            );
+        }
+        if self.config.target_enrichment_rate > 0.0
+            && self.rng.random_bool(self.config.target_enrichment_rate)
+        {
+            let when = self.random_time(synced, end + NANOS);
+            let source_id = id.clone();
+            let by = ALLOWED_TARGET_WRITER;
+            self.schedule(
+                when,
+                Action::TargetEdit {
+                    entity,
+                    source_id,
+                    by,
+                },
+            );
         }
         if self.config.target_reuse_rate > 0.0
             && self.rng.random_bool(self.config.target_reuse_rate)
@@ -741,7 +770,15 @@ impl<'a> World<'a> {
         );
     }
 
-    fn target_edit(&mut self, at: i64, entity: usize, source_id: String) {
+    /// A writer in the target (a user, or the allowed integration) changes one field of a
+    /// synced record.
+    fn target_edit(
+        &mut self,
+        at: i64,
+        entity: usize,
+        source_id: String,
+        by: (&'static str, &'static str),
+    ) {
         let Some(target_id) = self.live_links(entity, &source_id).into_iter().next() else {
             return;
         };
@@ -768,7 +805,7 @@ impl<'a> World<'a> {
             "update",
             at,
             Some((changes, true)),
-            ("user", "target-user"),
+            by,
         );
     }
 

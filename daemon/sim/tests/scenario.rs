@@ -80,6 +80,7 @@ fn each_injected_fault_shows_in_the_truth_with_its_cause() {
     config.target_reuse_rate = 0.03;
     config.sync_duplicate_rate = 0.02;
     config.target_edit_rate = 0.03;
+    config.target_enrichment_rate = 0.05;
     config.sync_drop_rate = 0.02;
     let truth = generate(&config).truth;
     let mut causes = std::collections::BTreeMap::new();
@@ -95,6 +96,7 @@ fn each_injected_fault_shows_in_the_truth_with_its_cause() {
         "duplicate",
         "id_reused",
         "non_owner_write",
+        "overwritten_in_target",
         "missed_change",
         "unknown",
     ] {

@@ -132,7 +132,8 @@ idle_clock = false
 [log]
 level = "info"
 
-{entities}"#,
+{ownership}{entities}"#,
+        ownership = tandem_sim::ownership_toml(),
         dlq = topics.dead_letters,
         store = directory.join("store").display(),
         source = topics.source,
