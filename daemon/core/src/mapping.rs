@@ -579,6 +579,18 @@ impl Mapping {
             .unwrap_or_else(|error| format!("unserializable rules: {error}"));
         format!("{RULES_VERSION}:{rules}")
     }
+
+    /// The fingerprint of each entity's rules, by entity.
+    pub fn entity_fingerprints(&self) -> BTreeMap<String, String> {
+        self.entities
+            .iter()
+            .map(|(name, entity)| {
+                let rules = serde_json::to_string(entity)
+                    .unwrap_or_else(|error| format!("unserializable rules: {error}"));
+                (name.clone(), format!("{RULES_VERSION}:{rules}"))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -447,6 +447,40 @@ pub struct Reference {
     pub from_key: String,
 }
 
+/// The native id a reference value names: `None` for null or absent, `Err` for a value that
+/// cannot be an id (an empty text, a list, ...).
+fn reference_id(value: Option<&serde_json::Value>) -> Result<Option<String>, ()> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
+        Some(serde_json::Value::Number(id)) => Ok(Some(id.to_string())),
+        Some(_) => Err(()),
+    }
+}
+
+/// The native records a comparison of this row looks up through its `ref` fields (system,
+/// entity, native id): for reading them ahead in one batch.
+pub fn referenced_records(
+    mapping: &EntityMapping,
+    row: &RecordRow,
+) -> Vec<(System, String, String)> {
+    let mut found = Vec::new();
+    for field in &mapping.fields {
+        let Some(entity) = &field.reference else {
+            continue;
+        };
+        for (system, name) in [
+            (System::Source, field.source.first()),
+            (System::Target, field.target.as_str()),
+        ] {
+            if let Ok(Some(id)) = reference_id(row.live_fields(system).get(name)) {
+                found.push((system, entity.clone(), id));
+            }
+        }
+    }
+    found
+}
+
 /// Compares the two sides of a record field by field, through each field's rule: the
 /// source's value (joined and mapped as configured) against the target's, with the rule's
 /// normalizer. An absent field equals `null`. A reference field (`ref`) is equal when both
@@ -480,15 +514,9 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow, resolve: &mut Resolve<'
                        fields: &crate::event::Fields,
                        name: &str,
                        resolve: &mut Resolve<'_>| {
-                match fields.get(name) {
-                    None | Some(serde_json::Value::Null) => Ok(None),
-                    Some(serde_json::Value::String(id)) if !id.is_empty() => {
-                        resolve(system, entity, id).map(Some).ok_or(())
-                    }
-                    Some(serde_json::Value::Number(id)) => {
-                        resolve(system, entity, &id.to_string()).map(Some).ok_or(())
-                    }
-                    Some(_) => Err(()),
+                match reference_id(fields.get(name))? {
+                    None => Ok(None),
+                    Some(id) => resolve(system, entity, &id).map(Some).ok_or(()),
                 }
             };
             let source_key = key(

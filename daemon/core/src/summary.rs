@@ -163,6 +163,10 @@ pub struct ApplyState {
     /// is evaluated again.
     #[serde(default)]
     pub rules: Option<String>,
+    /// The same per entity ([`crate::Mapping::entity_fingerprints`]): a change to one
+    /// entity's rules evaluates only that entity's records again.
+    #[serde(default)]
+    pub entity_rules: BTreeMap<String, String>,
 }
 
 impl Default for ApplyState {
@@ -174,6 +178,7 @@ impl Default for ApplyState {
             feed: FeedState::default(),
             ownership: OwnershipState::default(),
             rules: None,
+            entity_rules: BTreeMap::new(),
         }
     }
 }

@@ -120,11 +120,25 @@ impl ApplyLoop {
         let fingerprint = self.mapping.fingerprint();
         match &self.state.rules {
             Some(stored) if *stored == fingerprint => {}
-            Some(_) => self.reevaluate(
-                "the entity rules changed since the store was last evaluated".to_owned(),
-            )?,
+            Some(_) => {
+                // Only the entities whose rules changed.
+                let current = self.mapping.entity_fingerprints();
+                let changed: Vec<String> = current
+                    .iter()
+                    .filter(|(name, rules)| self.state.entity_rules.get(*name) != Some(rules))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                self.reevaluate(
+                    format!(
+                        "the rules of {} changed since the store was last evaluated",
+                        changed.join(", ")
+                    ),
+                    Some(changed),
+                )?;
+            }
             None => self.reevaluate(
                 "the store was last evaluated by an earlier release, or never".to_owned(),
+                None,
             )?,
         }
         loop {
@@ -144,7 +158,7 @@ impl ApplyLoop {
                 },
                 recv(control) -> request => match request {
                     Ok(ControlRequest::Step { order, reply }) => self.cutover(order, reply)?,
-                    Ok(ControlRequest::Reevaluate { reason }) => self.reevaluate(reason)?,
+                    Ok(ControlRequest::Reevaluate { reason }) => self.reevaluate(reason, None)?,
                     // The API is gone (shutting down): stop listening.
                     Err(_) => control = crossbeam_channel::never(),
                 },
@@ -288,20 +302,25 @@ impl ApplyLoop {
 
     /// Evaluates every stored record again with the current rules, in chunks committed like
     /// batches (unchanged records are not rewritten), then records the rules' fingerprint in
-    /// the state. Consumption waits meanwhile; the API keeps answering from the store and
-    /// shows the progress. Interrupted by a crash, it starts over at the next start (a record
+    /// the state. `only`: these entities (`None`: every entity). Consumption waits meanwhile;
+    /// the API keeps answering from the store and shows the progress. Interrupted by a crash, it starts over at the next start (a record
     /// evaluated twice evaluates the same).
-    fn reevaluate(&mut self, reason: String) -> Result<()> {
+    fn reevaluate(&mut self, reason: String, only: Option<Vec<String>>) -> Result<()> {
         self.drain()?;
         let started = Instant::now();
         let started_at = Timestamp::from_system_time(std::time::SystemTime::now());
-        let total: u64 = self
-            .state
-            .summaries
-            .values()
+        let entities: Vec<String> = self
+            .mapping
+            .entities()
+            .map(|entity| entity.name.clone())
+            .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
+            .collect();
+        let total: u64 = entities
+            .iter()
+            .filter_map(|name| self.state.summaries.get(name))
             .map(tandem_core::EntitySummary::records)
             .sum();
-        info!(%reason, records = total, "evaluating every stored record again");
+        info!(%reason, records = total, entities = ?entities, "evaluating stored records again");
         let mut progress = crate::status::Reevaluation {
             reason,
             done: 0,
@@ -315,25 +334,36 @@ impl ApplyLoop {
         self.status
             .update(|snapshot| snapshot.reevaluation = Some(progress.clone()));
         let mut last_log = Instant::now();
-        let entities: Vec<String> = self
-            .mapping
-            .entities()
-            .map(|entity| entity.name.clone())
-            .collect();
         let store = self.store.clone();
         let clock = self.state.clock;
-        for entity in entities {
-            let Some(rules) = self.mapping.entity(&entity).cloned() else {
-                continue;
-            };
-            let snapshot = store.read();
-            let mut rows = snapshot.encoded_records_of(&entity).peekable();
-            while rows.peek().is_some() {
-                let encoded: Vec<(String, Vec<u8>)> = rows
-                    .by_ref()
-                    .take(REEVALUATION_CHUNK)
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(Error::Store)?;
+        std::thread::scope(|scope| -> Result<()> {
+            // One thread reads the next chunk from the store while the chunk before is
+            // evaluated; a chunk waits at most one ahead.
+            let (chunks, received) = crossbeam_channel::bounded::<ReadChunk>(1);
+            let reader_entities = entities.clone();
+            let reader_store = store.clone();
+            std::thread::Builder::new()
+                .name("tandem-reeval-read".to_owned())
+                .spawn_scoped(scope, move || {
+                    for entity in reader_entities {
+                        let snapshot = reader_store.read();
+                        let mut rows = snapshot.encoded_records_of(&entity).peekable();
+                        while rows.peek().is_some() {
+                            let chunk: std::result::Result<Vec<_>, _> =
+                                rows.by_ref().take(REEVALUATION_CHUNK).collect();
+                            let failed = chunk.is_err();
+                            if chunks.send((entity.clone(), chunk)).is_err() || failed {
+                                return;
+                            }
+                        }
+                    }
+                })
+                .expect("invariant: the OS can start a thread");
+            for (entity, encoded) in received {
+                let encoded = encoded.map_err(Error::Store)?;
+                let Some(rules) = self.mapping.entity(&entity).cloned() else {
+                    continue;
+                };
                 let count = encoded.len() as u64;
                 let chunk_started = Instant::now();
                 // Decoding and comparing take the time: both cores do it, and only the
@@ -369,9 +399,11 @@ impl ApplyLoop {
                     );
                 }
             }
-        }
+            Ok(())
+        })?;
         // The fingerprint goes into the state with the next (empty) batch.
         self.state.rules = Some(self.mapping.fingerprint());
+        self.state.entity_rules = self.mapping.entity_fingerprints();
         self.plan_batch(Vec::new())?;
         self.drain()?;
         progress.eta_seconds = None;
@@ -561,6 +593,12 @@ impl ApplyLoop {
     }
 }
 
+/// A chunk of one entity's stored records, still encoded, as the re-evaluation reads them.
+type ReadChunk = (
+    String,
+    std::result::Result<Vec<(String, Vec<u8>)>, tandem_store::Error>,
+);
+
 /// The rows of a chunk whose evaluation changed, and the references every row looked up.
 type ChangedRows = (Vec<(String, tandem_core::RecordRow)>, Vec<Reference>);
 
@@ -577,8 +615,20 @@ fn changed_rows(
     let evaluate_part = |part: &[(String, Vec<u8>)]| -> Result<ChangedRows> {
         let mut changed = Vec::new();
         let mut references = Vec::new();
-        for (join_key, bytes) in part {
-            let row = tandem_store::decode_record(bytes).map_err(Error::Store)?;
+        let rows = part
+            .iter()
+            .map(|(join_key, bytes)| Ok((join_key, tandem_store::decode_record(bytes)?)))
+            .collect::<std::result::Result<Vec<_>, tandem_store::Error>>()
+            .map_err(Error::Store)?;
+        // The join keys every reference of the part needs, read in one sorted batch.
+        let mut wanted: Vec<(System, String, String)> = rows
+            .iter()
+            .flat_map(|(_, row)| tandem_core::record::referenced_records(rules, row))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found = store.join_keys_many(&wanted).map_err(Error::Store)?;
+        for (join_key, row) in rows {
             let mut resolve = |system: System, entity: &str, native_id: &str| {
                 references.push(Reference {
                     system,
@@ -587,9 +637,16 @@ fn changed_rows(
                     from_entity: rules.name.clone(),
                     from_key: join_key.clone(),
                 });
-                tandem_core::StateView::join_key(store, system, entity, native_id)
-                    .ok()
-                    .flatten()
+                let read_ahead = wanted.binary_search_by(|(known_system, known_entity, id)| {
+                    (*known_system, known_entity.as_str(), id.as_str())
+                        .cmp(&(system, entity, native_id))
+                });
+                match read_ahead {
+                    Ok(index) => found[index].clone(),
+                    Err(_) => tandem_core::StateView::join_key(store, system, entity, native_id)
+                        .ok()
+                        .flatten(),
+                }
             };
             let after = tandem_core::apply::evaluate(rules, &row, clock, grace, &mut resolve);
             if tandem_core::apply::evaluation_changes(&after, &row) {

@@ -121,6 +121,42 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The join keys of many native records at once (one batched read; for a re-evaluation
+    /// that resolves the references of thousands of records).
+    pub fn join_keys_many(
+        &self,
+        natives: &[(System, String, String)],
+    ) -> Result<Vec<Option<String>>> {
+        let mut keys: Vec<(usize, Vec<u8>)> = natives
+            .iter()
+            .enumerate()
+            .map(|(index, (system, entity, native_id))| {
+                (index, keys::encode_native(*system, entity, native_id))
+            })
+            .collect();
+        keys.sort_by(|left, right| left.1.cmp(&right.1));
+        let values = self.db.batched_multi_get_cf(
+            self.cf(cf::JOIN_KEYS),
+            keys.iter().map(|(_, key)| key),
+            true,
+        );
+        let mut found = vec![None; natives.len()];
+        for ((index, _), value) in keys.iter().zip(values) {
+            let value = value.map_err(Error::rocksdb("read of the join-key index"))?;
+            found[*index] = value
+                .map(|bytes| {
+                    String::from_utf8(bytes.to_vec()).map_err(|_| Error::CorruptValue {
+                        column_family: cf::JOIN_KEYS,
+                        detail: "join key is not UTF-8".to_owned(),
+                    })
+                })
+                .transpose()?;
+        }
+        Ok(found)
+    }
+}
+
 impl ReadSnapshot<'_> {
     fn get(&self, column_family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.snapshot
