@@ -32,8 +32,8 @@ pub struct Report {
     pub ingest: IngestReport,
     /// Completeness of the feeds: holes, snapshots, re-reads.
     pub feed: FeedReport,
-    /// Set while every stored record is evaluated again (the entity rules changed, or it
-    /// was asked for): the statuses are a mix of old and new rules until it finishes.
+    /// Set while stored records are evaluated again (an entity's rules changed, or it was
+    /// asked for): the statuses are a mix of old and new rules until it finishes.
     #[serde(default)]
     pub reevaluation: Option<Reevaluation>,
     /// The latest re-evaluation that finished since the daemon started.

@@ -168,7 +168,8 @@ enum Command {
         format: Format,
     },
     /// Evaluate every stored record again with the configured rules (after a mapping change
-    /// the daemon does it by itself at start); shows progress until it is done.
+    /// the daemon does it by itself at start, for the entities whose rules changed); shows
+    /// progress until it is done.
     Reevaluate {
         /// Why (logged and shown in the report).
         #[arg(long)]

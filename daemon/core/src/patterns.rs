@@ -1,7 +1,8 @@
 //! Systematic mapping errors: when most mismatches of one field share one pattern (the target
 //! holds another source field's value, a number scaled by 100, a time shifted by one zone
-//! offset, a number as text, a difference of case or spaces), the report states it once with
-//! its share and examples, instead of leaving thousands of lines to a human.
+//! offset, a number as text, a difference of case or spaces, a reference holding the source's
+//! own id), the report states it once with its share and examples, instead of leaving
+//! thousands of lines to a human.
 
 use std::collections::BTreeMap;
 

@@ -159,12 +159,14 @@ pub struct ApplyState {
     #[serde(default)]
     pub ownership: OwnershipState,
     /// The fingerprint of the entity rules every stored record was last evaluated with
-    /// ([`crate::Mapping::fingerprint`]); when the configuration's differs, every record
-    /// is evaluated again.
+    /// ([`crate::Mapping::fingerprint`]); when the configuration's differs, the records of
+    /// the entities whose rules differ ([`ApplyState::entity_rules`]) are evaluated again.
+    /// `None` while a re-evaluation runs.
     #[serde(default)]
     pub rules: Option<String>,
     /// The same per entity ([`crate::Mapping::entity_fingerprints`]): a change to one
-    /// entity's rules evaluates only that entity's records again.
+    /// entity's rules evaluates only that entity's records again. An entity being
+    /// re-evaluated is absent until its re-evaluation finishes.
     #[serde(default)]
     pub entity_rules: BTreeMap<String, String>,
 }

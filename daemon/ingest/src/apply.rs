@@ -108,8 +108,8 @@ impl ApplyLoop {
 
     /// Runs until the consumer's channel closes; an error stops ingestion. Cutover steps and
     /// re-evaluations come on a channel of their own, held by the API, so that it never keeps
-    /// the loop alive at shutdown. Before the first batch, every stored record is evaluated
-    /// again if the entity rules changed since the store was last evaluated.
+    /// the loop alive at shutdown. Before the first batch, the stored records of every entity
+    /// whose rules changed since the store was last evaluated are evaluated again.
     pub(crate) fn run(
         mut self,
         commands: Receiver<ApplyCommand>,
@@ -117,29 +117,15 @@ impl ApplyLoop {
     ) -> Result<()> {
         let _span = info_span!("apply").entered();
         let written_rx = self.written_rx.clone();
-        let fingerprint = self.mapping.fingerprint();
-        match &self.state.rules {
-            Some(stored) if *stored == fingerprint => {}
-            Some(_) => {
-                // Only the entities whose rules changed.
-                let current = self.mapping.entity_fingerprints();
-                let changed: Vec<String> = current
-                    .iter()
-                    .filter(|(name, rules)| self.state.entity_rules.get(*name) != Some(rules))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                self.reevaluate(
-                    format!(
-                        "the rules of {} changed since the store was last evaluated",
-                        changed.join(", ")
-                    ),
-                    Some(changed),
-                )?;
+        match startup_reevaluation(&self.state, &self.mapping) {
+            Startup::UpToDate => {}
+            Startup::RecordRules => {
+                self.state.rules = Some(self.mapping.fingerprint());
+                self.state.entity_rules = self.mapping.entity_fingerprints();
+                self.plan_batch(Vec::new())?;
+                self.drain()?;
             }
-            None => self.reevaluate(
-                "the store was last evaluated by an earlier release, or never".to_owned(),
-                None,
-            )?,
+            Startup::Reevaluate { reason, only } => self.reevaluate(reason, only)?,
         }
         loop {
             // Durable batches first: their overlay entries can go and their offsets show.
@@ -300,11 +286,11 @@ impl ApplyLoop {
         Ok(())
     }
 
-    /// Evaluates every stored record again with the current rules, in chunks committed like
-    /// batches (unchanged records are not rewritten), then records the rules' fingerprint in
-    /// the state. `only`: these entities (`None`: every entity). Consumption waits meanwhile;
-    /// the API keeps answering from the store and shows the progress. Interrupted by a crash, it starts over at the next start (a record
-    /// evaluated twice evaluates the same).
+    /// Evaluates the stored records of `only` (`None`: every entity) again with the current
+    /// rules, in chunks committed like batches (unchanged records are not rewritten), then
+    /// records the rules' fingerprints in the state. Consumption waits meanwhile; the API
+    /// keeps answering from the store and shows the progress. Interrupted by a crash, it
+    /// starts over at the next start (a record evaluated twice evaluates the same).
     fn reevaluate(&mut self, reason: String, only: Option<Vec<String>>) -> Result<()> {
         self.drain()?;
         let started = Instant::now();
@@ -333,6 +319,19 @@ impl ApplyLoop {
         };
         self.status
             .update(|snapshot| snapshot.reevaluation = Some(progress.clone()));
+        // Until it finishes, the store does not claim these entities were evaluated with any
+        // rules: a crash or a configuration change meanwhile re-evaluates them at next start.
+        self.state.rules = None;
+        match &only {
+            Some(entities) => {
+                for entity in entities {
+                    self.state.entity_rules.remove(entity);
+                }
+            }
+            None => self.state.entity_rules.clear(),
+        }
+        self.plan_batch(Vec::new())?;
+        self.drain()?;
         let mut last_log = Instant::now();
         let store = self.store.clone();
         let clock = self.state.clock;
@@ -593,6 +592,52 @@ impl ApplyLoop {
     }
 }
 
+/// What to do at start about the stored evaluations.
+#[derive(Debug, PartialEq)]
+enum Startup {
+    /// They were made with the configured rules.
+    UpToDate,
+    /// Entities were only removed from the configuration: record the rules, nothing to
+    /// evaluate.
+    RecordRules,
+    /// Evaluate these entities' records again (`None`: every entity).
+    Reevaluate {
+        reason: String,
+        only: Option<Vec<String>>,
+    },
+}
+
+/// Compares the rules the store was evaluated with against the configured ones.
+fn startup_reevaluation(state: &ApplyState, mapping: &Mapping) -> Startup {
+    if state.rules.as_ref() == Some(&mapping.fingerprint()) {
+        return Startup::UpToDate;
+    }
+    if state.entity_rules.is_empty() {
+        return Startup::Reevaluate {
+            reason: "the store was last evaluated by an earlier release, or never".to_owned(),
+            only: None,
+        };
+    }
+    // The entities whose records were last evaluated with other rules, or whose
+    // re-evaluation did not finish (it forgets their rules before it starts).
+    let changed: Vec<String> = mapping
+        .entity_fingerprints()
+        .into_iter()
+        .filter(|(name, rules)| state.entity_rules.get(name) != Some(rules))
+        .map(|(name, _)| name)
+        .collect();
+    if changed.is_empty() {
+        return Startup::RecordRules;
+    }
+    Startup::Reevaluate {
+        reason: format!(
+            "the rules of {} changed since the store was last evaluated (or their re-evaluation was interrupted)",
+            changed.join(", ")
+        ),
+        only: Some(changed),
+    }
+}
+
 /// A chunk of one entity's stored records, still encoded, as the re-evaluation reads them.
 type ReadChunk = (
     String,
@@ -666,4 +711,110 @@ fn changed_rows(
         references.extend(more_references);
         Ok((changed, references))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_core::mapping::{FieldMapping, JoinSpec};
+    use tandem_core::{EntityMapping, JoinKeySource};
+
+    use super::*;
+
+    fn mapping(contact_email: &str) -> Mapping {
+        let entity = |name: &str, fields| EntityMapping {
+            name: name.to_owned(),
+            join: JoinSpec {
+                source: JoinKeySource::ExternalId,
+                target: JoinKeySource::Field("legacy_id".to_owned()),
+            },
+            fields,
+        };
+        Mapping::try_new(vec![
+            entity("contact", vec![FieldMapping::exact("Email", contact_email)]),
+            entity("deal", vec![FieldMapping::exact("Amount", "amount")]),
+        ])
+        .unwrap()
+    }
+
+    /// The state after a finished evaluation with `mapping`.
+    fn evaluated_with(mapping: &Mapping) -> ApplyState {
+        ApplyState {
+            rules: Some(mapping.fingerprint()),
+            entity_rules: mapping.entity_fingerprints(),
+            ..ApplyState::default()
+        }
+    }
+
+    fn only(entities: &[&str]) -> Option<Option<Vec<String>>> {
+        Some(Some(
+            entities.iter().map(|name| (*name).to_owned()).collect(),
+        ))
+    }
+
+    fn reevaluates(startup: Startup) -> Option<Option<Vec<String>>> {
+        match startup {
+            Startup::Reevaluate { only, .. } => Some(only),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_the_entities_whose_rules_changed_are_evaluated_again() {
+        let before = mapping("email");
+        let state = evaluated_with(&before);
+        assert_eq!(startup_reevaluation(&state, &before), Startup::UpToDate);
+        // contact's target field was renamed: contact only.
+        let after = mapping("email_address");
+        assert_eq!(
+            reevaluates(startup_reevaluation(&state, &after)),
+            only(&["contact"])
+        );
+    }
+
+    #[test]
+    fn a_store_without_per_entity_rules_is_evaluated_whole() {
+        let current = mapping("email");
+        let earlier_release = ApplyState {
+            rules: Some("rules-2:[...]".to_owned()),
+            ..ApplyState::default()
+        };
+        assert_eq!(
+            reevaluates(startup_reevaluation(&earlier_release, &current)),
+            Some(None)
+        );
+        assert_eq!(
+            reevaluates(startup_reevaluation(&ApplyState::default(), &current)),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_reevaluation_is_done_again_even_after_a_revert() {
+        // contact's re-evaluation under new rules started (it forgets contact's rules and the
+        // whole fingerprint first) and was cut short; then the configuration went back to the
+        // rules the store had before. The contacts committed meanwhile were evaluated with the
+        // other rules: they are evaluated again.
+        let before = mapping("email");
+        let mut state = evaluated_with(&before);
+        state.rules = None;
+        state.entity_rules.remove("contact");
+        assert_eq!(
+            reevaluates(startup_reevaluation(&state, &before)),
+            only(&["contact"])
+        );
+    }
+
+    #[test]
+    fn removing_an_entity_evaluates_nothing() {
+        let with_deal = mapping("email");
+        let mut state = evaluated_with(&with_deal);
+        state
+            .entity_rules
+            .insert("ticket".to_owned(), "rules-3:{...}".to_owned());
+        state.rules = Some("another fingerprint".to_owned());
+        assert_eq!(
+            startup_reevaluation(&state, &with_deal),
+            Startup::RecordRules
+        );
+    }
 }

@@ -53,13 +53,14 @@ pub struct IngestSnapshot {
     pub stopped: Option<String>,
     /// Set while ingestion is paused (disk nearly full), with the reason.
     pub paused: Option<String>,
-    /// Set while every stored record is evaluated again.
+    /// Set while stored records are evaluated again.
     pub reevaluation: Option<Reevaluation>,
     /// The latest re-evaluation that finished.
     pub last_reevaluation: Option<Reevaluation>,
 }
 
-/// A re-evaluation of every stored record (after the entity rules changed, or on request):
+/// A re-evaluation of stored records (of the entities whose rules changed, or of every entity
+/// on request):
 /// how far it is.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reevaluation {

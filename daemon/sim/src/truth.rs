@@ -302,9 +302,9 @@ impl GroundTruth {
 }
 
 /// Why a record that is not in sync diverges, by the documented rules (schemas/causes.md)
-/// applied to the simulator's own model. The simulated run has the default ownership: the
-/// source owns every entity, so a write into the target by anyone but the sync layer breaks
-/// the rule.
+/// applied to the simulator's own model. The simulated configuration ([`crate::ownership_toml`])
+/// has the source own every entity, so a write into the target by anyone but the sync layer
+/// and the allowed enrichment integration breaks the rule.
 fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'static str {
     let live_source = sources.iter().find(|state| !state.deleted);
     let live_target = targets.iter().find(|state| !state.deleted);

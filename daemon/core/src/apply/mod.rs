@@ -21,8 +21,8 @@ use crate::ownership::{
     WriterCount, WriterKey,
 };
 use crate::record::{
-    compare, with_grace, Cause, RecordRow, RecordStatus, Reference, Rekey, Status, Unverified,
-    UnverifiedReason,
+    compare, referenced_records, with_grace, Cause, RecordRow, RecordStatus, Reference, Rekey,
+    Status, Unverified, UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -190,6 +190,28 @@ struct WorkingRecord {
     row: RecordRow,
     /// Whether an event changed the row (a re-evaluation alone does not).
     dirty: bool,
+    /// The references the stored evaluation looked up, so already in the index.
+    indexed_references: Vec<(System, String, String)>,
+}
+
+impl WorkingRecord {
+    fn stored(entity: &EntityMapping, row: RecordRow) -> Self {
+        // A stored status that compared the sides (in sync, or fields differ) looked up
+        // every reference the stored row holds, and the index has them.
+        let compared =
+            row.status.status == Some(Status::InSync) || !row.status.differing_fields.is_empty();
+        let indexed_references = if compared {
+            referenced_records(entity, &row)
+        } else {
+            Vec::new()
+        };
+        WorkingRecord {
+            before: row.status.clone(),
+            row,
+            dirty: false,
+            indexed_references,
+        }
+    }
 }
 
 /// Plans one batch. Create with [`Planner::new`], feed inputs, then [`Planner::finish`].
@@ -381,16 +403,12 @@ impl<'a, V: StateView> Planner<'a, V> {
     /// Re-evaluates a stored record read by the caller (a re-evaluation walks the store in
     /// order instead of looking each record up). The row must be the stored one.
     pub fn reevaluate_row(&mut self, entity: &str, join_key: String, row: RecordRow) {
-        if self.mapping.entity(entity).is_none() {
+        let Some(rules) = self.mapping.entity(entity) else {
             return;
-        }
+        };
         self.records
             .entry((entity.to_owned(), join_key))
-            .or_insert_with(|| WorkingRecord {
-                before: row.status.clone(),
-                row,
-                dirty: false,
-            });
+            .or_insert_with(|| WorkingRecord::stored(rules, row));
     }
 
     /// Adds references a re-evaluation looked up outside the planner (it evaluates every
@@ -626,12 +644,12 @@ impl<'a, V: StateView> Planner<'a, V> {
         let key = (entity.to_owned(), join_key.to_owned());
         if !self.records.contains_key(&key) {
             let row = self.view.record(entity, join_key)?.unwrap_or_default();
-            let working = WorkingRecord {
-                before: row.status.clone(),
-                row,
-                dirty: false,
-            };
-            self.records.insert(key.clone(), working);
+            let rules = self
+                .mapping
+                .entity(entity)
+                .expect("invariant: only mapped entities have working records");
+            self.records
+                .insert(key.clone(), WorkingRecord::stored(rules, row));
         }
         Ok(self
             .records
@@ -653,14 +671,20 @@ impl<'a, V: StateView> Planner<'a, V> {
             let join_keys = &self.join_keys;
             let view = self.view;
             let references = &mut self.references;
+            let indexed = &working.indexed_references;
             let mut resolve = |system: System, referenced: &str, native_id: &str| {
-                references.insert(Reference {
-                    system,
-                    entity: referenced.to_owned(),
-                    native_id: native_id.to_owned(),
-                    from_entity: entity_name.clone(),
-                    from_key: join_key.clone(),
+                let known = indexed.iter().any(|(known_system, known_entity, id)| {
+                    *known_system == system && known_entity == referenced && id == native_id
                 });
+                if !known {
+                    references.insert(Reference {
+                        system,
+                        entity: referenced.to_owned(),
+                        native_id: native_id.to_owned(),
+                        from_entity: entity_name.clone(),
+                        from_key: join_key.clone(),
+                    });
+                }
                 match join_keys.get(&(system, referenced.to_owned(), native_id.to_owned())) {
                     Some(known) => known.clone(),
                     // A store that cannot be read leaves the reference unresolved: a
