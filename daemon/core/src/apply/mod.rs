@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
+
 mod feed;
 
 use crate::cutover::{self, Phase, StepOrder, TransitionRecord};
@@ -28,7 +30,6 @@ use crate::side;
 use crate::summary::ApplyState;
 use crate::system::System;
 use crate::time::Timestamp;
-use serde_json::Value;
 
 /// An error of the view the planner reads from (a store read failed).
 pub type ViewError = Box<dyn std::error::Error + Send + Sync>;
