@@ -601,6 +601,55 @@ fn a_reference_is_judged_again_when_the_record_it_points_at_arrives_or_changes_k
 }
 
 #[test]
+fn a_delete_that_overtook_its_create_still_learns_the_key_from_the_create() {
+    let mapping = reference_mapping();
+    let mut state = MemoryState::default();
+    // The target's delete of company 9A arrives first: no key yet.
+    state.apply_batch_at(
+        &mapping,
+        &[company_at(System::Target, "c3", "9A", "A-1", "delete", 5)],
+        Some(at(6)),
+    );
+    // Then its older create, stale, with the key; the source's company and a contact
+    // pointing at it on both sides.
+    state.apply_batch_at(
+        &mapping,
+        &[
+            company_at(System::Target, "c2", "9A", "A-1", "create", 0),
+            company_at(System::Source, "c1", "001A", "A-1", "create", 0),
+            write(
+                System::Source,
+                "s1",
+                "L1",
+                "create",
+                1,
+                json!({"AccountId": "001A"}),
+                "user",
+            ),
+            write(
+                System::Target,
+                "t1",
+                "T1",
+                "create",
+                2,
+                json!({"company_id": "9A", "legacy_id": "L1"}),
+                "sync",
+            ),
+        ],
+        Some(at(30)),
+    );
+    assert_eq!(
+        state.join_keys[&(System::Target, "company".to_owned(), "9A".to_owned())],
+        "A-1"
+    );
+    // The company was deleted in the target only; the contact's reference is right.
+    let company = &state.records[&("company".to_owned(), "A-1".to_owned())];
+    assert_eq!(company.status.status, Some(Status::MissingInTarget));
+    assert_eq!(company.status.cause, Some(Cause::DeletedInTargetOnly));
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+}
+
+#[test]
 fn a_compensation_sets_a_reference_back_to_the_target_id_of_the_owners_company() {
     let mapping = reference_mapping();
     let mut state = MemoryState::default();

@@ -524,6 +524,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                     }
                 }
             }
+            self.learn_join_key(system, entity, event, stored_key.as_ref())?;
             return Ok(Outcome::Stale);
         }
         if let (None, Some((topic, partition))) = (&current, partition) {
@@ -587,21 +588,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             side.rekeyed = None;
         }
         if stored_key.as_ref() != Some(&join_key) {
-            let native = (system, entity.name.clone(), event.id.clone());
-            self.join_keys
-                .insert(native.clone(), Some(join_key.clone()));
-            self.changed_join_keys.insert(native, join_key.clone());
-            if self.mapping.is_referenced(&entity.name) {
-                // References to this record resolve differently now (they may have been
-                // dangling): the records holding them are evaluated again with this batch.
-                for (from_entity, from_key) in
-                    self.view.referencing(system, &entity.name, &event.id)?
-                {
-                    if self.mapping.entity(&from_entity).is_some() {
-                        self.working_record(&from_entity, &from_key)?;
-                    }
-                }
-            }
+            self.note_join_key(system, entity, &event.id, &join_key)?;
         }
         let record = self.working_record(&entity.name, &join_key)?;
         let sides = record.row.side_mut(system);
@@ -614,6 +601,64 @@ impl<'a, V: StateView> Planner<'a, V> {
         }
         track_since(entity, record, event.occurred_at);
         Ok(Outcome::Applied)
+    }
+
+    /// Notes that a native record belongs to `join_key` now.
+    fn note_join_key(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        native_id: &str,
+        join_key: &str,
+    ) -> ViewResult<()> {
+        let native = (system, entity.name.clone(), native_id.to_owned());
+        self.join_keys
+            .insert(native.clone(), Some(join_key.to_owned()));
+        self.changed_join_keys.insert(native, join_key.to_owned());
+        if self.mapping.is_referenced(&entity.name) {
+            // References to this record resolve differently now (they may have been
+            // dangling): the records holding them are evaluated again with this batch.
+            for (from_entity, from_key) in self.view.referencing(system, &entity.name, native_id)? {
+                if self.mapping.entity(&from_entity).is_some() {
+                    self.working_record(&from_entity, &from_key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A record first seen through a change without its key (a delete that overtook its
+    /// create) sits under an `unjoined:` key. An older event that carries the key tells it,
+    /// stale as it is (join keys are immutable): the stored side moves under that key as it
+    /// is, so that the record is counted, and references to it resolve.
+    fn learn_join_key(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        stored_key: Option<&String>,
+    ) -> ViewResult<()> {
+        let Some(old_key) = stored_key.filter(|key| key.starts_with("unjoined:")) else {
+            return Ok(());
+        };
+        let Some(join_key) = entity.join.for_system(system).key_in(event) else {
+            return Ok(());
+        };
+        let old_record = self.working_record(&entity.name, old_key)?;
+        let sides = old_record.row.side_mut(system);
+        let Some(position) = sides.iter().position(|side| side.native_id == event.id) else {
+            return Ok(());
+        };
+        let side = sides.remove(position);
+        let changed_at = side.last_change_at;
+        track_since(entity, old_record, changed_at);
+        self.note_join_key(system, entity, &event.id, &join_key)?;
+        let record = self.working_record(&entity.name, &join_key)?;
+        let sides = record.row.side_mut(system);
+        sides.retain(|existing| existing.native_id != event.id);
+        sides.push(side);
+        track_since(entity, record, changed_at);
+        Ok(())
     }
 
     /// Queues a re-read change and keeps the count of records waiting for one.
