@@ -165,11 +165,8 @@ fn stream_rows(
             let mut translate = |referenced: &str, native_id: &str| {
                 let key = snapshot.join_key(system, referenced, native_id).ok()??;
                 let row = snapshot.record(referenced, &key).ok()??;
-                let mut live = row.side(system.other()).iter().filter(|side| !side.deleted);
-                match (live.next(), live.next()) {
-                    (Some(only), None) => Some(only.native_id.clone()),
-                    _ => None,
-                }
+                row.sole_live(system.other())
+                    .map(|only| only.native_id.clone())
             };
             for delta in delta_rows(entity, &join_key, &row, system, since, &mut translate) {
                 if csv {

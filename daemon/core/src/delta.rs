@@ -66,13 +66,10 @@ pub type Translate<'t> = dyn FnMut(&str, &str) -> Option<String> + 't;
 /// A reference carried across: the other system's id of the record it points at; `None`
 /// when that record has no single live counterpart there.
 fn translated(value: &Value, entity: &str, translate: &mut Translate<'_>) -> Option<Value> {
-    let id = match value {
-        Value::Null => return Some(Value::Null),
-        Value::String(id) if !id.is_empty() => id.clone(),
-        Value::Number(id) => id.to_string(),
-        _ => return None,
-    };
-    translate(entity, &id).map(Value::String)
+    match crate::record::reference_id(Some(value)).ok()? {
+        None => Some(Value::Null),
+        Some(id) => translate(entity, &id).map(Value::String),
+    }
 }
 
 /// The rows of one record: one per native record of `changed` that changed at or after

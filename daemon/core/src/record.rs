@@ -392,6 +392,16 @@ impl RecordRow {
         self.side(system).iter().find(|side| !side.deleted)
     }
 
+    /// The live native record of one side when it is the only one (`None` for none, or a
+    /// duplicate).
+    pub fn sole_live(&self, system: System) -> Option<&SideRecord> {
+        let mut live = self.side(system).iter().filter(|side| !side.deleted);
+        match (live.next(), live.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+
     /// The fields of [`RecordRow::live`], empty when the side has no live record.
     pub fn live_fields(&self, system: System) -> &Fields {
         static EMPTY: std::sync::OnceLock<Fields> = std::sync::OnceLock::new();
@@ -430,6 +440,13 @@ impl Comparison {
 /// Finds the join key of a native record: `(system, entity, native id)` to its key.
 pub type Resolve<'r> = dyn FnMut(System, &str, &str) -> Option<String> + 'r;
 
+impl Reference {
+    /// Whether it looked up this native record.
+    pub fn points_at(&self, system: System, entity: &str, native_id: &str) -> bool {
+        self.system == system && self.entity == entity && self.native_id == native_id
+    }
+}
+
 /// A record whose evaluation looked up another record through a `ref` field: when the
 /// referenced native record comes under a (new) join key, the referencing record is
 /// evaluated again.
@@ -449,14 +466,18 @@ pub struct Reference {
 
 /// The native id a reference value names: `None` for null or absent, `Err` for a value that
 /// cannot be an id (an empty text, a list, ...).
-fn reference_id(value: Option<&serde_json::Value>) -> Result<Option<String>, ()> {
+pub fn reference_id(value: Option<&serde_json::Value>) -> Result<Option<String>, NotAnId> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
         Some(serde_json::Value::Number(id)) => Ok(Some(id.to_string())),
-        Some(_) => Err(()),
+        Some(_) => Err(NotAnId),
     }
 }
+
+/// A reference value that cannot name a record (an empty text, a list, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotAnId;
 
 /// The native records a comparison of this row looks up through its `ref` fields (system,
 /// entity, native id): for reading them ahead in one batch.
@@ -514,7 +535,7 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow, resolve: &mut Resolve<'
                        fields: &crate::event::Fields,
                        name: &str,
                        resolve: &mut Resolve<'_>| {
-                match reference_id(fields.get(name))? {
+                match reference_id(fields.get(name)).map_err(|_| ())? {
                     None => Ok(None),
                     Some(id) => resolve(system, entity, &id).map(Some).ok_or(()),
                 }

@@ -457,6 +457,31 @@ fn company_at(
     (system, event(value))
 }
 
+/// Contact L1 pointing at source company 001A (minute 1) and its sync copy T1 pointing at
+/// target company 9A (minute 2).
+fn contact_pointing_at_company() -> [(System, ChangeEvent); 2] {
+    [
+        write(
+            System::Source,
+            "s1",
+            "L1",
+            "create",
+            1,
+            json!({"AccountId": "001A"}),
+            "user",
+        ),
+        write(
+            System::Target,
+            "t1",
+            "T1",
+            "create",
+            2,
+            json!({"company_id": "9A", "legacy_id": "L1"}),
+            "sync",
+        ),
+    ]
+}
+
 #[test]
 fn a_reference_to_another_record_than_the_joined_one_is_broken() {
     let mapping = reference_mapping();
@@ -545,30 +570,7 @@ fn a_reference_is_judged_again_when_the_record_it_points_at_arrives_or_changes_k
     let mut state = MemoryState::default();
     // The contacts arrive before the companies they point at (another partition, or a
     // lagging connector): the references cannot be resolved yet.
-    state.apply_batch_at(
-        &mapping,
-        &[
-            write(
-                System::Source,
-                "s1",
-                "L1",
-                "create",
-                1,
-                json!({"AccountId": "001A"}),
-                "user",
-            ),
-            write(
-                System::Target,
-                "t1",
-                "T1",
-                "create",
-                2,
-                json!({"company_id": "9A", "legacy_id": "L1"}),
-                "sync",
-            ),
-        ],
-        Some(at(30)),
-    );
+    state.apply_batch_at(&mapping, &contact_pointing_at_company(), Some(at(30)));
     assert_eq!(
         cause(&state, "L1"),
         (Some(Status::Mismatch), Some(Cause::BrokenReference))
@@ -614,28 +616,14 @@ fn a_delete_that_overtook_its_create_still_learns_the_key_from_the_create() {
     // pointing at it on both sides.
     state.apply_batch_at(
         &mapping,
-        &[
+        &[[
             company_at(System::Target, "c2", "9A", "A-1", "create", 0),
             company_at(System::Source, "c1", "001A", "A-1", "create", 0),
-            write(
-                System::Source,
-                "s1",
-                "L1",
-                "create",
-                1,
-                json!({"AccountId": "001A"}),
-                "user",
-            ),
-            write(
-                System::Target,
-                "t1",
-                "T1",
-                "create",
-                2,
-                json!({"company_id": "9A", "legacy_id": "L1"}),
-                "sync",
-            ),
-        ],
+        ]]
+        .into_iter()
+        .chain([contact_pointing_at_company()])
+        .flatten()
+        .collect::<Vec<_>>(),
         Some(at(30)),
     );
     assert_eq!(
@@ -656,28 +644,14 @@ fn a_compensation_sets_a_reference_back_to_the_target_id_of_the_owners_company()
     state.ownership.compensate = true;
     state.apply_batch_at(
         &mapping,
-        &[
+        &[[
             company_at(System::Source, "c1", "001A", "A-1", "create", 0),
             company_at(System::Target, "c2", "9A", "A-1", "create", 0),
-            write(
-                System::Source,
-                "s1",
-                "L1",
-                "create",
-                1,
-                json!({"AccountId": "001A"}),
-                "user",
-            ),
-            write(
-                System::Target,
-                "t1",
-                "T1",
-                "create",
-                2,
-                json!({"company_id": "9A", "legacy_id": "L1"}),
-                "sync",
-            ),
-        ],
+        ]]
+        .into_iter()
+        .chain([contact_pointing_at_company()])
+        .flatten()
+        .collect::<Vec<_>>(),
         Some(at(30)),
     );
     assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));

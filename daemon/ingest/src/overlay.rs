@@ -243,11 +243,7 @@ impl StateView for OverlayView<'_> {
             self.in_flight
                 .references
                 .keys()
-                .filter(|reference| {
-                    reference.system == system
-                        && reference.entity == entity
-                        && reference.native_id == native_id
-                })
+                .filter(|reference| reference.points_at(system, entity, native_id))
                 .map(|reference| (reference.from_entity.clone(), reference.from_key.clone())),
         );
         found.sort_unstable();

@@ -598,11 +598,10 @@ impl<'a> World<'a> {
         }
         // Target-side actions come once the sync layer has surely copied the create.
         let synced = at + self.config.max_sync_delay_seconds * NANOS * 3;
-        if self.rng.random_bool(self.config.target_edit_rate) {
-            let when = self.random_time(synced, end + NANOS);
+        let edit_target = |world: &mut Self, by| {
+            let when = world.random_time(synced, end + NANOS);
             let source_id = id.clone();
-            let by = ("user", "target-user");
-            self.schedule(
+            world.schedule(
                 when,
                 Action::TargetEdit {
                     entity,
@@ -610,21 +609,14 @@ impl<'a> World<'a> {
                     by,
                 },
             );
+        };
+        if self.rng.random_bool(self.config.target_edit_rate) {
+            edit_target(self, ("user", "target-user"));
         }
         if self.config.target_enrichment_rate > 0.0
             && self.rng.random_bool(self.config.target_enrichment_rate)
         {
-            let when = self.random_time(synced, end + NANOS);
-            let source_id = id.clone();
-            let by = ALLOWED_TARGET_WRITER;
-            self.schedule(
-                when,
-                Action::TargetEdit {
-                    entity,
-                    source_id,
-                    by,
-                },
-            );
+            edit_target(self, ALLOWED_TARGET_WRITER);
         }
         if self.config.target_reuse_rate > 0.0
             && self.rng.random_bool(self.config.target_reuse_rate)

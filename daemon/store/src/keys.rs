@@ -410,6 +410,14 @@ pub(crate) fn decode_partition_member(key: &[u8]) -> Result<(System, String, Str
     Ok(parts)
 }
 
+/// A join key as stored in the join-key index.
+pub(crate) fn decode_join_key(bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| Error::CorruptValue {
+        column_family: "join_keys",
+        detail: "join key is not UTF-8".to_owned(),
+    })
+}
+
 /// The prefix of the records referencing a native record: `system, entity, native id`.
 pub(crate) fn encode_referenced(system: System, entity: &str, native_id: &str) -> Vec<u8> {
     KeyWriter::new()

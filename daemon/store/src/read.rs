@@ -145,12 +145,7 @@ impl Store {
         for ((index, _), value) in keys.iter().zip(values) {
             let value = value.map_err(Error::rocksdb("read of the join-key index"))?;
             found[*index] = value
-                .map(|bytes| {
-                    String::from_utf8(bytes.to_vec()).map_err(|_| Error::CorruptValue {
-                        column_family: cf::JOIN_KEYS,
-                        detail: "join key is not UTF-8".to_owned(),
-                    })
-                })
+                .map(|bytes| keys::decode_join_key(&bytes))
                 .transpose()?;
         }
         Ok(found)
@@ -254,12 +249,7 @@ impl ReadSnapshot<'_> {
             cf::JOIN_KEYS,
             &keys::encode_native(system, entity, native_id),
         )?
-        .map(|bytes| {
-            String::from_utf8(bytes).map_err(|_| Error::CorruptValue {
-                column_family: cf::JOIN_KEYS,
-                detail: "join key is not UTF-8".to_owned(),
-            })
-        })
+        .map(|bytes| keys::decode_join_key(&bytes))
         .transpose()
     }
 
@@ -292,14 +282,9 @@ impl ReadSnapshot<'_> {
         &'b self,
         entity: &str,
     ) -> impl Iterator<Item = Result<(String, RecordRow)>> + 'b {
-        let prefix = KeyWriter::new().str(entity).finish();
-        self.scan(cf::RECORDS, prefix.clone(), prefix).map(|item| {
-            let (key, value) = item?;
-            let mut reader = KeyReader::new(&key, "records");
-            let _entity = reader.str()?;
-            let join_key = reader.str()?;
-            reader.end()?;
-            Ok((join_key, decode_value(&value, cf::RECORDS)?))
+        self.encoded_records_of(entity).map(|item| {
+            let (join_key, bytes) = item?;
+            Ok((join_key, decode_record(&bytes)?))
         })
     }
 

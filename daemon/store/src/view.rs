@@ -105,15 +105,9 @@ impl StateView for Store {
                 keys::encode_native(system, entity, native_id),
             )
             .map_err(Error::rocksdb("read of the join-key index"))?;
-        match found {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
-                Error::CorruptValue {
-                    column_family: cf::JOIN_KEYS,
-                    detail: "join key is not UTF-8".to_owned(),
-                }
-            })?)),
-        }
+        Ok(found
+            .map(|bytes| keys::decode_join_key(&bytes))
+            .transpose()?)
     }
 
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {

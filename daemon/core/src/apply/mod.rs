@@ -23,8 +23,8 @@ use crate::ownership::{
     WriterCount, WriterKey,
 };
 use crate::record::{
-    compare, referenced_records, with_grace, Cause, RecordRow, RecordStatus, Reference, Rekey,
-    Status, Unverified, UnverifiedReason,
+    compare, reference_id, referenced_records, with_grace, Cause, RecordRow, RecordStatus,
+    Reference, Rekey, Status, Unverified, UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -964,27 +964,28 @@ impl<V: StateView> Planner<'_, V> {
         entity: &str,
         value: &Value,
     ) -> ViewResult<Option<Value>> {
-        let id = match value {
-            Value::Null => return Ok(Some(Value::Null)),
-            Value::String(id) if !id.is_empty() => id.clone(),
-            Value::Number(id) => id.to_string(),
-            _ => return Ok(None),
+        let id = match reference_id(Some(value)) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(Some(Value::Null)),
+            Err(_) => return Ok(None),
         };
         let Some(join_key) = self.current_join_key(from, entity, &id)? else {
             return Ok(None);
         };
+        let stored;
         let row = match self.records.get(&(entity.to_owned(), join_key.clone())) {
-            Some(working) => Some(working.row.clone()),
-            None => self.view.record(entity, &join_key)?,
+            Some(working) => &working.row,
+            None => match self.view.record(entity, &join_key)? {
+                Some(row) => {
+                    stored = row;
+                    &stored
+                }
+                None => return Ok(None),
+            },
         };
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut live = row.side(from.other()).iter().filter(|side| !side.deleted);
-        Ok(match (live.next(), live.next()) {
-            (Some(only), None) => Some(Value::String(only.native_id.clone())),
-            _ => None,
-        })
+        Ok(row
+            .sole_live(from.other())
+            .map(|only| Value::String(only.native_id.clone())))
     }
 }
 

@@ -87,11 +87,7 @@ impl StateView for MemoryState {
         Ok(self
             .references
             .iter()
-            .filter(|reference| {
-                reference.system == system
-                    && reference.entity == entity
-                    && reference.native_id == native_id
-            })
+            .filter(|reference| reference.points_at(system, entity, native_id))
             .map(|reference| (reference.from_entity.clone(), reference.from_key.clone()))
             .collect())
     }
