@@ -8,7 +8,6 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tandem/target
 export CARGO_TERM_COLOR ?= never
-export TANDEM_TANSU ?= $(HOME)/.cache/tandem/tansu-0.6.0/bin/tansu
 CARGO_FUZZ := $(HOME)/.cache/tandem/tools/bin/cargo-fuzz
 FUZZ_SECONDS ?= 10
 

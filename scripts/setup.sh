@@ -2,20 +2,22 @@
 # Installs what building and testing tandem needs, once per machine; fast when already done.
 #   - Debian packages: RocksDB (linked, not built: 30 s instead of 21 minutes), libclang
 #     for its bindings, a C toolchain for librdkafka.
-#   - tansu 0.6.0, the second Kafka-protocol broker of the compatibility test, cached under
-#     ~/.cache/tandem (about 15 minutes to build, once).
+#   - Apache Kafka, the broker the tests run: its jars resolved from Maven Central by
+#     scripts/kafka/pom.xml into ~/.cache/tandem/kafka-<version>/libs (about 20 s, once per
+#     version; needs Java 17 and Maven).
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
 set -euo pipefail
 
 want="${1:-test}"
 cache="${TANDEM_CACHE:-$HOME/.cache/tandem}"
-tansu_version="0.6.0"
-tansu_root="$cache/tansu-$tansu_version"
+kafka_version="4.4.0"   # keep in step with scripts/kafka/pom.xml and daemon/testkit/src/kafka.rs
+kafka_home="$cache/kafka-$kafka_version"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(librocksdb-dev libclang-dev clang pkg-config make)
+[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -36,16 +38,15 @@ if [ "$want" = "test" ]; then
     cargo install cargo-fuzz --locked --root "$tools" --quiet
   fi
 
-  installed=""
-  [ -x "$tansu_root/bin/tansu" ] && installed="$("$tansu_root/bin/tansu" --version 2>/dev/null || true)"
-  case "$installed" in
-    *"$tansu_version"*) ;;
-    *)
-      say "installing tansu $tansu_version into $tansu_root (about 15 minutes, once per machine)"
-      build_dir="$cache/tansu-build"
-      cargo install tansu --locked --version "$tansu_version" --features dynostore,libsql \
-        --root "$tansu_root" --target-dir "$build_dir" --quiet
-      rm -rf "$build_dir"
-      ;;
-  esac
+  # The jars are copied into a fresh directory and the version file is written last, so an
+  # interrupted install is done again instead of being trusted.
+  if [ "$(cat "$kafka_home/VERSION" 2>/dev/null)" != "$kafka_version" ]; then
+    say "installing Apache Kafka $kafka_version into $kafka_home (Maven Central, about 20 s, once per machine)"
+    rm -rf "$kafka_home"
+    mkdir -p "$kafka_home"
+    mvn -B -q -Dstyle.color=never -f "$(dirname "$0")/kafka/pom.xml" dependency:copy-dependencies \
+      -Dkafka.version="$kafka_version" -DincludeScope=runtime \
+      -DoutputDirectory="$kafka_home/libs" </dev/null
+    printf '%s\n' "$kafka_version" > "$kafka_home/VERSION"
+  fi
 fi

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use tandem_api::report::{RecordView, Report};
 use tandem_sim::{generate, SimSystem, ENTITIES};
 use tandem_testkit::truth::{count_differences, status_differences};
-use tandem_testkit::{free_port, Broker, Daemon, MockBroker, Topics};
+use tandem_testkit::{free_port, Broker, Daemon, Kafka, Topics};
 
 use crate::responder::{produce_answers, Responder};
 use crate::scenarios::{Disruption, Scenario};
@@ -77,7 +77,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     let reread_topic = format!("{}.reread", scenario.name);
     let control_topic = format!("{}.control", scenario.name);
     let partitions = scenario.sim.partitions;
-    let mut broker = MockBroker::start(&[
+    let mut broker = Kafka::start(&[
         (&topics.source, partitions),
         (&topics.target, partitions),
         (&topics.dead_letters, 1),
@@ -177,7 +177,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
             {
                 outage_done = true;
                 outcome.faults_injected += 1;
-                broker.control("down 1");
+                broker.kill();
                 let outage = Instant::now();
                 let mut reported_stale = false;
                 while outage.elapsed() < duration {
@@ -185,7 +185,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                     reported_stale |= stale && daemon.readiness() == 503;
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                broker.control("up 1");
+                broker.restart();
                 if reported_stale {
                     outages_reported += 1;
                 } else {

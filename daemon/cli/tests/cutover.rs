@@ -18,7 +18,7 @@ use tandem_core::gates::Readiness;
 use tandem_core::ownership::ViolationKind;
 use tandem_core::System;
 
-use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+use common::{free_port, wait_for, Broker, Daemon, Kafka, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -128,7 +128,7 @@ fn phase(daemon: &Daemon) -> Phase {
 fn a_full_cutover_rehearsal() {
     let topics = Topics::unique("cutover");
     let control = "cutover.control";
-    let broker = MockBroker::start(&[
+    let broker = Kafka::start(&[
         (&topics.source, 1),
         (&topics.target, 1),
         (&topics.dead_letters, 1),

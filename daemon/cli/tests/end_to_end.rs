@@ -14,7 +14,7 @@ use tandem_api::report::{RecordView, Report};
 use tandem_sim::SimConfig;
 
 use common::truth::assert_matches_truth;
-use common::{free_port, wait_for, Broker, Daemon, SimulatedRun, Tansu, Topics};
+use common::{free_port, wait_for, Broker, Daemon, SimulatedRun};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -426,46 +426,6 @@ fn kills_and_restarts_lose_nothing_and_apply_nothing_twice() {
     let daemon = Daemon::start(&config, port, &log);
     let report = daemon.wait_for_applied(distinct, DEADLINE);
     assert_matches_truth(&daemon, &report, &run.scenario.truth);
-}
-
-#[test]
-fn a_second_broker_implementation_gives_the_same_report() {
-    let broker_directory = tempfile::tempdir().unwrap();
-    let topics = Topics::unique("tansu");
-    let broker = Tansu::start(
-        broker_directory.path(),
-        &[
-            (&topics.source, 2),
-            (&topics.target, 2),
-            (&topics.dead_letters, 1),
-        ],
-    );
-    let mut sim = SimConfig::sized(5, 60);
-    sim.partitions = 2;
-    let scenario = tandem_sim::generate(&sim);
-    tandem::simkafka::produce(
-        broker.bootstrap(),
-        &topics.source,
-        &topics.target,
-        &scenario.messages,
-        |_| {},
-    )
-    .expect("the simulated run is produced");
-
-    let directory = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = common::write_config(
-        directory.path(),
-        broker.bootstrap(),
-        &topics,
-        port,
-        500,
-        false,
-    );
-    let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
-    let distinct: u64 = scenario.truth.events_applied.values().sum();
-    let report = daemon.wait_for_applied(distinct, DEADLINE);
-    assert_matches_truth(&daemon, &report, &scenario.truth);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tandem_api::report::Report;
 
-use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+use common::{free_port, wait_for, Broker, Daemon, Kafka, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const ADMIN: &str = "admin-token-for-reevaluation-0123";
@@ -97,7 +97,7 @@ fn tandem(daemon: &Daemon, args: &[&str]) -> std::process::Output {
 #[test]
 fn field_rules_patterns_exports_and_reevaluation() {
     let topics = Topics::unique("field-rules");
-    let broker = MockBroker::start(&[
+    let broker = Kafka::start(&[
         (&topics.source, 1),
         (&topics.target, 1),
         (&topics.dead_letters, 1),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tandem_api::report::Report;
 
 use common::truth::listed_records;
-use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+use common::{free_port, wait_for, Broker, Daemon, Kafka, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -180,7 +180,7 @@ fn produce(brokers: &str, topic: &str, messages: &[Message]) {
 fn run(case: Case) {
     let topics = Topics::unique(&format!("formats-{}", case.name));
     let images_topic = format!("{}.images", topics.target);
-    let broker = MockBroker::start(&[
+    let broker = Kafka::start(&[
         (&topics.source, 1),
         (&topics.target, 1),
         (&images_topic, 1),

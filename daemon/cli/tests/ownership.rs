@@ -16,7 +16,7 @@ use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
 use tandem_core::ownership::{Permit, ViolationKind};
 use tandem_core::System;
 
-use common::{free_port, wait_for, Broker, Daemon, MockBroker, Topics};
+use common::{free_port, wait_for, Broker, Daemon, Kafka, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -156,7 +156,7 @@ fn status(method: &str, url: &str, token: Option<&str>) -> u16 {
 fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
     let topics = Topics::unique("ownership");
     let violations_topic = "ownership.violations";
-    let broker = MockBroker::start(&[
+    let broker = Kafka::start(&[
         (&topics.source, 1),
         (&topics.target, 1),
         (&topics.dead_letters, 1),

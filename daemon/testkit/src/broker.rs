@@ -1,12 +1,8 @@
-//! Real Kafka-protocol broker processes for tests: librdkafka's mock cluster (the default)
-//! and tansu (compatibility). Each test starts its own on free loopback ports.
+//! librdkafka's mock cluster as a process of its own, for the faults only it can inject
+//! (request errors, round-trip times); the tests' broker is Apache Kafka ([`crate::kafka`]).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::Duration;
-
-use crate::{free_port, wait_for};
 
 /// A running broker.
 pub trait Broker {
@@ -67,89 +63,6 @@ impl Broker for MockBroker {
 }
 
 impl Drop for MockBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A tansu broker on a fresh SQLite database in a fresh directory.
-pub struct Tansu {
-    child: Child,
-    bootstrap: String,
-}
-
-/// Where `make test` installs tansu (scripts/setup.sh), unless TANDEM_TANSU points elsewhere.
-pub fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TANDEM_TANSU") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache/tandem/tansu-0.6.0/bin/tansu")
-}
-
-impl Tansu {
-    /// Starts tansu in `directory` and creates the topics.
-    pub fn start(directory: &Path, topics: &[(&str, i32)]) -> Tansu {
-        let binary = tansu_binary();
-        assert!(
-            binary.is_file(),
-            "tansu is not installed at {}: run `make test` (scripts/setup.sh installs it) or set TANDEM_TANSU",
-            binary.display()
-        );
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            // A path relative to the working directory: tansu joins it to the cwd.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(directory)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let tansu = Tansu {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        };
-        for (name, partitions) in topics {
-            wait_for(
-                &format!("tansu to create topic {name}"),
-                Duration::from_secs(30),
-                || {
-                    Command::new(&binary)
-                        .args([
-                            "topic",
-                            "create",
-                            name,
-                            "--partitions",
-                            &partitions.to_string(),
-                            "--broker",
-                            &url,
-                        ])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .ok()
-                        .filter(|status| status.success())
-                },
-            );
-        }
-        tansu
-    }
-}
-
-impl Broker for Tansu {
-    fn bootstrap(&self) -> &str {
-        &self.bootstrap
-    }
-}
-
-impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -3,6 +3,7 @@
 //! `tandem` package and by the chaos suite.
 
 pub mod broker;
+pub mod kafka;
 pub mod truth;
 
 use std::net::TcpListener;
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tandem_api::report::Report;
 
-pub use broker::{Broker, MockBroker, Tansu};
+pub use broker::{Broker, MockBroker};
+pub use kafka::{Kafka, KafkaOptions};
 pub use truth::assert_matches_truth;
 
 /// A binary of the workspace. Test executables live in `target/<profile>/deps`, the
@@ -156,9 +158,9 @@ pub fn add_request_topics(config: &Path, reread_topic: &str, control_topic: &str
     std::fs::write(config, text).expect("the test directory is writable");
 }
 
-/// A simulated run already on a fresh mock broker.
+/// A simulated run already on a fresh Apache Kafka broker.
 pub struct SimulatedRun {
-    pub broker: MockBroker,
+    pub broker: Kafka,
     pub topics: Topics,
     pub scenario: tandem_sim::Scenario,
     /// Distinct events: what `events_applied` must reach.
@@ -169,7 +171,7 @@ impl SimulatedRun {
     /// Starts a broker with 4 partitions per system, generates the run and produces it.
     pub fn start(test: &str, sim: &tandem_sim::SimConfig) -> SimulatedRun {
         let topics = Topics::unique(test);
-        let broker = MockBroker::start(&[
+        let broker = Kafka::start(&[
             (&topics.source, 4),
             (&topics.target, 4),
             (&topics.dead_letters, 1),
