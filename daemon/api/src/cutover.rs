@@ -93,8 +93,9 @@ pub struct StepRequest {
 pub(crate) fn readiness(
     context: &ApiContext,
 ) -> Result<(Readiness, OwnershipState, u64), ApiError> {
+    let live = context.status.snapshot();
     let snapshot = context.store.read();
-    let report = report_of(context, &snapshot).map_err(ApiError::internal)?;
+    let report = report_of(context, &live, &snapshot).map_err(ApiError::internal)?;
     let state = snapshot.apply_state().map_err(ApiError::internal)?;
     let measured_at_events =
         state.counters.source.events_applied + state.counters.target.events_applied;

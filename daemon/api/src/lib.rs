@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tandem_core::ownership::OwnershipPolicy;
 use tandem_core::patterns::SuspectedMappingError;
 use tandem_core::{Mapping, Status, System, Timestamp};
-use tandem_ingest::{IngestMetrics, IngestStatus};
+use tandem_ingest::{IngestMetrics, IngestSnapshot, IngestStatus};
 use tandem_store::{DivergenceFilter, FieldValues, Store};
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -174,13 +174,17 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         .route("/v1/cutover/readiness", get(cutover::get_readiness))
         .route("/v1/cutover/{step}", axum::routing::post(cutover::post_step))
         .route("/v1/reevaluate", axum::routing::post(post_reevaluate))
+        .route(
+            "/v1/partitions/reset",
+            axum::routing::post(post_partition_reset),
+        )
         .route("/v1/report/history", get(history::get_history))
         .route("/v1/spotcheck", get(spotcheck::get_spotcheck))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
         .layer(axum::middleware::from_fn_with_state(
@@ -261,12 +265,18 @@ pub(crate) fn now() -> Timestamp {
 
 /// Builds the report from one snapshot.
 pub fn current_report(context: &ApiContext) -> Result<Report, tandem_store::Error> {
-    report_of(context, &context.store.read())
+    let live = context.status.snapshot();
+    report_of(context, &live, &context.store.read())
 }
 
 /// The report as of one store snapshot.
+///
+/// Callers read the live status before they take the store snapshot: the ingest side updates
+/// the status only once what it reports is durable (a finished re-evaluation, applied
+/// offsets), so the snapshot is at least as new as the status it is shown with.
 pub(crate) fn report_of(
     context: &ApiContext,
+    live: &IngestSnapshot,
     snapshot: &tandem_store::ReadSnapshot<'_>,
 ) -> Result<Report, tandem_store::Error> {
     let mut stored = StoredFacts {
@@ -285,7 +295,7 @@ pub(crate) fn report_of(
         &context.labels,
         context.grace.as_secs(),
         &stored,
-        &context.status.snapshot(),
+        live,
         now(),
     ))
 }
@@ -373,6 +383,58 @@ struct ReevaluateRequest {
     reason: String,
 }
 
+/// The body of `POST /v1/partitions/reset`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionResetRequest {
+    /// The topic.
+    topic: String,
+    /// The partition.
+    partition: i32,
+    /// Why (logged).
+    reason: String,
+}
+
+/// Resets a partition whose ingestion stopped because its stored position lies beyond the
+/// broker's log (a re-created topic): it is read again from offset 0, its records become
+/// unverified and a snapshot is requested. Answers once the reset is durable.
+async fn post_partition_reset(
+    State(context): State<Arc<ApiContext>>,
+    body: Result<Json<PartitionResetRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let hint = "POST /v1/partitions/reset with {\"topic\": \"...\", \"partition\": 0, \"reason\": \"...\"}";
+    let Json(request) = body
+        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a partition reset needs a reason",
+            hint,
+        ));
+    }
+    let Some(handle) = context.cutover.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingestion is not running",
+            "restart tandem",
+        ));
+    };
+    blocking(move || {
+        let loss = handle
+            .reset_partition(&request.topic, request.partition, request.reason.clone())
+            .map_err(|error| ApiError::new(StatusCode::CONFLICT, error, "GET /readyz lists the stopped partitions"))?;
+        Ok(Json(json!({
+            "reset": true,
+            "topic": loss.topic,
+            "partition": loss.partition,
+            "old_next_offset": loss.first_offset,
+            "reason": request.reason,
+            "next": "the partition is read again from offset 0; its records are unverified until the requested snapshot completes (GET /v1/report: feed)"
+        })))
+    })
+    .await
+}
+
 /// Starts a re-evaluation of every stored record; `/v1/report` shows its progress.
 async fn post_reevaluate(
     State(context): State<Arc<ApiContext>>,
@@ -416,8 +478,9 @@ async fn post_reevaluate(
 /// carries (gates, metrics and the history do not need them).
 async fn get_report(State(context): State<Arc<ApiContext>>) -> Result<Json<Report>, ApiError> {
     blocking(move || {
+        let live = context.status.snapshot();
         let snapshot = context.store.read();
-        let mut report = report_of(&context, &snapshot).map_err(ApiError::internal)?;
+        let mut report = report_of(&context, &live, &snapshot).map_err(ApiError::internal)?;
         report.suspected_mapping_errors =
             suspected_mapping_errors(&context, &snapshot, &report).map_err(ApiError::internal)?;
         Ok(report)
@@ -687,9 +750,24 @@ async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
             "no Kafka broker reachable since {since}; data is stale"
         ));
     }
+    for ((topic, partition), stopped) in &snapshot.stopped_partitions {
+        reasons.push(format!(
+            "ingestion of {topic}/{partition} stopped: {}",
+            stopped.reason
+        ));
+    }
+    for (subject, problem) in &snapshot.kafka_problems {
+        reasons.push(format!("{subject}: {problem}"));
+    }
+    // Lost events do not stop the daemon from serving (it says what it cannot vouch for),
+    // so they are warnings: readiness gates traffic, and the API is how operators see them.
+    let warnings = blocking(move || lost_event_warnings(&context))
+        .await
+        .unwrap_or_else(|error| vec![format!("cannot read the store: {}", error.error)]);
     let body = json!({
         "ready": reasons.is_empty(),
         "reasons": reasons,
+        "warnings": warnings,
         "assigned_partitions": snapshot.assigned.len(),
         "caught_up": snapshot.caught_up(),
     });
@@ -699,4 +777,42 @@ async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The lost events not yet healed by a snapshot, one line each.
+fn lost_event_warnings(context: &ApiContext) -> Result<Vec<String>, ApiError> {
+    let state = context
+        .store
+        .read()
+        .apply_state()
+        .map_err(ApiError::internal)?;
+    let mut warnings = Vec::new();
+    for loss in state
+        .feed
+        .offset_losses
+        .iter()
+        .filter(|loss| loss.healed_at.is_none())
+    {
+        warnings.push(format!(
+            "events lost on {}/{}: offsets {}..={} ({}) were gone from the broker before tandem read them; records known on that partition are unverified until a snapshot of the {} system completes",
+            loss.topic,
+            loss.partition,
+            loss.first_offset,
+            loss.last_offset,
+            loss.kind.as_str(),
+            loss.system
+        ));
+    }
+    for stream in state
+        .feed
+        .streams
+        .values()
+        .filter(|stream| stream.open_since.is_some())
+    {
+        warnings.push(format!(
+            "events lost on {}/{}: {} seq numbers missing; records known on that partition are unverified until a snapshot of the {} system completes",
+            stream.topic, stream.partition, stream.missing, stream.system
+        ));
+    }
+    Ok(warnings)
 }

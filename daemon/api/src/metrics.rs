@@ -24,6 +24,10 @@ pub(crate) struct ReportGauges {
     broker_reachable: IntGauge,
     rereads_outstanding: IntGauge,
     open_holes: IntGaugeVec,
+    offset_losses_open: IntGaugeVec,
+    lost_offsets: IntGaugeVec,
+    partitions_stopped: IntGauge,
+    kafka_problems: IntGauge,
     violations: IntGaugeVec,
 }
 
@@ -65,6 +69,28 @@ impl ReportGauges {
                 ),
                 &["system"],
             )?,
+            offset_losses_open: IntGaugeVec::new(
+                Opts::new(
+                    "tandem_offset_losses_open",
+                    "Ranges of offsets the broker deleted before tandem read them, not yet healed by a snapshot, per system",
+                ),
+                &["system"],
+            )?,
+            lost_offsets: IntGaugeVec::new(
+                Opts::new(
+                    "tandem_lost_offsets",
+                    "Offsets the broker deleted before tandem read them, over the remembered losses, per system",
+                ),
+                &["system"],
+            )?,
+            partitions_stopped: IntGauge::new(
+                "tandem_partitions_stopped",
+                "Partitions whose ingestion is stopped until an operator resets them (the topic was re-created)",
+            )?,
+            kafka_problems: IntGauge::new(
+                "tandem_kafka_access_problems",
+                "Topics or groups the broker refuses tandem (missing, not authorized); /readyz names them",
+            )?,
             violations: IntGaugeVec::new(
                 Opts::new(
                     "tandem_violations_total",
@@ -80,6 +106,10 @@ impl ReportGauges {
         registry.register(Box::new(gauges.broker_reachable.clone()))?;
         registry.register(Box::new(gauges.rereads_outstanding.clone()))?;
         registry.register(Box::new(gauges.open_holes.clone()))?;
+        registry.register(Box::new(gauges.offset_losses_open.clone()))?;
+        registry.register(Box::new(gauges.lost_offsets.clone()))?;
+        registry.register(Box::new(gauges.partitions_stopped.clone()))?;
+        registry.register(Box::new(gauges.kafka_problems.clone()))?;
         registry.register(Box::new(gauges.violations.clone()))?;
         Ok(gauges)
     }
@@ -98,7 +128,9 @@ impl ReportGauges {
         }
         let gauges = self;
         gauges.ingest_running.set(i64::from(
-            report.ingest.stopped.is_none() && report.ingest.paused.is_none(),
+            report.ingest.stopped.is_none()
+                && report.ingest.paused.is_none()
+                && report.ingest.stopped_partitions.is_empty(),
         ));
         gauges
             .broker_reachable
@@ -131,7 +163,27 @@ impl ReportGauges {
                 .open_holes
                 .with_label_values(&[system])
                 .set(i64::try_from(open).unwrap_or(i64::MAX));
+            let open_losses = feed
+                .lost_offsets
+                .iter()
+                .filter(|loss| loss.healed_at.is_none())
+                .count();
+            gauges
+                .offset_losses_open
+                .with_label_values(&[system])
+                .set(i64::try_from(open_losses).unwrap_or(i64::MAX));
+            let lost: u64 = feed.lost_offsets.iter().filter_map(|loss| loss.count).sum();
+            gauges
+                .lost_offsets
+                .with_label_values(&[system])
+                .set(i64::try_from(lost).unwrap_or(i64::MAX));
         }
+        gauges
+            .partitions_stopped
+            .set(i64::try_from(report.ingest.stopped_partitions.len()).unwrap_or(i64::MAX));
+        gauges
+            .kafka_problems
+            .set(i64::try_from(report.ingest.kafka_problems.len()).unwrap_or(i64::MAX));
         for (entity, entity_report) in &report.entities {
             for (status, count) in &entity_report.by_status {
                 gauges

@@ -64,6 +64,10 @@ pub struct FeedReport {
 pub struct SystemFeed {
     /// Partitions where `seq` jumped: events known to be lost.
     pub holes: Vec<Hole>,
+    /// Offsets the broker no longer had when tandem came to read them (retention,
+    /// `DeleteRecords`, a re-created topic), oldest first.
+    #[serde(default)]
+    pub lost_offsets: Vec<LostOffsets>,
     /// Entities that need a full snapshot, with since when.
     pub needs_snapshot: BTreeMap<String, Timestamp>,
     /// Snapshot runs per entity.
@@ -87,6 +91,28 @@ pub struct Hole {
     pub missing: u64,
     /// Since when a hole is open; null once a snapshot healed it.
     pub open_since: Option<Timestamp>,
+}
+
+/// A range of a partition's offsets tandem never read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostOffsets {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset not read.
+    pub first_offset: i64,
+    /// Last offset not read (inclusive).
+    pub last_offset: i64,
+    /// Offsets in the range (messages lost, at most); null for a re-created topic, where it is
+    /// unknown.
+    pub count: Option<u64>,
+    /// `deleted_before_read`, `deleted_before_first_read` or `topic_recreated`.
+    pub kind: String,
+    /// When tandem found out.
+    pub since: Timestamp,
+    /// When a complete snapshot of the system healed it; null while open.
+    pub healed_at: Option<Timestamp>,
 }
 
 /// Counts of one entity.
@@ -177,6 +203,30 @@ pub struct IngestReport {
     pub stopped: Option<String>,
     /// Set while ingestion is paused (disk nearly full), with the reason.
     pub paused: Option<String>,
+    /// Partitions whose ingestion is stopped until an operator resets them.
+    #[serde(default)]
+    pub stopped_partitions: Vec<StoppedPartitionReport>,
+    /// What the broker refuses tandem, by subject (`topic <name>`, `group <id>`), with what
+    /// to do.
+    #[serde(default)]
+    pub kafka_problems: BTreeMap<String, String>,
+}
+
+/// A partition whose stored position lies beyond the broker's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedPartitionReport {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset the store holds.
+    pub stored_next_offset: i64,
+    /// The broker's high watermark.
+    pub high_watermark: i64,
+    /// Since when (wall clock).
+    pub since: Timestamp,
+    /// What happened and what to do.
+    pub reason: String,
 }
 
 /// What the report reads from one store snapshot.
@@ -276,6 +326,22 @@ pub fn build_report(
                 open_since: stream.open_since,
             })
             .collect(),
+        lost_offsets: state
+            .feed
+            .offset_losses
+            .iter()
+            .filter(|loss| loss.system == system)
+            .map(|loss| LostOffsets {
+                topic: loss.topic.clone(),
+                partition: loss.partition,
+                first_offset: loss.first_offset,
+                last_offset: loss.last_offset,
+                count: loss.count(),
+                kind: loss.kind.as_str().to_owned(),
+                since: loss.detected_at,
+                healed_at: loss.healed_at,
+            })
+            .collect(),
         needs_snapshot: state
             .feed
             .needs_snapshot
@@ -323,6 +389,19 @@ pub fn build_report(
             broker_unreachable_since: ingest.broker_unreachable_since,
             stopped: ingest.stopped.clone(),
             paused: ingest.paused.clone(),
+            stopped_partitions: ingest
+                .stopped_partitions
+                .iter()
+                .map(|((topic, partition), stopped)| StoppedPartitionReport {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    stored_next_offset: stopped.stored_next_offset,
+                    high_watermark: stopped.high_watermark,
+                    since: stopped.since,
+                    reason: stopped.reason.clone(),
+                })
+                .collect(),
+            kafka_problems: ingest.kafka_problems.clone(),
         },
         feed: FeedReport {
             source: system_feed(System::Source),

@@ -69,6 +69,12 @@ pub struct KafkaConfig {
     /// Longest wait before a partial batch is committed.
     #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Static group membership: the consumer joins with a `group.instance.id` derived from
+    /// the store's id, so a restart takes its partitions back at once instead of waiting for
+    /// the old session to expire. `group.instance.id` under `[kafka.properties]` overrides
+    /// the derived id.
+    #[serde(default = "default_static_membership")]
+    pub static_membership: bool,
 }
 
 /// `[store]`.
@@ -546,6 +552,9 @@ pub enum LogFormat {
 fn default_group_id() -> String {
     "tandem".to_owned()
 }
+fn default_static_membership() -> bool {
+    true
+}
 fn default_dead_letter_topic() -> String {
     "tandem.dlq".to_owned()
 }
@@ -797,7 +806,9 @@ impl Config {
     }
 
     /// The ingest side's settings.
-    pub fn ingest_settings(&self) -> IngestSettings {
+    /// The settings of the ingest side; `store_id` names this store's consumer in the group
+    /// when static membership is on.
+    pub fn ingest_settings(&self, store_id: Option<&str>) -> IngestSettings {
         let mut topics = BTreeMap::new();
         for topic in &self.systems.source.topics {
             topics.insert(topic.clone(), System::Source);
@@ -820,6 +831,9 @@ impl Config {
             brokers: self.kafka.brokers.clone(),
             formats,
             group_id: self.kafka.group_id.clone(),
+            group_instance_id: store_id
+                .filter(|_| self.kafka.static_membership)
+                .map(|id| format!("tandem-{id}")),
             properties: self.kafka.properties.clone(),
             topics,
             dead_letter_topic: self.kafka.dead_letter_topic.clone(),

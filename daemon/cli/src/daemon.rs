@@ -63,7 +63,7 @@ pub async fn run(
         })?;
     info!(path = %config.store.path.display(), "store open");
 
-    let settings = config.ingest_settings();
+    let settings = config.ingest_settings(Some(store.id()));
     let settings_ownership = settings.ownership.clone();
     let tokens = config.api.tokens().map_err(StartError::Config)?;
     let cutover_rules = config

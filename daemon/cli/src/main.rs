@@ -180,6 +180,25 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Operate on the consumed partitions: `reset` reads a partition whose stored position
+    /// lies beyond the broker's log (its topic was deleted and created again) from offset 0
+    /// again; its records become unverified and a snapshot is requested. Needs the admin
+    /// token.
+    Partitions {
+        /// reset
+        action: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// The partition.
+        #[arg(long)]
+        partition: i32,
+        /// Why (logged).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The reverse delta: every record created or changed in one system since a time, mapped
     /// back into the other system's field names for an upsert there (JSON lines or CSV).
     Delta {
@@ -378,6 +397,37 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::FAILURE,
             })
         }
+        Command::Partitions {
+            action,
+            topic,
+            partition,
+            reason,
+            target,
+        } => {
+            if action != "reset" {
+                eprintln!("tandem: unknown partitions action `{action}`: the only one is `reset`");
+                return Ok(ExitCode::from(2));
+            }
+            let api = client(&target)?;
+            let (status, answer) = api.post(
+                "/v1/partitions/reset",
+                &serde_json::json!({"topic": topic, "partition": partition, "reason": reason}),
+            )?;
+            if status != 200 {
+                eprintln!(
+                    "tandem: reset refused (HTTP {status}): {}; {}",
+                    answer["error"].as_str().unwrap_or("no reason given"),
+                    answer["hint"].as_str().unwrap_or("")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            writeln!(
+                out,
+                "{topic}/{partition} reset: read again from offset 0 (the old position was {}); its records are unverified until the requested snapshot completes",
+                answer["old_next_offset"]
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reevaluate {
             reason,
             no_wait,
@@ -551,7 +601,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file, format } => {
             let config = Config::load(&file, &Environment::Process)?;
             config
-                .ingest_settings()
+                .ingest_settings(None)
                 .consumer_config()
                 .create_native_config()
                 .map_err(|error| ConfigError {
@@ -655,7 +705,7 @@ fn decode_command(
     let mut settings = match (&config, &topic) {
         (Some(path), Some(topic)) => {
             let config = Config::load(path, &Environment::Process)?;
-            match config.ingest_settings().formats.remove(topic) {
+            match config.ingest_settings(None).formats.remove(topic) {
                 Some(settings) => settings,
                 None => {
                     return usage(format!(

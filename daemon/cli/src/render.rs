@@ -257,6 +257,16 @@ pub fn report_table(out: &mut impl Write, report: &Report) -> anyhow::Result<()>
     if let Some(stopped) = &report.ingest.stopped {
         writeln!(out, "STOPPED: ingestion stopped: {stopped}")?;
     }
+    for stopped in &report.ingest.stopped_partitions {
+        writeln!(
+            out,
+            "STOPPED: {}/{}: {}",
+            stopped.topic, stopped.partition, stopped.reason
+        )?;
+    }
+    for (subject, problem) in &report.ingest.kafka_problems {
+        writeln!(out, "KAFKA: {subject}: {problem}")?;
+    }
     Ok(())
 }
 
@@ -266,6 +276,28 @@ fn feed_lines(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
         ("source", &report.feed.source),
         ("target", &report.feed.target),
     ] {
+        for loss in &feed.lost_offsets {
+            let state = match loss.healed_at {
+                Some(at) => format!("healed by a snapshot at {at}"),
+                None => "open: records of that partition are unverified until a snapshot completes"
+                    .to_owned(),
+            };
+            let what = match loss.count {
+                Some(count) => format!(
+                    "offsets {}..={} ({count} messages at most) were gone from the broker before tandem read them",
+                    loss.first_offset, loss.last_offset
+                ),
+                None => format!(
+                    "the topic was re-created: events after offset {} of the old log were never read",
+                    loss.first_offset
+                ),
+            };
+            writeln!(
+                out,
+                "{name}: {}/{}: {what} ({}, found {}), {state}",
+                loss.topic, loss.partition, loss.kind, loss.since
+            )?;
+        }
         for hole in &feed.holes {
             let state = match hole.open_since {
                 Some(since) => format!("open since {since}: waiting for a snapshot"),

@@ -116,6 +116,79 @@ pub struct FeedState {
     /// Transactions found short of their announced events, per system.
     #[serde(default)]
     pub transactions_incomplete: BTreeMap<System, u64>,
+    /// Offsets the broker no longer had when tandem came to read them, oldest first (at most
+    /// [`MAX_OFFSET_LOSSES`]; the oldest healed ones go first).
+    #[serde(default)]
+    pub offset_losses: Vec<OffsetLoss>,
+}
+
+/// At most this many offset losses are remembered; beyond, the oldest healed one is dropped
+/// (an open one is only dropped when every remembered loss is open).
+pub const MAX_OFFSET_LOSSES: usize = 1000;
+
+/// A range of a partition's offsets that tandem never read because the broker no longer had
+/// them: retention or `DeleteRecords` removed them first, or the topic was deleted and
+/// created again. Whatever those messages said is lost to tandem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetLoss {
+    /// The system of the topic.
+    pub system: System,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The first offset tandem did not read (for a re-created topic: the stored position in
+    /// the log that is gone).
+    pub first_offset: i64,
+    /// The last offset tandem did not read, inclusive (for a re-created topic: the same as
+    /// `first_offset`; how much the old log held beyond it is unknown).
+    pub last_offset: i64,
+    /// How the offsets were lost.
+    pub kind: OffsetLossKind,
+    /// When tandem found out (wall clock, never earlier than the reconciliation clock then).
+    pub detected_at: Timestamp,
+    /// When a complete snapshot of the system healed what the loss made unknown.
+    #[serde(default)]
+    pub healed_at: Option<Timestamp>,
+}
+
+impl OffsetLoss {
+    /// Offsets in the range: messages lost, at most (compaction and transaction markers may
+    /// have held some of them). Unknown for a re-created topic, whose range only names the
+    /// stored position in the log that is gone.
+    pub fn count(&self) -> Option<u64> {
+        match self.kind {
+            OffsetLossKind::TopicRecreated => None,
+            OffsetLossKind::DeletedBeforeRead | OffsetLossKind::DeletedBeforeFirstRead => {
+                u64::try_from(self.last_offset - self.first_offset + 1).ok()
+            }
+        }
+    }
+}
+
+/// How offsets came to be lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetLossKind {
+    /// The partition's log start moved past offsets tandem had not applied yet (retention,
+    /// `DeleteRecords`, a size limit) while it was stopped or behind.
+    DeletedBeforeRead,
+    /// The partition's first messages were deleted before tandem first read it.
+    DeletedBeforeFirstRead,
+    /// The topic was deleted and created again: the stored offsets described another log,
+    /// and an operator told tandem to read the new one from its start.
+    TopicRecreated,
+}
+
+impl OffsetLossKind {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OffsetLossKind::DeletedBeforeRead => "deleted_before_read",
+            OffsetLossKind::DeletedBeforeFirstRead => "deleted_before_first_read",
+            OffsetLossKind::TopicRecreated => "topic_recreated",
+        }
+    }
 }
 
 /// The events of one source transaction and one entity seen so far, and what its end announced.
@@ -137,6 +210,20 @@ pub const MAX_OPEN_TRANSACTIONS: usize = 1000;
 pub const TRANSACTION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl FeedState {
+    /// Remembers an offset loss, dropping the oldest healed one (or the oldest) beyond
+    /// [`MAX_OFFSET_LOSSES`].
+    pub fn remember_offset_loss(&mut self, loss: OffsetLoss) {
+        self.offset_losses.push(loss);
+        if self.offset_losses.len() > MAX_OFFSET_LOSSES {
+            let oldest = self
+                .offset_losses
+                .iter()
+                .position(|loss| loss.healed_at.is_some())
+                .unwrap_or(0);
+            self.offset_losses.remove(oldest);
+        }
+    }
+
     /// Takes note of an event's `seq` on its partition; returns how many events are missing
     /// before it (0 when none), opening a hole if so.
     pub fn observe_seq(
@@ -205,7 +292,13 @@ impl FeedState {
 
     /// A completed snapshot that started after the entity's latest hole satisfies its need;
     /// once a system needs none, the holes that opened before the run are closed.
-    pub fn snapshot_completed(&mut self, system: System, entity: &str, started_at: Timestamp) {
+    pub fn snapshot_completed(
+        &mut self,
+        system: System,
+        entity: &str,
+        started_at: Timestamp,
+        completed_at: Timestamp,
+    ) {
         let Some(entities) = self.needs_snapshot.get_mut(&system) else {
             return;
         };
@@ -226,6 +319,15 @@ impl FeedState {
         {
             if stream.last_hole_at.is_none_or(|last| last <= started_at) {
                 stream.open_since = None;
+            }
+        }
+        for loss in self
+            .offset_losses
+            .iter_mut()
+            .filter(|loss| loss.system == system && loss.healed_at.is_none())
+        {
+            if loss.detected_at <= started_at {
+                loss.healed_at = Some(completed_at);
             }
         }
     }
@@ -339,17 +441,22 @@ mod tests {
         assert!(feed.require_snapshot(System::Source, "deal", at));
         assert!(!feed.require_snapshot(System::Source, "deal", at));
         let later = Timestamp::from_unix_nanos(5_000);
-        feed.snapshot_completed(System::Source, "contact", later);
+        feed.snapshot_completed(System::Source, "contact", later, later);
         assert!(
             feed.streams["t/0"].open_since.is_some(),
             "deal still needs a snapshot"
         );
-        feed.snapshot_completed(System::Source, "deal", Timestamp::from_unix_nanos(500));
+        feed.snapshot_completed(
+            System::Source,
+            "deal",
+            Timestamp::from_unix_nanos(500),
+            later,
+        );
         assert!(
             feed.streams["t/0"].open_since.is_some(),
             "a snapshot started before the hole heals nothing"
         );
-        feed.snapshot_completed(System::Source, "deal", later);
+        feed.snapshot_completed(System::Source, "deal", later, later);
         assert!(feed.streams["t/0"].open_since.is_none());
         assert_eq!(
             feed.streams["t/0"].missing, 3,

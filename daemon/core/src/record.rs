@@ -163,6 +163,9 @@ pub enum UnverifiedReason {
     /// fields may still be current (the newer change may have touched others), and without a
     /// time per field tandem cannot tell: the record is read again.
     OutOfOrder,
+    /// Offsets of the partition this record's changes arrive on were gone from the broker
+    /// (retention, `DeleteRecords`, a re-created topic) before tandem read them.
+    OffsetsLost,
 }
 
 impl UnverifiedReason {
@@ -174,6 +177,7 @@ impl UnverifiedReason {
             UnverifiedReason::Gap => "gap",
             UnverifiedReason::SeqHole => "seq_hole",
             UnverifiedReason::OutOfOrder => "out_of_order",
+            UnverifiedReason::OffsetsLost => "offsets_lost",
         }
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 use serde_json::json;
 use tandem_core::apply::unjoined_key;
+use tandem_core::feed::{OffsetLoss, OffsetLossKind};
 use tandem_core::record::UnverifiedReason;
 use tandem_core::{Outcome, Status, System};
 
@@ -172,6 +173,101 @@ fn a_seq_hole_asks_for_a_snapshot_which_finds_what_was_deleted() {
         state.apply.feed.streams["source/0"].open_since, None,
         "the hole is healed"
     );
+}
+
+/// Offsets 5 to 9 of the source's partition were deleted by the broker before tandem read
+/// them: like a `seq` hole, any record of that partition may have missed a change.
+fn source_loss(detected_minute: i64) -> OffsetLoss {
+    OffsetLoss {
+        system: System::Source,
+        topic: "source".to_owned(),
+        partition: 0,
+        first_offset: 5,
+        last_offset: 9,
+        kind: OffsetLossKind::DeletedBeforeRead,
+        detected_at: at(detected_minute),
+        healed_at: None,
+    }
+}
+
+#[test]
+fn offsets_the_broker_deleted_make_the_partitions_records_unverified_until_a_later_snapshot() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            seq_event(System::Source, "s1", 1, 1, 0),
+            seq_event(System::Source, "s2", 2, 2, 0),
+            seq_event(System::Target, "t1", 1, 1, 0),
+            seq_event(System::Target, "t2", 2, 2, 0),
+        ],
+    );
+    assert_eq!(state.status("contact", "L2"), Some(Status::InSync));
+
+    let outcomes = state.apply_loss(&mapping, &source_loss(2));
+    assert_eq!(outcomes, [Outcome::Position], "the loss is no message");
+    for key in ["L1", "L2"] {
+        assert_eq!(
+            state.status("contact", key),
+            Some(Status::Unverified),
+            "{key}"
+        );
+        assert_eq!(
+            state
+                .rereads
+                .get(&(System::Source, "contact".to_owned(), key.to_owned())),
+            Some(&UnverifiedReason::OffsetsLost)
+        );
+    }
+    assert!(
+        !state
+            .rereads
+            .contains_key(&(System::Target, "contact".to_owned(), "T1".to_owned())),
+        "the target's partition lost nothing"
+    );
+    assert_eq!(
+        state.snapshot_requests,
+        [(System::Source, "contact".to_owned())]
+    );
+    let losses = &state.apply.feed.offset_losses;
+    assert_eq!(losses.len(), 1);
+    assert_eq!(
+        (
+            losses[0].count(),
+            losses[0].detected_at,
+            losses[0].healed_at
+        ),
+        (Some(5), at(2), None)
+    );
+
+    // A snapshot that started before tandem found the loss cannot cover it.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 1),
+            source_snapshot("r2", 2, 1),
+            snapshot_end("end", 2, 1),
+        ],
+    );
+    assert_eq!(state.apply.feed.offset_losses[0].healed_at, None);
+    assert!(!state.apply.feed.needs_snapshot.is_empty());
+
+    // One started after it does: L2 is not in it (its delete was among the lost offsets).
+    let later = |event_id: &str, number: u32| {
+        let (system, mut event) = source_snapshot(event_id, number, 3);
+        event.snapshot_id = Some("run-2".to_owned());
+        (system, event)
+    };
+    let first = later("r1b", 1);
+    let (system, mut end) = snapshot_end("end2", 1, 4);
+    end.snapshot_id = Some("run-2".to_owned());
+    state.apply_batch(&mapping, &[first, (system, end)]);
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    assert_eq!(state.status("contact", "L1"), Some(Status::InSync));
+    assert_eq!(state.status("contact", "L2"), Some(Status::MissingInSource));
+    assert_eq!(state.apply.feed.offset_losses[0].healed_at, Some(at(4)));
+    assert!(state.apply.feed.needs_snapshot.is_empty());
 }
 
 #[test]

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
+use tandem_core::feed::{OffsetLoss, OffsetLossKind};
 use tandem_core::{ApplyState, Input, Mapping, Planner, Reference, System, Timestamp};
 use tandem_store::{NextOffset, Store};
 use tracing::{debug, info, info_span, warn};
 
-use crate::consumer::{ApplyCommand, ConsumedMessage, ControlRequest, Decoded};
+use crate::consumer::{ApplyCommand, ConsumedMessage, ControlRequest, Decoded, PartitionResets};
 use crate::disk::DiskGuard;
 use crate::metrics::IngestMetrics;
 use crate::overlay::{InFlight, OverlayView};
@@ -62,6 +63,8 @@ pub(crate) struct ApplyLoop {
     /// The clock and the wall time of the last event applied, for the idle rule.
     last_event: (Timestamp, Instant),
     disk: DiskGuard,
+    /// Partitions whose reset is durable, for the consumer to read again from offset 0.
+    resets: PartitionResets,
 }
 
 impl ApplyLoop {
@@ -103,7 +106,13 @@ impl ApplyLoop {
             in_flight: InFlight::default(),
             next_seq: 0,
             disk: DiskGuard::new(settings_store_path, settings_min_free),
+            resets: PartitionResets::default(),
         })
+    }
+
+    /// Hands reset partitions to the poll loop through `resets`.
+    pub(crate) fn with_resets(self, resets: PartitionResets) -> Self {
+        ApplyLoop { resets, ..self }
     }
 
     /// Runs until the consumer's channel closes; an error stops ingestion. Cutover steps and
@@ -145,6 +154,10 @@ impl ApplyLoop {
                 recv(control) -> request => match request {
                     Ok(ControlRequest::Step { order, reply }) => self.cutover(order, reply)?,
                     Ok(ControlRequest::Reevaluate { reason }) => self.reevaluate(reason, None)?,
+                    Ok(ControlRequest::ResetPartition { loss, reason, reply }) => {
+                        self.reset_partition(loss, &reason)?;
+                        let _ = reply.send(());
+                    }
                     // The API is gone (shutting down): stop listening.
                     Err(_) => control = crossbeam_channel::never(),
                 },
@@ -283,6 +296,37 @@ impl ApplyLoop {
             Err(refusal) => warn!(%transition, %refusal, "cutover step refused"),
         }
         let _ = reply.send(outcome);
+        Ok(())
+    }
+
+    /// Records that a re-created topic's partition is read again from offset 0, in a batch of
+    /// its own (the loss, its unverified records and snapshot requests, the stored position
+    /// set to 0), then hands the partition back to the consumer.
+    fn reset_partition(&mut self, loss: OffsetLoss, reason: &str) -> Result<()> {
+        let key = (loss.topic.clone(), loss.partition);
+        warn!(
+            topic = %loss.topic,
+            partition = loss.partition,
+            stored_next_offset = loss.first_offset,
+            // Debug formatting escapes newlines and control characters: the reason is the
+            // operator's text and must not forge log lines.
+            reason = ?reason,
+            "partition reset by an operator: reading the re-created topic again from offset 0; records known on it are unverified and a snapshot was requested"
+        );
+        let system = loss.system;
+        let reset = ConsumedMessage::position(
+            tandem_store::Coordinates {
+                topic: loss.topic.clone(),
+                partition: loss.partition,
+                // The position after this part is offset 0.
+                offset: -1,
+            },
+            system,
+            Decoded::Lost(loss),
+        );
+        self.plan_batch(vec![reset])?;
+        self.drain()?;
+        crate::consumer::lock(&self.resets).push(key);
         Ok(())
     }
 
@@ -448,6 +492,8 @@ impl ApplyLoop {
                 Decoded::Skipped => Input::Skipped {
                     system: message.system,
                 },
+                Decoded::PassedOver => Input::PassedOver,
+                Decoded::Lost(loss) => Input::OffsetsLost(loss),
                 Decoded::Event(event) => Input::Event {
                     system: message.system,
                     event,
@@ -574,6 +620,11 @@ impl ApplyLoop {
         batch.retain(|message| {
             let coordinates = &message.coordinates;
             let key = (coordinates.topic.clone(), coordinates.partition);
+            if is_reset(message) {
+                // The stored position described the topic before it was re-created.
+                expected.insert(key, 0);
+                return true;
+            }
             let stored = self.next_offsets.get(&key).copied();
             if stored.is_some_and(|next| next.covers(coordinates.offset)) {
                 debug!(%coordinates, "skipping a message applied before");
@@ -590,6 +641,11 @@ impl ApplyLoop {
         });
         batch
     }
+}
+
+/// Whether a part resets its partition to offset 0 (a re-created topic).
+fn is_reset(message: &ConsumedMessage) -> bool {
+    matches!(&message.decoded, Decoded::Lost(loss) if loss.kind == OffsetLossKind::TopicRecreated)
 }
 
 /// What to do at start about the stored evaluations.

@@ -6,26 +6,25 @@
 //! source of truth. On revocation the callback hands the partitions to the apply loop and
 //! waits until every batch sent before has been committed; messages of the revoked partitions
 //! still held in the batch being built are dropped, to be read again by whoever owns them next.
+//! The poll loop itself, and what it does when the broker no longer has an offset, is in
+//! [`crate::poll`].
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tandem_core::feed::OffsetLoss;
 use tandem_core::format::{decode_message, Format, FormatSettings};
 use tandem_core::{ChangeEvent, DecodeError, System, Timestamp};
 use tandem_store::{Coordinates, Store};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::status::IngestStatus;
-use crate::IngestSettings;
 
 /// How long a revocation waits for the apply loop before giving up on the handshake.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,12 +51,17 @@ pub(crate) enum Decoded {
     /// The message carries nothing to apply (a tombstone, a transaction marker).
     Skipped,
     Rejected(DecodeError),
+    /// No message: the consumer passed over offsets up to this one that hold nothing for
+    /// tandem (transaction markers, messages of aborted transactions).
+    PassedOver,
+    /// No message: offsets up to this one were gone from the broker before tandem read them.
+    Lost(OffsetLoss),
 }
 
 impl ConsumedMessage {
     /// The parts of one message: one per event it carries, one if it carries none or is
     /// rejected (the whole message goes to the dead-letter topic).
-    fn split(
+    pub(crate) fn split(
         coordinates: Coordinates,
         system: System,
         format: &FormatSettings,
@@ -100,7 +104,24 @@ impl ConsumedMessage {
     pub(crate) fn event(&self) -> Option<&ChangeEvent> {
         match &self.decoded {
             Decoded::Event(event) => Some(event),
-            Decoded::Skipped | Decoded::Rejected(_) => None,
+            Decoded::Skipped | Decoded::Rejected(_) | Decoded::PassedOver | Decoded::Lost(_) => {
+                None
+            }
+        }
+    }
+
+    /// A part that is no message but moves the partition's position to just after `offset`.
+    pub(crate) fn position(
+        coordinates: Coordinates,
+        system: System,
+        decoded: Decoded,
+    ) -> ConsumedMessage {
+        ConsumedMessage {
+            coordinates,
+            part: 0,
+            system,
+            payload: Vec::new(),
+            decoded,
         }
     }
 }
@@ -130,6 +151,16 @@ pub(crate) enum ControlRequest {
         /// Why, for the log and the report.
         reason: String,
     },
+    /// Read a stopped partition again from offset 0 of the (re-created) topic: the loss is
+    /// recorded and the stored position reset in one batch, then the consumer resumes it.
+    ResetPartition {
+        /// The loss to record (kind `topic_recreated`, at the old stored position).
+        loss: OffsetLoss,
+        /// Why, for the log.
+        reason: String,
+        /// The answer comes once the reset is durable.
+        reply: Sender<()>,
+    },
 }
 
 /// The consumer's callbacks: statistics, errors, logs and the rebalance handshake.
@@ -139,7 +170,21 @@ pub(crate) struct TandemConsumerContext {
     pub(crate) status: Arc<IngestStatus>,
     /// Partitions revoked since the consumer thread last looked.
     pub(crate) revoked: Mutex<Vec<(String, i32)>>,
+    /// Partitions assigned since the consumer thread last looked, with the next offset they
+    /// start at (`None`: nothing of them was ever applied, they start at the beginning).
+    pub(crate) assigned: Mutex<Vec<PartitionStart>>,
+    /// Whether the read-committed end of a partition (its last stable offset) measures lag.
+    pub(crate) read_committed: bool,
+    /// Partitions whose reset is durable: the poll loop assigns them again from offset 0.
+    pub(crate) resets: PartitionResets,
 }
+
+/// A partition assigned by the group, with the next offset it starts at (`None`: from its
+/// beginning).
+pub(crate) type PartitionStart = ((String, i32), Option<i64>);
+
+/// Partitions whose reset is durable, handed from the apply loop to the poll loop.
+pub(crate) type PartitionResets = Arc<Mutex<Vec<(String, i32)>>>;
 
 impl ClientContext for TandemConsumerContext {
     fn stats(&self, statistics: Statistics) {
@@ -158,8 +203,15 @@ impl ClientContext for TandemConsumerContext {
                         .partitions
                         .entry((topic.clone(), *partition))
                         .or_default();
-                    if partition_stats.hi_offset >= 0 {
-                        position.high_watermark = Some(partition_stats.hi_offset);
+                    // A read-committed consumer reads up to the last stable offset: an open
+                    // transaction's messages are not lag it could catch up on yet.
+                    let end = if self.read_committed && partition_stats.ls_offset >= 0 {
+                        partition_stats.ls_offset
+                    } else {
+                        partition_stats.hi_offset
+                    };
+                    if end >= 0 {
+                        position.high_watermark = Some(end);
                     }
                     if partition_stats.lo_offset >= 0 {
                         position.low_watermark = Some(partition_stats.lo_offset);
@@ -290,6 +342,8 @@ impl TandemConsumerContext {
             if let Err(error) = tpl.set_partition_offset(topic, *partition, offset) {
                 error!(topic, partition, %error, "cannot set the start offset of an assigned partition");
             }
+            lock(&self.assigned)
+                .push(((topic.clone(), *partition), next_offset.map(|next| next.0)));
             self.status.update(|snapshot| {
                 snapshot
                     .partitions
@@ -315,124 +369,35 @@ impl TandemConsumerContext {
         if self.apply_tx.send(command).is_ok() && done_rx.recv_timeout(REVOKE_TIMEOUT).is_err() {
             error!(partitions = ?partitions, "the apply loop did not confirm the revocation in time");
         }
-        self.revoked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend(partitions.iter().cloned());
+        lock(&self.revoked).extend(partitions.iter().cloned());
         self.status.update(|snapshot| {
             for partition in partitions {
                 snapshot.assigned.remove(partition);
+                snapshot.stopped_partitions.remove(partition);
             }
         });
     }
 
-    fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(
-            &mut *self
-                .revoked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+    /// Partitions revoked since the last call.
+    pub(crate) fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *lock(&self.revoked))
+    }
+
+    /// Partitions assigned since the last call, with their start.
+    pub(crate) fn take_assigned(&self) -> Vec<PartitionStart> {
+        std::mem::take(&mut *lock(&self.assigned))
+    }
+
+    /// Partitions reset since the last call.
+    pub(crate) fn take_resets(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *lock(&self.resets))
     }
 }
 
-/// Polls, decodes and batches until cancelled, then flushes and closes the consumer.
-pub(crate) fn run_consumer(
-    consumer: BaseConsumer<TandemConsumerContext>,
-    settings: &IngestSettings,
-    topic_systems: &BTreeMap<String, System>,
-    cancel: &CancellationToken,
-) {
-    let apply_tx = consumer.context().apply_tx.clone();
-    let canonical = FormatSettings::new(Format::Canonical);
-    let mut batch: Vec<ConsumedMessage> = Vec::with_capacity(settings.batch_max_messages);
-    let mut batch_started = Instant::now();
-    let mut paused = false;
-    while !cancel.is_cancelled() {
-        // The disk guard asks to pause: stop fetching, keep polling (heartbeats, rebalances).
-        let pause_wanted = consumer.context().status.snapshot().paused.is_some();
-        // While paused, partitions assigned by a rebalance are paused too.
-        if pause_wanted || pause_wanted != paused {
-            if let Ok(assignment) = consumer.assignment() {
-                let result = if pause_wanted {
-                    consumer.pause(&assignment)
-                } else {
-                    consumer.resume(&assignment)
-                };
-                match result {
-                    Ok(()) => paused = pause_wanted,
-                    Err(error) => {
-                        warn!(%error, pause_wanted, "cannot pause or resume the assigned partitions")
-                    }
-                }
-            }
-        }
-        let timeout = if batch.is_empty() {
-            Duration::from_millis(100)
-        } else {
-            settings
-                .batch_max_wait
-                .saturating_sub(batch_started.elapsed())
-        };
-        match consumer.poll(timeout) {
-            Some(Ok(message)) => {
-                let Some(system) = topic_systems.get(message.topic()).copied() else {
-                    warn!(
-                        topic = message.topic(),
-                        "message from a topic no system is configured for; skipped"
-                    );
-                    continue;
-                };
-                if batch.is_empty() {
-                    batch_started = Instant::now();
-                }
-                let format = settings.formats.get(message.topic()).unwrap_or(&canonical);
-                batch.extend(ConsumedMessage::split(
-                    Coordinates {
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    },
-                    system,
-                    format,
-                    message.key(),
-                    message.payload(),
-                    settings.max_message_bytes,
-                ));
-            }
-            Some(Err(error)) => {
-                warn!(%error, "Kafka consumer error; retrying");
-            }
-            None => {}
-        }
-        let revoked = consumer.context().take_revoked();
-        if !revoked.is_empty() {
-            let before = batch.len();
-            batch.retain(|message| {
-                !revoked.iter().any(|(topic, partition)| {
-                    message.coordinates.topic == *topic
-                        && message.coordinates.partition == *partition
-                })
-            });
-            debug!(
-                dropped = before - batch.len(),
-                "dropped unapplied messages of revoked partitions"
-            );
-        }
-        let full = batch.len() >= settings.batch_max_messages;
-        let waited = !batch.is_empty() && batch_started.elapsed() >= settings.batch_max_wait;
-        if (full || waited)
-            && apply_tx
-                .send(ApplyCommand::Batch(std::mem::take(&mut batch)))
-                .is_err()
-        {
-            error!("the apply loop stopped; the consumer stops too");
-            return;
-        }
-    }
-    if !batch.is_empty() {
-        let _ = apply_tx.send(ApplyCommand::Batch(batch));
-    }
-    info!("consumer stopping; leaving the consumer group");
-    drop(consumer);
+/// The rebalance callback and the poll loop run on the same thread, one after the other: a
+/// poisoned lock only means a panic elsewhere already stops the daemon.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -15,6 +15,7 @@ mod deliveries;
 mod disk;
 pub mod metrics;
 mod overlay;
+mod poll;
 mod requests;
 pub mod status;
 mod writer;
@@ -32,18 +33,19 @@ use rdkafka::ClientConfig;
 use tandem_core::apply::ViewError;
 use tandem_core::format::FormatSettings;
 use tandem_core::ownership::OwnershipPolicy;
-use tandem_core::{Mapping, System};
+use tandem_core::{Mapping, System, Timestamp};
 use tandem_store::{Coordinates, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use metrics::IngestMetrics;
-pub use status::{IngestSnapshot, IngestStatus, PartitionPosition, Reevaluation};
+pub use status::{IngestSnapshot, IngestStatus, PartitionPosition, Reevaluation, StoppedPartition};
 
 use crate::apply::ApplyLoop;
-use crate::consumer::{run_consumer, ControlRequest, TandemConsumerContext};
+use crate::consumer::{ControlRequest, TandemConsumerContext};
 use crate::dead_letters::{DeadLetterContext, DeadLetterForwarder};
 use crate::deliveries::Deliveries;
+use crate::poll::run_consumer;
 use crate::requests::{RequestForwarder, Sent};
 
 /// Result of an ingest operation.
@@ -110,6 +112,9 @@ pub struct IngestSettings {
     pub brokers: String,
     /// Consumer group id.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a restarted daemon takes its
+    /// partitions back at once instead of waiting for its old session to expire.
+    pub group_instance_id: Option<String>,
     /// Extra librdkafka properties, passed through as given.
     pub properties: BTreeMap<String, String>,
     /// Every consumed topic with the system it belongs to.
@@ -160,17 +165,31 @@ impl IngestSettings {
             // Offsets live in the store; group commits would only ever feed monitoring.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Never move past offsets tandem has not read without saying so: a position the
+            // broker no longer has is an error the poll loop turns into a recorded loss.
+            .set("auto.offset.reset", "error")
+            // Events of aborted transactions are never applied.
+            .set("isolation.level", "read_committed")
             .set("statistics.interval.ms", "1000")
             .set("enable.partition.eof", "false")
             .set(
                 "fetch.message.max.bytes",
                 (self.max_message_bytes + 4096).max(1 << 20).to_string(),
             );
+        if let Some(instance_id) = &self.group_instance_id {
+            config.set("group.instance.id", instance_id);
+        }
         for (key, value) in &self.properties {
             config.set(key, value);
         }
         config
+    }
+
+    /// Whether the consumer reads only committed transactions (the default).
+    pub fn read_committed(&self) -> bool {
+        self.properties
+            .get("isolation.level")
+            .is_none_or(|level| level == "read_committed")
     }
 
     /// The dead-letter producer's librdkafka configuration.
@@ -219,6 +238,7 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
 #[derive(Clone)]
 pub struct ControlHandle {
     requests: crossbeam_channel::Sender<ControlRequest>,
+    status: Arc<IngestStatus>,
 }
 
 impl ControlHandle {
@@ -236,6 +256,55 @@ impl ControlHandle {
         answer
             .recv()
             .map_err(|_| "ingestion stopped before the step was durable; restart tandem and look at /v1/cutover".to_owned())?
+    }
+
+    /// Resets a partition whose ingestion stopped because its stored position lies beyond the
+    /// broker's log (a re-created topic): records the loss, marks the partition's records
+    /// unverified, asks for snapshots, and reads the partition again from offset 0. Answers
+    /// once the reset is durable. `Err` says why it cannot be done.
+    pub fn reset_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        reason: String,
+    ) -> std::result::Result<tandem_core::feed::OffsetLoss, String> {
+        let snapshot = self.status.snapshot();
+        let Some(stopped) = snapshot
+            .stopped_partitions
+            .get(&(topic.to_owned(), partition))
+        else {
+            return Err(format!(
+                "{topic}/{partition} is not stopped here: only a partition whose stored position lies beyond the broker's log (see /readyz) can be reset, on the instance it is assigned to"
+            ));
+        };
+        let Some(system) = snapshot.topic_systems.get(topic).copied() else {
+            return Err(format!("{topic} is not a configured topic"));
+        };
+        let loss = tandem_core::feed::OffsetLoss {
+            system,
+            topic: topic.to_owned(),
+            partition,
+            first_offset: stopped.stored_next_offset,
+            last_offset: stopped.stored_next_offset,
+            kind: tandem_core::feed::OffsetLossKind::TopicRecreated,
+            detected_at: Timestamp::from_system_time(std::time::SystemTime::now()),
+            healed_at: None,
+        };
+        let (reply, answer) = bounded(1);
+        self.requests
+            .send(ControlRequest::ResetPartition {
+                loss: loss.clone(),
+                reason,
+                reply,
+            })
+            .map_err(|_| {
+                "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
+            })?;
+        answer.recv().map_err(|_| {
+            "ingestion stopped before the reset was durable; restart tandem and look at /readyz"
+                .to_owned()
+        })?;
+        Ok(loss)
     }
 
     /// Starts a re-evaluation of every stored record; its progress shows in the status.
@@ -279,12 +348,17 @@ pub fn start(
     let (control_tx, control_rx) = bounded(1);
     let control = ControlHandle {
         requests: control_tx,
+        status: status.clone(),
     };
+    let resets = Arc::new(Mutex::new(Vec::new()));
     let context = TandemConsumerContext {
         store: store.clone(),
         apply_tx,
         status: status.clone(),
         revoked: Mutex::new(Vec::new()),
+        assigned: Mutex::new(Vec::new()),
+        read_committed: settings.read_committed(),
+        resets: resets.clone(),
     };
     let consumer: BaseConsumer<TandemConsumerContext> = settings
         .consumer_config()
@@ -311,7 +385,8 @@ pub fn start(
         metrics,
         dead_letter_tx,
         (jobs_tx, written_rx),
-    )?;
+    )?
+    .with_resets(resets);
     // Before the consumer starts: a disk that is already nearly full pauses it from the
     // first assignment on.
     apply_loop.watch_disk();

@@ -53,10 +53,30 @@ pub struct IngestSnapshot {
     pub stopped: Option<String>,
     /// Set while ingestion is paused (disk nearly full), with the reason.
     pub paused: Option<String>,
+    /// Partitions whose ingestion stopped until an operator acts (their stored offset lies
+    /// beyond the broker's log: the topic was deleted and created again).
+    pub stopped_partitions: BTreeMap<(String, i32), StoppedPartition>,
+    /// What the broker refuses tandem, by subject (`topic <name>`, `group <id>`): a topic
+    /// that does not exist or may not be read, a group that may not be joined; each with what
+    /// to do.
+    pub kafka_problems: BTreeMap<String, String>,
     /// Set while stored records are evaluated again.
     pub reevaluation: Option<Reevaluation>,
     /// The latest re-evaluation that finished.
     pub last_reevaluation: Option<Reevaluation>,
+}
+
+/// A partition whose stored position no longer exists on the broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoppedPartition {
+    /// The next offset the store holds for it.
+    pub stored_next_offset: i64,
+    /// The broker's high watermark, below that offset.
+    pub high_watermark: i64,
+    /// Since when (wall clock).
+    pub since: Timestamp,
+    /// What happened and what to do.
+    pub reason: String,
 }
 
 /// A re-evaluation of stored records (of the entities whose rules changed, or of every entity
@@ -101,9 +121,11 @@ impl IngestSnapshot {
     }
 
     /// Whether every assigned partition is known to be fully applied. Watermarks from an
-    /// unreachable broker are stale, so nothing counts as caught up while none is reachable.
+    /// unreachable broker are stale, so nothing counts as caught up while none is reachable,
+    /// nor while a partition's ingestion is stopped.
     pub fn caught_up(&self) -> bool {
         !self.assigned.is_empty()
+            && self.stopped_partitions.is_empty()
             && self.broker_reachable
             && System::ALL
                 .iter()

@@ -57,7 +57,10 @@ pub(crate) fn run_writer(
                 event: message.event(),
                 dead_letter: match &message.decoded {
                     Decoded::Rejected(error) => Some(error),
-                    Decoded::Event(_) | Decoded::Skipped => None,
+                    Decoded::Event(_)
+                    | Decoded::Skipped
+                    | Decoded::PassedOver
+                    | Decoded::Lost(_) => None,
                 },
             })
             .collect();

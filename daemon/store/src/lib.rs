@@ -117,6 +117,10 @@ pub(crate) mod cf {
 }
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+/// A random id given to the store when it is created; it names this store's consumer in
+/// the group (`group.instance.id`), so a restart on the same store takes its partitions back
+/// at once.
+const STORE_ID_KEY: &[u8] = b"store_id";
 
 /// Tuning of the store.
 #[derive(Clone, Debug)]
@@ -150,6 +154,8 @@ pub struct Store {
     /// The first write error, after which nothing is written any more: RocksDB refuses
     /// writes after a failed WAL append anyway, and some builds abort on the next attempt.
     write_failure: Arc<std::sync::OnceLock<String>>,
+    /// See [`Store::id`].
+    id: String,
 }
 
 impl Store {
@@ -203,9 +209,36 @@ impl Store {
             sync_writes: options.sync_writes,
             write_lock: Arc::new(std::sync::Mutex::new(())),
             write_failure: Arc::new(std::sync::OnceLock::new()),
+            id: String::new(),
         };
         store.check_schema_version()?;
-        Ok(store)
+        let id = store.read_or_create_id()?;
+        Ok(Store { id, ..store })
+    }
+
+    /// The store's id, given when it was created (a UUID); copies of a store (a restored
+    /// backup) carry the same one.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn read_or_create_id(&self) -> Result<String> {
+        let meta = self.cf(cf::META);
+        let stored = self
+            .db
+            .get_cf(meta, STORE_ID_KEY)
+            .map_err(Error::rocksdb("read of the store id"))?;
+        if let Some(bytes) = stored {
+            return String::from_utf8(bytes).map_err(|_| Error::CorruptValue {
+                column_family: cf::META,
+                detail: "the store id is not UTF-8".to_owned(),
+            });
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.db
+            .put_cf(meta, STORE_ID_KEY, id.as_bytes())
+            .map_err(Error::rocksdb("write of the store id"))?;
+        Ok(id)
     }
 
     /// The directory of the store.

@@ -270,7 +270,10 @@ impl Store {
                     batch.put_cf(cf::DLQ_OUTBOX, key, []);
                     stats.dead_lettered += 1;
                 }
-                Outcome::Duplicate | Outcome::UnmappedEntity | Outcome::Skipped => {}
+                Outcome::Duplicate
+                | Outcome::UnmappedEntity
+                | Outcome::Skipped
+                | Outcome::Position => {}
             }
         }
         self.write_ownership(

@@ -274,6 +274,21 @@ exit 0"#;
         }
     }
 
+    /// Whether the broker knows `topic`.
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        let consumer: BaseConsumer = self.client_config().create().expect("a metadata client");
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|metadata| {
+                metadata
+                    .topics()
+                    .first()
+                    .map(|found| found.error().is_none())
+            })
+            .unwrap_or(false)
+    }
+
     /// Deletes every message of `topic`/`partition` below `before` (Kafka's `DeleteRecords`,
     /// what retention does), and returns the partition's new log start offset.
     pub fn delete_records(&self, topic: &str, partition: i32, before: i64) -> i64 {

@@ -382,3 +382,54 @@ pub fn produce_json(brokers: &str, topic: &str, events: &[serde_json::Value]) {
         .flush(Duration::from_secs(30))
         .expect("the broker acknowledges every message");
 }
+
+/// Reads `topic` from its beginning until `expected` messages arrived (at most `deadline`),
+/// and returns their payloads as JSON.
+pub fn read_json_messages(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    deadline: Duration,
+) -> Vec<serde_json::Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("the topic's metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|found| found.partitions().len())
+        .unwrap_or(0);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(
+                topic,
+                i32::try_from(partition).expect("few partitions"),
+                rdkafka::Offset::Beginning,
+            )
+            .expect("a valid assignment");
+    }
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partitions");
+    let mut seen = Vec::new();
+    wait_for(&format!("{expected} messages on {topic}"), deadline, || {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let payload = message.payload().unwrap_or_default();
+            seen.push(
+                serde_json::from_slice(payload)
+                    .unwrap_or_else(|error| panic!("a JSON message on {topic}: {error}")),
+            );
+        }
+        (seen.len() >= expected).then_some(())
+    });
+    seen
+}

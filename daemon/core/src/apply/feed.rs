@@ -5,8 +5,8 @@ use crate::event::ChangeEvent;
 use std::collections::BTreeMap;
 
 use crate::feed::{
-    CompletedSnapshot, IncompleteSnapshot, RereadChange, SnapshotEnd, SnapshotRequest, SnapshotRun,
-    TransactionCount, MAX_OPEN_TRANSACTIONS, TRANSACTION_END_WAIT,
+    CompletedSnapshot, IncompleteSnapshot, OffsetLoss, RereadChange, SnapshotEnd, SnapshotRequest,
+    SnapshotRun, TransactionCount, MAX_OPEN_TRANSACTIONS, TRANSACTION_END_WAIT,
 };
 use crate::mapping::EntityMapping;
 use crate::record::{Unverified, UnverifiedReason};
@@ -34,21 +34,55 @@ impl<V: StateView> Planner<'_, V> {
         }
         let reason =
             format!("seq hole on {topic}/{partition}: {missing} events missing before seq {seq}");
+        self.require_snapshots(system, &reason, event.occurred_at);
+        self.mark_partition_unverified(
+            topic,
+            partition,
+            UnverifiedReason::SeqHole,
+            event.occurred_at,
+        )
+    }
+
+    /// Offsets the broker no longer had: like a `seq` hole, the lost messages could have been
+    /// about any record of the partition, or about records tandem never saw. The loss is
+    /// dated no earlier than the clock, so that only a snapshot started after tandem found it
+    /// can heal it (the lost events' own times are unknown).
+    pub(super) fn offsets_lost(&mut self, loss: &OffsetLoss) -> ViewResult<()> {
+        let at = loss.detected_at.max(self.state.clock);
+        let reason = format!(
+            "offsets {}..={} of {}/{} were gone from the broker before tandem read them ({})",
+            loss.first_offset,
+            loss.last_offset,
+            loss.topic,
+            loss.partition,
+            loss.kind.as_str()
+        );
+        self.require_snapshots(loss.system, &reason, at);
+        self.state.feed.remember_offset_loss(OffsetLoss {
+            detected_at: at,
+            healed_at: None,
+            ..loss.clone()
+        });
+        self.mark_partition_unverified(
+            &loss.topic,
+            loss.partition,
+            UnverifiedReason::OffsetsLost,
+            at,
+        )
+    }
+
+    /// Every entity of `system` needs a snapshot started after `at`; a new need is requested.
+    fn require_snapshots(&mut self, system: System, reason: &str, at: Timestamp) {
         for entity in self.mapping.entities() {
-            if self
-                .state
-                .feed
-                .require_snapshot(system, &entity.name, event.occurred_at)
-            {
+            if self.state.feed.require_snapshot(system, &entity.name, at) {
                 self.snapshot_requests.push(SnapshotRequest {
                     system,
                     entity: entity.name.clone(),
-                    reason: reason.clone(),
-                    requested_at: event.occurred_at,
+                    reason: reason.to_owned(),
+                    requested_at: at,
                 });
             }
         }
-        self.mark_partition_unverified(topic, partition, event)
     }
 
     /// A `gap` that names no record: the feed lost changes to records of `entity` it cannot
@@ -300,7 +334,8 @@ impl<V: StateView> Planner<'_, V> {
         &mut self,
         topic: &str,
         partition: i32,
-        event: &ChangeEvent,
+        reason: UnverifiedReason,
+        at: Timestamp,
     ) -> ViewResult<()> {
         let mut members = self.view.partition_members(topic, partition)?;
         members.extend(
@@ -315,7 +350,7 @@ impl<V: StateView> Planner<'_, V> {
                     )
                 }),
         );
-        self.mark_unverified(members, UnverifiedReason::SeqHole, event.occurred_at)
+        self.mark_unverified(members, reason, at)
     }
 
     /// Marks native records unverified (those not deleted and not already unverified) and
@@ -538,7 +573,7 @@ impl<V: StateView> Planner<'_, V> {
         });
         self.state
             .feed
-            .snapshot_completed(system, &entity.name, run.started_at);
+            .snapshot_completed(system, &entity.name, run.started_at, end.ended_at);
         Ok(())
     }
 }

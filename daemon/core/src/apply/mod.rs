@@ -16,7 +16,7 @@ mod feed;
 
 use crate::cutover::{self, Phase, StepOrder, TransitionRecord};
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
-use crate::feed::{PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
+use crate::feed::{OffsetLoss, PartitionMember, RereadChange, SnapshotMember, SnapshotRequest};
 use crate::mapping::{EntityMapping, Mapping};
 use crate::ownership::{
     self, Compensation, EntityOwnership, OwnershipPolicy, Unattributed, Violation, ViolationKind,
@@ -96,6 +96,12 @@ pub enum Input<'a> {
         /// Why it was rejected.
         reason: DeadLetterReason,
     },
+    /// The consumer moved past offsets that hold nothing for tandem (transaction markers,
+    /// messages of aborted transactions): only the partition's position changes.
+    PassedOver,
+    /// Offsets the broker no longer had when tandem came to read them: every record known on
+    /// the partition becomes unverified and the system's entities need a snapshot.
+    OffsetsLost(&'a OffsetLoss),
 }
 
 /// What became of one input.
@@ -113,6 +119,8 @@ pub enum Outcome {
     DeadLettered,
     /// Read, but carrying nothing to apply.
     Skipped,
+    /// No message at all: a position passed over, or offsets the broker no longer had.
+    Position,
 }
 
 impl Outcome {
@@ -305,6 +313,11 @@ impl<'a, V: StateView> Planner<'a, V> {
             Input::Skipped { system } => {
                 self.state.counters.system_mut(system).skipped += 1;
                 Outcome::Skipped
+            }
+            Input::PassedOver => Outcome::Position,
+            Input::OffsetsLost(loss) => {
+                self.offsets_lost(loss)?;
+                Outcome::Position
             }
             Input::Event {
                 system,

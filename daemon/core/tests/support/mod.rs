@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tandem_core::apply::ViewResult;
-use tandem_core::feed::RereadChange;
+use tandem_core::feed::{OffsetLoss, RereadChange};
 use tandem_core::mapping::{FieldMapping, JoinSpec};
 use tandem_core::record::UnverifiedReason;
 use tandem_core::{
     ApplyState, ChangeEvent, EntityMapping, EntitySummary, Input, JoinKeySource, Mapping, Outcome,
-    Planner, RecordRow, StateView, Status, System, Timestamp,
+    Plan, Planner, RecordRow, StateView, Status, System, Timestamp,
 };
 
 pub const GRACE: Duration = Duration::from_secs(300);
@@ -150,6 +150,21 @@ impl MemoryState {
             planner.reevaluate(&entity, &join_key).unwrap();
         }
         let plan = planner.finish();
+        self.commit(batch, plan)
+    }
+
+    /// Applies a batch of one offset loss and commits its plan.
+    pub fn apply_loss(&mut self, mapping: &Mapping, loss: &OffsetLoss) -> Vec<Outcome> {
+        let ownership = self.ownership.clone();
+        let mut planner =
+            Planner::new(mapping, GRACE, &*self, self.apply.clone()).with_ownership(&ownership);
+        planner.apply(Input::OffsetsLost(loss)).unwrap();
+        let plan = planner.finish();
+        self.commit(&[], plan)
+    }
+
+    /// What the store does with a plan, in memory.
+    fn commit(&mut self, batch: &[(System, ChangeEvent)], plan: Plan) -> Vec<Outcome> {
         for ((system, event), outcome) in batch.iter().zip(&plan.outcomes) {
             if outcome.is_recorded() {
                 self.seen.insert((*system, event.event_id.clone()));
