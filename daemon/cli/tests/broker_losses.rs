@@ -15,30 +15,16 @@ use tandem_api::report::{LostOffsets, Report};
 use tandem_core::Status;
 
 use common::{
-    free_port, produce_json, read_json_messages, wait_for, Broker, Daemon, Kafka, Topics,
+    contact_status, free_port, minute, produce_json, read_json_messages, source_contact,
+    target_contact, wait_for, Broker, ContactConfig, Daemon, Kafka, Topics,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const ADMIN: &str = "admin-token-for-partition-resets";
 
-/// Minutes after 2026-11-02T09:00:00Z, as RFC 3339.
-fn at(minute: i64) -> String {
-    tandem_core::Timestamp::from_unix_millis(1_793_610_000_000 + minute * 60_000).to_rfc3339()
-}
-
 /// Now, as RFC 3339: a connector reads its snapshot images at the time it answers.
 fn now() -> String {
     tandem_core::Timestamp::from_system_time(std::time::SystemTime::now()).to_rfc3339()
-}
-
-fn source(event_id: &str, number: u32, op: &str, time: &str, email: &str) -> Value {
-    json!({"event_id": event_id, "entity": "contact", "id": format!("L{number}"), "op": op,
-        "external_id": format!("L{number}"), "occurred_at": time, "fields": {"Email": email}})
-}
-
-fn target(event_id: &str, number: u32, op: &str, time: &str, email: &str) -> Value {
-    json!({"event_id": event_id, "entity": "contact", "id": format!("T{number}"), "op": op,
-        "occurred_at": time, "fields": {"email": email, "legacy_id": format!("L{number}")}})
 }
 
 fn email(number: u32) -> String {
@@ -52,47 +38,10 @@ fn write_config(
     control: &str,
     port: u16,
 ) -> PathBuf {
-    let path = directory.join("tandem.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-dead_letter_topic = "{dlq}"
-batch_max_wait = "20ms"
-
-[store]
-path = "{store}"
-
-[api]
-listen = "127.0.0.1:{port}"
-admin_token = "{ADMIN}"
-
-[systems.source]
-topics = ["{source}"]
-
-[systems.target]
-topics = ["{target}"]
-
-[reconcile]
-grace = "5m"
-idle_clock = false
-control_topic = "{control}"
-
-[[entities]]
-name = "contact"
-join = {{ source = "external_id", target = "field:legacy_id" }}
-fields = [{{ source = "Email", target = "email" }}]
-"#,
-            brokers = kafka.bootstrap(),
-            dlq = topics.dead_letters,
-            store = directory.join("store").display(),
-            source = topics.source,
-            target = topics.target,
-        ),
-    )
-    .expect("the test directory is writable");
-    path
+    let mut config = ContactConfig::new(kafka.bootstrap(), topics, port);
+    config.admin_token = Some(ADMIN.to_owned());
+    config.control_topic = Some(control.to_owned());
+    config.write(directory)
 }
 
 fn start(topic_prefix: &str) -> (Kafka, Topics, String) {
@@ -109,11 +58,6 @@ fn start(topic_prefix: &str) -> (Kafka, Topics, String) {
 
 fn applied(report: &Report) -> u64 {
     report.ingest.source.events_applied + report.ingest.target.events_applied
-}
-
-fn status_of(daemon: &Daemon, number: u32) -> Option<Status> {
-    let view: Value = daemon.get(&format!("/v1/records/contact/L{number}"));
-    serde_json::from_value(view["status"].clone()).expect("a status")
 }
 
 fn readiness(daemon: &Daemon) -> (u16, Value) {
@@ -146,7 +90,7 @@ fn source_snapshot(run: &str, records: &[(u32, String)]) -> Vec<Value> {
     let mut events: Vec<Value> = records
         .iter()
         .map(|(number, email)| {
-            let mut image = source(
+            let mut image = source_contact(
                 &format!("{run}-{number}"),
                 *number,
                 "snapshot",
@@ -174,16 +118,16 @@ fn events_the_broker_deleted_while_tandem_was_stopped_are_a_hole_never_in_sync()
 
     // Six contacts, copied right: offsets 0-5 of each topic.
     let creates: Vec<Value> = (1..=6)
-        .map(|n| source(&format!("s{n}"), n, "create", &at(0), &email(n)))
+        .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
         .collect();
     let copies: Vec<Value> = (1..=6)
-        .map(|n| target(&format!("t{n}"), n, "create", &at(1), &email(n)))
+        .map(|n| target_contact(&format!("t{n}"), n, "create", &minute(1), &email(n)))
         .collect();
     produce_json(kafka.bootstrap(), &topics.source, &creates);
     produce_json(kafka.bootstrap(), &topics.target, &copies);
     let daemon = Daemon::start(&config, port, &log);
     daemon.wait_for_applied(12, DEADLINE);
-    assert_eq!(status_of(&daemon, 1), Some(Status::InSync));
+    assert_eq!(contact_status(&daemon, 1), Some(Status::InSync));
     assert!(daemon.terminate().success());
 
     // While tandem is stopped, the source changes L1-L3 (offsets 6-8) and the sync layer
@@ -191,11 +135,11 @@ fn events_the_broker_deleted_while_tandem_was_stopped_are_a_hole_never_in_sync()
     // created and copied (source offset 9, target offset 6): it comes after the loss.
     let changes: Vec<Value> = (1..=3)
         .map(|n| {
-            source(
+            source_contact(
                 &format!("s-change-{n}"),
                 n,
                 "update",
-                &at(10),
+                &minute(10),
                 &format!("new{n}@x.io"),
             )
         })
@@ -205,12 +149,12 @@ fn events_the_broker_deleted_while_tandem_was_stopped_are_a_hole_never_in_sync()
     produce_json(
         kafka.bootstrap(),
         &topics.source,
-        &[source("s7", 7, "create", &at(11), &email(7))],
+        &[source_contact("s7", 7, "create", &minute(11), &email(7))],
     );
     produce_json(
         kafka.bootstrap(),
         &topics.target,
-        &[target("t7", 7, "create", &at(12), &email(7))],
+        &[target_contact("t7", 7, "create", &minute(12), &email(7))],
     );
 
     let daemon = Daemon::start(&config, port, &log);
@@ -242,13 +186,13 @@ fn events_the_broker_deleted_while_tandem_was_stopped_are_a_hole_never_in_sync()
     // tandem knew on that partition (any of them could have been in the deleted range).
     for number in 1..=6 {
         assert_eq!(
-            status_of(&daemon, number),
+            contact_status(&daemon, number),
             Some(Status::Unverified),
             "L{number}"
         );
     }
     assert_eq!(
-        status_of(&daemon, 7),
+        contact_status(&daemon, 7),
         Some(Status::InSync),
         "L7 arrived whole after the loss, on both sides"
     );
@@ -338,14 +282,14 @@ fn events_the_broker_deleted_while_tandem_was_stopped_are_a_hole_never_in_sync()
     assert!(report.feed.source.needs_snapshot.is_empty());
     for number in 1..=3 {
         assert_eq!(
-            status_of(&daemon, number),
+            contact_status(&daemon, number),
             Some(Status::Mismatch),
             "L{number}"
         );
     }
     for number in 4..=7 {
         assert_eq!(
-            status_of(&daemon, number),
+            contact_status(&daemon, number),
             Some(Status::InSync),
             "L{number}"
         );
@@ -358,7 +302,7 @@ fn offsets_deleted_before_tandem_first_read_a_partition_are_a_loss_too() {
     let (kafka, topics, control) = start("first-read");
     // The source topic kept only its last two events by the time tandem was deployed.
     let creates: Vec<Value> = (1..=5)
-        .map(|n| source(&format!("s{n}"), n, "create", &at(0), &email(n)))
+        .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
         .collect();
     produce_json(kafka.bootstrap(), &topics.source, &creates);
     assert_eq!(kafka.delete_records(&topics.source, 0, 3), 3);
@@ -394,10 +338,10 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
     let config = write_config(directory.path(), &kafka, &topics, &control, port);
     let log = directory.path().join("tandem.log");
     let creates: Vec<Value> = (1..=5)
-        .map(|n| source(&format!("s{n}"), n, "create", &at(0), &email(n)))
+        .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
         .collect();
     let copies: Vec<Value> = (1..=5)
-        .map(|n| target(&format!("t{n}"), n, "create", &at(1), &email(n)))
+        .map(|n| target_contact(&format!("t{n}"), n, "create", &minute(1), &email(n)))
         .collect();
     produce_json(kafka.bootstrap(), &topics.source, &creates);
     produce_json(kafka.bootstrap(), &topics.target, &copies);
@@ -412,8 +356,8 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
     });
     kafka.create_topics(&[(&topics.source, 1)]);
     let recreated = [
-        source("s-new-6", 6, "create", &at(20), &email(6)),
-        source("s-new-7", 7, "create", &at(20), &email(7)),
+        source_contact("s-new-6", 6, "create", &minute(20), &email(6)),
+        source_contact("s-new-7", 7, "create", &minute(20), &email(7)),
     ];
     produce_json(kafka.bootstrap(), &topics.source, &recreated);
 
@@ -449,7 +393,7 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
     );
     assert_eq!(applied(&report), 10, "nothing of the new topic was applied");
     assert_eq!(
-        status_of(&daemon, 1),
+        contact_status(&daemon, 1),
         Some(Status::InSync),
         "the old state stands until reset"
     );
@@ -511,7 +455,7 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
     // and the new one is unknown, so all five are unverified until a snapshot says otherwise.
     for number in 1..=5 {
         assert_eq!(
-            status_of(&daemon, number),
+            contact_status(&daemon, number),
             Some(Status::Unverified),
             "L{number}"
         );

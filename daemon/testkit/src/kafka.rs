@@ -499,7 +499,10 @@ fn format_storage(directory: &Path, options: &KafkaOptions) {
     command
         .args(jvm_options(directory))
         .args(["-cp", &format!("{}/libs/*", kafka_home().display())])
-        .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+        .args(["kafka.tools.StorageTool", "format"])
+        // `=`: a base64 id may start with `-`, which the tool would take for an option.
+        .arg(format!("--cluster-id={cluster_id}"))
+        .arg("--config")
         .arg(directory.join("server.properties"));
     if let Security::ScramOverTls(tls) = &options.security {
         for (name, password) in &tls.users {

@@ -433,3 +433,211 @@ pub fn read_json_messages(
     });
     seen
 }
+
+/// The configuration of the hand-worked tests: one `contact` entity joined by the legacy id
+/// (the source's `external_id`, the target's field `legacy_id`), e-mails compared as they are.
+#[derive(Clone, Debug)]
+pub struct ContactConfig {
+    pub brokers: String,
+    pub topics: Topics,
+    pub port: u16,
+    pub admin_token: Option<String>,
+    pub control_topic: Option<String>,
+    /// `reconcile.grace`, e.g. `5m`.
+    pub grace: String,
+    pub idle_clock: bool,
+    /// Lines added to `[kafka]` (`group_id = ...`, `[kafka.properties]` must come last).
+    pub kafka_lines: String,
+}
+
+impl ContactConfig {
+    /// Defaults: grace 5 minutes, no idle clock, no admin token, no control topic.
+    pub fn new(brokers: &str, topics: &Topics, port: u16) -> ContactConfig {
+        ContactConfig {
+            brokers: brokers.to_owned(),
+            topics: topics.clone(),
+            port,
+            admin_token: None,
+            control_topic: None,
+            grace: "5m".to_owned(),
+            idle_clock: false,
+            kafka_lines: String::new(),
+        }
+    }
+
+    /// Writes `tandem.toml` (the store in `store/`) into `directory` and returns its path.
+    pub fn write(&self, directory: &Path) -> PathBuf {
+        let path = directory.join("tandem.toml");
+        let admin = self
+            .admin_token
+            .as_ref()
+            .map(|token| format!("admin_token = \"{token}\"\n"))
+            .unwrap_or_default();
+        let control = self
+            .control_topic
+            .as_ref()
+            .map(|topic| format!("control_topic = \"{topic}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"[store]
+path = "{store}"
+
+[api]
+listen = "127.0.0.1:{port}"
+{admin}
+[systems.source]
+topics = ["{source}"]
+
+[systems.target]
+topics = ["{target}"]
+
+[reconcile]
+grace = "{grace}"
+idle_clock = {idle_clock}
+{control}
+[[entities]]
+name = "contact"
+join = {{ source = "external_id", target = "field:legacy_id" }}
+fields = [{{ source = "Email", target = "email" }}]
+
+[kafka]
+brokers = "{brokers}"
+dead_letter_topic = "{dlq}"
+batch_max_wait = "20ms"
+{kafka_lines}
+"#,
+            store = directory.join("store").display(),
+            port = self.port,
+            source = self.topics.source,
+            target = self.topics.target,
+            grace = self.grace,
+            idle_clock = self.idle_clock,
+            brokers = self.brokers,
+            dlq = self.topics.dead_letters,
+            kafka_lines = self.kafka_lines,
+        );
+        std::fs::write(&path, text).expect("the test directory is writable");
+        path
+    }
+}
+
+/// A canonical `contact` event of the source system (`L<number>`, its `external_id` the
+/// join key).
+pub fn source_contact(
+    event_id: &str,
+    number: u32,
+    op: &str,
+    time: &str,
+    email: &str,
+) -> serde_json::Value {
+    serde_json::json!({"event_id": event_id, "entity": "contact", "id": format!("L{number}"),
+        "op": op, "external_id": format!("L{number}"), "occurred_at": time,
+        "fields": {"Email": email}})
+}
+
+/// A canonical `contact` event of the target system (`T<number>`, carrying `legacy_id`
+/// `L<number>`).
+pub fn target_contact(
+    event_id: &str,
+    number: u32,
+    op: &str,
+    time: &str,
+    email: &str,
+) -> serde_json::Value {
+    serde_json::json!({"event_id": event_id, "entity": "contact", "id": format!("T{number}"),
+        "op": op, "occurred_at": time,
+        "fields": {"email": email, "legacy_id": format!("L{number}")}})
+}
+
+/// Minutes after 2026-11-02T09:00:00Z, as RFC 3339: event times of the hand-worked tests.
+pub fn minute(minutes: i64) -> String {
+    tandem_core::Timestamp::from_unix_millis(1_793_610_000_000 + minutes * 60_000).to_rfc3339()
+}
+
+/// The status `/v1/records/contact/L<number>` reports; `None` for a record tandem does not
+/// know (404) or that has no live side.
+pub fn contact_status(daemon: &Daemon, number: u32) -> Option<tandem_core::Status> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let url = format!("{}/v1/records/contact/L{number}", daemon.url);
+    let mut response = agent
+        .get(&url)
+        .call()
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    match response.status().as_u16() {
+        404 => None,
+        200 => {
+            let view: serde_json::Value = response
+                .body_mut()
+                .read_json()
+                .unwrap_or_else(|error| panic!("GET {url}: bad JSON: {error}"));
+            serde_json::from_value(view["status"].clone()).expect("a record view has a status")
+        }
+        other => panic!("GET {url}: HTTP {other}\n{}", daemon.log_tail()),
+    }
+}
+
+/// Produces keyed JSON messages (a `None` value is a tombstone) to partition 0 of `topic`, in
+/// order, and waits for the broker's acknowledgements.
+pub fn produce_keyed(brokers: &str, topic: &str, messages: &[(String, Option<serde_json::Value>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a producer");
+    for (key, value) in messages {
+        let payload = value
+            .as_ref()
+            .map(|value| serde_json::to_vec(value).expect("events are JSON"));
+        let mut record = BaseRecord::<String, Vec<u8>>::to(topic)
+            .partition(0)
+            .key(key);
+        if let Some(payload) = &payload {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record)
+            .map_err(|(error, _)| error)
+            .expect("the message is queued");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker acknowledges every message");
+}
+
+/// The offsets of the messages partition 0 of `topic` holds now, in order.
+pub fn offsets_of(brokers: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-offsets"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("a consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("a valid assignment");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partition");
+    let mut offsets = Vec::new();
+    wait_for(
+        &format!("the end of {topic}"),
+        Duration::from_secs(30),
+        || match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                offsets.push(message.offset());
+                None
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => Some(()),
+            _ => None,
+        },
+    );
+    offsets
+}
