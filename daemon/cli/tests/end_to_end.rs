@@ -431,11 +431,59 @@ fn kills_and_restarts_lose_nothing_and_apply_nothing_twice() {
 #[test]
 fn a_rebalance_mid_ingestion_loses_nothing() {
     let run = SimulatedRun::start("rebalance", &SimConfig::sized(31, 2_000));
+    a_member_joins_and_leaves_mid_ingestion(&run, None);
+}
+
+/// The same with the consumer group protocol of KIP-848 (`group.protocol=consumer`, Kafka
+/// 4): the broker computes the assignment and revokes partitions one by one, and the
+/// handshake must hold all the same. Its session timeout is the broker's, made short here so
+/// that the leaving member's partitions come back within the test.
+#[test]
+fn a_rebalance_mid_ingestion_loses_nothing_with_the_consumer_group_protocol() {
+    let options = common::KafkaOptions {
+        properties: vec![
+            (
+                "group.consumer.min.session.timeout.ms".to_owned(),
+                "6000".to_owned(),
+            ),
+            (
+                "group.consumer.session.timeout.ms".to_owned(),
+                "6000".to_owned(),
+            ),
+            (
+                "group.consumer.min.heartbeat.interval.ms".to_owned(),
+                "500".to_owned(),
+            ),
+            (
+                "group.consumer.heartbeat.interval.ms".to_owned(),
+                "500".to_owned(),
+            ),
+        ],
+        ..common::KafkaOptions::default()
+    };
+    let run = SimulatedRun::start_with("rebalance-848", &SimConfig::sized(37, 2_000), options);
+    a_member_joins_and_leaves_mid_ingestion(&run, Some(&[("group.protocol", "consumer")]));
+}
+
+/// A second member of the same group takes partitions away mid-ingestion and leaves again:
+/// the first hands them over only after committing what it applied of them, takes them back,
+/// and ends with exactly the ground truth. `properties` replace the daemons' Kafka properties.
+fn a_member_joins_and_leaves_mid_ingestion(
+    run: &SimulatedRun,
+    properties: Option<&[(&str, &str)]>,
+) {
     let distinct = run.distinct;
+    let config = |directory: &std::path::Path, port: u16, sync_writes: bool| {
+        let config = run.config(directory, port, 100, sync_writes);
+        if let Some(properties) = properties {
+            common::set_kafka_properties(&config, properties);
+        }
+        config
+    };
 
     let first_directory = tempfile::tempdir().unwrap();
     let first_port = free_port();
-    let first_config = run.config(first_directory.path(), first_port, 100, true);
+    let first_config = config(first_directory.path(), first_port, true);
     let first = Daemon::start(
         &first_config,
         first_port,
@@ -447,11 +495,9 @@ fn a_rebalance_mid_ingestion_loses_nothing() {
             .then_some(())
     });
 
-    // A second member of the same group takes partitions away: the first must hand them
-    // over only after committing what it applied of them.
     let second_directory = tempfile::tempdir().unwrap();
     let second_port = free_port();
-    let second_config = run.config(second_directory.path(), second_port, 100, false);
+    let second_config = config(second_directory.path(), second_port, false);
     let second = Daemon::start(
         &second_config,
         second_port,
@@ -465,6 +511,23 @@ fn a_rebalance_mid_ingestion_loses_nothing() {
         (mine > 0 && theirs > 0 && mine + theirs == 8).then_some(mine)
     });
     assert!(shared < 8);
+    // The broker says which protocol the group speaks.
+    let groups = run
+        .broker
+        .tool("org.apache.kafka.tools.GroupsCommand", &["--list"]);
+    let group_type = if properties
+        .is_some_and(|properties| properties.contains(&("group.protocol", "consumer")))
+    {
+        "Consumer"
+    } else {
+        "Classic"
+    };
+    assert!(
+        groups
+            .lines()
+            .any(|line| line.starts_with("tandem-test ") && line.contains(group_type)),
+        "the group is not of type {group_type}:\n{groups}"
+    );
     let applied_when_shared = {
         let report = first.report();
         report.ingest.source.events_applied + report.ingest.target.events_applied

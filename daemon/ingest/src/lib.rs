@@ -97,6 +97,14 @@ pub enum Error {
         /// The read error.
         source: ViewError,
     },
+    /// The consumer hit an error librdkafka cannot recover from.
+    #[error("the Kafka consumer stopped for good ({code}): {hint}")]
+    ConsumerFatal {
+        /// librdkafka's error.
+        code: rdkafka::error::RDKafkaErrorCode,
+        /// What it means and what to do.
+        hint: &'static str,
+    },
     /// An ingest thread panicked (a bug: please report it with the log).
     #[error("the {thread} thread panicked")]
     Panicked {
@@ -317,7 +325,7 @@ impl ControlHandle {
 
 /// The running ingest threads.
 pub struct Ingest {
-    consumer: JoinHandle<()>,
+    consumer: JoinHandle<Result<()>>,
     apply: JoinHandle<Result<()>>,
     writer: JoinHandle<()>,
     dead_letters: JoinHandle<()>,
@@ -483,7 +491,9 @@ impl Ingest {
             (_, _, _, Err(_)) => Err(Error::Panicked {
                 thread: "dead-letter",
             }),
-            (Ok(()), Ok(result), Ok(()), Ok(())) => result,
+            // The consumer's own failure first: the apply loop then only drained.
+            (Ok(Err(failure)), _, _, _) => Err(failure),
+            (Ok(Ok(())), Ok(result), Ok(()), Ok(())) => result,
         };
         let outcome = match (outcome, requests) {
             (Ok(()), Err(_)) => Err(Error::Panicked { thread: "request" }),

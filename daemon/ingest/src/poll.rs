@@ -48,13 +48,15 @@ const ACCESS_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 type TandemConsumer = BaseConsumer<TandemConsumerContext>;
 
-/// Polls, decodes and batches until cancelled, then flushes and closes the consumer.
+/// Polls, decodes and batches until cancelled, then flushes and closes the consumer. An
+/// error librdkafka cannot recover from (this member was fenced, for one) ends it with the
+/// error: the batches read before it are still applied.
 pub(crate) fn run_consumer(
     consumer: TandemConsumer,
     settings: &IngestSettings,
     topic_systems: &BTreeMap<String, System>,
     cancel: &CancellationToken,
-) {
+) -> crate::Result<()> {
     let mut state = PollState {
         settings,
         topic_systems,
@@ -87,6 +89,14 @@ pub(crate) fn run_consumer(
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
                 state.recover_out_of_range(&consumer)
             }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let failure = fatal(code);
+                error!(%failure, "the consumer cannot go on; ingestion stops (the API keeps serving)");
+                if !state.batch.is_empty() {
+                    let _ = apply_tx.send(ApplyCommand::Batch(state.batch));
+                }
+                return Err(failure);
+            }
             Some(Err(error)) => state.note_error(&consumer, &error),
             None => state.pass_over_idle(&consumer),
         }
@@ -105,7 +115,7 @@ pub(crate) fn run_consumer(
                 .is_err()
         {
             error!("the apply loop stopped; the consumer stops too");
-            return;
+            return Ok(());
         }
     }
     if !state.batch.is_empty() {
@@ -113,6 +123,18 @@ pub(crate) fn run_consumer(
     }
     info!("consumer stopping; leaving the consumer group");
     drop(consumer);
+    Ok(())
+}
+
+/// What a fatal consumer error means for an operator.
+fn fatal(code: RDKafkaErrorCode) -> crate::Error {
+    let hint = match code {
+        RDKafkaErrorCode::FencedInstanceId => {
+            "another consumer joined the group with this one's group.instance.id: a second tandem on a copy of this store (or with the same group.instance.id under [kafka.properties]). Only one may consume; stop the other, or give each instance its own store"
+        }
+        _ => "restart tandem; if it happens again, the error names what librdkafka refused",
+    };
+    crate::Error::ConsumerFatal { code, hint }
 }
 
 /// What the loop keeps between polls.

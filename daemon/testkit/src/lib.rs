@@ -146,6 +146,24 @@ level = "info"
     path
 }
 
+/// Replaces the `[kafka.properties]` of a configuration written by [`write_config`].
+pub fn set_kafka_properties(config: &Path, properties: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(config).expect("the configuration was written");
+    let start = text
+        .find("[kafka.properties]\n")
+        .expect("write_config writes [kafka.properties]");
+    let end = start
+        + text[start..]
+            .find("\n\n")
+            .expect("a blank line ends the section");
+    let mut section = "[kafka.properties]\n".to_owned();
+    for (key, value) in properties {
+        section.push_str(&format!("\"{key}\" = \"{value}\"\n"));
+    }
+    let text = format!("{}{}{}", &text[..start], section.trim_end(), &text[end..]);
+    std::fs::write(config, text).expect("the test directory is writable");
+}
+
 /// Adds re-read and snapshot request topics to a configuration written by [`write_config`].
 pub fn add_request_topics(config: &Path, reread_topic: &str, control_topic: &str) {
     let text = std::fs::read_to_string(config).expect("the configuration was written");
@@ -170,8 +188,18 @@ pub struct SimulatedRun {
 impl SimulatedRun {
     /// Starts a broker with 4 partitions per system, generates the run and produces it.
     pub fn start(test: &str, sim: &tandem_sim::SimConfig) -> SimulatedRun {
+        SimulatedRun::start_with(test, sim, KafkaOptions::default())
+    }
+
+    /// The same, on a broker started with `options`.
+    pub fn start_with(
+        test: &str,
+        sim: &tandem_sim::SimConfig,
+        options: KafkaOptions,
+    ) -> SimulatedRun {
         let topics = Topics::unique(test);
-        let broker = Kafka::start(&[
+        let broker = Kafka::start_with(options);
+        broker.create_topics(&[
             (&topics.source, 4),
             (&topics.target, 4),
             (&topics.dead_letters, 1),
