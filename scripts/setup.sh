@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing tandem needs, once per machine; fast when already done.
 #   - Debian packages: RocksDB (linked, not built: 30 s instead of 21 minutes), libclang
-#     for its bindings, a C toolchain for librdkafka.
+#     for its bindings, a C toolchain for librdkafka, OpenSSL for its TLS and SASL/SCRAM.
 #   - Apache Kafka, the broker the tests run: its jars resolved from Maven Central by
 #     scripts/kafka/pom.xml into ~/.cache/tandem/kafka-<version>/libs (about 20 s, once per
 #     version; needs Java 17 and Maven).
@@ -16,7 +16,7 @@ kafka_home="$cache/kafka-$kafka_version"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-packages=(librocksdb-dev libclang-dev clang pkg-config make)
+packages=(librocksdb-dev libclang-dev clang pkg-config make libssl-dev)
 [ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven)
 missing=()
 for package in "${packages[@]}"; do

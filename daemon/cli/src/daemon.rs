@@ -93,8 +93,9 @@ pub async fn run(
         ingest_cancel.clone(),
     )
     .map_err(|error| match error {
+        // librdkafka's messages may quote a property's value, a secret among them.
         tandem_ingest::Error::Client { .. } | tandem_ingest::Error::Subscribe { .. } => {
-            StartError::Config(error.to_string())
+            StartError::Config(config.kafka.redact(&error.to_string()))
         }
         other => StartError::Runtime(other.into()),
     })?;

@@ -606,7 +606,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .create_native_config()
                 .map_err(|error| ConfigError {
                     file: file.display().to_string(),
-                    problem: format!("key `kafka.properties`: {error}"),
+                    problem: config
+                        .kafka
+                        .redact(&format!("key `kafka.properties`: {error}")),
                 })?;
             match format {
                 Format::Json => render::json(

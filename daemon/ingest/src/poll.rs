@@ -555,6 +555,24 @@ impl PollState<'_> {
         for (subject, problem) in &problems {
             error!(%subject, "{problem}");
         }
+        let recovered: Vec<String> = consumer
+            .context()
+            .status
+            .snapshot()
+            .kafka_problems
+            .keys()
+            .filter(|subject| subject.starts_with("topic ") && !problems.contains_key(*subject))
+            .cloned()
+            .collect();
+        if !recovered.is_empty() {
+            // librdkafka would only notice at its next metadata refresh (minutes): subscribing
+            // again makes the group include the topic now.
+            info!(topics = ?recovered, "topics are readable now; joining the group again to include them");
+            let topics: Vec<&str> = self.topic_systems.keys().map(String::as_str).collect();
+            if let Err(error) = consumer.subscribe(&topics) {
+                error!(%error, "cannot subscribe again; the topics are included at librdkafka's next metadata refresh");
+            }
+        }
         self.last_access_check = (!problems.is_empty()).then(Instant::now);
         consumer.context().status.update(|snapshot| {
             snapshot

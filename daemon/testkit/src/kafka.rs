@@ -148,27 +148,38 @@ exit 0"#;
         self.watchdog = child.stdin.take();
         self.child = Some(child);
         let admin_config = self.client_config();
-        wait_for(
-            &format!("Apache Kafka on {} to serve metadata", self.bootstrap),
-            START_DEADLINE,
-            || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|child| child.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "Apache Kafka exited at start ({status}):\n{}",
-                        self.log_tail()
-                    );
-                }
-                let consumer: BaseConsumer = admin_config.create().ok()?;
-                let metadata = consumer
-                    .fetch_metadata(None, Duration::from_millis(500))
-                    .ok()?;
-                (!metadata.brokers().is_empty()).then_some(())
-            },
-        );
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!(
+                    "Apache Kafka exited at start ({status}):\n{}",
+                    self.log_tail()
+                );
+            }
+            let serves = admin_config
+                .create::<BaseConsumer>()
+                .ok()
+                .and_then(|consumer| {
+                    consumer
+                        .fetch_metadata(None, Duration::from_millis(500))
+                        .ok()
+                })
+                .is_some_and(|metadata| !metadata.brokers().is_empty());
+            if serves {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "Apache Kafka on {} did not serve metadata within {START_DEADLINE:?}:\n{}",
+                self.bootstrap,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the broker (SIGKILL): an outage, or a crash. [`Kafka::restart`] brings it back

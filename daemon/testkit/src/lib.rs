@@ -258,6 +258,16 @@ impl Daemon {
         Daemon::spawn(command, port, log)
     }
 
+    /// Starts `tandem run --config config` with extra environment variables.
+    pub fn start_with_env(config: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(tandem_binary());
+        command.args(["run", "--config"]).arg(config);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Daemon::spawn(command, port, log)
+    }
+
     /// Starts the daemon unable to grow any file beyond `kib` KiB, as on a full disk: writes
     /// past it fail with EFBIG (SIGXFSZ is ignored, so they fail instead of killing it).
     pub fn start_with_file_size_limit(config: &Path, port: u16, log: &Path, kib: u64) -> Daemon {
