@@ -44,6 +44,105 @@ pub struct Outcome {
 
 const SAMPLE_SIZE: usize = 15;
 
+fn wall_clock_nanos() -> i64 {
+    tandem_core::Timestamp::from_system_time(std::time::SystemTime::now()).unix_nanos()
+}
+
+/// Distinct event ids among `messages` (what `events_applied` reaches when tandem reads all
+/// of them).
+fn distinct_events<'a>(messages: impl Iterator<Item = &'a tandem_sim::SimMessage>) -> u64 {
+    let ids: std::collections::BTreeSet<String> = messages
+        .filter_map(|message| {
+            let value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+            Some(value.get("event_id")?.as_str()?.to_owned())
+        })
+        .collect();
+    ids.len() as u64
+}
+
+/// The first half of the run is read; the daemon stops; the second half arrives, and the
+/// broker deletes the first half of it on every source partition before the daemon is back.
+/// Returns the restarted daemon and the indexes (in `data.messages`) of the deleted messages.
+fn stop_and_lose_unread_events(
+    broker: &Kafka,
+    daemon: Daemon,
+    config: &std::path::Path,
+    port: u16,
+    log: &std::path::Path,
+    topics: &Topics,
+    data: &tandem_sim::Scenario,
+) -> (Daemon, std::collections::BTreeSet<usize>) {
+    let half = data.messages.len() / 2;
+    let (first, second) = data.messages.split_at(half);
+    tandem::simkafka::produce(
+        broker.bootstrap(),
+        &topics.source,
+        &topics.target,
+        first,
+        |_| {},
+    )
+    .expect("the first half is produced");
+    wait_for_caught_up(&daemon, distinct_events(first.iter()));
+    daemon.terminate();
+    tandem::simkafka::produce(
+        broker.bootstrap(),
+        &topics.source,
+        &topics.target,
+        second,
+        |_| {},
+    )
+    .expect("the second half is produced");
+    // The producer is idempotent and keeps each partition's order: the second half's
+    // messages of a partition follow its first half's, offset by offset.
+    let mut deleted = std::collections::BTreeSet::new();
+    let partitions: std::collections::BTreeSet<i32> = data
+        .messages
+        .iter()
+        .map(|message| message.partition)
+        .collect();
+    for partition in partitions {
+        let of_partition = |messages: &[tandem_sim::SimMessage]| {
+            messages
+                .iter()
+                .filter(|message| {
+                    message.system == SimSystem::Source && message.partition == partition
+                })
+                .count()
+        };
+        let (read, unread) = (of_partition(first), of_partition(second));
+        let lose = unread / 2;
+        let before = i64::try_from(read + lose).expect("few messages");
+        assert_eq!(
+            broker.delete_records(&topics.source, partition, before),
+            before
+        );
+        deleted.extend(
+            data.messages
+                .iter()
+                .enumerate()
+                .skip(half)
+                .filter(|(_, message)| {
+                    message.system == SimSystem::Source && message.partition == partition
+                })
+                .take(lose)
+                .map(|(index, _)| index),
+        );
+    }
+    (Daemon::start(config, port, log), deleted)
+}
+
+/// Waits until the daemon applied `applied` events and has read everything on the broker.
+fn wait_for_caught_up(daemon: &Daemon, applied: u64) {
+    tandem_testkit::wait_for(
+        "the first half to be read",
+        Duration::from_secs(120),
+        || {
+            let report = daemon.report();
+            (self::applied(&report) >= applied && report.ingest.caught_up).then_some(())
+        },
+    );
+}
+
 fn applied(report: &Report) -> u64 {
     report.ingest.source.events_applied + report.ingest.target.events_applied
 }
@@ -86,7 +185,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     ]);
     outcome.messages = data.messages.len() as u64;
     outcome.faults_injected = data.faults.total();
-    let expected_main: u64 = data.truth.events_applied.values().sum();
+    let mut expected_main: u64 = data.truth.events_applied.values().sum();
 
     let directory = tempfile::tempdir().expect("a temporary directory");
     let port = free_port();
@@ -109,23 +208,41 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
         Disruption::Kills(kills) => (10 * (kills as usize + 1), Duration::from_millis(900)),
         _ => (20, Duration::from_millis(150)),
     };
-    let producer = {
-        let (bootstrap, topics, data) =
-            (broker.bootstrap().to_owned(), topics.clone(), data.clone());
-        std::thread::spawn(move || {
-            let chunk = data.messages.len().div_ceil(chunks).max(1);
-            for messages in data.messages.chunks(chunk) {
-                tandem::simkafka::produce(
-                    &bootstrap,
-                    &topics.source,
-                    &topics.target,
-                    messages,
-                    |_| {},
-                )
-                .expect("the simulated run is produced");
-                std::thread::sleep(pause);
-            }
-        })
+    let mut deleted_by_broker = None;
+    let producer = match scenario.disruption {
+        Disruption::RetentionWhileStopped => {
+            let (restarted, deleted) =
+                stop_and_lose_unread_events(&broker, daemon, &config, port, &log, &topics, &data);
+            daemon = restarted;
+            outcome.faults_injected += deleted.len() as u64;
+            deleted_by_broker = Some(deleted.len() as u64);
+            expected_main = distinct_events(
+                data.messages
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| !deleted.contains(index))
+                    .map(|(_, message)| message),
+            );
+            None
+        }
+        _ => {
+            let (bootstrap, topics, data) =
+                (broker.bootstrap().to_owned(), topics.clone(), data.clone());
+            Some(std::thread::spawn(move || {
+                let chunk = data.messages.len().div_ceil(chunks).max(1);
+                for messages in data.messages.chunks(chunk) {
+                    tandem::simkafka::produce(
+                        &bootstrap,
+                        &topics.source,
+                        &topics.target,
+                        messages,
+                        |_| {},
+                    )
+                    .expect("the simulated run is produced");
+                    std::thread::sleep(pause);
+                }
+            }))
+        }
     };
 
     // Ingestion, with the disruption and sampling.
@@ -204,7 +321,9 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    producer.join().expect("the producer thread finished");
+    if let Some(producer) = producer {
+        producer.join().expect("the producer thread finished");
+    }
     outcome.detected = outages_reported
         + report.ingest.source.duplicates_dropped
         + report.ingest.target.duplicates_dropped
@@ -215,7 +334,25 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
         + [&report.feed.source, &report.feed.target]
             .iter()
             .flat_map(|feed| feed.holes.iter().map(|hole| hole.missing))
+            .sum::<u64>()
+        + [&report.feed.source, &report.feed.target]
+            .iter()
+            .flat_map(|feed| feed.lost_offsets.iter().filter_map(|loss| loss.count))
             .sum::<u64>();
+    if let Some(deleted) = deleted_by_broker {
+        let reported: u64 = report
+            .feed
+            .source
+            .lost_offsets
+            .iter()
+            .filter_map(|loss| loss.count)
+            .sum();
+        if reported != deleted {
+            outcome.problems.push(format!(
+                "the broker deleted {deleted} unread messages; the report counts {reported} lost offsets"
+            ));
+        }
+    }
     if let Disruption::Kills(kills) = scenario.disruption {
         if kills_done < kills {
             outcome.problems.push(format!(
@@ -226,8 +363,11 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
 
     // Healing: the connectors answer requests, and run one full snapshot of everything.
     let healing = Instant::now();
-    let read_at =
-        data.newest_event_unix_nanos() + (scenario.sim.grace_seconds + 60) * 1_000_000_000;
+    // Connectors read their answers now: a loss of offsets is dated when tandem found it
+    // (wall clock), and only what was read after that can heal it.
+    let read_at = (data.newest_event_unix_nanos()
+        + (scenario.sim.grace_seconds + 60) * 1_000_000_000)
+        .max(wall_clock_nanos() + 1_000_000_000);
     let responder = Responder::start(
         broker.bootstrap().to_owned(),
         topics.clone(),

@@ -22,6 +22,10 @@ pub enum Disruption {
     Kills(u32),
     /// Take the broker down for this long during ingestion.
     BrokerOutage(Duration),
+    /// Stop the daemon halfway; while it is stopped, the rest of the run arrives and the
+    /// broker deletes the first half of what it has not read on every source partition
+    /// (retention, `DeleteRecords`); then restart it.
+    RetentionWhileStopped,
 }
 
 /// One scenario of the matrix.
@@ -125,6 +129,13 @@ pub fn matrix(size: Size) -> Vec<Scenario> {
             description: "the daemon is killed with SIGKILL during ingestion, and restarted",
             sim: with(109, &|_| {}),
             disruption: Disruption::Kills(if short { 3 } else { 20 }),
+        },
+        Scenario {
+            name: "retention",
+            description: "the broker deletes events the stopped daemon has not read",
+            // Without `seq`, only the offsets can tell that events were lost.
+            sim: with(111, &|sim| sim.emit_seq = false),
+            disruption: Disruption::RetentionWhileStopped,
         },
         Scenario {
             name: "poison",

@@ -66,6 +66,11 @@ fn sigkill() {
 }
 
 #[test]
+fn retention() {
+    check("retention");
+}
+
+#[test]
 fn poison() {
     check("poison");
 }
