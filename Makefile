@@ -47,7 +47,7 @@ chaos: setup-build
 	cargo build --locked --bins
 	cargo run --locked -p tandem-chaos --bin tandem-chaos -- chaos-results.md
 
-bench: setup-build
+bench: setup
 	cargo build --locked --release --bin tandem --bin tandem-bench
 	TANDEM_BIN="$(CARGO_TARGET_DIR)/release/tandem" "$(CARGO_TARGET_DIR)/release/tandem-bench"
 

@@ -60,6 +60,12 @@ impl DaemonProcess {
             .read_to_string()?)
     }
 
+    /// SIGKILL: no chance to flush or leave the group.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Peak resident set size (VmHWM) in MiB.
     pub(crate) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
@@ -76,6 +82,7 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
     }

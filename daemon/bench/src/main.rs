@@ -1,10 +1,12 @@
 //! `make bench`: tandem's durable end-to-end rate against two baselines measured in the same
 //! run on the same broker and the same events: (a) consume and discard, (b) a minimal durable
 //! log (consume, decode, one RocksDB put per event, WAL on). Then apply latency, `/v1/report`
-//! latency with a million records stored, and peak memory of the daemon.
+//! latency with a million records stored, peak memory of the daemon, and the time a restarted
+//! daemon takes to consume again on Apache Kafka.
 
 mod daemon_process;
 mod phases;
+mod restart;
 
 use std::time::Instant;
 
@@ -38,6 +40,11 @@ fn main() -> anyhow::Result<()> {
             "(e) re-evaluation: {} records in {:.1} s = {:.0} records/s",
             report.reevaluated, report.reevaluation_seconds, report.reevaluation_rate
         );
+        return Ok(());
+    }
+
+    if std::env::var_os("TANDEM_BENCH_ONLY_RESTART").is_some() {
+        restart_phase(&tandem)?;
         return Ok(());
     }
 
@@ -138,5 +145,27 @@ fn main() -> anyhow::Result<()> {
         report.reevaluated, report.reevaluation_seconds, report.reevaluation_rate
     );
     drop(cluster);
+    restart_phase(&tandem)
+}
+
+/// (f), on Apache Kafka.
+fn restart_phase(tandem: &str) -> anyhow::Result<()> {
+    println!("\n(f) restart to consuming on Apache Kafka (default 45 s session timeout)...");
+    let restart = restart::restart_to_consuming(tandem)?;
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let max = |values: &[f64]| values.iter().copied().fold(0.0, f64::max);
+    println!(
+        "(f) restart to first applied event: after SIGKILL median {:.2} s (max {:.2} s), after SIGTERM median {:.2} s (max {:.2} s); without static membership {:.1} s ({:.0}x slower)  (aim: < 5 s)",
+        median(&restart.after_sigkill),
+        max(&restart.after_sigkill),
+        median(&restart.after_sigterm),
+        max(&restart.after_sigterm),
+        restart.without_static_membership,
+        restart.without_static_membership / median(&restart.after_sigkill).max(1e-9)
+    );
     Ok(())
 }

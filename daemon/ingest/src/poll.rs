@@ -90,11 +90,10 @@ pub(crate) fn run_consumer(
                 state.recover_out_of_range(&consumer)
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                // The messages read but not yet handed over are dropped: a fenced member
+                // writes nothing more, and whoever owns the partitions now reads them.
                 let failure = fatal(code);
                 error!(%failure, "the consumer cannot go on; ingestion stops (the API keeps serving)");
-                if !state.batch.is_empty() {
-                    let _ = apply_tx.send(ApplyCommand::Batch(state.batch));
-                }
                 return Err(failure);
             }
             Some(Err(error)) => state.note_error(&consumer, &error),
@@ -419,7 +418,7 @@ impl PollState<'_> {
             count = loss.count().unwrap_or(0),
             kind = kind.as_str(),
             %system,
-            "events lost: the broker no longer had these offsets when tandem came to read them; every record known on this partition is unverified and a snapshot of the {system} system was requested (answer it from its connector, see ops/runbooks/lost-events.md; keep topic retention longer than tandem's longest stop)"
+            "events lost: the broker no longer had these offsets when tandem came to read them; every record known on this partition is unverified and a snapshot of the {system} system was requested (answer it from its connector, see ops/runbooks/offsets-lost.md; keep topic retention longer than tandem's longest stop)"
         );
         if self.batch.is_empty() {
             self.batch_started = Instant::now();
