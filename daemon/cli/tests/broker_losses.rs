@@ -471,3 +471,63 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
         "{logged}"
     );
 }
+
+#[test]
+fn events_the_broker_deletes_while_tandem_is_behind_are_either_applied_or_reported_lost() {
+    let (kafka, topics, control) = start("behind");
+    const MESSAGES: u32 = 2_000;
+    let creates: Vec<Value> = (1..=MESSAGES)
+        .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
+        .collect();
+    produce_json(kafka.bootstrap(), &topics.source, &creates);
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = ContactConfig::new(kafka.bootstrap(), &topics, port);
+    config.control_topic = Some(control.clone());
+    // tandem applies one message per fsynced batch and fetches a few at a time, so that it is
+    // far behind the broker when retention strikes.
+    config.kafka_lines = r#"batch_max_messages = 1
+[kafka.properties]
+"fetch.message.max.bytes" = "1024"
+"queued.min.messages" = "5"
+"queued.max.messages.kbytes" = "1""#
+        .to_owned();
+    let config_path = config.write(directory.path());
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("[store]\n", "[store]\nsync_writes = true\n");
+    std::fs::write(&config_path, text).unwrap();
+    let daemon = Daemon::start(&config_path, port, &directory.path().join("tandem.log"));
+    wait_for("tandem to be under way", DEADLINE, || {
+        (applied(&daemon.report()) >= 50).then_some(())
+    });
+    assert_eq!(kafka.delete_records(&topics.source, 0, 1_500), 1_500);
+    let report = wait_for("tandem to reach the end", DEADLINE, || {
+        let report = daemon.report();
+        report.ingest.caught_up.then_some(report)
+    });
+    let lost: u64 = report
+        .feed
+        .source
+        .lost_offsets
+        .iter()
+        .map(|loss| loss.count.expect("counted"))
+        .sum();
+    assert!(
+        lost > 0,
+        "tandem was behind: some of the deleted messages were unread"
+    );
+    // Every message is accounted for: applied (read before it was deleted) or reported lost.
+    assert_eq!(
+        report.ingest.source.events_applied + lost,
+        u64::from(MESSAGES),
+        "{:?}",
+        report.feed.source.lost_offsets
+    );
+    let loss = &report.feed.source.lost_offsets[0];
+    assert_eq!(loss.last_offset, 1_499, "{loss:?}");
+    assert_eq!(
+        report.feed.source.needs_snapshot.keys().collect::<Vec<_>>(),
+        ["contact"]
+    );
+}
