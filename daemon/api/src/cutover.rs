@@ -364,15 +364,12 @@ pub(crate) async fn post_step(
             hint,
         )
     })?;
-    let Json(request) = body
-        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
-    if request.reason.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "a step needs a reason",
-            hint,
-        ));
-    }
+    let request = crate::admin_request(
+        body,
+        hint,
+        |request: &StepRequest| &request.reason,
+        "a step",
+    )?;
     let dry_run = request.dry_run
         || query
             .ok()

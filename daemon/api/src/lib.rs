@@ -383,6 +383,37 @@ struct ReevaluateRequest {
     reason: String,
 }
 
+/// The body of an admin request, which must carry a reason (`what` names the request in
+/// the refusal); a 400 with `hint` otherwise.
+fn admin_request<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    hint: &str,
+    reason: impl Fn(&T) -> &String,
+    what: &str,
+) -> Result<T, ApiError> {
+    let Json(request) = body
+        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
+    if reason(&request).trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} needs a reason"),
+            hint,
+        ));
+    }
+    Ok(request)
+}
+
+/// The handle of the running ingest side, or a 503 when ingestion is not running.
+fn running_control(context: &ApiContext) -> Result<tandem_ingest::ControlHandle, ApiError> {
+    context.cutover.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingestion is not running",
+            "restart tandem",
+        )
+    })
+}
+
 /// The body of `POST /v1/partitions/reset`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -403,22 +434,13 @@ async fn post_partition_reset(
     body: Result<Json<PartitionResetRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let hint = "POST /v1/partitions/reset with {\"topic\": \"...\", \"partition\": 0, \"reason\": \"...\"}";
-    let Json(request) = body
-        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
-    if request.reason.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "a partition reset needs a reason",
-            hint,
-        ));
-    }
-    let Some(handle) = context.cutover.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingestion is not running",
-            "restart tandem",
-        ));
-    };
+    let request = admin_request(
+        body,
+        hint,
+        |request: &PartitionResetRequest| &request.reason,
+        "a partition reset",
+    )?;
+    let handle = running_control(&context)?;
     blocking(move || {
         let loss = handle
             .reset_partition(&request.topic, request.partition, request.reason.clone())
@@ -441,22 +463,13 @@ async fn post_reevaluate(
     body: Result<Json<ReevaluateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let hint = "POST /v1/reevaluate with {\"reason\": \"...\"}";
-    let Json(request) = body
-        .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
-    if request.reason.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "a re-evaluation needs a reason",
-            hint,
-        ));
-    }
-    let Some(handle) = context.cutover.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingestion is not running",
-            "restart tandem",
-        ));
-    };
+    let request = admin_request(
+        body,
+        hint,
+        |request: &ReevaluateRequest| &request.reason,
+        "a re-evaluation",
+    )?;
+    let handle = running_control(&context)?;
     let reason = request.reason;
     blocking(move || {
         handle

@@ -475,7 +475,8 @@ fn a_re_created_topic_stops_its_partition_until_an_operator_resets_it() {
 #[test]
 fn events_the_broker_deletes_while_tandem_is_behind_are_either_applied_or_reported_lost() {
     let (kafka, topics, control) = start("behind");
-    const MESSAGES: u32 = 2_000;
+    const MESSAGES: u32 = 20_000;
+    const DELETED_BEFORE: i64 = 19_000;
     let creates: Vec<Value> = (1..=MESSAGES)
         .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
         .collect();
@@ -501,7 +502,10 @@ fn events_the_broker_deletes_while_tandem_is_behind_are_either_applied_or_report
     wait_for("tandem to be under way", DEADLINE, || {
         (applied(&daemon.report()) >= 50).then_some(())
     });
-    assert_eq!(kafka.delete_records(&topics.source, 0, 1_500), 1_500);
+    assert_eq!(
+        kafka.delete_records(&topics.source, 0, DELETED_BEFORE),
+        DELETED_BEFORE
+    );
     let report = wait_for("tandem to reach the end", DEADLINE, || {
         let report = daemon.report();
         report.ingest.caught_up.then_some(report)
@@ -515,7 +519,9 @@ fn events_the_broker_deletes_while_tandem_is_behind_are_either_applied_or_report
         .sum();
     assert!(
         lost > 0,
-        "tandem was behind: some of the deleted messages were unread"
+        "tandem was behind: some of the deleted messages were unread; {:?}\n{}",
+        report.ingest,
+        daemon.log_tail()
     );
     // Every message is accounted for: applied (read before it was deleted) or reported lost.
     assert_eq!(
@@ -525,7 +531,7 @@ fn events_the_broker_deletes_while_tandem_is_behind_are_either_applied_or_report
         report.feed.source.lost_offsets
     );
     let loss = &report.feed.source.lost_offsets[0];
-    assert_eq!(loss.last_offset, 1_499, "{loss:?}");
+    assert_eq!(loss.last_offset, DELETED_BEFORE - 1, "{loss:?}");
     assert_eq!(
         report.feed.source.needs_snapshot.keys().collect::<Vec<_>>(),
         ["contact"]

@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use tandem_api::report::Report;
 
@@ -155,26 +153,11 @@ fields = [
 }
 
 fn produce(brokers: &str, topic: &str, messages: &[Message]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("a producer");
-    for message in messages {
-        let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>> = BaseRecord::to(topic).partition(0);
-        if let Some(key) = &message.key {
-            record = record.key(key);
-        }
-        if let Some(value) = &message.value {
-            record = record.payload(value);
-        }
-        producer
-            .send(record)
-            .map_err(|(error, _)| error)
-            .expect("the message is queued");
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("the broker acknowledges every message");
+    let messages: Vec<common::RawMessage> = messages
+        .iter()
+        .map(|message| (message.key.clone(), message.value.clone()))
+        .collect();
+    common::produce_messages(&common::plaintext(brokers), topic, &messages);
 }
 
 fn run(case: Case) {

@@ -132,20 +132,11 @@ fn kafka_lines(group: &str, ca: &Path, password: &str) -> String {
 }
 
 fn produce(kafka: &Kafka, topic: &str, events: &[serde_json::Value]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = kafka.client_config().create().expect("an admin producer");
-    for event in events {
-        let payload = serde_json::to_vec(event).unwrap();
-        producer
-            .send(
-                BaseRecord::<(), _>::to(topic)
-                    .partition(0)
-                    .payload(&payload),
-            )
-            .map_err(|(error, _)| error)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    common::produce_messages(
+        &kafka.client_config(),
+        topic,
+        &common::json_messages(events),
+    );
 }
 
 fn readiness_reasons(daemon: &Daemon) -> String {

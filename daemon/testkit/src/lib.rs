@@ -397,28 +397,56 @@ impl Drop for Daemon {
     }
 }
 
-/// Produces JSON events to partition 0 of `topic`, in order, and waits for the broker's
-/// acknowledgements.
-pub fn produce_json(brokers: &str, topic: &str, events: &[serde_json::Value]) {
+/// A message to produce: its key and its value (`None`: a tombstone).
+pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Produces `messages` to partition 0 of `topic` with a producer of `config`, in order, and
+/// waits for the broker's acknowledgements.
+pub fn produce_messages(config: &rdkafka::ClientConfig, topic: &str, messages: &[RawMessage]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("a producer");
-    for event in events {
-        let payload = serde_json::to_vec(event).expect("events are JSON");
+    let producer: BaseProducer = config.create().expect("a producer");
+    for (key, value) in messages {
+        let mut record = BaseRecord::<Vec<u8>, Vec<u8>>::to(topic).partition(0);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         producer
-            .send(
-                BaseRecord::<(), _>::to(topic)
-                    .partition(0)
-                    .payload(&payload),
-            )
+            .send(record)
             .map_err(|(error, _)| error)
             .expect("the message is queued");
     }
     producer
         .flush(Duration::from_secs(30))
         .expect("the broker acknowledges every message");
+}
+
+/// JSON events as unkeyed messages.
+pub fn json_messages(events: &[serde_json::Value]) -> Vec<RawMessage> {
+    events
+        .iter()
+        .map(|event| {
+            (
+                None,
+                Some(serde_json::to_vec(event).expect("events are JSON")),
+            )
+        })
+        .collect()
+}
+
+/// A client configuration for a plaintext broker.
+pub fn plaintext(brokers: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    config
+}
+
+/// Produces JSON events to partition 0 of `topic`, in order, and waits for the broker's
+/// acknowledgements.
+pub fn produce_json(brokers: &str, topic: &str, events: &[serde_json::Value]) {
+    produce_messages(&plaintext(brokers), topic, &json_messages(events));
 }
 
 /// Reads `topic` from its beginning until `expected` messages arrived (at most `deadline`),
@@ -621,29 +649,18 @@ pub fn contact_status(daemon: &Daemon, number: u32) -> Option<tandem_core::Statu
 /// Produces keyed JSON messages (a `None` value is a tombstone) to partition 0 of `topic`, in
 /// order, and waits for the broker's acknowledgements.
 pub fn produce_keyed(brokers: &str, topic: &str, messages: &[(String, Option<serde_json::Value>)]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("a producer");
-    for (key, value) in messages {
-        let payload = value
-            .as_ref()
-            .map(|value| serde_json::to_vec(value).expect("events are JSON"));
-        let mut record = BaseRecord::<String, Vec<u8>>::to(topic)
-            .partition(0)
-            .key(key);
-        if let Some(payload) = &payload {
-            record = record.payload(payload);
-        }
-        producer
-            .send(record)
-            .map_err(|(error, _)| error)
-            .expect("the message is queued");
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("the broker acknowledges every message");
+    let messages: Vec<RawMessage> = messages
+        .iter()
+        .map(|(key, value)| {
+            (
+                Some(key.clone().into_bytes()),
+                value
+                    .as_ref()
+                    .map(|value| serde_json::to_vec(value).expect("events are JSON")),
+            )
+        })
+        .collect();
+    produce_messages(&plaintext(brokers), topic, &messages);
 }
 
 /// The offsets of the messages partition 0 of `topic` holds now, in order.
