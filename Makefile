@@ -32,12 +32,12 @@ test: setup lint
 # Each decoder's fuzz target, for FUZZ_SECONDS, seeded with the schema examples. The
 # sanitizers need unstable compiler flags, which RUSTC_BOOTSTRAP allows on the stable toolchain.
 fuzz:
-	@set -o pipefail; for target in $$(cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) list); do \
+	@set -o pipefail; for target in $$(cd daemon/formats && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) list); do \
 	  corpus=$$(mktemp -d); \
 	  if [ "$$target" = decode ]; then seeds="../../schemas/examples/valid ../../schemas/examples/invalid"; \
 	  else seeds="../../schemas/examples/formats/$$target"; fi; \
 	  echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
-	  (cd daemon/core && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target --target-dir $(HOME)/.cache/tandem/fuzz-target \
+	  (cd daemon/formats && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run $$target --target-dir $(HOME)/.cache/tandem/fuzz-target \
 	    $$corpus $$seeds -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | tail -2) \
 	    || exit 1; \
 	  rm -rf $$corpus; \

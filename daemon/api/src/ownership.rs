@@ -106,7 +106,7 @@ fn parse_system(text: &str) -> Result<System, ApiError> {
 }
 
 fn parse_actor(text: &str) -> Result<(ActorKind, Option<String>), ApiError> {
-    tandem_core::format::parse_actor(text)
+    tandem_core::event::parse_actor(text)
         .map(|actor| (actor.kind, actor.id))
         .map_err(|error| bad_request(error, "write `kind` or `kind:id`, e.g. integration:webform"))
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tandem_api::auth::{AccessTokens, Token};
 use tandem_api::cutover::CutoverRules;
-use tandem_core::format::{Format, FormatSettings};
 use tandem_core::gates::{GateRules, TriggerRule};
 use tandem_core::ownership::{ActorRule, OwnershipPolicy, Unattributed};
 use tandem_core::{EntityMapping, Mapping, Status, System, Timestamp};
+use tandem_formats::{Format, FormatSettings};
 use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
 
@@ -353,7 +353,7 @@ impl SystemConfig {
         }
         let mut actors = BTreeMap::new();
         for (identifier, actor) in &self.actors {
-            let actor = tandem_core::format::parse_actor(actor)
+            let actor = tandem_formats::parse_actor(actor)
                 .map_err(|error| format!("key `systems.{system}.actors.{identifier}`: {error}"))?;
             actors.insert(identifier.clone(), actor);
         }

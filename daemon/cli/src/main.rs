@@ -699,7 +699,7 @@ fn decode_command(
     config: Option<PathBuf>,
     topic: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    use tandem_core::format::{decode_message, Format as Wire, FormatSettings};
+    use tandem_formats::{decode_message, Format as Wire, FormatSettings};
     let usage = |problem: String| {
         eprintln!("tandem: {problem}");
         Ok(ExitCode::from(2))

@@ -145,7 +145,7 @@ fn request_examples_match_their_schemas() {
 /// JSON Schema: the decoders produce only what the contract documents.
 #[test]
 fn vendor_examples_decode_to_events_that_pass_the_schema() {
-    use tandem_core::format::{decode_message, Format, FormatSettings};
+    use tandem_formats::{decode_message, Format, FormatSettings};
     let validator = validator();
     for format in Format::ALL.into_iter().skip(1) {
         let directory = schemas_dir().join("examples/formats").join(format.name());

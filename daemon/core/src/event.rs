@@ -214,7 +214,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn new(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
         DecodeError {
             reason,
             detail: detail.into(),
@@ -301,7 +301,7 @@ fn classify_json_error(text: &str, error: serde_json::Error) -> DecodeError {
 }
 
 /// The rules serde cannot express; every decoded event, whatever its format, passes them.
-pub(crate) fn validate(event: &ChangeEvent) -> Result<(), DecodeError> {
+pub fn validate(event: &ChangeEvent) -> Result<(), DecodeError> {
     let schema_error = |detail: String| {
         Err(DecodeError::new(
             DeadLetterReason::SchemaViolation,
@@ -399,6 +399,33 @@ fn optional_string_or_integer<'de, D: Deserializer<'de>>(
 
 fn bool_or_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
+}
+
+/// Parses an actor as written in configuration: `sync`, `repair`, `user`, `system`,
+/// `integration`, optionally followed by `:<id>` (`integration:mailchimp`, `user:42`).
+pub fn parse_actor(text: &str) -> Result<Actor, String> {
+    let (kind, id) = match text.split_once(':') {
+        Some((kind, id)) if !id.trim().is_empty() => (kind, Some(id.trim().to_owned())),
+        Some(_) => return Err(format!("actor `{text}` has an empty id after `:`")),
+        None => (text, None),
+    };
+    let kind = match kind.trim() {
+        "sync" => ActorKind::Sync,
+        "repair" => ActorKind::Repair,
+        "user" => ActorKind::User,
+        "system" => ActorKind::System,
+        "integration" => ActorKind::Integration,
+        other => {
+            return Err(format!(
+                "actor kind `{other}` is not one of sync, repair, user, system, integration"
+            ))
+        }
+    };
+    Ok(Actor {
+        kind,
+        id,
+        epoch: None,
+    })
 }
 
 #[cfg(test)]

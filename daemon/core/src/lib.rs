@@ -3,6 +3,8 @@
 //! Events, identity (join keys), mapping, comparison, record status and aggregates live here.
 //! Nothing in this crate performs I/O: the planner in [`apply`] takes a view of the current
 //! state and a batch of events and returns a plan, which the store executes atomically.
+//! The vendors' formats, which decode into the canonical event, are the `tandem-formats`
+//! crate's.
 
 pub mod apply;
 pub mod compare;
@@ -10,7 +12,6 @@ pub mod cutover;
 pub mod delta;
 pub mod event;
 pub mod feed;
-pub mod format;
 pub mod gates;
 pub mod mapping;
 pub mod ownership;

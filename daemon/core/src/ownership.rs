@@ -32,7 +32,7 @@ pub struct ActorRule {
 impl ActorRule {
     /// Parses `kind` or `kind:id`, e.g. `integration:billing-sync`.
     pub fn parse(text: &str) -> Result<ActorRule, String> {
-        let actor = crate::format::parse_actor(text)?;
+        let actor = crate::event::parse_actor(text)?;
         Ok(ActorRule {
             kind: actor.kind,
             id: actor.id,
@@ -354,7 +354,7 @@ mod tests {
     use super::*;
 
     fn actor(text: &str) -> Actor {
-        crate::format::parse_actor(text).unwrap()
+        crate::event::parse_actor(text).unwrap()
     }
 
     fn write(entity: &str, actor: Option<Actor>) -> ChangeEvent {

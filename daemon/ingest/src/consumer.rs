@@ -19,8 +19,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tandem_core::feed::OffsetLoss;
-use tandem_core::format::{decode_message, Format, FormatSettings};
 use tandem_core::{ChangeEvent, DecodeError, System, Timestamp};
+use tandem_formats::{decode_message, Format, FormatSettings};
 use tandem_store::{Coordinates, Store};
 use tracing::{debug, error, info, warn};
 

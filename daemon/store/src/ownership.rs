@@ -91,7 +91,7 @@ fn decode_writer_key(bytes: &[u8]) -> Result<WriterKey> {
     let kind = match reader.str()?.as_str() {
         "unknown" => None,
         name => Some(
-            tandem_core::format::parse_actor(name)
+            tandem_core::event::parse_actor(name)
                 .map_err(|_| Error::CorruptValue {
                     column_family: cf::WRITERS,
                     detail: format!("unknown actor kind `{name}`"),

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use super::support;
 use super::FormatSettings;
-use crate::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
-use crate::time::Timestamp;
+use tandem_core::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
+use tandem_core::Timestamp;
 
 /// The event kinds, the part of `subscriptionType` after the last dot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,8 +501,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::DeadLetterReason;
-    use crate::format::{decode_message, parse_actor, Format};
+    use crate::{decode_message, parse_actor, Format};
+    use tandem_core::event::DeadLetterReason;
 
     fn settings() -> FormatSettings {
         FormatSettings::new(Format::HubspotWebhooks)
@@ -1132,7 +1132,7 @@ mod tests {
         fn any_value_decodes_to_valid_events_or_an_error(value in event_like()) {
             if let Ok(events) = decode(&settings(), &value) {
                 for event in &events {
-                    proptest::prop_assert!(crate::event::validate(event).is_ok(), "{event:?}");
+                    proptest::prop_assert!(tandem_core::event::validate(event).is_ok(), "{event:?}");
                 }
             }
         }

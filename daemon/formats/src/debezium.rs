@@ -28,8 +28,8 @@ use serde_json::{Map, Value};
 
 use super::support::{self, kind};
 use super::FormatSettings;
-use crate::event::{ChangeEvent, Fields, Op};
-use crate::time::Timestamp;
+use tandem_core::event::{ChangeEvent, Fields, Op};
+use tandem_core::Timestamp;
 
 /// What Debezium writes for a column value it could not read, with the default
 /// `unavailable.value.placeholder`: the text, and the same bytes as a `bytea`/`BLOB` column
@@ -561,8 +561,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::{Actor, ActorKind, DeadLetterReason};
-    use crate::format::{decode_message, parse_actor, Format};
+    use crate::{decode_message, parse_actor, Format};
+    use tandem_core::event::{Actor, ActorKind, DeadLetterReason};
 
     fn settings() -> FormatSettings {
         FormatSettings::new(Format::Debezium)

@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use super::support::{self, kind};
 use super::FormatSettings;
-use crate::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
-use crate::time::Timestamp;
+use tandem_core::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
+use tandem_core::Timestamp;
 
 /// The change types a header may carry, for error messages.
 const CHANGE_TYPES: &str =
@@ -711,8 +711,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::DeadLetterReason;
-    use crate::format::{decode_message, parse_actor, Format};
+    use crate::{decode_message, parse_actor, Format};
+    use tandem_core::event::DeadLetterReason;
 
     fn settings() -> FormatSettings {
         FormatSettings::new(Format::SalesforceCdc)

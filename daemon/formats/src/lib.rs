@@ -14,7 +14,8 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::event::{self, Actor, ActorKind, ChangeEvent, DeadLetterReason, DecodeError};
+pub use tandem_core::event::parse_actor;
+use tandem_core::event::{self, Actor, ChangeEvent, DeadLetterReason, DecodeError};
 
 mod debezium;
 mod hubspot;
@@ -124,33 +125,6 @@ impl FormatSettings {
     }
 }
 
-/// Parses an actor as written in configuration: `sync`, `repair`, `user`, `system`,
-/// `integration`, optionally followed by `:<id>` (`integration:mailchimp`, `user:42`).
-pub fn parse_actor(text: &str) -> Result<Actor, String> {
-    let (kind, id) = match text.split_once(':') {
-        Some((kind, id)) if !id.trim().is_empty() => (kind, Some(id.trim().to_owned())),
-        Some(_) => return Err(format!("actor `{text}` has an empty id after `:`")),
-        None => (text, None),
-    };
-    let kind = match kind.trim() {
-        "sync" => ActorKind::Sync,
-        "repair" => ActorKind::Repair,
-        "user" => ActorKind::User,
-        "system" => ActorKind::System,
-        "integration" => ActorKind::Integration,
-        other => {
-            return Err(format!(
-                "actor kind `{other}` is not one of sync, repair, user, system, integration"
-            ))
-        }
-    };
-    Ok(Actor {
-        kind,
-        id,
-        epoch: None,
-    })
-}
-
 /// Decodes one Kafka message of a topic into the canonical events it carries.
 ///
 /// An empty list means the message carries nothing to apply (a Debezium tombstone or
@@ -246,6 +220,7 @@ fn parse_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_core::event::ActorKind;
 
     /// A number read from a vendor payload must read back the same from the event log, or
     /// equal values would compare unequal (found by fuzzing; needs exact float parsing).

@@ -1,7 +1,7 @@
 //! What every vendor decoder's fuzz target checks: decoding never panics, and every event it
 //! returns passes the canonical decoder unchanged.
 
-use tandem_core::format::{decode_message, Format, FormatSettings};
+use tandem_formats::{decode_message, Format, FormatSettings};
 
 pub fn check(format: Format, key: Option<&[u8]>, value: &[u8]) {
     let settings = FormatSettings::new(format);

@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 
 use super::support::{self, kind};
 use super::FormatSettings;
-use crate::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
-use crate::time::Timestamp;
+use tandem_core::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
+use tandem_core::Timestamp;
 
 /// The only webhook version this decoder reads (`meta.version`).
 const VERSION: &str = "2.0";
@@ -348,8 +348,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::DeadLetterReason;
-    use crate::format::{decode_message, parse_actor, Format};
+    use crate::{decode_message, parse_actor, Format};
+    use tandem_core::event::DeadLetterReason;
 
     fn settings() -> FormatSettings {
         FormatSettings::new(Format::PipedriveV2)

@@ -32,8 +32,8 @@ use super::support::{
     string, unsigned,
 };
 use super::FormatSettings;
-use crate::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
-use crate::time::Timestamp;
+use tandem_core::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
+use tandem_core::Timestamp;
 
 /// The vendor object every event is about.
 const TICKET: &str = "ticket";
@@ -759,7 +759,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::format::{decode_message, parse_actor, Format};
+    use crate::{decode_message, parse_actor, Format};
 
     fn settings() -> FormatSettings {
         FormatSettings::new(Format::Zendesk)
@@ -1504,17 +1504,13 @@ mod tests {
     #[test]
     fn the_examples_decode() {
         let examples = [
-            include_str!("../../../../schemas/examples/formats/zendesk/export-time-based.json"),
-            include_str!("../../../../schemas/examples/formats/zendesk/export-cursor-based.json"),
-            include_str!("../../../../schemas/examples/formats/zendesk/ticket-events.json"),
-            include_str!("../../../../schemas/examples/formats/zendesk/ticket.json"),
-            include_str!(
-                "../../../../schemas/examples/formats/zendesk/webhook-ticket-created.json"
-            ),
-            include_str!(
-                "../../../../schemas/examples/formats/zendesk/webhook-status-changed.json"
-            ),
-            include_str!("../../../../schemas/examples/formats/zendesk/webhook-soft-deleted.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/export-time-based.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/export-cursor-based.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/ticket-events.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/ticket.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/webhook-ticket-created.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/webhook-status-changed.json"),
+            include_str!("../../../schemas/examples/formats/zendesk/webhook-soft-deleted.json"),
         ];
         for example in examples {
             let events =
@@ -1640,7 +1636,7 @@ mod tests {
             fn never_panics_and_every_event_is_valid(value in json_value()) {
                 if let Ok(events) = decode(&settings(), &value) {
                     for event in &events {
-                        prop_assert!(crate::event::validate(event).is_ok(), "{event:?}");
+                        prop_assert!(tandem_core::event::validate(event).is_ok(), "{event:?}");
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::time::Timestamp;
+use tandem_core::Timestamp;
 
 /// A JSON object, or an error naming `path`.
 pub(super) fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, String> {

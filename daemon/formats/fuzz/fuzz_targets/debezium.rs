@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use tandem_core::format::Format;
+use tandem_formats::Format;
 
 fuzz_target!(|data: &[u8]| {
     let (key, value) = match data.split_first() {

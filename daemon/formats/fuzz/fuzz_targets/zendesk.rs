@@ -5,6 +5,6 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use tandem_core::format::Format;
+use tandem_formats::Format;
 
 fuzz_target!(|data: &[u8]| common::check(Format::Zendesk, None, data));
