@@ -329,6 +329,11 @@ pub struct SystemConfig {
     /// `repair`, `user`, `system`, `integration:<name>`).
     #[serde(default)]
     pub actors: BTreeMap<String, String>,
+    /// A column of the rows that names who wrote each change (`last_modified_by`), for the
+    /// `debezium` format: its value is mapped through `actors`, or read as an actor
+    /// (`user:42`, `integration:webform`) when it is not listed there.
+    #[serde(default)]
+    pub actor_field: Option<String>,
 }
 
 impl SystemConfig {
@@ -376,6 +381,7 @@ impl SystemConfig {
                     format,
                     objects: self.objects.clone(),
                     actors: actors.clone(),
+                    actor_field: self.actor_field.clone(),
                 },
             );
         }

@@ -163,8 +163,8 @@ pub(super) fn decode(
         escape(&connector, false),
         op.letter()
     );
-    let actor = settings.actor(&[format!("connector:{connector}")], None);
     let transaction_id = transaction_of(payload, root)?;
+    let actor = actor(settings, payload, &connector);
 
     if op == RowOp::Truncate {
         // The key is null: the change is to the whole table, whose rows cannot be named.
@@ -219,6 +219,32 @@ pub(super) fn decode(
         schema: None,
         transaction_id,
     }])
+}
+
+/// Who made the change: the row's `actor_field` column (from `after`, or from `before` for a
+/// delete under `REPLICA IDENTITY FULL`) when configured and present, mapped through `actors`,
+/// else read as an actor (`user:42`); else the connector, if `actors` maps
+/// `connector:<name>`.
+fn actor(
+    settings: &FormatSettings,
+    payload: &Map<String, Value>,
+    connector: &str,
+) -> Option<tandem_core::event::Actor> {
+    let written_by = settings.actor_field.as_ref().and_then(|field| {
+        ["after", "before"].into_iter().find_map(|member| {
+            match payload.get(member)?.get(field)? {
+                Value::String(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            }
+        })
+    });
+    let from_column = written_by.and_then(|written_by| {
+        settings
+            .actor(&[written_by.clone()], None)
+            .or_else(|| crate::parse_actor(&written_by).ok())
+    });
+    from_column.or_else(|| settings.actor(&[format!("connector:{connector}")], None))
 }
 
 /// A transaction `BEGIN` or `END` marker, from the connector's transaction topic. A BEGIN
@@ -1037,6 +1063,71 @@ mod tests {
             error(Some(json!({"id": " "})), &value),
             "`key.id` is an empty string, expected a key value"
         );
+    }
+
+    #[test]
+    fn the_actor_column_names_the_writer_before_the_connector() {
+        let mut settings = settings();
+        settings.actor_field = Some("last_modified_by".to_owned());
+        settings
+            .actors
+            .insert("sync-job".to_owned(), parse_actor("sync").unwrap());
+        settings.actors.insert(
+            "connector:crm".to_owned(),
+            parse_actor("integration:crm").unwrap(),
+        );
+        let change = |op: &str, before: Value, after: Value| json!({"before": before, "after": after, "source": pg_source(7, 1_732_089_600_000), "op": op});
+        let cases = [
+            // Listed under `actors`.
+            (
+                change(
+                    "u",
+                    Value::Null,
+                    json!({"id": 1, "last_modified_by": "sync-job"}),
+                ),
+                "sync",
+            ),
+            // Not listed, but an actor as written in configuration.
+            (
+                change(
+                    "c",
+                    Value::Null,
+                    json!({"id": 1, "last_modified_by": "integration:webform"}),
+                ),
+                "integration:webform",
+            ),
+            // A delete names its writer in `before` (REPLICA IDENTITY FULL).
+            (
+                change(
+                    "d",
+                    json!({"id": 1, "last_modified_by": "user:ann"}),
+                    Value::Null,
+                ),
+                "user:ann",
+            ),
+            // No column value: the connector's mapping.
+            (
+                change("u", Value::Null, json!({"id": 1, "last_modified_by": null})),
+                "integration:crm",
+            ),
+            // Neither listed nor an actor: the connector's mapping too.
+            (
+                change(
+                    "u",
+                    Value::Null,
+                    json!({"id": 1, "last_modified_by": "Jane Doe"}),
+                ),
+                "integration:crm",
+            ),
+        ];
+        for (value, expected) in cases {
+            let events = decode_with(&settings, Some(pg_key(1)), &value).unwrap();
+            assert_eq!(
+                events[0].actor,
+                Some(parse_actor(expected).unwrap()),
+                "{value}"
+            );
+        }
     }
 
     #[test]

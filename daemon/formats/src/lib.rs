@@ -95,6 +95,11 @@ pub struct FormatSettings {
     /// Vendor writer identifiers (as each format documents them, e.g. `client:SyncApp`,
     /// `app:123`) to the actor they are.
     pub actors: BTreeMap<String, Actor>,
+    /// A field of the record that names who wrote the change (`last_modified_by`, as
+    /// Salesforce's `LastModifiedById` or HubSpot's `hs_updated_by_user_id` do), for formats
+    /// that carry row images (Debezium). Its value is looked up in `actors`, or read as an
+    /// actor (`user:42`, `integration:webform`) if it is not listed.
+    pub actor_field: Option<String>,
 }
 
 impl FormatSettings {
@@ -104,6 +109,7 @@ impl FormatSettings {
             format,
             objects: BTreeMap::new(),
             actors: BTreeMap::new(),
+            actor_field: None,
         }
     }
 
