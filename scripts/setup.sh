@@ -5,6 +5,9 @@
 #   - Apache Kafka, the broker the tests run: its jars resolved from Maven Central by
 #     scripts/kafka/pom.xml into ~/.cache/tandem/kafka-<version>/libs (about 20 s, once per
 #     version; needs Java 17 and Maven).
+#   - Kafka Connect and Debezium's PostgreSQL connector, for the CDC pipeline test: resolved
+#     by scripts/connect/pom.xml into ~/.cache/tandem/connect-<version>-debezium-<version>;
+#     PostgreSQL from Debian's packages.
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
 set -euo pipefail
@@ -13,11 +16,14 @@ want="${1:-test}"
 cache="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 kafka_version="4.4.0"   # keep in step with scripts/kafka/pom.xml and daemon/testkit/src/kafka.rs
 kafka_home="$cache/kafka-$kafka_version"
+connect_version="4.3.2"              # keep in step with scripts/connect/pom.xml and
+debezium_version="3.6.1.Final"       # daemon/testkit/src/connect.rs
+connect_home="$cache/connect-$connect_version-debezium-$debezium_version"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(librocksdb-dev libclang-dev clang pkg-config make libssl-dev)
-[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven)
+[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -48,5 +54,19 @@ if [ "$want" = "test" ]; then
       -Dkafka.version="$kafka_version" -DincludeScope=runtime \
       -DoutputDirectory="$kafka_home/libs" </dev/null
     printf '%s\n' "$kafka_version" > "$kafka_home/VERSION"
+  fi
+
+  if [ "$(cat "$connect_home/VERSION" 2>/dev/null)" != "$connect_version $debezium_version" ]; then
+    say "installing Kafka Connect $connect_version and Debezium $debezium_version into $connect_home (Maven Central, once per machine)"
+    rm -rf "$connect_home"
+    mkdir -p "$connect_home"
+    mvn -B -q -Dstyle.color=never -f "$(dirname "$0")/connect/pom.xml" -P runtime \
+      dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$connect_home/libs" </dev/null
+    mvn -B -q -Dstyle.color=never -f "$(dirname "$0")/connect/pom.xml" -P debezium \
+      dependency:copy-dependencies -DincludeScope=runtime \
+      -DexcludeGroupIds=org.apache.kafka,org.slf4j \
+      -DoutputDirectory="$connect_home/plugins/debezium-postgres" </dev/null
+    printf '%s\n' "$connect_version $debezium_version" > "$connect_home/VERSION"
   fi
 fi

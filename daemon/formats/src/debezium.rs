@@ -105,6 +105,9 @@ pub(super) fn decode(
         if payload.contains_key("status") {
             return transaction_marker(settings, payload, root);
         }
+        if payload.contains_key("aggregate_type") {
+            return notification(settings, payload, root);
+        }
         if payload.contains_key("tableChanges") || payload.contains_key("ddl") {
             return Err(format!(
                 "`{root}` is a schema change event (it has `ddl`/`tableChanges` and no `op`): it carries no row changes; configure only the connector's table topics, not its schema change topic"
@@ -133,7 +136,13 @@ pub(super) fn decode(
     let database = optional_name(source, "db", &source_path)?;
     let schema = optional_name(source, "schema", &source_path)?;
     let occurred_at = occurred_at(payload, root, source, &source_path)?;
-    let mut position = position(source, &source_path)?;
+    let mut position = match position(source, &source_path) {
+        Ok(position) => position,
+        // An incremental snapshot reads rows outside the log (`lsn` is null): its reads are
+        // told apart by their time below.
+        Err(_) if op == RowOp::Read => "read".to_owned(),
+        Err(error) => return Err(error),
+    };
     if op == RowOp::Read {
         // A snapshot reads every row at one log position, and an idle database gives the next
         // snapshot the same position again: the time of the read tells the runs apart.
@@ -200,6 +209,15 @@ pub(super) fn decode(
         Some((fields, partial)) => (Some(fields), partial),
         None => (None, false),
     };
+    // The images of an initial or blocking snapshot form a run, which the connector's
+    // notification ends with its count; an incremental snapshot's images (targeted re-reads)
+    // are plain full images.
+    let snapshot_id = (op == RowOp::Read && is_run_image(source)).then(|| {
+        snapshot_run_id(
+            &connector,
+            &collection_name(schema.as_deref(), database.as_deref(), &table),
+        )
+    });
     Ok(vec![ChangeEvent {
         event_id: format!("{event_prefix}:{id}"),
         entity,
@@ -213,8 +231,7 @@ pub(super) fn decode(
         seq: None,
         actor,
         merged_into: None,
-        // Debezium names no snapshot run and sends no end-of-run count on the table topic.
-        snapshot_id: None,
+        snapshot_id,
         records: None,
         schema: None,
         transaction_id,
@@ -245,6 +262,93 @@ fn actor(
             .or_else(|| crate::parse_actor(&written_by).ok())
     });
     from_column.or_else(|| settings.actor(&[format!("connector:{connector}")], None))
+}
+
+/// Whether a snapshot image belongs to an initial or blocking snapshot (`source.snapshot` is
+/// `first`, `true`, `last` or their `*_in_data_collection` forms), not an incremental one.
+fn is_run_image(source: &Map<String, Value>) -> bool {
+    match source.get("snapshot") {
+        Some(Value::String(marker)) => !matches!(marker.as_str(), "incremental" | "false"),
+        Some(Value::Bool(snapshot)) => *snapshot,
+        _ => false,
+    }
+}
+
+/// A data collection as Debezium's notifications name it: `schema.table` (PostgreSQL, SQL
+/// Server, Oracle), else `database.table` (MySQL).
+fn collection_name(schema: Option<&str>, database: Option<&str>, table: &str) -> String {
+    match schema.or(database) {
+        Some(container) => format!("{container}.{table}"),
+        None => table.to_owned(),
+    }
+}
+
+/// The snapshot run of one connector's table: Debezium snapshots a table once at a time and
+/// names no run, so the run is the table's; a run ends with the count of the connector's
+/// `TABLE_SCAN_COMPLETED` notification.
+fn snapshot_run_id(connector: &str, collection: &str) -> String {
+    format!(
+        "dbz:{}:{}:snapshot",
+        escape(connector, false),
+        escape(collection, false)
+    )
+}
+
+/// A notification of the connector's sink channel (`notification.enabled.channels=sink`). The
+/// end of an initial or blocking snapshot's table scan (`aggregate_type` `Initial Snapshot`,
+/// `type` `TABLE_SCAN_COMPLETED`, `status` `SUCCEEDED`) becomes the `snapshot_end` of that
+/// table's run, with `total_rows_scanned` as its count; every other notification carries
+/// nothing to apply.
+fn notification(
+    settings: &FormatSettings,
+    payload: &Map<String, Value>,
+    root: &str,
+) -> Result<Vec<ChangeEvent>, String> {
+    let aggregate = support::string(payload, "aggregate_type", root)?;
+    let kind_of = support::string(payload, "type", root)?;
+    if aggregate != "Initial Snapshot" || kind_of != "TABLE_SCAN_COMPLETED" {
+        return Ok(Vec::new());
+    }
+    let data_path = format!("{root}.additional_data");
+    let data = support::object(
+        support::required(payload, "additional_data", root)?,
+        &data_path,
+    )?;
+    if support::optional(data, "status").and_then(Value::as_str) != Some("SUCCEEDED") {
+        // An aborted or failed scan proves nothing about the table.
+        return Ok(Vec::new());
+    }
+    let connector = non_empty_string(data, "connector_name", &data_path)?;
+    let collection = non_empty_string(data, "scanned_collection", &data_path)?;
+    let rows = match support::required(data, "total_rows_scanned", &data_path)? {
+        Value::String(text) => text.parse::<u64>().ok(),
+        Value::Number(number) => number.as_u64(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{data_path}.total_rows_scanned` is not a count of rows"))?;
+    let occurred_at = support::epoch_millis(
+        support::required(payload, "timestamp", root)?,
+        &format!("{root}.timestamp"),
+    )?;
+    let id = non_empty_string(payload, "id", root)?;
+    Ok(vec![ChangeEvent {
+        event_id: format!("dbz:notification:{}", escape(&id, false)),
+        entity: collection_entity(settings, &collection),
+        id: String::new(),
+        op: Op::SnapshotEnd,
+        occurred_at,
+        external_id: None,
+        fields: None,
+        partial: false,
+        version: None,
+        seq: None,
+        actor: None,
+        merged_into: None,
+        snapshot_id: Some(snapshot_run_id(&connector, &collection)),
+        records: Some(rows),
+        schema: None,
+        transaction_id: None,
+    }])
 }
 
 /// A transaction `BEGIN` or `END` marker, from the connector's transaction topic. A BEGIN
@@ -787,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_read_is_a_snapshot_image_without_a_run_id() {
+    fn a_snapshot_read_is_an_image_of_the_tables_run() {
         let value = |ts_ms: i64| {
             json!({
                 "before": null,
@@ -805,6 +909,8 @@ mod tests {
             "2024-11-20T08:04:00Z",
         );
         expected.fields = fields(json!({"id": 7, "first_name": "Sally"}));
+        // The run the connector's notification ends (`scanned_collection` "public.customers").
+        expected.snapshot_id = Some("dbz:crm:public.customers:snapshot".to_owned());
         let first = one(Some(pg_key(7)), &value(1_732_089_840_000));
         assert_eq!(first, expected);
         // Re-delivered: the same id. A later snapshot at the same log position: a new one.
@@ -817,6 +923,79 @@ mod tests {
             later.event_id,
             "dbz:crm:crmdb.public.customers:lsn=24000000,at=1732093440000000000:r:7"
         );
+    }
+
+    #[test]
+    fn an_incremental_snapshot_read_is_a_full_image_of_no_run() {
+        let value = json!({
+            "before": null, "after": {"id": 10, "email": "b@x.io"},
+            "source": {"connector": "postgresql", "name": "legacy", "ts_ms": 1_796_608_447_029_i64,
+                       "snapshot": "incremental", "db": "legacy", "schema": "public", "table": "contacts",
+                       "txId": null, "lsn": null, "sequence": "[\"26394208\",\"26394208\"]"},
+            "op": "r"
+        });
+        // An incremental read has no log position (`lsn` is null): its time tells it apart.
+        let image = decode_with(&settings(), Some(pg_key(10)), &value)
+            .expect("an incremental read decodes");
+        assert_eq!(
+            image[0].event_id,
+            "dbz:legacy:legacy.public.contacts:read,at=1796608447029000000:r:10"
+        );
+        assert_eq!(image[0].op, Op::Snapshot);
+        assert_eq!(image[0].snapshot_id, None);
+        assert!(!image[0].partial);
+    }
+
+    /// Notifications as Debezium 3.6's sink channel writes them (captured from a PostgreSQL
+    /// connector in the pipeline test).
+    #[test]
+    fn a_table_scan_notification_ends_the_tables_snapshot_run() {
+        let completed = json!({"id": "0f5b0742-33ee-4e11-8182-762d859ff673", "type": "TABLE_SCAN_COMPLETED",
+            "aggregate_type": "Initial Snapshot", "additional_data": {"scanned_collection": "public.contacts",
+            "connector_name": "legacy", "total_rows_scanned": "2", "status": "SUCCEEDED",
+            "data_collections": "public.contacts,public.debezium_signal"}, "timestamp": 1_796_608_416_424_i64});
+        let events = decode_with(&settings(), None, &completed).unwrap();
+        assert_eq!(events.len(), 1);
+        let end = &events[0];
+        assert_eq!(
+            (
+                end.op,
+                end.entity.as_str(),
+                end.snapshot_id.as_deref(),
+                end.records
+            ),
+            (
+                Op::SnapshotEnd,
+                "contacts",
+                Some("dbz:legacy:public.contacts:snapshot"),
+                Some(2)
+            )
+        );
+        assert_eq!(
+            end.occurred_at,
+            Timestamp::from_unix_millis(1_796_608_416_424)
+        );
+        // Starts, progress, completions of the whole snapshot, incremental scans (targeted
+        // re-reads) and failed scans carry nothing to apply.
+        let skipped = [
+            json!({"id": "a", "type": "STARTED", "aggregate_type": "Initial Snapshot",
+                "additional_data": {"connector_name": "legacy"}, "timestamp": 1}),
+            json!({"id": "b", "type": "COMPLETED", "aggregate_type": "Initial Snapshot",
+                "additional_data": {"connector_name": "legacy"}, "timestamp": 1}),
+            json!({"id": "c", "type": "TABLE_SCAN_COMPLETED", "aggregate_type": "Incremental Snapshot",
+                "additional_data": {"scanned_collection": "public.contacts", "connector_name": "legacy",
+                "total_rows_scanned": "1", "status": "SUCCEEDED"}, "timestamp": 1}),
+            json!({"id": "d", "type": "TABLE_SCAN_COMPLETED", "aggregate_type": "Initial Snapshot",
+                "additional_data": {"scanned_collection": "public.contacts", "connector_name": "legacy",
+                "total_rows_scanned": "0", "status": "FAILED"}, "timestamp": 1}),
+        ];
+        for notification in skipped {
+            assert_eq!(
+                decode_with(&settings(), None, &notification).unwrap(),
+                [],
+                "{notification}"
+            );
+        }
     }
 
     #[test]

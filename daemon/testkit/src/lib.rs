@@ -3,7 +3,9 @@
 //! `tandem` package and by the chaos suite.
 
 pub mod broker;
+pub mod connect;
 pub mod kafka;
+pub mod postgres;
 pub mod truth;
 
 use std::net::TcpListener;
