@@ -334,6 +334,28 @@ pub struct SystemConfig {
     /// (`user:42`, `integration:webform`) when it is not listed there.
     #[serde(default)]
     pub actor_field: Option<String>,
+    /// A Debezium connector that takes this system's re-read and snapshot requests as signals.
+    #[serde(default)]
+    pub debezium: Option<DebeziumConfig>,
+}
+
+/// `[systems.<system>.debezium]`: where the system's Debezium connector takes signals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumConfig {
+    /// The connector's signal topic (its `signal.kafka.topic`).
+    pub signal_topic: String,
+    /// The connector's logical name (its `topic.prefix`), the key of every signal.
+    pub connector: String,
+    /// Per entity, the table its records come from, as Debezium names it (`public.contacts`).
+    pub collections: BTreeMap<String, String>,
+    /// The key column of those tables.
+    #[serde(default = "default_key_column")]
+    pub key_column: String,
+}
+
+fn default_key_column() -> String {
+    "id".to_owned()
 }
 
 impl SystemConfig {
@@ -845,6 +867,9 @@ impl Config {
                 }
             }
             settings.format_settings(system)?;
+            if let Some(debezium) = &settings.debezium {
+                validate_debezium(system, debezium, &self.entities)?;
+            }
         }
         for (key, topic) in [
             ("reconcile.reread_topic", &self.reconcile.reread_topic),
@@ -987,6 +1012,24 @@ impl Config {
             reread_batch_max_ids: self.reconcile.reread_batch_max_ids,
             reread_resend_after: self.reconcile.reread_resend_after,
             control_topic: self.reconcile.control_topic.clone(),
+            debezium_signals: [
+                (System::Source, &self.systems.source),
+                (System::Target, &self.systems.target),
+            ]
+            .into_iter()
+            .filter_map(|(system, settings)| {
+                let debezium = settings.debezium.as_ref()?;
+                Some((
+                    system,
+                    tandem_ingest::DebeziumSignals {
+                        topic: debezium.signal_topic.clone(),
+                        connector: debezium.connector.clone(),
+                        collections: debezium.collections.clone(),
+                        key_column: debezium.key_column.clone(),
+                    },
+                ))
+            })
+            .collect(),
             ownership: self
                 .ownership
                 .policy(&self.entities)
@@ -1005,6 +1048,52 @@ impl Config {
             sync_writes: self.store.sync_writes,
         }
     }
+}
+
+/// A Debezium signal setup must name a table for every entity and a plain key column.
+fn validate_debezium(
+    system: System,
+    debezium: &DebeziumConfig,
+    entities: &[EntityMapping],
+) -> Result<(), String> {
+    let key = format!("systems.{system}.debezium");
+    for (name, value) in [
+        ("signal_topic", &debezium.signal_topic),
+        ("connector", &debezium.connector),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!("key `{key}.{name}` is empty"));
+        }
+    }
+    let plain = |text: &str| {
+        text.chars()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if !plain(&debezium.key_column) {
+        return Err(format!(
+            "key `{key}.key_column`: `{}` is not a plain column name (letters, digits, _)",
+            debezium.key_column
+        ));
+    }
+    for entity in entities {
+        match debezium.collections.get(&entity.name) {
+            None => return Err(format!("key `{key}.collections`: entity `{}` has no table; name it (e.g. `{} = \"public.{}s\"`), so that its re-reads and snapshots reach the connector", entity.name, entity.name, entity.name)),
+            Some(collection) if !collection.split('.').all(plain) => {
+                return Err(format!("key `{key}.collections.{}`: `{collection}` is not a table name as Debezium writes it (`schema.table`)", entity.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in debezium.collections.keys() {
+        if !entities.iter().any(|entity| &entity.name == name) {
+            return Err(format!(
+                "key `{key}.collections.{name}`: `{name}` is not a configured entity"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".

@@ -258,7 +258,7 @@ fn actor(
     });
     let from_column = written_by.and_then(|written_by| {
         settings
-            .actor(&[written_by.clone()], None)
+            .actor(std::slice::from_ref(&written_by), None)
             .or_else(|| crate::parse_actor(&written_by).ok())
     });
     from_column.or_else(|| settings.actor(&[format!("connector:{connector}")], None))

@@ -17,6 +17,7 @@ pub mod metrics;
 mod overlay;
 mod poll;
 mod requests;
+mod signals;
 pub mod status;
 mod writer;
 
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use metrics::IngestMetrics;
+pub use signals::DebeziumSignals;
 pub use status::{IngestSnapshot, IngestStatus, PartitionPosition, Reevaluation, StoppedPartition};
 
 use crate::apply::ApplyLoop;
@@ -157,6 +159,9 @@ pub struct IngestSettings {
     pub reread_resend_after: Duration,
     /// Where snapshot requests go (none: they are only reported).
     pub control_topic: Option<String>,
+    /// Per system whose connector is Debezium: re-read and snapshot requests go to it as
+    /// Debezium signals instead of the request topics.
+    pub debezium_signals: BTreeMap<System, DebeziumSignals>,
     /// The store's directory, whose disk is watched.
     pub store_path: std::path::PathBuf,
     /// Ingestion pauses while the store's disk has less free space than this.

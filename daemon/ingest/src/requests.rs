@@ -1,5 +1,6 @@
 //! The request forwarder: asks the systems' connectors to re-read unverified records (on
-//! `reconcile.reread_topic`) and to run snapshots (on `reconcile.control_topic`).
+//! `reconcile.reread_topic`) and to run snapshots (on `reconcile.control_topic`), or, for a
+//! system whose connector is Debezium, sends both as Debezium signals ([`crate::signals`]).
 //!
 //! CRM API quotas are tight, so re-reads are targeted (a list of ids), batched per system,
 //! entity and reason, and rate-limited per system by a token bucket of
@@ -19,7 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
 use crate::deliveries::Deliveries;
+use crate::signals::DebeziumSignals;
 use crate::IngestSettings;
+
+/// Where one system's requests go.
+enum Destination<'a> {
+    /// tandem's own request messages, on this topic.
+    Topic(&'a str),
+    /// Debezium signals to the system's connector.
+    Debezium(&'a DebeziumSignals),
+}
 
 /// What one produced message stands for.
 pub(crate) enum Sent {
@@ -134,15 +144,16 @@ impl RequestForwarder {
         loop {
             let stopping = cancel.is_cancelled();
             if !stopping {
-                if let Some(topic) = &self.settings.reread_topic {
+                let signals = !self.settings.debezium_signals.is_empty();
+                if self.settings.reread_topic.is_some() || signals {
                     if let Err(error) =
-                        self.send_rereads(topic, &mut buckets, &mut rereads_in_flight, &mut cursor)
+                        self.send_rereads(&mut buckets, &mut rereads_in_flight, &mut cursor)
                     {
                         error!(%error, "cannot read the re-read queue");
                     }
                 }
-                if let Some(topic) = &self.settings.control_topic {
-                    if let Err(error) = self.send_control(topic, &mut control_in_flight) {
+                if self.settings.control_topic.is_some() || signals {
+                    if let Err(error) = self.send_control(&mut control_in_flight) {
                         error!(%error, "cannot read the control outbox");
                     }
                 }
@@ -185,9 +196,21 @@ impl RequestForwarder {
         }
     }
 
+    /// Where `system`'s re-read (or, with `snapshot`, snapshot) requests go, if anywhere.
+    fn destination(&self, system: System, snapshot: bool) -> Option<Destination<'_>> {
+        if let Some(signals) = self.settings.debezium_signals.get(&system) {
+            return Some(Destination::Debezium(signals));
+        }
+        let topic = if snapshot {
+            &self.settings.control_topic
+        } else {
+            &self.settings.reread_topic
+        };
+        topic.as_deref().map(Destination::Topic)
+    }
+
     fn send_rereads(
         &self,
-        topic: &str,
         buckets: &mut BTreeMap<System, TokenBucket>,
         in_flight: &mut BTreeSet<RereadTarget>,
         cursor: &mut Option<Vec<u8>>,
@@ -217,7 +240,7 @@ impl RequestForwarder {
             Vec<(RereadTarget, RereadRow)>,
         > = BTreeMap::new();
         for (target, row) in due {
-            if in_flight.contains(&target) {
+            if in_flight.contains(&target) || self.destination(target.system, false).is_none() {
                 continue;
             }
             let Some(bucket) = buckets.get_mut(&target.system) else {
@@ -233,21 +256,36 @@ impl RequestForwarder {
         }
         let requested_at = now();
         for ((system, entity, reason), items) in groups {
+            let Some(destination) = self.destination(system, false) else {
+                continue;
+            };
             for chunk in items.chunks(self.settings.reread_batch_max_ids.max(1)) {
-                let message = RereadMessage {
-                    kind: "reread",
-                    system,
-                    entity: &entity,
-                    ids: chunk
-                        .iter()
-                        .map(|(target, _)| target.native_id.as_str())
-                        .collect(),
-                    reason,
-                    requested_at,
+                let ids: Vec<&str> = chunk
+                    .iter()
+                    .map(|(target, _)| target.native_id.as_str())
+                    .collect();
+                let (topic, key, payload) = match destination {
+                    Destination::Topic(topic) => {
+                        let message = RereadMessage {
+                            kind: "reread",
+                            system,
+                            entity: &entity,
+                            ids,
+                            reason,
+                            requested_at,
+                        };
+                        let payload = serde_json::to_vec(&message)
+                            .expect("invariant: request messages are plain data");
+                        (topic, format!("{system}/{entity}"), payload)
+                    }
+                    Destination::Debezium(signals) => match signals.reread(&entity, &ids) {
+                        Ok(payload) => (signals.topic.as_str(), signals.connector.clone(), payload),
+                        Err(error) => {
+                            warn!(%error, %system, %entity, "cannot ask Debezium to re-read these records; they stay unverified until a snapshot");
+                            continue;
+                        }
+                    },
                 };
-                let payload = serde_json::to_vec(&message)
-                    .expect("invariant: request messages are plain data");
-                let key = format!("{system}/{entity}");
                 let record =
                     BaseRecord::with_opaque_to(topic, Box::new(Sent::Rereads(chunk.to_vec())))
                         .key(&key)
@@ -264,25 +302,34 @@ impl RequestForwarder {
         Ok(())
     }
 
-    fn send_control(
-        &self,
-        topic: &str,
-        in_flight: &mut BTreeSet<Vec<u8>>,
-    ) -> tandem_store::Result<()> {
+    fn send_control(&self, in_flight: &mut BTreeSet<Vec<u8>>) -> tandem_store::Result<()> {
         for request in self.store.pending_control_requests(100)? {
             if in_flight.contains(&request.key) {
                 continue;
             }
-            let message = SnapshotMessage {
-                kind: "snapshot",
-                system: request.request.system,
-                entity: &request.request.entity,
-                reason: &request.request.reason,
-                requested_at: request.request.requested_at,
+            let (system, entity) = (request.request.system, &request.request.entity);
+            let (topic, key, payload) = match self.destination(system, true) {
+                None => continue,
+                Some(Destination::Topic(topic)) => {
+                    let message = SnapshotMessage {
+                        kind: "snapshot",
+                        system,
+                        entity,
+                        reason: &request.request.reason,
+                        requested_at: request.request.requested_at,
+                    };
+                    let payload = serde_json::to_vec(&message)
+                        .expect("invariant: request messages are plain data");
+                    (topic, format!("{system}/{entity}"), payload)
+                }
+                Some(Destination::Debezium(signals)) => match signals.snapshot(entity) {
+                    Ok(payload) => (signals.topic.as_str(), signals.connector.clone(), payload),
+                    Err(error) => {
+                        warn!(%error, %system, %entity, "cannot ask Debezium for a snapshot; run one of the entity's table by hand");
+                        continue;
+                    }
+                },
             };
-            let payload =
-                serde_json::to_vec(&message).expect("invariant: request messages are plain data");
-            let key = format!("{}/{}", request.request.system, request.request.entity);
             let outbox_key = request.key.clone();
             let record = BaseRecord::with_opaque_to(topic, Box::new(Sent::Control(request)))
                 .key(&key)
