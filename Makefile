@@ -2,6 +2,7 @@
 #   make demo   an embedded broker, a simulated parallel run of two CRMs, and the daemon
 #   make test   every test (installs what they need first)
 #   make chaos  the full fault-injection matrix, with its results table (chaos-results.md)
+#   make pipeline  the real CDC pipeline (PostgreSQL, Debezium, Kafka Connect, Kafka) to watch
 #   make bench  throughput, latency and memory against baselines measured in the same run
 #   make lint   rustfmt and clippy, warnings as errors
 
@@ -11,7 +12,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO_FUZZ := $(HOME)/.cache/tandem/tools/bin/cargo-fuzz
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo test chaos fuzz bench lint fmt setup setup-build build
+.PHONY: demo test chaos pipeline fuzz bench lint fmt setup setup-build build
 
 setup-build:
 	@scripts/setup.sh build
@@ -46,6 +47,10 @@ fuzz:
 chaos: setup-build
 	cargo build --locked --bins
 	cargo run --locked -p tandem-chaos --bin tandem-chaos -- chaos-results.md
+
+pipeline: setup
+	cargo build --locked --bins
+	"$(CARGO_TARGET_DIR)/debug/tandem-pipeline"
 
 bench: setup
 	cargo build --locked --release --bin tandem --bin tandem-bench

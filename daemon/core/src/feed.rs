@@ -93,6 +93,21 @@ pub struct SnapshotStatus {
     pub last_completed: Option<CompletedSnapshot>,
     /// The latest run that ended incomplete (its absences are not trusted).
     pub last_incomplete: Option<IncompleteSnapshot>,
+    /// Runs that ended, per snapshot id. A connector that reuses one id for its runs of a
+    /// table (Debezium) starts a new run after each end: its images are counted afresh.
+    #[serde(default)]
+    pub ended_runs: BTreeMap<String, u64>,
+}
+
+impl SnapshotStatus {
+    /// The name a run's images are counted under: the snapshot id, and from the second run
+    /// of one id on, the id with its run number.
+    pub fn members_of(&self, snapshot_id: &str) -> String {
+        match self.ended_runs.get(snapshot_id).copied().unwrap_or(0) {
+            0 => snapshot_id.to_owned(),
+            ended => format!("{snapshot_id}#{ended}"),
+        }
+    }
 }
 
 /// Feed completeness, carried in the apply state.

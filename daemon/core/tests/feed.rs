@@ -270,6 +270,52 @@ fn offsets_the_broker_deleted_make_the_partitions_records_unverified_until_a_lat
     assert!(state.apply.feed.needs_snapshot.is_empty());
 }
 
+/// Debezium names no run: every snapshot of a table uses one id, and ends with a count.
+#[test]
+fn a_snapshot_id_used_again_after_its_end_starts_a_new_run() {
+    let mapping = contact_mapping();
+    let mut state = MemoryState::default();
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1", 1, 1),
+            source_snapshot("r2", 2, 1),
+            snapshot_end("end", 2, 1),
+        ],
+    );
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    assert_eq!(
+        status.last_completed.as_ref().map(|run| run.records),
+        Some(2)
+    );
+    // Later, L2 is deleted without its event reaching tandem; the next run (same id) holds
+    // L1 only. Its image of L1 counts again, and L2 is found missing.
+    state.apply_batch(
+        &mapping,
+        &[
+            source_snapshot("r1-again", 1, 10),
+            snapshot_end("end-again", 1, 10),
+        ],
+    );
+    state.apply_batch_at(&mapping, &[], Some(at(30)));
+    let status = &state.apply.feed.snapshots[&System::Source]["contact"];
+    let completed = status.last_completed.as_ref().unwrap();
+    assert_eq!(
+        (
+            completed.records,
+            completed.marked_missing,
+            completed.completed_at
+        ),
+        (1, 1, at(10))
+    );
+    assert!(status.running.is_empty());
+    assert_eq!(
+        state.status("contact", "L2"),
+        None,
+        "L2 is gone from the source, and was never in the target"
+    );
+}
+
 #[test]
 fn events_of_unmapped_entities_still_count_in_the_sequence() {
     let mapping = contact_mapping();

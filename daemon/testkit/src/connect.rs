@@ -93,6 +93,26 @@ impl KafkaConnect {
             ),
         )
         .expect("the worker's directory is writable");
+        let mut connect = KafkaConnect {
+            child: None,
+            watchdog: None,
+            url: format!("http://127.0.0.1:{port}"),
+            directory,
+            agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build(),
+            ),
+        };
+        connect.launch();
+        connect
+    }
+
+    /// Starts the worker on its directory and waits until its REST API lists Debezium.
+    fn launch(&mut self) {
+        let home = connect_home();
+        let directory = &self.directory;
         let script = r#""$@" >/dev/null 2>>"$CONNECT_DIR/connect.stderr" </dev/null & worker=$!
 read _ignored
 kill -9 "$worker" 2>/dev/null
@@ -117,32 +137,36 @@ exit 0"#;
             .stderr(Stdio::null())
             .spawn()
             .expect("sh starts Kafka Connect");
-        let watchdog = child.stdin.take();
-        let connect = KafkaConnect {
-            child: Some(child),
-            watchdog,
-            url: format!("http://127.0.0.1:{port}"),
-            directory,
-            agent: ureq::Agent::new_with_config(
-                ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build(),
-            ),
-        };
+        self.watchdog = child.stdin.take();
+        self.child = Some(child);
         let started = Instant::now();
         loop {
-            let plugins = connect.get("/connector-plugins");
+            let plugins = self.get("/connector-plugins");
             if plugins.to_string().contains("PostgresConnector") {
-                return connect;
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(120),
                 "Kafka Connect did not list Debezium's connector within 120 s:\n{}",
-                connect.log_tail()
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Kills the worker (SIGKILL), as a crash of its machine would.
+    pub fn kill(&mut self) {
+        drop(self.watchdog.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the worker again after [`KafkaConnect::kill`]: it rejoins its group and its
+    /// connectors resume from their committed offsets.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart follows kill");
+        self.launch();
     }
 
     fn get(&self, path: &str) -> Value {

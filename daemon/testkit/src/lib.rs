@@ -5,6 +5,9 @@
 pub mod broker;
 pub mod connect;
 pub mod kafka;
+pub mod pipeline;
+pub mod pipeline_run;
+pub mod pipeline_truth;
 pub mod postgres;
 pub mod truth;
 
@@ -397,6 +400,44 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every JSON message partition 0 of `topic` holds now (read committed), read from its
+/// beginning to its end.
+pub fn read_json_messages_now(kafka: &Kafka, topic: &str) -> Vec<serde_json::Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", format!("{topic}-now"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("a consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("a valid assignment");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partition");
+    let mut messages = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                if let Some(value) = message
+                    .payload()
+                    .and_then(|payload| serde_json::from_slice(payload).ok())
+                {
+                    messages.push(value);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    messages
 }
 
 /// A message to produce: its key and its value (`None`: a tombstone).

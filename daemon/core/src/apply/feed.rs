@@ -406,15 +406,16 @@ impl<V: StateView> Planner<'_, V> {
         let Some(snapshot_id) = event.snapshot_id.clone() else {
             return Ok(());
         };
-        if self.is_snapshot_member(system, &entity.name, &snapshot_id, &event.id)? {
+        let members = self
+            .state
+            .feed
+            .snapshot_status(system, &entity.name)
+            .members_of(&snapshot_id);
+        if self.is_snapshot_member(system, &entity.name, &members, &event.id)? {
             return Ok(());
         }
-        self.snapshot_members.insert((
-            system,
-            entity.name.clone(),
-            snapshot_id.clone(),
-            event.id.clone(),
-        ));
+        self.snapshot_members
+            .insert((system, entity.name.clone(), members, event.id.clone()));
         let run = self
             .state
             .feed
@@ -494,6 +495,7 @@ impl<V: StateView> Planner<'_, V> {
         snapshot_id: &str,
     ) -> ViewResult<()> {
         let status = self.state.feed.snapshot_status(system, &entity.name);
+        let members = status.members_of(snapshot_id);
         let Some(run) = status.running.get(snapshot_id) else {
             return Ok(());
         };
@@ -507,6 +509,7 @@ impl<V: StateView> Planner<'_, V> {
             .running
             .remove(snapshot_id)
             .expect("invariant: the run was found just above");
+        *status.ended_runs.entry(snapshot_id.to_owned()).or_default() += 1;
         if run.seen > end.expected {
             status.last_incomplete = Some(IncompleteSnapshot {
                 snapshot_id: snapshot_id.to_owned(),
@@ -531,7 +534,7 @@ impl<V: StateView> Planner<'_, V> {
         native_ids.dedup();
         let mut marked_missing = 0;
         for native_id in native_ids {
-            if self.is_snapshot_member(system, &entity.name, &snapshot_id, &native_id)? {
+            if self.is_snapshot_member(system, &entity.name, &members, &native_id)? {
                 continue;
             }
             let Some(join_key) = self.current_join_key(system, &entity.name, &native_id)? else {
