@@ -2,16 +2,17 @@
 //! Debezium's PostgreSQL connector in its plugin path, from the jars `scripts/setup.sh`
 //! resolved with Maven into `~/.cache/tandem/connect-<version>-debezium-<version>`.
 //! Connectors are created and watched through Connect's REST API. Like the broker, the worker
-//! runs under a shell that kills it when the test process ends.
+//! is [`Supervised`].
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::broker::Broker;
 use crate::kafka::Kafka;
+use crate::supervised::Supervised;
 use crate::{free_port, wait_for};
 
 /// The Kafka Connect release the tests run (the one Debezium is built against).
@@ -35,8 +36,7 @@ pub fn connect_home() -> PathBuf {
 
 /// A running Kafka Connect worker.
 pub struct KafkaConnect {
-    child: Option<Child>,
-    watchdog: Option<ChildStdin>,
+    process: Option<Supervised>,
     url: String,
     directory: tempfile::TempDir,
     agent: ureq::Agent,
@@ -94,8 +94,7 @@ impl KafkaConnect {
         )
         .expect("the worker's directory is writable");
         let mut connect = KafkaConnect {
-            child: None,
-            watchdog: None,
+            process: None,
             url: format!("http://127.0.0.1:{port}"),
             directory,
             agent: ureq::Agent::new_with_config(
@@ -113,32 +112,30 @@ impl KafkaConnect {
     fn launch(&mut self) {
         let home = connect_home();
         let directory = &self.directory;
-        let script = r#""$@" >/dev/null 2>>"$CONNECT_DIR/connect.stderr" </dev/null & worker=$!
-read _ignored
-kill -9 "$worker" 2>/dev/null
-wait "$worker" 2>/dev/null
-exit 0"#;
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg("java")
-            .args(["-Xms64m", "-Xmx768m", "-XX:+UseSerialGC"])
-            .arg(format!(
+        let arguments = [
+            "-Xms64m".to_owned(),
+            "-Xmx768m".to_owned(),
+            "-XX:+UseSerialGC".to_owned(),
+            format!(
                 "-Dlog4j2.configurationFile={}",
                 directory.path().join("log4j2.properties").display()
-            ))
-            .args(["-cp", &format!("{}/libs/*", home.display())])
-            .arg("org.apache.kafka.connect.cli.ConnectDistributed")
-            .arg(directory.path().join("worker.properties"))
-            .env("CONNECT_DIR", directory.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh starts Kafka Connect");
-        self.watchdog = child.stdin.take();
-        self.child = Some(child);
+            ),
+            "-cp".to_owned(),
+            format!("{}/libs/*", home.display()),
+            "org.apache.kafka.connect.cli.ConnectDistributed".to_owned(),
+            directory
+                .path()
+                .join("worker.properties")
+                .display()
+                .to_string(),
+        ];
+        self.process = Some(Supervised::spawn(
+            None,
+            OsStr::new("java"),
+            arguments,
+            "KILL",
+            &directory.path().join("connect.stderr"),
+        ));
         let started = Instant::now();
         loop {
             let plugins = self.get("/connector-plugins");
@@ -156,16 +153,15 @@ exit 0"#;
 
     /// Kills the worker (SIGKILL), as a crash of its machine would.
     pub fn kill(&mut self) {
-        drop(self.watchdog.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.stop();
         }
     }
 
     /// Starts the worker again after [`KafkaConnect::kill`]: it rejoins its group and its
     /// connectors resume from their committed offsets.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart follows kill");
+        assert!(self.process.is_none(), "restart follows kill");
         self.launch();
     }
 
@@ -254,14 +250,5 @@ exit 0"#;
             text.push('\n');
         }
         text
-    }
-}
-
-impl Drop for KafkaConnect {
-    fn drop(&mut self) {
-        drop(self.watchdog.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
     }
 }

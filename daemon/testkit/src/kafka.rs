@@ -2,13 +2,12 @@
 //! fresh directory and free loopback ports, from the jars `scripts/setup.sh` resolved with
 //! Maven into `~/.cache/tandem/kafka-<version>/libs`.
 //!
-//! The broker runs under a small shell that holds a pipe from the test process: when the test
-//! process ends for any reason (a panic, a timeout, SIGKILL), the pipe closes and the shell
-//! kills the broker, so no JVM outlives its test.
+//! The broker is [`Supervised`]: no JVM outlives its test.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -18,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::broker::Broker;
+use crate::supervised::Supervised;
 use crate::{free_port, wait_for};
 
 /// The Apache Kafka release the tests run; `scripts/kafka/pom.xml` names the same.
@@ -70,8 +70,7 @@ pub struct KafkaOptions {
 
 /// A running Apache Kafka node.
 pub struct Kafka {
-    child: Option<Child>,
-    watchdog: Option<ChildStdin>,
+    process: Option<Supervised>,
     bootstrap: String,
     directory: tempfile::TempDir,
     options: KafkaOptions,
@@ -104,8 +103,7 @@ impl Kafka {
         write_log_config(directory.path());
         format_storage(directory.path(), &options);
         let mut kafka = Kafka {
-            child: None,
-            watchdog: None,
+            process: None,
             bootstrap,
             directory,
             options,
@@ -126,35 +124,20 @@ impl Kafka {
         let classpath = format!("{}/libs/*", home.display());
         // `sh` starts the broker, then waits for its standard input to close (the test
         // process ended or dropped the handle) and kills it.
-        let script = r#""$@" >/dev/null 2>>"$KAFKA_DIR/kafka.stderr" </dev/null & broker=$!
-read _ignored
-kill -9 "$broker" 2>/dev/null
-wait "$broker" 2>/dev/null
-exit 0"#;
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg("java")
-            .args(jvm_options(directory))
-            .args(["-cp", &classpath, "kafka.Kafka"])
-            .arg(directory.join("server.properties"))
-            .env("KAFKA_DIR", directory)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh starts the broker");
-        self.watchdog = child.stdin.take();
-        self.child = Some(child);
+        let mut arguments = jvm_options(directory);
+        arguments.extend(["-cp".to_owned(), classpath, "kafka.Kafka".to_owned()]);
+        arguments.push(directory.join("server.properties").display().to_string());
+        self.process = Some(Supervised::spawn(
+            None,
+            OsStr::new("java"),
+            arguments,
+            "KILL",
+            &directory.join("kafka.stderr"),
+        ));
         let admin_config = self.client_config();
         let started = std::time::Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.process.as_mut().and_then(Supervised::exited) {
                 panic!(
                     "Apache Kafka exited at start ({status}):\n{}",
                     self.log_tail()
@@ -185,16 +168,14 @@ exit 0"#;
     /// Kills the broker (SIGKILL): an outage, or a crash. [`Kafka::restart`] brings it back
     /// on the same ports and data.
     pub fn kill(&mut self) {
-        // Closing the pipe makes the watchdog kill the JVM and exit.
-        drop(self.watchdog.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.stop();
         }
     }
 
     /// Starts the broker again after [`Kafka::kill`], on the same ports and data.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart follows kill");
+        assert!(self.process.is_none(), "restart follows kill");
         self.launch();
     }
 
@@ -393,12 +374,6 @@ exit 0"#;
 impl Broker for Kafka {
     fn bootstrap(&self) -> &str {
         &self.bootstrap
-    }
-}
-
-impl Drop for Kafka {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

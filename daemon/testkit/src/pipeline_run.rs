@@ -6,11 +6,9 @@ use tandem_api::report::Report;
 
 use crate::connect::KafkaConnect;
 use crate::kafka::Kafka;
-use crate::pipeline::{
-    connector_config, create_topics, tandem_config, wait_emitted, Crm, Crms, SyncFaults, SyncJob,
-    Workload,
-};
+use crate::pipeline::{connector_config, create_topics, tandem_config, wait_emitted, Crm, Crms};
 use crate::pipeline_truth::check_against_sql;
+use crate::pipeline_workload::{SyncFaults, SyncJob, Workload};
 use crate::postgres::Postgres;
 use crate::{free_port, Daemon};
 

@@ -12,7 +12,8 @@ use tandem_api::report::{DivergenceList, Report};
 use tandem_core::Status;
 
 use crate::kafka::Kafka;
-use crate::pipeline::{wait_until_applied, Crms, Workload, STAGES};
+use crate::pipeline::{wait_until_applied, Crms, STAGES};
+use crate::pipeline_workload::Workload;
 use crate::postgres::Postgres;
 use crate::Daemon;
 

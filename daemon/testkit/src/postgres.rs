@@ -3,13 +3,14 @@
 //! authentication on loopback: the tests' databases hold nothing secret.
 //!
 //! PostgreSQL refuses to run as root, so as root it runs as the `postgres` user of Debian's
-//! package. Like the broker, it runs under a shell that stops it when the test process ends.
+//! package. Like the broker, it is [`Supervised`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::free_port;
+use crate::supervised::Supervised;
 
 /// Where Debian's PostgreSQL 15 server binaries are, unless `TANDEM_PG_BIN` points elsewhere.
 fn bin_dir() -> PathBuf {
@@ -40,8 +41,7 @@ fn as_server_user(program: &Path) -> Command {
 
 /// A running PostgreSQL server.
 pub struct Postgres {
-    child: Option<Child>,
-    watchdog: Option<ChildStdin>,
+    process: Option<Supervised>,
     port: u16,
     directory: tempfile::TempDir,
 }
@@ -92,8 +92,7 @@ impl Postgres {
         );
         let port = free_port();
         let mut postgres = Postgres {
-            child: None,
-            watchdog: None,
+            process: None,
             port,
             directory,
         };
@@ -104,47 +103,34 @@ impl Postgres {
     fn launch(&mut self) {
         let bin = bin_dir();
         let directory = self.directory.path();
-        // The shell stops the server (fast shutdown) when the test process closes its stdin.
-        let script = r#""$@" </dev/null >>"$PG_DIR/postgres.log" 2>&1 & server=$!
-read _ignored
-kill -INT "$server" 2>/dev/null
-wait "$server" 2>/dev/null
-exit 0"#;
-        let mut command = as_server_user(Path::new("sh"));
-        let mut child = command
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(bin.join("postgres"))
-            .arg("-D")
-            .arg(directory.join("data"))
-            .args(["-p", &self.port.to_string()])
-            .arg("-k")
-            .arg(directory)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "wal_level=logical",
-                "-c",
-                "max_replication_slots=20",
-                "-c",
-                "max_wal_senders=20",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .env("PG_DIR", directory)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh starts PostgreSQL");
-        self.watchdog = child.stdin.take();
-        self.child = Some(child);
+        let mut arguments: Vec<std::ffi::OsString> =
+            vec!["-D".into(), directory.join("data").into()];
+        arguments.extend(["-p".into(), self.port.to_string().into(), "-k".into()]);
+        arguments.push(directory.into());
+        for setting in [
+            "listen_addresses=127.0.0.1",
+            "wal_level=logical",
+            "max_replication_slots=20",
+            "max_wal_senders=20",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ] {
+            arguments.extend(["-c".into(), setting.into()]);
+        }
+        // A fast shutdown (SIGINT) when the test process lets go.
+        let runner = is_root().then(|| {
+            let mut runner = Command::new("runuser");
+            runner.args(["-u", "postgres", "--"]);
+            runner
+        });
+        self.process = Some(Supervised::spawn(
+            runner,
+            bin.join("postgres").as_os_str(),
+            arguments,
+            "INT",
+            &directory.join("postgres.log"),
+        ));
         let started = Instant::now();
         loop {
             if postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_ok() {
@@ -191,14 +177,5 @@ exit 0"#;
             std::fs::read_to_string(self.directory.path().join("postgres.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        drop(self.watchdog.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
     }
 }
