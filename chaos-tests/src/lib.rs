@@ -16,11 +16,11 @@ pub use scenarios::{matrix, Disruption, Scenario, Size};
 /// The results table, as Markdown.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut table = String::from(
-        "| scenario | events | faults injected | detected | healed | false in_sync (samples) | time to converge |\n|---|---:|---:|---:|---|---:|---:|\n",
+        "| scenario | events | faults injected | detected | healed | false in_sync (samples) | right cause | time to converge |\n|---|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for outcome in outcomes {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} ({}) | {:.1} s |\n",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {:.1} s |\n",
             outcome.name,
             outcome.messages,
             outcome.faults_injected,
@@ -28,6 +28,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             if outcome.healed { "yes" } else { "NO" },
             outcome.false_in_sync,
             outcome.samples,
+            outcome.right_cause_text(),
             outcome.converge_seconds
         ));
     }

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tandem_api::report::{RecordView, Report};
 use tandem_sim::{generate, SimSystem, ENTITIES};
-use tandem_testkit::truth::{count_differences, status_differences};
+use tandem_testkit::truth::{cause_agreement, count_differences, status_differences};
 use tandem_testkit::{free_port, Broker, Daemon, Kafka, Topics};
 
 use crate::responder::{produce_answers, Responder};
@@ -38,8 +38,33 @@ pub struct Outcome {
     pub samples: u64,
     /// Seconds from the start of healing to the ground truth.
     pub converge_seconds: f64,
+    /// After healing: the truth's divergent and pending records listed with the truth's
+    /// cause, and how many there are.
+    pub right_causes: (u64, u64),
+    /// After healing: the most frequent cause disagreements (`listed -> truth`, count).
+    pub cause_confusions: Vec<(String, u64)>,
     /// Everything that went wrong.
     pub problems: Vec<String>,
+}
+
+impl Outcome {
+    /// The share of divergences listed with the truth's cause (1.0 with none to judge).
+    pub fn right_cause_share(&self) -> f64 {
+        match self.right_causes {
+            (_, 0) => 1.0,
+            (right, total) => right as f64 / total as f64,
+        }
+    }
+
+    /// The share for the results table, with the counts.
+    pub fn right_cause_text(&self) -> String {
+        format!(
+            "{:.1}% ({} of {})",
+            self.right_cause_share() * 100.0,
+            self.right_causes.0,
+            self.right_causes.1
+        )
+    }
 }
 
 const SAMPLE_SIZE: usize = 15;
@@ -411,6 +436,9 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
             if last_differences.is_empty() {
                 outcome.healed = true;
                 outcome.converge_seconds = healing.elapsed().as_secs_f64();
+                let (right, total, confusions) = cause_agreement(&daemon, &truth);
+                outcome.right_causes = (right, total);
+                outcome.cause_confusions = confusions;
                 break;
             }
         }

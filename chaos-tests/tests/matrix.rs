@@ -18,6 +18,17 @@ fn check(name: &str) {
     assert!(outcome.healed, "{name}: not healed");
     assert_eq!(outcome.false_in_sync, 0, "{name}: false parity");
     assert!(outcome.samples > 0, "{name}: nothing was sampled");
+    eprintln!(
+        "{name}: right cause {}; disagreements {:?}",
+        outcome.right_cause_text(),
+        outcome.cause_confusions
+    );
+    assert!(
+        outcome.right_cause_share() >= 0.95,
+        "{name}: right cause {} < 95%; disagreements (listed -> truth): {:?}",
+        outcome.right_cause_text(),
+        outcome.cause_confusions
+    );
 }
 
 #[test]

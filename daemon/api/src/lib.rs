@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tandem_core::ownership::OwnershipPolicy;
 use tandem_core::patterns::SuspectedMappingError;
+use tandem_core::record::{Cause, CauseDetail};
 use tandem_core::{Mapping, Status, System, Timestamp};
 use tandem_ingest::{IngestMetrics, IngestSnapshot, IngestStatus};
 use tandem_store::{DivergenceFilter, FieldValues, Store};
@@ -369,11 +370,89 @@ fn suspected_mapping_errors(
                     row.live_fields(System::Target).clone(),
                 ));
             }
-            found.extend(tandem_core::patterns::suspect(&entity.name, rule, &rows));
+            let mut suspected = tandem_core::patterns::suspect(&entity.name, rule, &rows);
+            if let Some(referenced) = &rule.reference {
+                // An untranslated reference's example shows the id the target should hold:
+                // the target's id of the record the source's reference is joined to.
+                for example in suspected
+                    .iter_mut()
+                    .flat_map(|error| error.examples.iter_mut())
+                {
+                    example.expected =
+                        translated_reference(snapshot, referenced, &example.expected)?;
+                }
+            }
+            found.extend(suspected);
         }
     }
     *cache = Some((std::time::Instant::now(), version, found.clone()));
     Ok(found)
+}
+
+/// The target's native id of the record a source reference (`source_id`, of `entity`) is
+/// joined to; null when there is none (or not exactly one).
+fn translated_reference(
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+    entity: &str,
+    source_id: &Value,
+) -> Result<Value, tandem_store::Error> {
+    let Ok(Some(id)) = tandem_core::record::reference_id(Some(source_id)) else {
+        return Ok(Value::Null);
+    };
+    let Some(join_key) = snapshot.join_key(System::Source, entity, &id)? else {
+        return Ok(Value::Null);
+    };
+    Ok(snapshot
+        .record(entity, &join_key)?
+        .and_then(|row| {
+            row.sole_live(System::Target)
+                .map(|side| Value::String(side.native_id.clone()))
+        })
+        .unwrap_or(Value::Null))
+}
+
+/// The suspected mapping errors as `<target field>=<pattern>`, per entity.
+fn suspected_patterns(
+    suspected: &[SuspectedMappingError],
+) -> BTreeMap<&str, std::collections::BTreeSet<String>> {
+    let mut found: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for error in suspected {
+        found
+            .entry(error.entity.as_str())
+            .or_default()
+            .insert(format!("{}={}", error.field, error.pattern));
+    }
+    found
+}
+
+/// Counts as `mapping_error` the records whose wrong values follow a suspected mapping error
+/// of their field (schemas/causes.md), moving them from `sync_wrote_wrong_value` or
+/// `unknown`.
+fn name_mapping_errors(report: &mut Report) {
+    let suspected = suspected_patterns(&report.suspected_mapping_errors);
+    for (name, entity) in &mut report.entities {
+        let Some(patterns) = suspected.get(name.as_str()) else {
+            continue;
+        };
+        let mut following: BTreeMap<Cause, u64> = BTreeMap::new();
+        for (key, count) in &entity.wrong_value_patterns {
+            let Some((cause, followed)) = tandem_core::summary::parse_pattern_set_key(key) else {
+                continue;
+            };
+            if followed.iter().any(|pattern| patterns.contains(pattern)) {
+                *following.entry(cause).or_default() += count;
+            }
+        }
+        for (cause, count) in following {
+            if let Some(counted) = entity.by_cause.get_mut(&cause) {
+                *counted = counted.saturating_sub(count);
+                if *counted == 0 {
+                    entity.by_cause.remove(&cause);
+                }
+            }
+            *entity.by_cause.entry(Cause::MappingError).or_default() += count;
+        }
+    }
 }
 
 /// The body of `POST /v1/reevaluate`.
@@ -496,6 +575,7 @@ async fn get_report(State(context): State<Arc<ApiContext>>) -> Result<Json<Repor
         let mut report = report_of(&context, &live, &snapshot).map_err(ApiError::internal)?;
         report.suspected_mapping_errors =
             suspected_mapping_errors(&context, &snapshot, &report).map_err(ApiError::internal)?;
+        name_mapping_errors(&mut report);
         Ok(report)
     })
     .await
@@ -611,6 +691,11 @@ async fn get_divergences(
         let mut page = snapshot
             .divergences(&filter, cursor.as_deref(), limit)
             .map_err(ApiError::internal)?;
+        let report = report_of(&context, &context.status.snapshot(), &snapshot)
+            .map_err(ApiError::internal)?;
+        let suspected =
+            suspected_mapping_errors(&context, &snapshot, &report).map_err(ApiError::internal)?;
+        let suspected = suspected_patterns(&suspected);
         for item in &mut page.items {
             let (Some(rules), Some(row)) = (
                 context.mapping.entity(&item.entity),
@@ -620,6 +705,18 @@ async fn get_divergences(
             ) else {
                 continue;
             };
+            let pattern = suspected.get(item.entity.as_str()).and_then(|patterns| {
+                row.status
+                    .wrong_value_patterns
+                    .iter()
+                    .find(|pattern| patterns.contains(*pattern))
+            });
+            if item.cause.is_some_and(Cause::may_be_mapping_error) && pattern.is_some() {
+                item.cause = Some(Cause::MappingError);
+            }
+            item.cause_detail = item
+                .cause
+                .and_then(|cause| CauseDetail::of(rules, &row, cause, pattern.map(String::as_str)));
             let source = row.live_fields(System::Source);
             let target = row.live_fields(System::Target);
             for rule in rules

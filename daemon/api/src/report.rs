@@ -131,6 +131,10 @@ pub struct EntityReport {
     /// Divergent records (pending included) per cause.
     #[serde(default)]
     pub by_cause: BTreeMap<Cause, u64>,
+    /// The sync layer's wrong values per set of patterns they follow (not on the wire: the
+    /// report answer turns those following a suspected mapping error into `mapping_error`).
+    #[serde(skip)]
+    pub wrong_value_patterns: BTreeMap<String, u64>,
     /// Target fields marked critical: their mismatches block a cutover.
     #[serde(default)]
     pub critical_fields: Vec<String>,
@@ -271,6 +275,7 @@ pub fn build_report(
                     .copied()
                     .flatten(),
                 by_cause: summary.by_cause.clone(),
+                wrong_value_patterns: summary.wrong_value_patterns.clone(),
                 critical_fields: entity
                     .fields
                     .iter()
@@ -481,6 +486,24 @@ pub struct SideView {
     pub reread_requested_at: Option<Timestamp>,
     /// Its fields.
     pub fields: Fields,
+    /// Per field: when its value last changed and who changed it (schemas/causes.md).
+    #[serde(default)]
+    pub field_history: BTreeMap<String, FieldHistory>,
+    /// The writer of its create (`kind:id`), when the event said.
+    #[serde(default)]
+    pub created_by: Option<String>,
+}
+
+/// When one field's value last changed, and who changed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldHistory {
+    /// Event time of the change; for a value a snapshot revealed, when it was read.
+    pub changed_at: Timestamp,
+    /// The kind of writer (`sync`, `user`, ...), when the event said.
+    pub writer: Option<String>,
+    /// For a value a snapshot revealed: the time after which it changed (null: an event's
+    /// change, at `changed_at`).
+    pub revealed_after: Option<Timestamp>,
 }
 
 impl From<&SideRecord> for SideView {
@@ -493,6 +516,23 @@ impl From<&SideRecord> for SideView {
             last_event_id: side.last_event_id.clone(),
             merged_into: side.merged_into.clone(),
             unverified: side.unverified.clone(),
+            field_history: side
+                .field_changes
+                .iter()
+                .map(|(name, change)| {
+                    (
+                        name.clone(),
+                        FieldHistory {
+                            changed_at: change.0,
+                            writer: change.1.map(|kind| {
+                                tandem_core::ownership::actor_kind_name(kind).to_owned()
+                            }),
+                            revealed_after: change.2,
+                        },
+                    )
+                })
+                .collect(),
+            created_by: side.created_by.clone(),
             reread_requested_at: None,
             fields: side.fields.clone(),
         }

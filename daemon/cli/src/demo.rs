@@ -68,16 +68,7 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     }
     let brokers = cluster.bootstrap_servers();
 
-    let mut sim = SimConfig::demo(options.seed);
-    // A sync layer with systematic mapping errors too: the report suspects them.
-    sim.sync_shift_rate = 0.2;
-    sim.sync_cents_rate = 0.2;
-    sim.sync_zone_shift_rate = 0.2;
-    sim.sync_raw_reference_rate = 0.1;
-    sim.source_new_stage_rate = 0.02;
-    sim.source_merge_rate = 0.02;
-    sim.target_enrichment_rate = 0.01;
-    sim.target_reuse_rate = 0.01;
+    let mut sim = SimConfig::demo_with_every_fault(options.seed);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("system clock before 1970")?

@@ -401,6 +401,7 @@ impl DivergenceCsv {
                 "join_key",
                 "status",
                 "cause",
+                "cause_detail",
                 "fields",
                 "since",
                 "source_ids",
@@ -447,6 +448,11 @@ impl DivergenceCsv {
                 item.join_key.as_str(),
                 item.status.as_str(),
                 item.cause.map_or("", |cause| cause.as_str()),
+                &item
+                    .cause_detail
+                    .as_ref()
+                    .map(|detail| serde_json::to_string(detail).unwrap_or_default())
+                    .unwrap_or_default(),
                 &item.fields.join(" "),
                 &time(item.since),
                 &item.source_ids.join(" "),

@@ -107,7 +107,8 @@ fn the_report_equals_the_ground_truth() {
         "missed_change",
         "non_owner_write",
         "duplicate",
-        "unknown",
+        "sync_wrote_wrong_value",
+        "mapping_error",
     ] {
         assert!(
             causes.contains(injected),
@@ -171,6 +172,71 @@ fn the_report_equals_the_ground_truth() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(reported, expected);
+
+    // An untranslated reference's examples show the id the target should hold: the target
+    // record of the company the deal's source reference names (whose join key is that source
+    // id), read from the record view.
+    let report = daemon.report();
+    let untranslated = report
+        .suspected_mapping_errors
+        .iter()
+        .find(|found| found.pattern == "untranslated_reference")
+        .expect("the untranslated references are suspected (checked above)");
+    for example in &untranslated.examples {
+        let company = example.target.as_str().expect("a source company id");
+        let view: tandem_api::report::RecordView =
+            daemon.get(&format!("/v1/records/company/{company}"));
+        let live: Vec<&str> = view
+            .target
+            .iter()
+            .filter(|side| !side.deleted)
+            .map(|side| side.native_id.as_str())
+            .collect();
+        // A company deleted in the target since leaves nothing to hold: null.
+        let should_hold = live
+            .first()
+            .map_or(serde_json::Value::Null, |id| serde_json::json!(id));
+        assert_eq!(example.expected, should_hold, "{example:?}");
+        assert_ne!(example.expected, example.target);
+    }
+
+    // A wrong value names its field, what the target should hold (the source's value: the
+    // fields compared here have no value map) and the sync layer's write after the source's.
+    let page: tandem_api::report::DivergenceList =
+        daemon.get("/v1/divergences?entity=contact&status=mismatch&limit=1000");
+    let mut detailed = 0;
+    for item in &page.items {
+        let expected_cause = &scenario.truth.entities["contact"].not_in_sync[&item.join_key].cause;
+        if !matches!(*expected_cause, "sync_wrote_wrong_value" | "mapping_error") {
+            continue;
+        }
+        let detail = item
+            .cause_detail
+            .as_ref()
+            .expect("a wrong value has a detail");
+        let field = detail.field.as_ref().expect("the field");
+        assert!(item.fields.contains(field), "{item:?}");
+        assert_eq!(detail.expected.as_ref(), Some(&item.values[field].source));
+        assert_eq!(detail.target_writer.as_deref(), Some("sync"));
+        assert!(detail.target_written_at >= detail.source_set_at, "{item:?}");
+        if *expected_cause == "mapping_error" {
+            let pattern = detail
+                .pattern
+                .as_ref()
+                .expect("a mapping error names its pattern");
+            assert!(
+                report
+                    .suspected_mapping_errors
+                    .iter()
+                    .any(|found| found.entity == "contact"
+                        && found.field == *field
+                        && found.pattern == *pattern),
+                "{item:?}"
+            );
+        }
+        detailed += 1;
+    }
+    assert!(detailed > 0, "the run has contacts with wrong values");
 
     // Who writes into the fenced target, counted from the produced messages themselves: the
     // sync layer (allowed), the webform integration and users editing the target (violations).

@@ -168,17 +168,6 @@ fn field_rules_patterns_exports_and_reevaluation() {
             .map(|(field, count)| (field.to_owned(), count))
             .collect()
     );
-    // The sync layer wrote each copy after the source's change: nothing in the history
-    // explains the differences.
-    assert_eq!(
-        contact
-            .by_cause
-            .iter()
-            .map(|(cause, count)| (cause.as_str(), *count))
-            .collect::<Vec<_>>(),
-        [("unknown", 3)]
-    );
-
     // The column shift is stated once: all three company mismatches hold the title.
     let report: Report = wait_for("the suspected mapping error", DEADLINE, || {
         let report = daemon.report();
@@ -200,6 +189,16 @@ fn field_rules_patterns_exports_and_reevaluation() {
     assert_eq!(
         suspected,
         [("contact", "company", "column_shift:Title", 3, 3)]
+    );
+    // The sync layer wrote each copy after the source's change, so each wrong value is its
+    // own; all three companies follow the suspected column shift: three mapping errors.
+    assert_eq!(
+        report.entities["contact"]
+            .by_cause
+            .iter()
+            .map(|(cause, count)| (cause.as_str(), *count))
+            .collect::<Vec<_>>(),
+        [("mapping_error", 3)]
     );
 
     // The history keeps summaries; the newest one counts what was applied.
@@ -287,7 +286,7 @@ fn field_rules_patterns_exports_and_reevaluation() {
         .map(str::to_owned)
         .collect();
     let column = |name: &str| header.iter().position(|field| field == name).unwrap();
-    let rows: Vec<(String, String, String, String, String)> = reader
+    let rows: Vec<(String, String, String, String, String, Value)> = reader
         .records()
         .map(|row| {
             let row = row.unwrap();
@@ -297,24 +296,30 @@ fn field_rules_patterns_exports_and_reevaluation() {
                 row[column("source_value")].to_owned(),
                 row[column("target_value")].to_owned(),
                 row[column("cause")].to_owned(),
+                serde_json::from_str(&row[column("cause_detail")]).unwrap(),
             )
         })
         .collect();
-    let row = |key: &str, target: &str, source: &str, held: &str| {
+    // Each one's detail: the company the sync layer should have copied, set by the user at
+    // minute 2n, written wrong by the sync layer at minute 2n + 1, in the suspected pattern.
+    let row = |n: i64, source: &str, held: &str| {
         (
-            key.to_owned(),
-            target.to_owned(),
+            format!("L{n}"),
+            format!("T{n}"),
             source.to_owned(),
             held.to_owned(),
-            "unknown".to_owned(),
+            "mapping_error".to_owned(),
+            json!({"field": "company", "pattern": "column_shift:Title", "expected": source,
+                "source_set_at": at(n * 2), "target_written_at": at(n * 2 + 1),
+                "target_writer": "sync"}),
         )
     };
     assert_eq!(
         rows,
         [
-            row("L1", "T1", "Acme", "CTO"),
-            row("L2", "T2", "Bolt", "CFO"),
-            row("L3", "T3", "Core", "CEO"),
+            row(1, "Acme", "CTO"),
+            row(2, "Bolt", "CFO"),
+            row(3, "Core", "CEO"),
         ]
     );
 

@@ -278,6 +278,18 @@ enum Reading {
     Instant(OffsetDateTime),
 }
 
+/// The rule that reads `value` as what it is, if it is a time: `"timestamp"` for an instant,
+/// `"date"` for a calendar date.
+pub fn time_rule_for(value: &Value) -> Option<&'static str> {
+    match value {
+        Value::String(_) => match instant_or_date(value, UtcOffset::UTC)? {
+            Reading::Instant(_) => Some("timestamp"),
+            Reading::Date(_) => Some("date"),
+        },
+        _ => None,
+    }
+}
+
 /// An instant or a calendar date: RFC 3339, `YYYY-MM-DD HH:MM:SS[.fff]` or
 /// `YYYY-MM-DDTHH:MM:SS[.fff]` in `zone`, `YYYY-MM-DD`, or epoch milliseconds.
 fn instant_or_date(value: &Value, zone: UtcOffset) -> Option<Reading> {

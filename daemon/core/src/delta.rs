@@ -179,6 +179,8 @@ mod tests {
             revealed_change_at: None,
             last_actor: None,
             rekeyed: None,
+            field_changes: Default::default(),
+            created_by: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::system::System;
 
 /// The version of the comparison and cause logic: moved on whenever a release changes how a
 /// stored record evaluates, so that stores evaluated by an older release are evaluated again.
-pub const RULES_VERSION: &str = "rules-3";
+pub const RULES_VERSION: &str = "rules-4";
 
 /// Where one system's records carry the join key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use crate::compare::{parse_decimal, Comparer};
 use crate::event::Fields;
-use crate::mapping::FieldMapping;
+use crate::mapping::{EntityMapping, FieldMapping};
+use crate::record::{Cause, RecordRow};
+use crate::system::System;
 
 /// A share of the examined mismatches above which a pattern is reported.
 pub const MIN_SHARE: f64 = 0.5;
@@ -118,6 +120,36 @@ fn patterns_of(
     found
 }
 
+/// The patterns the wrong values in a record follow, as `<target field>=<pattern>` (sorted):
+/// for each differing field whose own history says the sync layer wrote it wrong, or cannot
+/// say who wrote it ([`Cause::of_field`]: `sync_wrote_wrong_value`, `unknown`).
+pub fn wrong_value_patterns(
+    entity: &EntityMapping,
+    row: &RecordRow,
+    differing_fields: &[String],
+) -> Vec<String> {
+    let (Some(source), Some(target)) = (row.live(System::Source), row.live(System::Target)) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for rule in &entity.fields {
+        if !differing_fields.contains(&rule.target)
+            || !Cause::of_field(rule, source, target).may_be_mapping_error()
+        {
+            continue;
+        }
+        let Ok(expected) = rule.expected_target(&source.fields) else {
+            continue;
+        };
+        let held = target.fields.get(&rule.target).unwrap_or(&Value::Null);
+        for pattern in patterns_of(rule, &source.fields, &expected, held) {
+            found.push(format!("{}={pattern}", rule.target));
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Seconds since the epoch of an RFC 3339 text or epoch milliseconds.
 fn instant(value: &Value) -> Option<i64> {
     let text = value.as_str()?;
@@ -127,7 +159,7 @@ fn instant(value: &Value) -> Option<i64> {
     Some(parsed.unix_timestamp())
 }
 
-fn describe(entity: &str, rule: &FieldMapping, pattern: &str) -> String {
+fn describe(entity: &str, rule: &FieldMapping, pattern: &str, example: Option<&Value>) -> String {
     let field = &rule.target;
     match pattern.split_once(':') {
         Some(("column_shift", other)) => format!(
@@ -150,9 +182,15 @@ fn describe(entity: &str, rule: &FieldMapping, pattern: &str) -> String {
         _ if pattern == "number_as_text" => format!(
             "{entity}.{field} holds the source's number as text: set compare = \"decimal\" if that is acceptable, or fix the field type"
         ),
-        _ => format!(
-            "{entity}.{field} differs from the source only in case or surrounding spaces: set compare = \"casefold\" (or \"trim\") if that is acceptable"
-        ),
+        // A time with spaces around it is read right by the rule for its kind.
+        _ => match example.and_then(crate::compare::time_rule_for) {
+            Some(time_rule) => format!(
+                "{entity}.{field} differs from the source only in surrounding spaces: set compare = \"{time_rule}\", which reads the value as a {time_rule} whatever spaces surround it"
+            ),
+            None => format!(
+                "{entity}.{field} differs from the source only in case or surrounding spaces: set compare = \"casefold\" (or \"trim\") if that is acceptable"
+            ),
+        },
     }
 }
 
@@ -192,7 +230,12 @@ pub fn suspect(
             (share >= MIN_SHARE).then(|| SuspectedMappingError {
                 entity: entity.to_owned(),
                 field: rule.target.clone(),
-                description: describe(entity, rule, &pattern),
+                description: describe(
+                    entity,
+                    rule,
+                    &pattern,
+                    examples.first().map(|example| &example.expected),
+                ),
                 pattern,
                 matching,
                 examined,
@@ -329,7 +372,35 @@ mod tests {
                 json!({"company": format!("ACME {index} ")}),
             )
         });
-        assert_eq!(suspect("deal", &name, &rows)[0].pattern, "case_or_spaces");
+        let found = suspect("deal", &name, &rows);
+        assert_eq!(found[0].pattern, "case_or_spaces");
+        assert!(found[0].description.contains("compare = \"casefold\""));
+    }
+
+    #[test]
+    fn a_time_with_spaces_around_it_is_told_the_rule_for_its_kind_not_casefold() {
+        for (value, rule) in [
+            ("2027-07-09", "date"),
+            ("2026-11-26T09:47:00Z", "timestamp"),
+        ] {
+            let close = FieldMapping::exact("CloseDate", "closedate");
+            let rows = mismatches(3, 3, |_| {
+                (
+                    json!({"CloseDate": value}),
+                    json!({"closedate": format!("{value} ")}),
+                )
+            });
+            let found = suspect("deal", &close, &rows);
+            assert_eq!(found[0].pattern, "case_or_spaces");
+            assert!(
+                found[0]
+                    .description
+                    .contains(&format!("compare = \"{rule}\"")),
+                "{}",
+                found[0].description
+            );
+            assert!(!found[0].description.contains("casefold"));
+        }
     }
 
     #[test]

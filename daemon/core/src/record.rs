@@ -3,13 +3,14 @@
 //! A record is `(entity, join key)`. Each side lists every native record that has claimed the
 //! key, deleted ones included, so that history, duplicates and deletes stay visible.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{ActorKind, Fields};
-use crate::mapping::EntityMapping;
+use crate::mapping::{EntityMapping, FieldMapping};
 use crate::system::System;
 use crate::time::Timestamp;
 
@@ -135,6 +136,49 @@ pub struct SideRecord {
     /// Set when the record came under this join key from another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekeyed: Option<Rekey>,
+    /// Per native field: when its value last changed, and the kind of writer that changed
+    /// it. A field a write left as it was keeps its earlier change. Empty in stores written
+    /// before it was kept: the record's own times stand in until its fields change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_changes: BTreeMap<String, FieldChange>,
+    /// The writer (`kind:id`, or `kind`) of the create that brought the record into its
+    /// system, when the event said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// When one field's value last changed, the kind of writer that changed it (`None`: the
+/// event named none), and, for a value a snapshot revealed, the time after which it changed:
+/// then the first time is when it was read, and the change happened at some time between
+/// the two (after the value tandem held before was set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange(
+    pub Timestamp,
+    pub Option<ActorKind>,
+    #[serde(default)] pub Option<Timestamp>,
+);
+
+impl FieldChange {
+    /// The earliest time the value may have been set: the event's time, or for a revealed
+    /// value, the time after which it changed.
+    pub fn earliest(&self) -> Timestamp {
+        self.2.unwrap_or(self.0)
+    }
+}
+
+impl SideRecord {
+    /// When the value of native field `name` last changed and who changed it; for a record
+    /// stored before field changes were kept, the record's own last change.
+    pub fn field_change(&self, name: &str) -> FieldChange {
+        match self.field_changes.get(name) {
+            Some(change) => *change,
+            None if self.field_changes.is_empty() => {
+                FieldChange(self.last_change_at, self.last_actor, None)
+            }
+            // Never written: no time at all.
+            None => FieldChange(Timestamp::MIN, None, None),
+        }
+    }
 }
 
 /// Why a native record's state cannot be trusted, and since when.
@@ -196,6 +240,12 @@ pub struct RecordStatus {
     /// Why the record diverges, where tandem knows.
     #[serde(default)]
     pub cause: Option<Cause>,
+    /// For `sync_wrote_wrong_value` and `unknown` mismatches: the documented mapping-error
+    /// patterns the wrong values follow, as `<target field>=<pattern>` (sorted). The report
+    /// and the listings name the cause `mapping_error` when one of them is a suspected
+    /// mapping error of its field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrong_value_patterns: Vec<String>,
 }
 
 /// Why a divergent record diverges: a fixed vocabulary (`schemas/causes.md`), decided from
@@ -205,18 +255,27 @@ pub struct RecordStatus {
 pub enum Cause {
     /// The sides differ, but the last change is younger than the grace period.
     Lag,
-    /// The source changed later than the target's last change and the target never got it
-    /// (or never got the record at all).
+    /// The source changed a field after the target's value of it was written, and the target
+    /// never got the change (or never got the record at all).
     MissedChange,
-    /// The target's latest change was made by someone other than the sync layer or the
-    /// repair jobs, after the source's latest change.
+    /// A differing field was last written in the target by someone other than the sync
+    /// layer or the repair jobs, after the source's value of it.
     OverwrittenInTarget,
+    /// The sync layer's latest write of a differing field is not what the source held then:
+    /// a wrong value, or an older one copied late.
+    SyncWroteWrongValue,
+    /// A wrong value of the sync layer (or of a writer the history cannot tell) that follows
+    /// one of the report's suspected mapping errors for its field (decided where the
+    /// suspected errors are known: the report and the listings).
+    MappingError,
     /// A source value the field's `map` has no entry for.
     UnmappedValue,
     /// Deleted (or merged away) in the source, live in the target.
     DeletedInSourceOnly,
     /// Deleted (or merged away) in the target, live in the source.
     DeletedInTargetOnly,
+    /// Live in the target, which created it, and never in the source.
+    CreatedInTargetOnly,
     /// Two live records on one side claim the join key.
     Duplicate,
     /// A native id was created again for a different join key.
@@ -228,25 +287,55 @@ pub enum Cause {
     BrokenReference,
     /// The latest change to one side was written by someone not allowed to write there.
     NonOwnerWrite,
-    /// None of the above can be told from the history (an unverified record, a sync-layer
-    /// write with a wrong value, a record only the target ever had).
+    /// Unverified: the feed announced lost changes (a `gap` event).
+    UnverifiedGap,
+    /// Unverified: events were lost on the record's partition (a `seq` jump).
+    UnverifiedSeqHole,
+    /// Unverified: a partial update skipped a version.
+    UnverifiedVersionSkip,
+    /// Unverified: a partial update arrived for a record tandem holds no full image of.
+    UnverifiedPartialWithoutImage,
+    /// Unverified: an older partial update without a version arrived late.
+    UnverifiedOutOfOrder,
+    /// Unverified: the broker deleted offsets of the record's partition before tandem read
+    /// them.
+    UnverifiedOffsetsLost,
+    /// None of the above can be told from the history (a value no writer's history
+    /// explains, for example one a snapshot revealed).
     Unknown,
 }
 
+/// The causes one differing field's history can give, from the most telling.
+const FIELD_CAUSES: [Cause; 4] = [
+    Cause::OverwrittenInTarget,
+    Cause::MissedChange,
+    Cause::SyncWroteWrongValue,
+    Cause::Unknown,
+];
+
 impl Cause {
     /// Every cause, in the order of the vocabulary.
-    pub const ALL: [Cause; 12] = [
+    pub const ALL: [Cause; 21] = [
         Cause::Lag,
         Cause::MissedChange,
         Cause::OverwrittenInTarget,
+        Cause::SyncWroteWrongValue,
+        Cause::MappingError,
         Cause::UnmappedValue,
         Cause::DeletedInSourceOnly,
         Cause::DeletedInTargetOnly,
+        Cause::CreatedInTargetOnly,
         Cause::Duplicate,
         Cause::IdReused,
         Cause::JoinKeyChanged,
         Cause::BrokenReference,
         Cause::NonOwnerWrite,
+        Cause::UnverifiedGap,
+        Cause::UnverifiedSeqHole,
+        Cause::UnverifiedVersionSkip,
+        Cause::UnverifiedPartialWithoutImage,
+        Cause::UnverifiedOutOfOrder,
+        Cause::UnverifiedOffsetsLost,
         Cause::Unknown,
     ];
 
@@ -256,14 +345,23 @@ impl Cause {
             Cause::Lag => "lag",
             Cause::MissedChange => "missed_change",
             Cause::OverwrittenInTarget => "overwritten_in_target",
+            Cause::SyncWroteWrongValue => "sync_wrote_wrong_value",
+            Cause::MappingError => "mapping_error",
             Cause::UnmappedValue => "unmapped_value",
             Cause::DeletedInSourceOnly => "deleted_in_source_only",
             Cause::DeletedInTargetOnly => "deleted_in_target_only",
+            Cause::CreatedInTargetOnly => "created_in_target_only",
             Cause::Duplicate => "duplicate",
             Cause::IdReused => "id_reused",
             Cause::JoinKeyChanged => "join_key_changed",
             Cause::BrokenReference => "broken_reference",
             Cause::NonOwnerWrite => "non_owner_write",
+            Cause::UnverifiedGap => "unverified_gap",
+            Cause::UnverifiedSeqHole => "unverified_seq_hole",
+            Cause::UnverifiedVersionSkip => "unverified_version_skip",
+            Cause::UnverifiedPartialWithoutImage => "unverified_partial_without_image",
+            Cause::UnverifiedOutOfOrder => "unverified_out_of_order",
+            Cause::UnverifiedOffsetsLost => "unverified_offsets_lost",
             Cause::Unknown => "unknown",
         }
     }
@@ -273,21 +371,40 @@ impl Cause {
         Cause::ALL.into_iter().find(|cause| cause.as_str() == input)
     }
 
+    /// Whether a record or field of this cause whose value follows a suspected mapping error
+    /// of its field is that mapping error: a wrong value the sync layer wrote, or one whose
+    /// writer the history cannot tell.
+    pub const fn may_be_mapping_error(self) -> bool {
+        matches!(self, Cause::SyncWroteWrongValue | Cause::Unknown)
+    }
+
+    /// The cause of an unverified record, by what made it so.
+    pub const fn of_doubt(reason: UnverifiedReason) -> Cause {
+        match reason {
+            UnverifiedReason::Gap => Cause::UnverifiedGap,
+            UnverifiedReason::SeqHole => Cause::UnverifiedSeqHole,
+            UnverifiedReason::VersionSkip => Cause::UnverifiedVersionSkip,
+            UnverifiedReason::PartialWithoutImage => Cause::UnverifiedPartialWithoutImage,
+            UnverifiedReason::OutOfOrder => Cause::UnverifiedOutOfOrder,
+            UnverifiedReason::OffsetsLost => Cause::UnverifiedOffsetsLost,
+        }
+    }
+
     /// The cause of a record's divergence, given its comparison and its status after grace.
     /// The first rule that applies decides:
     ///
-    /// 1. pending: `lag`; duplicate: `duplicate`; unverified: `unknown` (its reason says more);
+    /// 1. pending: `lag`; duplicate: `duplicate`; unverified: `unverified_<reason>` (of the
+    ///    source's live record first);
     /// 2. a live side re-keyed: `id_reused` (created again under another key) or
     ///    `join_key_changed`;
     /// 3. a live side whose latest change broke the ownership rule: `non_owner_write`;
     /// 4. missing on one side: `deleted_in_<side>_only` if that side holds a deleted record,
-    ///    else `missed_change` for a record the target never got, `unknown` for one only the
-    ///    target ever had;
+    ///    else `missed_change` for a record the target never got, `created_in_target_only`
+    ///    for one only the target ever had;
     /// 5. mismatch: `unmapped_value` if a differing field's source value has no map entry,
-    ///    `broken_reference` if a differing field is a reference, `overwritten_in_target` if
-    ///    the target's latest change came from neither sync nor repair and is not older than
-    ///    the source's, `missed_change` if the source changed after the target, else
-    ///    `unknown`.
+    ///    `broken_reference` if a differing field is a reference, else the most telling of
+    ///    the differing fields' causes ([`Cause::of_field`]): `overwritten_in_target`, then
+    ///    `missed_change`, then `sync_wrote_wrong_value`, then `unknown`.
     pub fn of(
         mapping: &EntityMapping,
         row: &RecordRow,
@@ -295,14 +412,20 @@ impl Cause {
         status: Option<Status>,
     ) -> Option<Cause> {
         let status = status.filter(|status| *status != Status::InSync)?;
+        let (source, target) = (row.live(System::Source), row.live(System::Target));
+        let live_sides = || source.into_iter().chain(target);
         match status {
             Status::Pending => return Some(Cause::Lag),
             Status::Duplicate => return Some(Cause::Duplicate),
-            Status::Unverified => return Some(Cause::Unknown),
+            Status::Unverified => {
+                return Some(
+                    live_sides()
+                        .find_map(|side| side.unverified.as_ref())
+                        .map_or(Cause::Unknown, |doubt| Cause::of_doubt(doubt.reason)),
+                )
+            }
             _ => {}
         }
-        let (source, target) = (row.live(System::Source), row.live(System::Target));
-        let live_sides = || source.into_iter().chain(target);
         if let Some(rekey) = live_sides().find_map(|side| side.rekeyed.as_ref()) {
             return Some(if rekey.recreated {
                 Cause::IdReused
@@ -322,7 +445,7 @@ impl Cause {
             (Status::MissingInSource, _, _) if holds_deleted(&row.source) => {
                 Cause::DeletedInSourceOnly
             }
-            (Status::MissingInSource, _, _) => Cause::Unknown,
+            (Status::MissingInSource, _, _) => Cause::CreatedInTargetOnly,
             (Status::Mismatch, Some(source), Some(target)) => {
                 let is_reference = |name: &String| {
                     mapping
@@ -334,20 +457,152 @@ impl Cause {
                     Cause::UnmappedValue
                 } else if comparison.differing_fields.iter().any(is_reference) {
                     Cause::BrokenReference
-                } else if target
-                    .last_actor
-                    .is_some_and(|kind| !matches!(kind, ActorKind::Sync | ActorKind::Repair))
-                    && target.last_change_at >= source.last_change_at
-                {
-                    Cause::OverwrittenInTarget
-                } else if source.last_change_at > target.last_change_at {
-                    Cause::MissedChange
                 } else {
-                    Cause::Unknown
+                    mapping
+                        .fields
+                        .iter()
+                        .filter(|rule| comparison.differing_fields.contains(&rule.target))
+                        .map(|rule| Cause::of_field(rule, source, target))
+                        .min_by_key(|cause| FIELD_CAUSES.iter().position(|known| known == cause))
+                        .unwrap_or(Cause::Unknown)
                 }
             }
             _ => Cause::Unknown,
         })
+    }
+
+    /// What one differing field's history says, from when its values last changed on each
+    /// side and who wrote the target's: `overwritten_in_target` when a writer other than the
+    /// sync layer or a repair job set the target's value no earlier than the source's last
+    /// change; `missed_change` when the source's value changed after the target's was set;
+    /// `sync_wrote_wrong_value` when the sync layer set the target's value after the
+    /// source's last change (so the source already held what it should have copied);
+    /// `unknown` otherwise (a repair job's write, a value of no known writer, or a source
+    /// value a snapshot revealed whose change may have come before or after the target's).
+    pub fn of_field(rule: &FieldMapping, source: &SideRecord, target: &SideRecord) -> Cause {
+        // The source's value was set at some time in [earliest, latest] (one instant for an
+        // event; for a value a snapshot revealed, between the value held before and the
+        // reading).
+        let (source_earliest, source_latest) = rule
+            .source
+            .names()
+            .iter()
+            .map(|name| source.field_change(name))
+            .fold(
+                (Timestamp::MIN, Timestamp::MIN),
+                |(earliest, latest), change| {
+                    (earliest.max(change.earliest()), latest.max(change.0))
+                },
+            );
+        let FieldChange(target_at, writer, _) = target.field_change(&rule.target);
+        match writer {
+            Some(kind)
+                if !matches!(kind, ActorKind::Sync | ActorKind::Repair)
+                    && target_at >= source_latest =>
+            {
+                Cause::OverwrittenInTarget
+            }
+            _ if source_earliest > target_at => Cause::MissedChange,
+            Some(ActorKind::Sync) if target_at >= source_latest => Cause::SyncWroteWrongValue,
+            _ => Cause::Unknown,
+        }
+    }
+}
+
+/// What a divergence's cause rests on, so that a data steward can route it without opening
+/// the record: the field that decided it, what the target should hold, when each side's
+/// value was set and by whom, the pattern of a mapping error, the writer of a record only
+/// the target has, the start of a doubt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CauseDetail {
+    /// The differing target field whose history decided the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `mapping_error`: the suspected pattern its value follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// What the target should hold: the source's value through the field's rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<serde_json::Value>,
+    /// When the source's value was set (or read, if a snapshot revealed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_set_at: Option<Timestamp>,
+    /// When the target's value was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_written_at: Option<Timestamp>,
+    /// The kind of writer of the target's value (`sync`, `user`, ...), if the event said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_writer: Option<String>,
+    /// For `created_in_target_only`: who created the record (`kind:id`), if the event said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// For an unverified record: since when (event time of what revealed the doubt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified_since: Option<Timestamp>,
+}
+
+impl CauseDetail {
+    /// The detail of `cause` for a record (`pattern`: the suspected pattern of a
+    /// `mapping_error`, as `<target field>=<pattern>`). `None` for causes that need none.
+    pub fn of(
+        mapping: &EntityMapping,
+        row: &RecordRow,
+        cause: Cause,
+        pattern: Option<&str>,
+    ) -> Option<CauseDetail> {
+        let (source, target) = (row.live(System::Source), row.live(System::Target));
+        match cause {
+            Cause::CreatedInTargetOnly => Some(CauseDetail {
+                created_by: target.and_then(|side| side.created_by.clone()),
+                ..CauseDetail::default()
+            }),
+            cause if cause.as_str().starts_with("unverified_") => {
+                let doubt = source
+                    .into_iter()
+                    .chain(target)
+                    .find_map(|side| side.unverified.as_ref())?;
+                Some(CauseDetail {
+                    unverified_since: Some(doubt.since),
+                    ..CauseDetail::default()
+                })
+            }
+            Cause::OverwrittenInTarget
+            | Cause::MissedChange
+            | Cause::SyncWroteWrongValue
+            | Cause::MappingError => {
+                let (source, target) = (source?, target?);
+                let (field, pattern) = match pattern.and_then(|found| found.split_once('=')) {
+                    Some((field, pattern)) => (Some(field), Some(pattern)),
+                    None => (None, None),
+                };
+                let rule = mapping.fields.iter().find(|rule| {
+                    let field_cause = Cause::of_field(rule, source, target);
+                    field.is_none_or(|field| rule.target == field)
+                        && row.status.differing_fields.contains(&rule.target)
+                        && (field_cause == cause
+                            || (cause == Cause::MappingError && field_cause.may_be_mapping_error()))
+                })?;
+                let source_set_at = rule
+                    .source
+                    .names()
+                    .iter()
+                    .map(|name| source.field_change(name).0)
+                    .max()
+                    .filter(|at| *at != Timestamp::MIN);
+                let FieldChange(written_at, writer, _) = target.field_change(&rule.target);
+                Some(CauseDetail {
+                    field: Some(rule.target.clone()),
+                    pattern: pattern.map(str::to_owned),
+                    expected: rule.expected_target(&source.fields).ok(),
+                    source_set_at,
+                    target_written_at: Some(written_at).filter(|at| *at != Timestamp::MIN),
+                    target_writer: writer
+                        .map(|kind| crate::ownership::actor_kind_name(kind).to_owned()),
+                    ..CauseDetail::default()
+                })
+            }
+            _ => None,
+        }
     }
 }
 

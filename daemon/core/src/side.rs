@@ -12,8 +12,10 @@
 //! A `snapshot` image is a reading, not a change: it makes the record trustworthy but does
 //! not move its time of last change.
 
+use serde_json::Value;
+
 use crate::event::{ChangeEvent, Fields, Op};
-use crate::record::{SideRecord, Unverified, UnverifiedReason};
+use crate::record::{FieldChange, SideRecord, Unverified, UnverifiedReason};
 use crate::time::Timestamp;
 
 /// Whether `event` is older than what `stored` already reflects.
@@ -41,6 +43,8 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
         revealed_change_at: None,
         last_actor: None,
         rekeyed: None,
+        field_changes: Default::default(),
+        created_by: None,
     });
     let unverified = |reason| {
         Some(Unverified {
@@ -58,6 +62,15 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
             }
             side.deleted = false;
             side.merged_into = None;
+            if event.op == Op::Create {
+                side.created_by = event.actor.as_ref().map(|actor| {
+                    let kind = crate::ownership::actor_kind_name(actor.kind);
+                    match &actor.id {
+                        Some(id) => format!("{kind}:{id}"),
+                        None => kind.to_owned(),
+                    }
+                });
+            }
             write_fields(&mut side, event, first_sight);
         }
         Op::Undelete => {
@@ -118,14 +131,37 @@ fn reveals_a_change(held: &SideRecord, first_sight: bool, image: &ChangeEvent) -
 /// A full image replaces the fields and makes the record trustworthy; a partial one merges
 /// onto them and keeps (or loses) trust depending on what it lands on.
 fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
+    if !first_sight && side.field_changes.is_empty() {
+        // Stored before field changes were kept: what it holds changed at its last change.
+        let held = FieldChange(side.last_change_at, side.last_actor, None);
+        side.field_changes = side
+            .fields
+            .keys()
+            .map(|name| (name.clone(), held))
+            .collect();
+    }
     if !event.partial {
-        match (&event.fields, event.op) {
-            (Some(image), _) => side.fields = image.clone(),
+        static EMPTY: std::sync::OnceLock<Fields> = std::sync::OnceLock::new();
+        let image = match (&event.fields, event.op) {
+            (Some(image), _) => image,
             // A create or snapshot without fields is an empty record; an update without
             // fields changes none.
-            (None, Op::Create | Op::Snapshot) => side.fields.clear(),
+            (None, Op::Create | Op::Snapshot) => EMPTY.get_or_init(Fields::new),
             (None, _) => return,
+        };
+        let removed: Vec<String> = side
+            .fields
+            .keys()
+            .filter(|name| !image.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            note_change(side, event, &name, None);
         }
+        for (name, value) in image {
+            note_change(side, event, name, Some(value));
+        }
+        side.fields = image.clone();
         side.unverified = None;
         side.full_image_at = side.full_image_at.max(Some(event.occurred_at));
         return;
@@ -145,8 +181,45 @@ fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
         });
     }
     for (name, value) in event.fields.iter().flatten() {
+        note_change(side, event, name, Some(value));
         side.fields.insert(name.clone(), value.clone());
     }
+}
+
+/// Records when field `name` changed, if `event` gives it a value (`None`: absent) other than
+/// the one held: the event's time and writer, or for a snapshot, the time it was read.
+fn note_change(side: &mut SideRecord, event: &ChangeEvent, name: &str, value: Option<&Value>) {
+    let held = side.fields.get(name);
+    let unchanged = match (held, value) {
+        (Some(held), Some(value)) => held == value,
+        (None, None) => true,
+        (None, Some(value)) | (Some(value), None) => value.is_null(),
+    };
+    if unchanged && side.field_changes.contains_key(name) {
+        return;
+    }
+    let change = if event.op == Op::Snapshot {
+        // Changed after the value held before was set (or read), at some time tandem never
+        // saw. When the broker deleted offsets tandem had not read, the change was in them:
+        // a record's events keep their order on its partition, and every event before the
+        // deleted ones was applied, so it came after the record's last applied change.
+        let held = side
+            .field_changes
+            .get(name)
+            .map_or(crate::time::Timestamp::MIN, |held| held.0);
+        let lost_after = match &side.unverified {
+            Some(doubt) if doubt.reason == UnverifiedReason::OffsetsLost => side.last_change_at,
+            _ => crate::time::Timestamp::MIN,
+        };
+        FieldChange(event.occurred_at, None, Some(held.max(lost_after)))
+    } else {
+        FieldChange(
+            event.occurred_at,
+            event.actor.as_ref().map(|actor| actor.kind),
+            None,
+        )
+    };
+    side.field_changes.insert(name.to_owned(), change);
 }
 
 #[cfg(test)]

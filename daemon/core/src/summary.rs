@@ -21,6 +21,23 @@ pub struct EntitySummary {
     /// Divergent records (pending included) per cause.
     #[serde(default)]
     pub by_cause: BTreeMap<Cause, u64>,
+    /// Records whose cause may be a mapping error ([`Cause::may_be_mapping_error`]), per cause
+    /// and set of patterns their wrong values follow ([`pattern_set_key`]; records following
+    /// none are not counted): the report names those following a suspected mapping error
+    /// `mapping_error`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wrong_value_patterns: BTreeMap<String, u64>,
+}
+
+/// The key of a record's cause and pattern set in [`EntitySummary::wrong_value_patterns`]: a
+/// JSON pair of the cause and the list of `<target field>=<pattern>`.
+pub fn pattern_set_key(cause: Cause, patterns: &[String]) -> String {
+    serde_json::to_string(&(cause, patterns)).expect("a cause and texts always serialize")
+}
+
+/// The cause and patterns of a [`pattern_set_key`].
+pub fn parse_pattern_set_key(key: &str) -> Option<(Cause, Vec<String>)> {
+    serde_json::from_str(key).ok()
 }
 
 impl EntitySummary {
@@ -56,6 +73,9 @@ impl EntitySummary {
         if let Some(cause) = status.cause {
             *self.by_cause.entry(cause).or_default() += 1;
         }
+        if let Some(key) = status_pattern_key(status) {
+            *self.wrong_value_patterns.entry(key).or_default() += 1;
+        }
         if current == Status::Mismatch {
             for field in &status.differing_fields {
                 *self.mismatched_fields.entry(field.clone()).or_default() += 1;
@@ -78,6 +98,14 @@ impl EntitySummary {
                 }
             }
         }
+        if let Some(key) = status_pattern_key(status) {
+            if let Some(count) = self.wrong_value_patterns.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.wrong_value_patterns.remove(&key);
+                }
+            }
+        }
         if current == Status::Mismatch {
             for field in &status.differing_fields {
                 let field_count = self
@@ -91,6 +119,13 @@ impl EntitySummary {
             }
         }
     }
+}
+
+/// The key a record's status is counted under in [`EntitySummary::wrong_value_patterns`].
+fn status_pattern_key(status: &RecordStatus) -> Option<String> {
+    let cause = status.cause?;
+    (cause.may_be_mapping_error() && !status.wrong_value_patterns.is_empty())
+        .then(|| pattern_set_key(cause, &status.wrong_value_patterns))
 }
 
 /// Ingest counters of one system.
@@ -191,6 +226,7 @@ mod tests {
 
     fn status(status: Status, fields: &[&str]) -> RecordStatus {
         RecordStatus {
+            wrong_value_patterns: Vec::new(),
             status: Some(status),
             since: None,
             differing_fields: fields.iter().map(|field| (*field).to_owned()).collect(),

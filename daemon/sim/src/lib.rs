@@ -172,6 +172,22 @@ impl SimConfig {
         }
     }
 
+    /// The run `tandem demo` shows: [`SimConfig::demo`] with a sync layer that also makes
+    /// systematic mapping errors (the report suspects them), new stages, merges, an
+    /// enrichment integration and reused ids.
+    pub fn demo_with_every_fault(seed: u64) -> Self {
+        let mut config = SimConfig::demo(seed);
+        config.sync_shift_rate = 0.2;
+        config.sync_cents_rate = 0.2;
+        config.sync_zone_shift_rate = 0.2;
+        config.sync_raw_reference_rate = 0.1;
+        config.source_new_stage_rate = 0.02;
+        config.source_merge_rate = 0.02;
+        config.target_enrichment_rate = 0.01;
+        config.target_reuse_rate = 0.01;
+        config
+    }
+
     /// A run of `records` records per entity and the default fault rates.
     pub fn sized(seed: u64, records_per_entity: usize) -> Self {
         let mut config = SimConfig::demo(seed);

@@ -32,6 +32,10 @@ pub(crate) struct SideState {
     pub(crate) last_actor: String,
     /// Created again under this native id for another record, after a delete.
     pub(crate) reused: bool,
+    /// Per field: when its value last changed and who changed it (`kind:id`).
+    pub(crate) field_set: BTreeMap<String, (i64, String)>,
+    /// The fields as of the latest emitted change, to tell which ones the next one changes.
+    pub(crate) emitted_fields: Map<String, Value>,
 }
 
 impl SideState {
@@ -43,7 +47,34 @@ impl SideState {
             last_change: i64::MIN,
             last_actor: String::new(),
             reused: false,
+            field_set: BTreeMap::new(),
+            emitted_fields: Map::new(),
         }
+    }
+
+    /// Notes the fields whose values a change at `at` by `actor` set (absent counts as null).
+    pub(crate) fn note_field_changes(&mut self, at: i64, actor: &str) {
+        let names: Vec<String> = self
+            .fields
+            .keys()
+            .chain(self.emitted_fields.keys())
+            .cloned()
+            .collect();
+        for name in names {
+            let now = self.fields.get(&name).unwrap_or(&Value::Null);
+            let before = self.emitted_fields.get(&name).unwrap_or(&Value::Null);
+            if now != before || !self.field_set.contains_key(&name) {
+                self.field_set.insert(name, (at, actor.to_owned()));
+            }
+        }
+        self.emitted_fields = self.fields.clone();
+    }
+
+    /// When field `name`'s value was set, and by whom (never: the earliest time, nobody).
+    fn field_set(&self, name: &str) -> (i64, &str) {
+        self.field_set
+            .get(name)
+            .map_or((i64::MIN, ""), |(at, actor)| (*at, actor.as_str()))
     }
 }
 
@@ -183,6 +214,9 @@ impl GroundTruth {
             };
             // Per target field, the patterns of each of its mismatches.
             let mut field_patterns: BTreeMap<&'static str, Vec<Vec<String>>> = BTreeMap::new();
+            // The records the sync layer wrote wrong values into, with the patterns they follow.
+            let mut wrong_values: Vec<(String, Vec<(&'static str, String)>)> = Vec::new();
+            let suspected_before = truth.suspected_mapping_errors.len();
             for (key, (sources, targets)) in keys {
                 let live_sources: Vec<_> = sources.iter().filter(|state| !state.deleted).collect();
                 let live_targets: Vec<_> = targets.iter().filter(|state| !state.deleted).collect();
@@ -260,9 +294,29 @@ impl GroundTruth {
                     let cause = match cause_of(status, &sources, &targets) {
                         "mismatch" if unmapped => "unmapped_value",
                         "mismatch" if broken_reference => "broken_reference",
-                        "mismatch" => mismatch_cause(&sources, &targets),
+                        "mismatch" => {
+                            mismatch_cause(entity, live_sources[0], live_targets[0], &differing)
+                        }
                         cause => cause,
                     };
+                    if cause == "sync_wrote_wrong_value" {
+                        let mut followed = Vec::new();
+                        for field in entity.fields {
+                            if differing.iter().any(|name| name == field.target)
+                                && field_cause(field, live_sources[0], live_targets[0])
+                                    == "sync_wrote_wrong_value"
+                            {
+                                for pattern in patterns_of(
+                                    field,
+                                    &live_sources[0].fields,
+                                    live_targets[0].fields.get(field.target),
+                                ) {
+                                    followed.push((field.target, pattern));
+                                }
+                            }
+                        }
+                        wrong_values.push((key.clone(), followed));
+                    }
                     *entity_truth.by_cause.entry(cause).or_default() += 1;
                     entity_truth.not_in_sync.insert(
                         key,
@@ -295,6 +349,29 @@ impl GroundTruth {
                     }
                 }
             }
+            // A wrong value that follows a suspected mapping error of its field is that error.
+            let suspected = &truth.suspected_mapping_errors[suspected_before..];
+            for (key, followed) in wrong_values {
+                let systematic = followed.iter().any(|(field, pattern)| {
+                    suspected
+                        .iter()
+                        .any(|error| error.field == *field && error.pattern == *pattern)
+                });
+                if !systematic {
+                    continue;
+                }
+                let record = entity_truth
+                    .not_in_sync
+                    .get_mut(&key)
+                    .expect("the record was listed above");
+                record.cause = "mapping_error";
+                *entity_truth
+                    .by_cause
+                    .get_mut("sync_wrote_wrong_value")
+                    .expect("the record was counted above") -= 1;
+                *entity_truth.by_cause.entry("mapping_error").or_default() += 1;
+            }
+            entity_truth.by_cause.retain(|_, count| *count > 0);
             truth.entities.insert(entity.name, entity_truth);
         }
         truth
@@ -330,6 +407,7 @@ fn cause_of(status: &str, sources: &[&SideState], targets: &[&SideState]) -> &'s
         ("missing_in_source", _, _) if sources.iter().any(|state| state.deleted) => {
             "deleted_in_source_only"
         }
+        ("missing_in_source", _, _) => "created_in_target_only",
         // The field rules decide first (the caller knows them).
         ("mismatch", Some(_), Some(_)) => "mismatch",
         _ => "unknown",
@@ -341,20 +419,48 @@ fn sync_or_repair(actor: &str) -> bool {
     matches!(actor.split(':').next(), Some("sync" | "repair"))
 }
 
-/// A mismatch no field rule explains: the target was last written, no earlier than the
-/// source, by someone allowed there who is neither the sync layer nor a repair job; else the
-/// source changed after the target; else unknown.
-fn mismatch_cause(sources: &[&SideState], targets: &[&SideState]) -> &'static str {
-    let live_source = sources.iter().find(|state| !state.deleted);
-    let live_target = targets.iter().find(|state| !state.deleted);
-    match (live_source, live_target) {
-        (Some(source), Some(target))
-            if !sync_or_repair(&target.last_actor) && target.last_change >= source.last_change =>
-        {
-            "overwritten_in_target"
-        }
-        (Some(source), Some(target)) if source.last_change > target.last_change => "missed_change",
-        _ => "unknown",
+/// A mismatch no field rule explains, by what the differing fields' histories say
+/// ([`field_cause`]), the most telling first: a field overwritten in the target, a change the
+/// target missed, a wrong value written by the sync layer, else unknown.
+fn mismatch_cause(
+    entity: &crate::catalog::SimEntity,
+    source: &SideState,
+    target: &SideState,
+    differing: &[String],
+) -> &'static str {
+    let causes: Vec<&'static str> = entity
+        .fields
+        .iter()
+        .filter(|field| differing.iter().any(|name| name == field.target))
+        .map(|field| field_cause(field, source, target))
+        .collect();
+    [
+        "overwritten_in_target",
+        "missed_change",
+        "sync_wrote_wrong_value",
+    ]
+    .into_iter()
+    .find(|cause| causes.contains(cause))
+    .unwrap_or("unknown")
+}
+
+/// Why one field differs, from who set each side's value when: the target's value was set by
+/// a writer other than the sync layer or a repair job no earlier than the source's
+/// (overwritten in the target); the source's value was set after the target's (a change the
+/// target missed: the sync layer dropped it, or has not copied it); the sync layer set the
+/// target's value after the source's (so it wrote something other than what the source held:
+/// a mangled value, or an older one copied late); else unknown.
+fn field_cause(field: &SimField, source: &SideState, target: &SideState) -> &'static str {
+    let (source_at, _) = source.field_set(field.source);
+    let (target_at, writer) = target.field_set(field.target);
+    if !writer.is_empty() && !sync_or_repair(writer) && target_at >= source_at {
+        "overwritten_in_target"
+    } else if source_at > target_at {
+        "missed_change"
+    } else if writer.starts_with("sync:") {
+        "sync_wrote_wrong_value"
+    } else {
+        "unknown"
     }
 }
 

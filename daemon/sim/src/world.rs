@@ -237,6 +237,10 @@ impl<'a> World<'a> {
         state.version += 1;
         state.last_change = state.last_change.max(at);
         state.last_actor = format!("{}:{}", actor.0, actor.1);
+        if fields.is_some() {
+            let writer = state.last_actor.clone();
+            state.note_field_changes(at, &writer);
+        }
         let version = state.version;
         let state_after = state.clone();
         let partition = partition_of(native_id, self.config.partitions);

@@ -98,7 +98,8 @@ fn each_injected_fault_shows_in_the_truth_with_its_cause() {
         "non_owner_write",
         "overwritten_in_target",
         "missed_change",
-        "unknown",
+        "sync_wrote_wrong_value",
+        "mapping_error",
     ] {
         assert!(
             causes.get(cause).copied().unwrap_or(0) > 0,

@@ -64,6 +64,9 @@ pub struct DivergenceItem {
     /// the field rules).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub values: BTreeMap<String, FieldValues>,
+    /// What the cause rests on (filled by the API, which knows the suspected mapping errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause_detail: Option<tandem_core::record::CauseDetail>,
 }
 
 /// One field's values on both sides.
@@ -437,6 +440,7 @@ fn divergence_item(entity: &str, join_key: String, row: &RecordRow) -> Result<Di
         source_ids: live_ids(System::Source),
         target_ids: live_ids(System::Target),
         values: BTreeMap::new(),
+        cause_detail: None,
     })
 }
 

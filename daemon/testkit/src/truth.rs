@@ -37,9 +37,94 @@ pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Ve
     listed
 }
 
+/// The cause of every divergent and pending record the API lists, by (entity, join key)
+/// (`none` for a record listed without one).
+pub fn listed_causes(daemon: &Daemon) -> BTreeMap<(String, String), String> {
+    let mut listed = BTreeMap::new();
+    for filter in ["", "&status=pending"] {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/divergences?limit=500{filter}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: DivergenceList = daemon.get(&path);
+            for item in page.items {
+                let cause = item.cause.map_or("none", |cause| cause.as_str());
+                listed.insert((item.entity, item.join_key), cause.to_owned());
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    listed
+}
+
+/// The truth's cause of every record that is not in sync, by (entity, join key).
+fn expected_causes(truth: &GroundTruth) -> BTreeMap<(String, String), String> {
+    truth
+        .entities
+        .iter()
+        .flat_map(|(entity, entity_truth)| {
+            entity_truth.not_in_sync.iter().map(move |(key, record)| {
+                ((entity.to_string(), key.clone()), record.cause.to_owned())
+            })
+        })
+        .collect()
+}
+
+/// How many of the truth's divergent and pending records the daemon lists with the truth's
+/// cause, of how many, and the most frequent disagreements (`listed -> truth` with an
+/// example record, and counts).
+pub fn cause_agreement(daemon: &Daemon, truth: &GroundTruth) -> (u64, u64, Vec<(String, u64)>) {
+    let listed = listed_causes(daemon);
+    let expected = expected_causes(truth);
+    let mut confusions: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut right = 0;
+    for (key, cause) in &expected {
+        match listed.get(key) {
+            Some(found) if found == cause => right += 1,
+            found => {
+                let confusion =
+                    format!("{} -> {cause}", found.map_or("not listed", String::as_str));
+                let count = confusions.entry(confusion).or_default();
+                if count.0 == 0 {
+                    count.1 = format!("{} {}", key.0, key.1);
+                }
+                count.0 += 1;
+            }
+        }
+    }
+    let mut confusions: Vec<(String, u64)> = confusions
+        .into_iter()
+        .map(|(confusion, (count, example))| (format!("{confusion} (e.g. {example})"), count))
+        .collect();
+    confusions.sort_by_key(|confusion| std::cmp::Reverse(confusion.1));
+    (right, expected.len() as u64, confusions)
+}
+
 /// Asserts that the report and the divergence listing equal the ground truth, causes
 /// included.
 pub fn assert_matches_truth(daemon: &Daemon, report: &Report, truth: &GroundTruth) {
+    // Which wrong values are mapping errors depends on the suspected mapping errors, which
+    // the daemon looks for again at most every few seconds until ingestion has caught up:
+    // compare a report of the caught-up daemon.
+    let caught_up;
+    let report = if report.ingest.caught_up {
+        report
+    } else {
+        caught_up = crate::wait_for(
+            "ingestion to catch up",
+            std::time::Duration::from_secs(60),
+            || {
+                let report = daemon.report();
+                report.ingest.caught_up.then_some(report)
+            },
+        );
+        &caught_up
+    };
     let mut differences = count_differences(report, truth);
     differences.extend(status_differences(daemon, report, truth));
     differences.extend(cause_differences(daemon, report, truth));
@@ -159,34 +244,8 @@ pub fn count_differences(report: &Report, truth: &GroundTruth) -> Vec<String> {
 /// report) differ from the truth.
 pub fn cause_differences(daemon: &Daemon, report: &Report, truth: &GroundTruth) -> Vec<String> {
     let mut differences = Vec::new();
-    let mut listed: BTreeMap<(String, String), String> = BTreeMap::new();
-    for filter in ["", "&status=pending"] {
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/divergences?limit=500{filter}");
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={cursor}"));
-            }
-            let page: DivergenceList = daemon.get(&path);
-            for item in page.items {
-                let cause = item.cause.map_or("none", |cause| cause.as_str());
-                listed.insert((item.entity, item.join_key), cause.to_owned());
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-    }
-    let expected: BTreeMap<(String, String), String> = truth
-        .entities
-        .iter()
-        .flat_map(|(entity, entity_truth)| {
-            entity_truth.not_in_sync.iter().map(move |(key, record)| {
-                ((entity.to_string(), key.clone()), record.cause.to_owned())
-            })
-        })
-        .collect();
+    let listed = listed_causes(daemon);
+    let expected = expected_causes(truth);
     let wrong: Vec<_> = expected
         .iter()
         .filter(|(key, cause)| listed.get(*key) != Some(cause))

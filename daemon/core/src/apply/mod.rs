@@ -1018,12 +1018,19 @@ pub fn evaluate(
         Some(_) => Some(row.status.since.unwrap_or(clock)),
     };
     let cause = Cause::of(entity, row, &comparison, status);
+    let wrong_value_patterns =
+        if status == Some(Status::Mismatch) && cause.is_some_and(Cause::may_be_mapping_error) {
+            crate::patterns::wrong_value_patterns(entity, row, &comparison.differing_fields)
+        } else {
+            Vec::new()
+        };
     RecordStatus {
         status,
         since,
         differing_fields: comparison.differing_fields,
         due_at,
         cause,
+        wrong_value_patterns,
     }
 }
 
