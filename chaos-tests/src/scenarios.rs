@@ -138,6 +138,20 @@ pub fn matrix(size: Size) -> Vec<Scenario> {
             disruption: Disruption::RetentionWhileStopped,
         },
         Scenario {
+            name: "rekeyed-references",
+            description: "records re-keyed in the target (ids reused) while 5% of the target's events are lost and announced by gap events: references to them cannot be vouched for",
+            sim: with(112, &|sim| {
+                sim.target_reuse_rate = 0.3;
+                sim.transport = TransportFaults {
+                    drop_rate: 0.05,
+                    drop_system: Some(SimSystem::Target),
+                    gap_instead_rate: 1.0,
+                    ..TransportFaults::default()
+                };
+            }),
+            disruption: Disruption::None,
+        },
+        Scenario {
             name: "poison",
             description: "1% of messages are garbage",
             sim: with(110, &|sim| sim.poison_per_thousand = 10.0),

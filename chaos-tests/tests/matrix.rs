@@ -82,6 +82,11 @@ fn retention() {
 }
 
 #[test]
+fn rekeyed_references() {
+    check("rekeyed-references");
+}
+
+#[test]
 fn poison() {
     check("poison");
 }

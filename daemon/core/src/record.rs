@@ -300,6 +300,9 @@ pub enum Cause {
     /// Unverified: the broker deleted offsets of the record's partition before tandem read
     /// them.
     UnverifiedOffsetsLost,
+    /// Unverified: a `ref` field points at a record that is unverified (a lost change may
+    /// have moved it under another key); healed by that record's re-read.
+    UnverifiedReference,
     /// None of the above can be told from the history (a value no writer's history
     /// explains, for example one a snapshot revealed).
     Unknown,
@@ -315,7 +318,7 @@ const FIELD_CAUSES: [Cause; 4] = [
 
 impl Cause {
     /// Every cause, in the order of the vocabulary.
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 22] = [
         Cause::Lag,
         Cause::MissedChange,
         Cause::OverwrittenInTarget,
@@ -336,6 +339,7 @@ impl Cause {
         Cause::UnverifiedPartialWithoutImage,
         Cause::UnverifiedOutOfOrder,
         Cause::UnverifiedOffsetsLost,
+        Cause::UnverifiedReference,
         Cause::Unknown,
     ];
 
@@ -362,6 +366,7 @@ impl Cause {
             Cause::UnverifiedPartialWithoutImage => "unverified_partial_without_image",
             Cause::UnverifiedOutOfOrder => "unverified_out_of_order",
             Cause::UnverifiedOffsetsLost => "unverified_offsets_lost",
+            Cause::UnverifiedReference => "unverified_reference",
             Cause::Unknown => "unknown",
         }
     }
@@ -394,7 +399,8 @@ impl Cause {
     /// The first rule that applies decides:
     ///
     /// 1. pending: `lag`; duplicate: `duplicate`; unverified: `unverified_<reason>` (of the
-    ///    source's live record first);
+    ///    source's live record first), or `unverified_reference` when only a record a `ref`
+    ///    field points at is;
     /// 2. a live side re-keyed: `id_reused` (created again under another key) or
     ///    `join_key_changed`;
     /// 3. a live side whose latest change broke the ownership rule: `non_owner_write`;
@@ -419,9 +425,13 @@ impl Cause {
             Status::Duplicate => return Some(Cause::Duplicate),
             Status::Unverified => {
                 return Some(
-                    live_sides()
-                        .find_map(|side| side.unverified.as_ref())
-                        .map_or(Cause::Unknown, |doubt| Cause::of_doubt(doubt.reason)),
+                    match live_sides().find_map(|side| side.unverified.as_ref()) {
+                        Some(doubt) => Cause::of_doubt(doubt.reason),
+                        None if !comparison.doubtful_references.is_empty() => {
+                            Cause::UnverifiedReference
+                        }
+                        None => Cause::Unknown,
+                    },
                 )
             }
             _ => {}
@@ -684,6 +694,9 @@ pub struct Comparison {
     /// Target names of the differing fields whose source value the field's `map` has no
     /// entry for.
     pub unmapped_fields: Vec<String>,
+    /// Target names of the `ref` fields that point (on either side) at a record whose state
+    /// cannot be trusted: they cannot be vouched for, and the record is unverified.
+    pub doubtful_references: Vec<String>,
 }
 
 impl Comparison {
@@ -692,12 +705,24 @@ impl Comparison {
             status,
             differing_fields: Vec::new(),
             unmapped_fields: Vec::new(),
+            doubtful_references: Vec::new(),
         }
     }
 }
 
-/// Finds the join key of a native record: `(system, entity, native id)` to its key.
-pub type Resolve<'r> = dyn FnMut(System, &str, &str) -> Option<String> + 'r;
+/// Finds the join key of a native record, `(system, entity, native id)`, and whether its state
+/// can be trusted.
+pub type Resolve<'r> = dyn FnMut(System, &str, &str) -> Option<Resolved> + 'r;
+
+/// What a reference resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The join key of the referenced native record.
+    pub join_key: String,
+    /// Whether the referenced native record is unverified: a lost change may have moved it
+    /// under another key, so a reference to it cannot be vouched for.
+    pub unverified: bool,
+}
 
 impl Reference {
     /// Whether it looked up this native record.
@@ -790,23 +815,27 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow, resolve: &mut Resolve<'
     let mut comparison = Comparison::of(Some(Status::InSync));
     for field in &mapping.fields {
         if let Some(entity) = &field.reference {
-            let key = |system: System,
-                       fields: &crate::event::Fields,
-                       name: &str,
-                       resolve: &mut Resolve<'_>| {
-                match reference_id(fields.get(name)).map_err(|_| ())? {
+            let mut doubtful = false;
+            let mut key =
+                |system: System, fields: &crate::event::Fields, name: &str| match reference_id(
+                    fields.get(name),
+                )
+                .map_err(|_| ())?
+                {
                     None => Ok(None),
-                    Some(id) => resolve(system, entity, &id).map(Some).ok_or(()),
-                }
-            };
-            let source_key = key(
-                System::Source,
-                &source.fields,
-                field.source.first(),
-                resolve,
-            );
-            let target_key = key(System::Target, &target.fields, &field.target, resolve);
-            if !matches!((source_key, target_key), (Ok(left), Ok(right)) if left == right) {
+                    Some(id) => match resolve(system, entity, &id) {
+                        Some(resolved) => {
+                            doubtful |= resolved.unverified;
+                            Ok(Some(resolved.join_key))
+                        }
+                        None => Err(()),
+                    },
+                };
+            let source_key = key(System::Source, &source.fields, field.source.first());
+            let target_key = key(System::Target, &target.fields, &field.target);
+            if doubtful {
+                comparison.doubtful_references.push(field.target.clone());
+            } else if !matches!((source_key, target_key), (Ok(left), Ok(right)) if left == right) {
                 comparison.differing_fields.push(field.target.clone());
             }
             continue;
@@ -820,7 +849,12 @@ pub fn compare(mapping: &EntityMapping, row: &RecordRow, resolve: &mut Resolve<'
             }
         }
     }
-    if !comparison.differing_fields.is_empty() {
+    if !comparison.doubtful_references.is_empty() {
+        // Like a record whose own state cannot be trusted: nothing is vouched for.
+        comparison.status = Some(Status::Unverified);
+        comparison.differing_fields.clear();
+        comparison.unmapped_fields.clear();
+    } else if !comparison.differing_fields.is_empty() {
         comparison.status = Some(Status::Mismatch);
     }
     comparison

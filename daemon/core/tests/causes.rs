@@ -972,5 +972,55 @@ fn causes_have_stable_wire_names() {
         assert_eq!(Cause::parse(cause.as_str()), Some(cause));
         assert_eq!(serde_json::to_value(cause).unwrap(), json!(cause.as_str()));
     }
-    assert_eq!(Cause::ALL.len(), 21);
+    assert_eq!(Cause::ALL.len(), 22);
+}
+
+#[test]
+fn a_reference_to_an_unverified_record_is_not_vouched_for_until_it_is_read_again() {
+    let mapping = reference_mapping();
+    let mut state = MemoryState::default();
+    // Company A-1 (source 001A / target 9A); contact L1 points at it on both sides: in sync.
+    let mut events = vec![
+        company_at(System::Source, "c1", "001A", "A-1", "create", 0),
+        company_at(System::Target, "c2", "9A", "A-1", "create", 0),
+    ];
+    events.extend(contact_pointing_at_company());
+    state.apply_batch_at(&mapping, &events, Some(at(20)));
+    assert_eq!(cause(&state, "L1"), (Some(Status::InSync), None));
+
+    // The target announces lost changes to 9A (a change of its key may be among them): the
+    // contact's reference cannot be vouched for.
+    state.apply_batch_at(
+        &mapping,
+        &[(
+            System::Target,
+            event(
+                json!({"event_id": "g1", "entity": "company", "id": "9A", "op": "gap",
+                "occurred_at": at(21).to_rfc3339()}),
+            ),
+        )],
+        Some(at(40)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Unverified), Some(Cause::UnverifiedReference))
+    );
+
+    // The re-read shows 9A under another key, X-9: the contact's reference is broken now.
+    state.apply_batch_at(
+        &mapping,
+        &[company_at(
+            System::Target,
+            "r1",
+            "9A",
+            "X-9",
+            "snapshot",
+            22,
+        )],
+        Some(at(40)),
+    );
+    assert_eq!(
+        cause(&state, "L1"),
+        (Some(Status::Mismatch), Some(Cause::BrokenReference))
+    );
 }

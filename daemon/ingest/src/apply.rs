@@ -742,12 +742,20 @@ fn changed_rows(
                     (*known_system, known_entity.as_str(), id.as_str())
                         .cmp(&(system, entity, native_id))
                 });
-                match read_ahead {
+                let join_key = match read_ahead {
                     Ok(index) => found[index].clone(),
                     Err(_) => tandem_core::StateView::join_key(store, system, entity, native_id)
                         .ok()
                         .flatten(),
-                }
+                }?;
+                // Unreadable: doubtful, never a false in_sync.
+                let unverified =
+                    tandem_core::StateView::is_unverified(store, system, entity, native_id)
+                        .unwrap_or(true);
+                Some(tandem_core::record::Resolved {
+                    join_key,
+                    unverified,
+                })
             };
             let after = tandem_core::apply::evaluate(rules, &row, clock, grace, &mut resolve);
             if tandem_core::apply::evaluation_changes(&after, &row) {

@@ -271,6 +271,20 @@ impl StateView for OverlayView<'_> {
             .snapshot_member(system, entity, snapshot_id, native_id)
     }
 
+    fn is_unverified(&self, system: System, entity: &str, native_id: &str) -> ViewResult<bool> {
+        // A record a batch in flight wrote is as that batch left it.
+        if let Some(join_key) = self.join_key(system, entity, native_id)? {
+            if let Some((_, row)) = self.in_flight.records.get(&(entity.to_owned(), join_key)) {
+                return Ok(row.as_deref().is_some_and(|row| {
+                    row.side(system)
+                        .iter()
+                        .any(|side| side.native_id == native_id && side.unverified.is_some())
+                }));
+            }
+        }
+        self.store.is_unverified(system, entity, native_id)
+    }
+
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {
         match self
             .in_flight

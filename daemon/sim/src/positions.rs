@@ -20,7 +20,8 @@ use crate::{SimMessage, SimSystem};
 pub(crate) struct Positions {
     timelines: HashMap<(SimSystem, usize, String), Vec<(u64, SideState)>>,
     offsets: BTreeMap<(SimSystem, i32), Vec<Option<u64>>>,
-    /// Target native ids per (entity, legacy id).
+    /// Target native ids per (entity, legacy id), for every legacy id a target record ever
+    /// had (a reused id moves it under another one).
     targets_of: HashMap<(usize, String), Vec<String>>,
     partitions: i32,
 }
@@ -41,12 +42,22 @@ impl Positions {
                 .push((event.seq, event.state.clone()));
         }
         let mut targets_of: HashMap<(usize, String), Vec<String>> = HashMap::new();
-        for ((entity, native_id), state) in &states.target {
+        let every_state = emitted
+            .iter()
+            .filter(|event| event.system == SimSystem::Target)
+            .map(|event| ((event.entity, &event.native_id), &event.state))
+            .chain(
+                states
+                    .target
+                    .iter()
+                    .map(|((entity, native_id), state)| ((*entity, native_id), state)),
+            );
+        for ((entity, native_id), state) in every_state {
             if let Some(Value::String(legacy)) = state.fields.get(LEGACY_ID_FIELD) {
-                targets_of
-                    .entry((*entity, legacy.clone()))
-                    .or_default()
-                    .push(native_id.clone());
+                let ids = targets_of.entry((entity, legacy.clone())).or_default();
+                if !ids.contains(native_id) {
+                    ids.push(native_id.clone());
+                }
             }
         }
         Positions {
@@ -104,12 +115,17 @@ impl Positions {
                 .filter(|state| !state.deleted)
         };
         let sources: Vec<&SideState> = at(SimSystem::Source, join_key).into_iter().collect();
+        // The target records under this key at these positions (one may have moved under
+        // another key since, or only later).
         let targets: Vec<&SideState> = self
             .targets_of
             .get(&(entity, join_key.to_owned()))
             .into_iter()
             .flatten()
             .filter_map(|native_id| at(SimSystem::Target, native_id))
+            .filter(|state| {
+                state.fields.get(LEGACY_ID_FIELD).and_then(Value::as_str) == Some(join_key)
+            })
             .collect();
         // A company as tandem's join index has it at these positions: known once any of its
         // events is applied, deleted or not.

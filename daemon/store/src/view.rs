@@ -67,6 +67,11 @@ impl StateView for Store {
         Ok(found)
     }
 
+    fn is_unverified(&self, system: System, entity: &str, native_id: &str) -> ViewResult<bool> {
+        // A native record waits for a re-read exactly while it is unverified.
+        Ok(self.reread(system, entity, native_id)?.is_some())
+    }
+
     fn snapshot_member(
         &self,
         system: System,

@@ -390,7 +390,7 @@ impl<V: StateView> Planner<'_, V> {
                 native_id,
                 reason,
                 since: at,
-            });
+            })?;
         }
         Ok(())
     }
@@ -560,7 +560,7 @@ impl<V: StateView> Planner<'_, V> {
                     system,
                     entity: entity.name.clone(),
                     native_id: native_id.clone(),
-                });
+                })?;
             }
             marked_missing += 1;
         }

@@ -24,7 +24,7 @@ use crate::ownership::{
 };
 use crate::record::{
     compare, reference_id, referenced_records, with_grace, Cause, RecordRow, RecordStatus,
-    Reference, Rekey, Status, Unverified, UnverifiedReason,
+    Reference, Rekey, Resolved, Status, Unverified, UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -62,6 +62,8 @@ pub trait StateView {
         entity: &str,
         native_id: &str,
     ) -> ViewResult<Vec<(String, String)>>;
+    /// Whether a native record is unverified (waits for a re-read), as of the last batch.
+    fn is_unverified(&self, system: System, entity: &str, native_id: &str) -> ViewResult<bool>;
     /// Whether a snapshot run already contained a native record.
     fn snapshot_member(
         &self,
@@ -533,7 +535,7 @@ impl<'a, V: StateView> Planner<'a, V> {
                             native_id: event.id.clone(),
                             reason: UnverifiedReason::OutOfOrder,
                             since: event.occurred_at,
-                        });
+                        })?;
                     }
                 }
             }
@@ -564,12 +566,12 @@ impl<'a, V: StateView> Planner<'a, V> {
                 native_id: event.id.clone(),
                 reason: unverified.reason,
                 since: unverified.since,
-            }),
+            })?,
             (None, true) => self.request_reread(RereadChange::Resolved {
                 system,
                 entity: entity.name.clone(),
                 native_id: event.id.clone(),
-            }),
+            })?,
             _ => {}
         }
         let join_key = entity
@@ -674,14 +676,40 @@ impl<'a, V: StateView> Planner<'a, V> {
         Ok(())
     }
 
-    /// Queues a re-read change and keeps the count of records waiting for one.
-    fn request_reread(&mut self, change: RereadChange) {
+    /// Queues a re-read change and keeps the count of records waiting for one. The records
+    /// whose `ref` fields point at the native record are evaluated again with this batch: a
+    /// reference to an unverified record cannot be vouched for, and one whose doubt is
+    /// resolved can be again.
+    fn request_reread(&mut self, change: RereadChange) -> ViewResult<()> {
         let outstanding = &mut self.state.feed.rereads_outstanding;
-        match change {
-            RereadChange::Request { .. } => *outstanding += 1,
-            RereadChange::Resolved { .. } => *outstanding = outstanding.saturating_sub(1),
-        }
+        let (system, entity, native_id) = match &change {
+            RereadChange::Request {
+                system,
+                entity,
+                native_id,
+                ..
+            } => {
+                *outstanding += 1;
+                (*system, entity.clone(), native_id.clone())
+            }
+            RereadChange::Resolved {
+                system,
+                entity,
+                native_id,
+            } => {
+                *outstanding = outstanding.saturating_sub(1);
+                (*system, entity.clone(), native_id.clone())
+            }
+        };
         self.rereads.push(change);
+        if self.mapping.is_referenced(&entity) {
+            for (from_entity, from_key) in self.view.referencing(system, &entity, &native_id)? {
+                if self.mapping.entity(&from_entity).is_some() {
+                    self.working_record(&from_entity, &from_key)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn current_join_key(
@@ -722,12 +750,29 @@ impl<'a, V: StateView> Planner<'a, V> {
         let mut records = Vec::with_capacity(self.records.len());
         let mut touched: Vec<_> = self.records.into_iter().collect();
         touched.sort_by(|left, right| left.0.cmp(&right.0));
+        // Whether the referenceable native records this batch touched are unverified after
+        // it (the others as stored).
+        let mut doubts: HashMap<(System, String, String), bool> = HashMap::new();
+        for ((entity_name, _), working) in &touched {
+            if !self.mapping.is_referenced(entity_name) {
+                continue;
+            }
+            for system in [System::Source, System::Target] {
+                for side in working.row.side(system) {
+                    doubts.insert(
+                        (system, entity_name.clone(), side.native_id.clone()),
+                        side.unverified.is_some(),
+                    );
+                }
+            }
+        }
         for ((entity_name, join_key), mut working) in touched {
             let entity = self
                 .mapping
                 .entity(&entity_name)
                 .expect("invariant: only mapped entities have working records");
             let join_keys = &self.join_keys;
+            let doubts = &doubts;
             let view = self.view;
             let references = &mut self.references;
             let indexed = &working.indexed_references;
@@ -744,12 +789,24 @@ impl<'a, V: StateView> Planner<'a, V> {
                         from_key: join_key.clone(),
                     });
                 }
-                match join_keys.get(&(system, referenced.to_owned(), native_id.to_owned())) {
+                let native = (system, referenced.to_owned(), native_id.to_owned());
+                let join_key = match join_keys.get(&native) {
                     Some(known) => known.clone(),
                     // A store that cannot be read leaves the reference unresolved: a
                     // divergence reported, never a false in_sync.
                     None => view.join_key(system, referenced, native_id).ok().flatten(),
-                }
+                }?;
+                let unverified = match doubts.get(&native) {
+                    Some(unverified) => *unverified,
+                    // Unreadable: doubtful, never a false in_sync.
+                    None => view
+                        .is_unverified(system, referenced, native_id)
+                        .unwrap_or(true),
+                };
+                Some(Resolved {
+                    join_key,
+                    unverified,
+                })
             };
             let after = evaluate(entity, &working.row, clock, self.grace, &mut resolve);
             if after.status == Some(Status::InSync) {

@@ -92,6 +92,21 @@ impl StateView for MemoryState {
             .collect())
     }
 
+    fn is_unverified(&self, system: System, entity: &str, native_id: &str) -> ViewResult<bool> {
+        let Some(join_key) = self.join_key(system, entity, native_id)? else {
+            return Ok(false);
+        };
+        Ok(self
+            .record(entity, &join_key)?
+            .and_then(|row| {
+                row.side(system)
+                    .iter()
+                    .find(|side| side.native_id == native_id)
+                    .map(|side| side.unverified.is_some())
+            })
+            .unwrap_or(false))
+    }
+
     fn snapshot_member(
         &self,
         system: System,
