@@ -343,3 +343,22 @@ fn a_gated_step_is_refused_when_events_arrived_after_its_gates_were_measured() {
         .unwrap();
     assert_eq!(record.to, tandem_core::cutover::Phase::Verified);
 }
+
+#[test]
+fn a_join_key_says_whether_it_stands_in_for_a_record_without_one() {
+    use tandem_core::apply::JoinKey;
+    let stand_in = unjoined_key(System::Target, "T:9");
+    assert_eq!(stand_in, "unjoined:target:T:9");
+    assert_eq!(
+        JoinKey::parse(&stand_in),
+        JoinKey::Unjoined {
+            system: System::Target,
+            native_id: "T:9"
+        }
+    );
+    assert_eq!(JoinKey::parse(&stand_in).to_string(), stand_in);
+    for key in ["L1", "unjoined", "unjoined:elsewhere:T9"] {
+        assert_eq!(JoinKey::parse(key), JoinKey::Joined(key));
+        assert!(!JoinKey::parse(key).is_unjoined());
+    }
+}

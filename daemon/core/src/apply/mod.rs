@@ -24,7 +24,7 @@ use crate::ownership::{
 };
 use crate::record::{
     compare, reference_id, referenced_records, with_grace, Cause, RecordRow, RecordStatus,
-    Reference, Rekey, Resolved, Status, Unverified, UnverifiedReason,
+    Reference, Rekey, Resolved, SideRecord, Status, Unverified, UnverifiedReason,
 };
 use crate::side;
 use crate::summary::ApplyState;
@@ -193,7 +193,55 @@ pub struct Plan {
 /// The join key given to a native record that carries none: it cannot match anything on the
 /// other side, and is reported as missing there until a key arrives.
 pub fn unjoined_key(system: System, native_id: &str) -> String {
-    format!("unjoined:{system}:{native_id}")
+    JoinKey::Unjoined { system, native_id }.to_string()
+}
+
+/// A record's join key as the planner reasons about it: the key both systems share, or the
+/// stand-in for a native record whose events have not told its key yet. Stored and shown as
+/// text: the stand-in as `unjoined:<system>:<native id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKey<'k> {
+    /// A key from the record's fields (or external id).
+    Joined(&'k str),
+    /// A native record known only by its id so far.
+    Unjoined {
+        /// Its system.
+        system: System,
+        /// Its native id.
+        native_id: &'k str,
+    },
+}
+
+impl<'k> JoinKey<'k> {
+    const UNJOINED: &'static str = "unjoined:";
+
+    /// The join key a stored text stands for.
+    pub fn parse(stored: &'k str) -> JoinKey<'k> {
+        let unjoined = stored.strip_prefix(Self::UNJOINED).and_then(|rest| {
+            let (system, native_id) = rest.split_once(':')?;
+            let system = System::ALL
+                .into_iter()
+                .find(|candidate| candidate.as_str() == system)?;
+            Some(JoinKey::Unjoined { system, native_id })
+        });
+        unjoined.unwrap_or(JoinKey::Joined(stored))
+    }
+
+    /// Whether it is the stand-in of a record without a key.
+    pub fn is_unjoined(self) -> bool {
+        matches!(self, JoinKey::Unjoined { .. })
+    }
+}
+
+impl std::fmt::Display for JoinKey<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinKey::Joined(key) => formatter.write_str(key),
+            JoinKey::Unjoined { system, native_id } => {
+                write!(formatter, "{}{system}:{native_id}", Self::UNJOINED)
+            }
+        }
+    }
 }
 
 struct WorkingRecord {
@@ -433,6 +481,9 @@ impl<'a, V: StateView> Planner<'a, V> {
         self.references.extend(references);
     }
 
+    /// Applies one event: counts it for its stream, drops what is not for a mapped entity or
+    /// was seen before, handles the events that change no native record, then the change
+    /// itself.
     fn apply_event(
         &mut self,
         system: System,
@@ -455,17 +506,42 @@ impl<'a, V: StateView> Planner<'a, V> {
                 .or_default() += 1;
             return Ok(Outcome::UnmappedEntity);
         };
-        let event_key = (system, event.event_id.clone());
-        if self.seen_events.contains(&event_key) || self.view.event_seen(system, &event.event_id)? {
+        if !self.first_sight_of(system, event)? {
             self.state.counters.system_mut(system).duplicates_dropped += 1;
             return Ok(Outcome::Duplicate);
         }
-        self.seen_events.insert(event_key);
         self.state.counters.system_mut(system).events_applied += 1;
         self.state.clock = self.state.clock.max(event.occurred_at);
+        match self.apply_control(system, entity, event)? {
+            ControlStep::Done(outcome) => Ok(outcome),
+            ControlStep::Change { verdict } => {
+                self.apply_change(system, entity, event, partition, verdict)
+            }
+        }
+    }
+
+    /// Whether an event id is new (it is remembered from now on).
+    fn first_sight_of(&mut self, system: System, event: &ChangeEvent) -> ViewResult<bool> {
+        let event_key = (system, event.event_id.clone());
+        if self.seen_events.contains(&event_key) || self.view.event_seen(system, &event.event_id)? {
+            return Ok(false);
+        }
+        self.seen_events.insert(event_key);
+        Ok(true)
+    }
+
+    /// The events that change no native record (a snapshot run's end, a transaction's end, a
+    /// gap that names no record) and the bookkeeping every write gets (the ownership verdict,
+    /// the transaction count).
+    fn apply_control(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+    ) -> ViewResult<ControlStep> {
         if event.op == Op::SnapshotEnd {
             self.end_snapshot(system, entity, event)?;
-            return Ok(Outcome::Applied);
+            return Ok(ControlStep::Done(Outcome::Applied));
         }
         let verdict = if ownership::is_write(event.op) {
             self.judge_write(system, entity, event)?
@@ -474,16 +550,28 @@ impl<'a, V: StateView> Planner<'a, V> {
         };
         if event.op == Op::TransactionEnd {
             self.end_transaction(system, entity, event);
-            return Ok(Outcome::Applied);
+            return Ok(ControlStep::Done(Outcome::Applied));
         }
         if let Some(transaction) = &event.transaction_id {
             self.count_in_transaction(system, entity, transaction, event.occurred_at);
         }
         if event.op == Op::Gap && event.id.is_empty() {
             self.entity_gap(system, entity, event)?;
-            return Ok(Outcome::Applied);
+            return Ok(ControlStep::Done(Outcome::Applied));
         }
+        Ok(ControlStep::Change { verdict })
+    }
 
+    /// A change to one native record: a stale one is counted (and may need a re-read);
+    /// otherwise the record's new state replaces the old one under its join key.
+    fn apply_change(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        partition: Option<(&str, i32)>,
+        verdict: Option<ViolationKind>,
+    ) -> ViewResult<Outcome> {
         let stored_key = self.current_join_key(system, &entity.name, &event.id)?;
         let current = match &stored_key {
             Some(join_key) => self
@@ -503,41 +591,11 @@ impl<'a, V: StateView> Planner<'a, V> {
             .filter(|stored| side::is_stale(stored, event))
         {
             self.state.counters.system_mut(system).stale_versions += 1;
-            // An older full image or delete is superseded, and so is an older partial update
-            // when a newer full image holds every field. Otherwise an older partial update
-            // without a version may carry a field the newer partial change did not touch:
-            // dropping it could keep a stale value and applying it could overwrite a newer
-            // one, so the record is read again instead.
-            if event.partial
-                && event.version.is_none()
-                && stored.unverified.is_none()
-                && !stored.deleted
-                && stored
-                    .full_image_at
-                    .is_none_or(|image| image < event.occurred_at)
+            if let Some(join_key) = stored_key
+                .as_ref()
+                .filter(|_| needs_reread_when_stale(stored, event))
             {
-                if let Some(join_key) = &stored_key {
-                    let record = self.working_record(&entity.name, join_key)?;
-                    if let Some(side) = record
-                        .row
-                        .side_mut(system)
-                        .iter_mut()
-                        .find(|side| side.native_id == event.id)
-                    {
-                        side.unverified = Some(Unverified {
-                            reason: UnverifiedReason::OutOfOrder,
-                            since: event.occurred_at,
-                        });
-                        track_since(entity, record, event.occurred_at);
-                        self.request_reread(RereadChange::Request {
-                            system,
-                            entity: entity.name.clone(),
-                            native_id: event.id.clone(),
-                            reason: UnverifiedReason::OutOfOrder,
-                            since: event.occurred_at,
-                        })?;
-                    }
-                }
+                self.mark_out_of_order(system, entity, event, join_key)?;
             }
             self.learn_join_key(system, entity, event, stored_key.as_ref())?;
             return Ok(Outcome::Stale);
@@ -551,10 +609,69 @@ impl<'a, V: StateView> Planner<'a, V> {
                 native_id: event.id.clone(),
             });
         }
+        let was_deleted = current.as_ref().is_some_and(|side| side.deleted);
+        let side = self.changed_side(system, entity, event, current, verdict)?;
+        let join_key = entity
+            .join
+            .for_system(system)
+            .key_in(event)
+            .or_else(|| stored_key.clone())
+            .unwrap_or_else(|| unjoined_key(system, &event.id));
+        let placement = Placement {
+            stored_key,
+            join_key,
+            was_deleted,
+        };
+        self.place_side(system, entity, event, side, placement)?;
+        Ok(Outcome::Applied)
+    }
+
+    /// An older partial update without a version may carry a field the newer partial change
+    /// did not touch: dropping it could keep a stale value and applying it could overwrite a
+    /// newer one, so the record is marked unverified and read again.
+    fn mark_out_of_order(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        join_key: &str,
+    ) -> ViewResult<()> {
+        let record = self.working_record(&entity.name, join_key)?;
+        let Some(side) = record
+            .row
+            .side_mut(system)
+            .iter_mut()
+            .find(|side| side.native_id == event.id)
+        else {
+            return Ok(());
+        };
+        side.unverified = Some(Unverified {
+            reason: UnverifiedReason::OutOfOrder,
+            since: event.occurred_at,
+        });
+        track_since(entity, record, event.occurred_at);
+        self.request_reread(RereadChange::Request {
+            system,
+            entity: entity.name.clone(),
+            native_id: event.id.clone(),
+            reason: UnverifiedReason::OutOfOrder,
+            since: event.occurred_at,
+        })
+    }
+
+    /// The native record after the change, with its ownership verdict; a doubt that starts or
+    /// ends with it asks for a re-read or withdraws one.
+    fn changed_side(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        current: Option<SideRecord>,
+        verdict: Option<ViolationKind>,
+    ) -> ViewResult<SideRecord> {
         let was_unverified = current
             .as_ref()
             .is_some_and(|side| side.unverified.is_some());
-        let was_deleted = current.as_ref().is_some_and(|side| side.deleted);
         let mut side = side::apply(current, event);
         if ownership::is_write(event.op) {
             side.non_owner_write = verdict == Some(ViolationKind::NonOwnerWrite);
@@ -574,18 +691,28 @@ impl<'a, V: StateView> Planner<'a, V> {
             })?,
             _ => {}
         }
-        let join_key = entity
-            .join
-            .for_system(system)
-            .key_in(event)
-            .or_else(|| stored_key.clone())
-            .unwrap_or_else(|| unjoined_key(system, &event.id));
+        Ok(side)
+    }
 
+    /// Puts the changed native record under `join_key`. Join keys are immutable: a native
+    /// record that comes under another key was either created again for another record (its
+    /// id reused) or re-keyed. Either way it leaves its old record, and its new record says
+    /// so until it is deleted.
+    fn place_side(
+        &mut self,
+        system: System,
+        entity: &EntityMapping,
+        event: &ChangeEvent,
+        mut side: SideRecord,
+        placement: Placement,
+    ) -> ViewResult<()> {
+        let Placement {
+            stored_key,
+            join_key,
+            was_deleted,
+        } = placement;
         if let Some(old_key) = stored_key.as_ref().filter(|old| **old != join_key) {
-            // Join keys are immutable: a native record that comes under another key was
-            // either created again for another record (its id reused) or re-keyed. Either
-            // way it leaves its old record and its new record says so until it is deleted.
-            if !old_key.starts_with("unjoined:") {
+            if !JoinKey::parse(old_key).is_unjoined() {
                 side.rekeyed = Some(Rekey {
                     from: old_key.clone(),
                     recreated: event.op == Op::Create || was_deleted,
@@ -615,7 +742,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             None => sides.push(side),
         }
         track_since(entity, record, event.occurred_at);
-        Ok(Outcome::Applied)
+        Ok(())
     }
 
     /// Notes that a native record belongs to `join_key` now.
@@ -653,7 +780,7 @@ impl<'a, V: StateView> Planner<'a, V> {
         event: &ChangeEvent,
         stored_key: Option<&String>,
     ) -> ViewResult<()> {
-        let Some(old_key) = stored_key.filter(|key| key.starts_with("unjoined:")) else {
+        let Some(old_key) = stored_key.filter(|key| JoinKey::parse(key).is_unjoined()) else {
             return Ok(());
         };
         let Some(join_key) = entity.join.for_system(system).key_in(event) else {
@@ -1057,6 +1184,36 @@ impl<V: StateView> Planner<'_, V> {
             .sole_live(from.other())
             .map(|only| Value::String(only.native_id.clone())))
     }
+}
+
+/// What [`Planner::apply_control`] left to do.
+enum ControlStep {
+    /// The event is applied.
+    Done(Outcome),
+    /// The event changes a native record; a write's ownership verdict.
+    Change { verdict: Option<ViolationKind> },
+}
+
+/// Where a changed native record goes: the key it was stored under, the key it belongs to
+/// now, and whether it was deleted before the change.
+struct Placement {
+    stored_key: Option<String>,
+    join_key: String,
+    was_deleted: bool,
+}
+
+/// Whether a stale event needs the record read again: an older partial update without a
+/// version, on a live and trusted record that no newer full image wholly supersedes, may carry
+/// a field the newer partial change did not touch. An older full image or delete is
+/// superseded, and so is an older partial update when a newer full image holds every field.
+fn needs_reread_when_stale(stored: &SideRecord, event: &ChangeEvent) -> bool {
+    event.partial
+        && event.version.is_none()
+        && stored.unverified.is_none()
+        && !stored.deleted
+        && stored
+            .full_image_at
+            .is_none_or(|image| image < event.occurred_at)
 }
 
 /// A record's evaluation at `clock`: status (grace applied), since when it differs, the
