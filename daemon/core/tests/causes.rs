@@ -221,44 +221,35 @@ fn an_older_value_the_sync_layer_copied_late_is_a_wrong_value_and_a_dropped_copy
     // layer copies Curie at minute 6 and then, late, Byron at minute 8.
     let state = synced_then(
         &[
-            write(
+            update(
                 System::Source,
                 "s2",
-                "L1",
-                "update",
                 3,
                 json!({"LastName": "Byron"}),
                 "user",
             ),
-            write(
+            update(
                 System::Source,
                 "s3",
-                "L1",
-                "update",
                 5,
                 json!({"LastName": "Curie"}),
                 "user",
             ),
-            write(
+            update(
                 System::Target,
                 "t2",
-                "T1",
-                "update",
                 6,
                 json!({"lastname": "Curie"}),
                 "sync",
             ),
-            write(
+            update(
                 System::Target,
                 "t3",
-                "T1",
-                "update",
                 8,
                 json!({"lastname": "Byron"}),
                 "sync",
             ),
-        ]
-        .map(partial),
+        ],
         Some(20),
     );
     assert_eq!(
@@ -281,35 +272,16 @@ fn an_older_value_the_sync_layer_copied_late_is_a_wrong_value_and_a_dropped_copy
     // its last name was set at minute 1, before the source's.
     let state = synced_then(
         &[
-            write(
+            update(
                 System::Source,
                 "s2",
-                "L1",
-                "update",
                 3,
                 json!({"LastName": "Byron"}),
                 "user",
             ),
-            write(
-                System::Source,
-                "s3",
-                "L1",
-                "update",
-                5,
-                json!({"Email": "b@x.io"}),
-                "user",
-            ),
-            write(
-                System::Target,
-                "t2",
-                "T1",
-                "update",
-                6,
-                json!({"email": "b@x.io"}),
-                "sync",
-            ),
-        ]
-        .map(partial),
+            update(System::Source, "s3", 5, json!({"Email": "b@x.io"}), "user"),
+            update(System::Target, "t2", 6, json!({"email": "b@x.io"}), "sync"),
+        ],
         Some(20),
     );
     assert_eq!(
@@ -333,35 +305,28 @@ fn a_field_a_target_user_set_stays_overwritten_after_later_sync_copies_of_other_
     state.apply_batch_at(
         &mapping,
         &[
-            write(
+            update(
                 System::Target,
                 "t2",
-                "T1",
-                "update",
                 4,
                 json!({"email": "typo@x.io"}),
                 "user",
             ),
-            write(
+            update(
                 System::Source,
                 "s2",
-                "L1",
-                "update",
                 6,
                 json!({"LastName": "Byron"}),
                 "user",
             ),
-            write(
+            update(
                 System::Target,
                 "t3",
-                "T1",
-                "update",
                 7,
                 json!({"lastname": "Byron"}),
                 "sync",
             ),
-        ]
-        .map(partial),
+        ],
         Some(at(20)),
     );
     assert_eq!(
@@ -430,15 +395,13 @@ fn a_source_value_a_snapshot_revealed_is_no_proof_of_a_missed_change() {
     // minute 9 reveals Curie: it changed after minute 5, after the target's copy of minute 1.
     let state = synced_then(
         &[
-            partial(write(
+            update(
                 System::Source,
                 "s2",
-                "L1",
-                "update",
                 5,
                 json!({"LastName": "Byron"}),
                 "user",
-            )),
+            ),
             (
                 System::Source,
                 event(
@@ -456,8 +419,19 @@ fn a_source_value_a_snapshot_revealed_is_no_proof_of_a_missed_change() {
     );
 }
 
-/// The same event, as a partial update.
-fn partial((system, mut event): (System, ChangeEvent)) -> (System, ChangeEvent) {
+/// A partial update of L1 (source) or T1 (target) at `minute`.
+fn update(
+    system: System,
+    event_id: &str,
+    minute: i64,
+    fields: Value,
+    actor: &str,
+) -> (System, ChangeEvent) {
+    let id = match system {
+        System::Source => "L1",
+        System::Target => "T1",
+    };
+    let (system, mut event) = write(system, event_id, id, "update", minute, fields, actor);
     event.partial = true;
     (system, event)
 }

@@ -2,38 +2,44 @@
 
 use std::collections::BTreeMap;
 
-use tandem_api::report::{DivergenceList, Report};
+use tandem_api::report::{DivergenceEntry, DivergenceList, Report};
 use tandem_sim::GroundTruth;
 
 use crate::Daemon;
 
-/// Every divergent and pending record the API lists, by (entity, join key).
-pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Vec<String>)> {
-    let mut listed = BTreeMap::new();
-    // A small page size makes the test walk many pages and cursors.
+/// Visits every divergent and pending record the API lists, walking its pages of
+/// `page_size`.
+fn each_listed(daemon: &Daemon, page_size: usize, mut visit: impl FnMut(DivergenceEntry)) {
     for filter in ["", "&status=pending"] {
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("/v1/divergences?limit=37{filter}");
+            let mut path = format!("/v1/divergences?limit={page_size}{filter}");
             if let Some(cursor) = &cursor {
                 path.push_str(&format!("&cursor={cursor}"));
             }
             let page: DivergenceList = daemon.get(&path);
-            for item in page.items {
-                let mut fields = item.fields;
-                fields.sort();
-                let previous = listed.insert(
-                    (item.entity, item.join_key),
-                    (item.status.to_string(), fields),
-                );
-                assert!(previous.is_none(), "a record was listed twice while paging");
-            }
+            page.items.into_iter().for_each(&mut visit);
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
     }
+}
+
+/// Every divergent and pending record the API lists, by (entity, join key).
+pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Vec<String>)> {
+    let mut listed = BTreeMap::new();
+    // A small page size makes the test walk many pages and cursors.
+    each_listed(daemon, 37, |item| {
+        let mut fields = item.fields;
+        fields.sort();
+        let previous = listed.insert(
+            (item.entity, item.join_key),
+            (item.status.to_string(), fields),
+        );
+        assert!(previous.is_none(), "a record was listed twice while paging");
+    });
     listed
 }
 
@@ -41,24 +47,10 @@ pub fn listed_records(daemon: &Daemon) -> BTreeMap<(String, String), (String, Ve
 /// (`none` for a record listed without one).
 pub fn listed_causes(daemon: &Daemon) -> BTreeMap<(String, String), String> {
     let mut listed = BTreeMap::new();
-    for filter in ["", "&status=pending"] {
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/v1/divergences?limit=500{filter}");
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={cursor}"));
-            }
-            let page: DivergenceList = daemon.get(&path);
-            for item in page.items {
-                let cause = item.cause.map_or("none", |cause| cause.as_str());
-                listed.insert((item.entity, item.join_key), cause.to_owned());
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-    }
+    each_listed(daemon, 500, |item| {
+        let cause = item.cause.map_or("none", |cause| cause.as_str());
+        listed.insert((item.entity, item.join_key), cause.to_owned());
+    });
     listed
 }
 
