@@ -425,6 +425,43 @@ fn suspected_patterns(
     found
 }
 
+/// The suspected mapping errors of the data as it is now, as `<target field>=<pattern>` per
+/// entity (computed, or cached while the data has not changed).
+pub(crate) fn suspected_now(
+    context: &ApiContext,
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>, ApiError> {
+    let report =
+        report_of(context, &context.status.snapshot(), snapshot).map_err(ApiError::internal)?;
+    let suspected =
+        suspected_mapping_errors(context, snapshot, &report).map_err(ApiError::internal)?;
+    Ok(suspected_patterns(&suspected)
+        .into_iter()
+        .map(|(entity, patterns)| (entity.to_owned(), patterns))
+        .collect())
+}
+
+/// A record's cause as the listings show it: a wrong value that follows a suspected mapping
+/// error of its field is that `mapping_error` (with the pattern, as `<field>=<pattern>`).
+pub(crate) fn listed_cause<'r>(
+    suspected: &BTreeMap<String, std::collections::BTreeSet<String>>,
+    entity: &str,
+    row: &'r tandem_core::RecordRow,
+) -> (Option<Cause>, Option<&'r str>) {
+    let pattern = suspected.get(entity).and_then(|patterns| {
+        row.status
+            .wrong_value_patterns
+            .iter()
+            .find(|pattern| patterns.contains(*pattern))
+    });
+    match (row.status.cause, pattern) {
+        (Some(cause), Some(pattern)) if cause.may_be_mapping_error() => {
+            (Some(Cause::MappingError), Some(pattern.as_str()))
+        }
+        (cause, _) => (cause, None),
+    }
+}
+
 /// Counts as `mapping_error` the records whose wrong values follow a suspected mapping error
 /// of their field (schemas/causes.md), moving them from `sync_wrote_wrong_value` or
 /// `unknown`.
@@ -691,11 +728,7 @@ async fn get_divergences(
         let mut page = snapshot
             .divergences(&filter, cursor.as_deref(), limit)
             .map_err(ApiError::internal)?;
-        let report = report_of(&context, &context.status.snapshot(), &snapshot)
-            .map_err(ApiError::internal)?;
-        let suspected =
-            suspected_mapping_errors(&context, &snapshot, &report).map_err(ApiError::internal)?;
-        let suspected = suspected_patterns(&suspected);
+        let suspected = suspected_now(&context, &snapshot)?;
         for item in &mut page.items {
             let (Some(rules), Some(row)) = (
                 context.mapping.entity(&item.entity),
@@ -705,18 +738,10 @@ async fn get_divergences(
             ) else {
                 continue;
             };
-            let pattern = suspected.get(item.entity.as_str()).and_then(|patterns| {
-                row.status
-                    .wrong_value_patterns
-                    .iter()
-                    .find(|pattern| patterns.contains(*pattern))
-            });
-            if item.cause.is_some_and(Cause::may_be_mapping_error) && pattern.is_some() {
-                item.cause = Some(Cause::MappingError);
-            }
-            item.cause_detail = item
-                .cause
-                .and_then(|cause| CauseDetail::of(rules, &row, cause, pattern.map(String::as_str)));
+            let (cause, pattern) = listed_cause(&suspected, &item.entity, &row);
+            item.cause = cause;
+            item.cause_detail =
+                cause.and_then(|cause| CauseDetail::of(rules, &row, cause, pattern));
             let source = row.live_fields(System::Source);
             let target = row.live_fields(System::Target);
             for rule in rules

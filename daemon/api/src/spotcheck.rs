@@ -115,6 +115,7 @@ pub(crate) async fn get_spotcheck(
 
 fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spotcheck, ApiError> {
     let snapshot = context.store.read();
+    let suspected = crate::suspected_now(context, &snapshot)?;
     // Bottom-k by a per-request random hash of the join key: a uniform sample of what is
     // scanned, kept to 4n candidates.
     let hasher = std::collections::hash_map::RandomState::new();
@@ -212,7 +213,7 @@ fn sample(context: &ApiContext, mapping: &EntityMapping, n: usize) -> Result<Spo
             SpotcheckRecord {
                 join_key: join_key.clone(),
                 status: row.status.status.unwrap_or(Status::InSync),
-                cause: row.status.cause,
+                cause: crate::listed_cause(&suspected, &mapping.name, row).0,
                 source_ids: ids(&row.source),
                 target_ids: ids(&row.target),
                 fields: mapping

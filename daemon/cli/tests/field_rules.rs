@@ -253,6 +253,13 @@ fn field_rules_patterns_exports_and_reevaluation() {
             "{}",
             record.join_key
         );
+        // The same cause as the listings: the column shift is a suspected mapping error.
+        assert_eq!(
+            record.cause.map(|cause| cause.as_str()),
+            (record.status != tandem_core::Status::InSync).then_some("mapping_error"),
+            "{}",
+            record.join_key
+        );
     }
 
     // The repair team's export of the company mismatches: both values and the cause.
