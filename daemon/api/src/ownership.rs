@@ -71,8 +71,9 @@ pub struct WriterView {
 /// `GET /v1/writers`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WritersView {
-    /// Counts start at the beginning of this UTC day.
-    pub since: Timestamp,
+    /// Counts start at the beginning of this UTC day; `None` when no `since` was asked for:
+    /// every write counted since the store began.
+    pub since: Option<Timestamp>,
     /// Per system, writers into the fenced system first, then by writes.
     pub systems: BTreeMap<System, Vec<WriterView>>,
 }
@@ -281,11 +282,10 @@ pub(crate) async fn get_writers(
 ) -> Result<Json<WritersView>, ApiError> {
     let Query(query) =
         query.map_err(|rejection| bad_request(rejection.body_text(), "parameters: since"))?;
-    let since = match present(query.since) {
-        Some(text) => parse_since(&text)?,
-        None => Timestamp::MIN,
-    };
-    let since_day = ownership::day_of(since);
+    let since = present(query.since)
+        .map(|text| parse_since(&text))
+        .transpose()?;
+    let since_day = ownership::day_of(since.unwrap_or(Timestamp::MIN));
     blocking(move || {
         let snapshot = context.store.read();
         let state = snapshot.apply_state().map_err(ApiError::internal)?;
@@ -340,7 +340,8 @@ pub(crate) async fn get_writers(
             })
             .collect();
         Ok(Json(WritersView {
-            since: Timestamp::from_unix_nanos(since_day.saturating_mul(86_400_000_000_000)),
+            since: since
+                .map(|_| Timestamp::from_unix_nanos(since_day.saturating_mul(86_400_000_000_000))),
             systems,
         }))
     })

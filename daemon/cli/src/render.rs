@@ -569,7 +569,10 @@ pub fn record_table(out: &mut impl Write, record: &RecordView) -> anyhow::Result
 
 /// `tandem writers`: per system, every writer, the ones writing into the fenced system first.
 pub fn writers_table(out: &mut impl Write, writers: &WritersView) -> anyhow::Result<()> {
-    writeln!(out, "writes since {}", time(Some(writers.since)))?;
+    match writers.since {
+        Some(since) => writeln!(out, "writes since {}", time(Some(since)))?,
+        None => writeln!(out, "every write since the store began")?,
+    }
     for (system, list) in &writers.systems {
         let mut table = table(&[
             "writer",

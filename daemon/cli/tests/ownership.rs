@@ -411,6 +411,29 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
             ("unknown:".to_owned(), 1, 0, true),
         ]
     );
+    // Without `since`, every write since the store began, and the answer says so (no date).
+    assert_eq!(writers.since, None);
+    let today: WritersView = daemon.get("/v1/writers?since=2026-11-20T13:45:00Z");
+    assert_eq!(
+        today.since.map(|since| since.to_rfc3339()),
+        Some("2026-11-20T00:00:00Z".to_owned())
+    );
+    let mut command = std::process::Command::new(common::tandem_binary());
+    command.args(["writers", "--url", &daemon.url]);
+    if let Some(token) = &daemon.token {
+        command.env("TANDEM_TOKEN", token);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("every write since the store began"),
+        "{stdout}"
+    );
     let source_writers = &writers.systems[&System::Source];
     assert_eq!(source_writers.len(), 1);
     assert_eq!(
