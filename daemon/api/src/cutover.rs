@@ -370,11 +370,16 @@ pub(crate) async fn post_step(
         |request: &StepRequest| &request.reason,
         "a step",
     )?;
-    let dry_run = request.dry_run
-        || query
-            .ok()
-            .and_then(|Query(query)| query.dry_run)
-            .unwrap_or(false);
+    // A `dry_run` that cannot be read is refused: taking the step for real on a typo would
+    // be the one wrong reading.
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter `dry_run`: {}", rejection.body_text()),
+            "use ?dry_run=true to preview the step, or leave dry_run out to take it",
+        )
+    })?;
+    let dry_run = request.dry_run || query.dry_run.unwrap_or(false);
     blocking(move || {
         let (readiness, ownership, measured_at_events) = readiness(&context)?;
         let state = &ownership.cutover;

@@ -200,6 +200,29 @@ fn a_full_cutover_rehearsal() {
         "{answer}"
     );
 
+    // A `dry_run` that is not `true` or `false` is refused, naming it; nothing is taken.
+    let before = phase(&daemon);
+    for value in ["abc", "1", "yes", ""] {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        let mut response = agent
+            .post(&format!("{}/v1/cutover/freeze?dry_run={value}", daemon.url))
+            .header("Authorization", &format!("Bearer {ADMIN}"))
+            .send_json(json!({"reason": "rehearsal: a typo", "by": "release-manager"}))
+            .expect("the daemon answers");
+        let status = response.status().as_u16();
+        let answer: Value = response.body_mut().read_json().unwrap();
+        assert_eq!(status, 400, "dry_run={value}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("dry_run"),
+            "{answer}"
+        );
+        assert_eq!(phase(&daemon), before, "dry_run={value} took the step");
+    }
+
     let (status, answer) = step(&daemon, "freeze", false);
     assert_eq!(
         (status, answer["to"].as_str()),
