@@ -41,10 +41,11 @@ pub(crate) struct DeltaQuery {
 const CSV_HEADER: &str = "entity,join_key,action,native_id,other_native_ids,changed_at,also_changed_in_other,unverified,lossy_fields,fields\n";
 
 fn csv_field(text: &str) -> String {
+    let text = tandem_core::cell::spreadsheet_safe(text);
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text.into_owned()
     }
 }
 
@@ -187,5 +188,18 @@ fn stream_rows(
     }
     if !chunk.is_empty() {
         let _ = sender.blocking_send(Ok(chunk));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_cells_show_crm_formulas_as_text_and_quote_separators() {
+        assert_eq!(csv_field("=1+2"), "'=1+2");
+        assert_eq!(csv_field("=a,b"), "\"'=a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("L-1"), "L-1");
     }
 }

@@ -337,14 +337,30 @@ fn feed_lines(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
 /// The report as CSV: one row per entity and status.
 pub fn report_csv(out: &mut impl Write, report: &Report) -> anyhow::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(["entity", "status", "records"])?;
+    safe_row(&mut writer, ["entity", "status", "records"])?;
     for (name, entity) in &report.entities {
         for (status, count) in &entity.by_status {
-            writer.write_record([name.as_str(), status.as_str(), &count.to_string()])?;
+            safe_row(
+                &mut writer,
+                [name.as_str(), status.as_str(), &count.to_string()],
+            )?;
         }
     }
     writer.flush()?;
     Ok(())
+}
+
+/// Writes one CSV row, every cell spreadsheet-safe: CRM values, ids and reasons are
+/// untrusted, and a steward opens the export in a spreadsheet.
+fn safe_row<W: Write, S: AsRef<str>>(
+    writer: &mut csv::Writer<W>,
+    cells: impl IntoIterator<Item = S>,
+) -> csv::Result<()> {
+    writer.write_record(
+        cells
+            .into_iter()
+            .map(|cell| tandem_core::cell::spreadsheet_safe(cell.as_ref()).into_owned()),
+    )
 }
 
 /// Divergent records as a table.
@@ -411,7 +427,7 @@ impl DivergenceCsv {
                 Some(_) => ["source_value", "target_value"],
                 None => ["source_values", "target_values"],
             });
-            writer.write_record(header)?;
+            safe_row(&mut writer, header)?;
         }
         let text = |value: &serde_json::Value| match value {
             serde_json::Value::String(text) => text.clone(),
@@ -443,23 +459,26 @@ impl DivergenceCsv {
                     }
                 }
             };
-            writer.write_record([
-                item.entity.as_str(),
-                item.join_key.as_str(),
-                item.status.as_str(),
-                item.cause.map_or("", |cause| cause.as_str()),
-                &item
-                    .cause_detail
-                    .as_ref()
-                    .map(|detail| serde_json::to_string(detail).unwrap_or_default())
-                    .unwrap_or_default(),
-                &item.fields.join(" "),
-                &time(item.since),
-                &item.source_ids.join(" "),
-                &item.target_ids.join(" "),
-                &source,
-                &target,
-            ])?;
+            safe_row(
+                &mut writer,
+                [
+                    item.entity.as_str(),
+                    item.join_key.as_str(),
+                    item.status.as_str(),
+                    item.cause.map_or("", |cause| cause.as_str()),
+                    &item
+                        .cause_detail
+                        .as_ref()
+                        .map(|detail| serde_json::to_string(detail).unwrap_or_default())
+                        .unwrap_or_default(),
+                    &item.fields.join(" "),
+                    &time(item.since),
+                    &item.source_ids.join(" "),
+                    &item.target_ids.join(" "),
+                    &source,
+                    &target,
+                ],
+            )?;
         }
         writer.flush()?;
         Ok(())
@@ -650,9 +669,9 @@ pub fn violations(out: &mut impl Write, items: &[Violation], format: Format) -> 
     match format {
         Format::Csv => {
             let mut writer = csv::Writer::from_writer(out);
-            writer.write_record(header)?;
+            safe_row(&mut writer, header)?;
             for row in rows {
-                writer.write_record(row)?;
+                safe_row(&mut writer, row)?;
             }
             writer.flush()?;
         }
@@ -879,4 +898,56 @@ pub fn history(
         writeln!(out, "{rows}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_divergence_export_shows_crm_formulas_as_text() {
+        let item = DivergenceEntry {
+            entity: "contact".to_owned(),
+            join_key: "=cmd|' /C calc'!A0".to_owned(),
+            status: tandem_core::Status::Mismatch,
+            fields: vec!["company".to_owned()],
+            since: None,
+            cause: None,
+            source_ids: vec!["@L1".to_owned()],
+            target_ids: vec!["-T1".to_owned()],
+            values: [(
+                "company".to_owned(),
+                tandem_store::FieldValues {
+                    source: serde_json::json!("+SUM(1,2)"),
+                    target: serde_json::json!(-5),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            cause_detail: None,
+        };
+        let mut out = Vec::new();
+        DivergenceCsv::new(Some("company".to_owned()))
+            .write(&mut out, &[item])
+            .unwrap();
+        let mut reader = csv::Reader::from_reader(out.as_slice());
+        let row = reader.records().next().unwrap().unwrap();
+        let cells: Vec<&str> = row.iter().collect();
+        assert_eq!(
+            cells,
+            [
+                "contact",
+                "'=cmd|' /C calc'!A0",
+                "mismatch",
+                "",
+                "",
+                "company",
+                "-",
+                "'@L1",
+                "'-T1",
+                "'+SUM(1,2)",
+                "-5"
+            ]
+        );
+    }
 }

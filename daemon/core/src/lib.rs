@@ -7,6 +7,7 @@
 //! crate's.
 
 pub mod apply;
+pub mod cell;
 pub mod compare;
 pub mod cutover;
 pub mod delta;
