@@ -332,10 +332,31 @@ fn notification(
     )?;
     let id = non_empty_string(payload, "id", root)?;
     Ok(vec![ChangeEvent {
-        event_id: format!("dbz:notification:{}", escape(&id, false)),
-        entity: collection_entity(settings, &collection),
+        snapshot_id: Some(snapshot_run_id(&connector, &collection)),
+        ..count_marker(
+            format!("dbz:notification:{}", escape(&id, false)),
+            collection_entity(settings, &collection),
+            Op::SnapshotEnd,
+            occurred_at,
+            rows,
+        )
+    }])
+}
+
+/// An event that names no record and closes a set of a collection's events with their count:
+/// a snapshot run's end or a transaction's end.
+fn count_marker(
+    event_id: String,
+    entity: String,
+    op: Op,
+    occurred_at: tandem_core::Timestamp,
+    records: u64,
+) -> ChangeEvent {
+    ChangeEvent {
+        event_id,
+        entity,
         id: String::new(),
-        op: Op::SnapshotEnd,
+        op,
         occurred_at,
         external_id: None,
         fields: None,
@@ -344,11 +365,11 @@ fn notification(
         seq: None,
         actor: None,
         merged_into: None,
-        snapshot_id: Some(snapshot_run_id(&connector, &collection)),
-        records: Some(rows),
+        snapshot_id: None,
+        records: Some(records),
         schema: None,
         transaction_id: None,
-    }])
+    }
 }
 
 /// A transaction `BEGIN` or `END` marker, from the connector's transaction topic. A BEGIN
@@ -405,22 +426,14 @@ fn transaction_marker(
     Ok(per_entity
         .into_iter()
         .map(|(entity, (count, names))| ChangeEvent {
-            event_id: format!("dbz:tx:{}:{}", escape(&id, false), names.join(",")),
-            entity,
-            id: String::new(),
-            op: Op::TransactionEnd,
-            occurred_at,
-            external_id: None,
-            fields: None,
-            partial: false,
-            version: None,
-            seq: None,
-            actor: None,
-            merged_into: None,
-            snapshot_id: None,
-            records: Some(count),
-            schema: None,
             transaction_id: Some(id.clone()),
+            ..count_marker(
+                format!("dbz:tx:{}:{}", escape(&id, false), names.join(",")),
+                entity,
+                Op::TransactionEnd,
+                occurred_at,
+                count,
+            )
         })
         .collect())
 }

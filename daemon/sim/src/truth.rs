@@ -291,28 +291,35 @@ impl GroundTruth {
                 }
                 if status != "in_sync" {
                     differing.sort();
+                    // Each differing field's own cause, when both sides are live.
+                    let field_causes: Vec<(&SimField, &'static str)> =
+                        match (live_sources.first(), live_targets.first()) {
+                            (Some(source), Some(target)) => entity
+                                .fields
+                                .iter()
+                                .filter(|field| differing.iter().any(|name| name == field.target))
+                                .map(|field| (field, field_cause(field, source, target)))
+                                .collect(),
+                            _ => Vec::new(),
+                        };
                     let cause = match cause_of(status, &sources, &targets) {
                         "mismatch" if unmapped => "unmapped_value",
                         "mismatch" if broken_reference => "broken_reference",
-                        "mismatch" => {
-                            mismatch_cause(entity, live_sources[0], live_targets[0], &differing)
-                        }
+                        "mismatch" => mismatch_cause(&field_causes),
                         cause => cause,
                     };
                     if cause == "sync_wrote_wrong_value" {
                         let mut followed = Vec::new();
-                        for field in entity.fields {
-                            if differing.iter().any(|name| name == field.target)
-                                && field_cause(field, live_sources[0], live_targets[0])
-                                    == "sync_wrote_wrong_value"
-                            {
-                                for pattern in patterns_of(
-                                    field,
-                                    &live_sources[0].fields,
-                                    live_targets[0].fields.get(field.target),
-                                ) {
-                                    followed.push((field.target, pattern));
-                                }
+                        for (field, _) in field_causes
+                            .iter()
+                            .filter(|(_, cause)| *cause == "sync_wrote_wrong_value")
+                        {
+                            for pattern in patterns_of(
+                                field,
+                                &live_sources[0].fields,
+                                live_targets[0].fields.get(field.target),
+                            ) {
+                                followed.push((field.target, pattern));
                             }
                         }
                         wrong_values.push((key.clone(), followed));
@@ -422,25 +429,14 @@ fn sync_or_repair(actor: &str) -> bool {
 /// A mismatch no field rule explains, by what the differing fields' histories say
 /// ([`field_cause`]), the most telling first: a field overwritten in the target, a change the
 /// target missed, a wrong value written by the sync layer, else unknown.
-fn mismatch_cause(
-    entity: &crate::catalog::SimEntity,
-    source: &SideState,
-    target: &SideState,
-    differing: &[String],
-) -> &'static str {
-    let causes: Vec<&'static str> = entity
-        .fields
-        .iter()
-        .filter(|field| differing.iter().any(|name| name == field.target))
-        .map(|field| field_cause(field, source, target))
-        .collect();
+fn mismatch_cause(field_causes: &[(&SimField, &'static str)]) -> &'static str {
     [
         "overwritten_in_target",
         "missed_change",
         "sync_wrote_wrong_value",
     ]
     .into_iter()
-    .find(|cause| causes.contains(cause))
+    .find(|cause| field_causes.iter().any(|(_, found)| found == cause))
     .unwrap_or("unknown")
 }
 
