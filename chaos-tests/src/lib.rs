@@ -16,11 +16,11 @@ pub use scenarios::{matrix, Disruption, Scenario, Size};
 /// The results table, as Markdown.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut table = String::from(
-        "| scenario | events | faults injected | detected | healed | false in_sync (samples) | right cause | time to converge |\n|---|---:|---:|---:|---|---:|---:|---:|\n",
+        "| scenario | events | faults injected | detected | healed | false in_sync (samples) | right cause | exact since | time to converge |\n|---|---:|---:|---:|---|---:|---:|---:|---:|\n",
     );
     for outcome in outcomes {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} ({}) | {} | {:.1} s |\n",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {:.1} s |\n",
             outcome.name,
             outcome.messages,
             outcome.faults_injected,
@@ -29,6 +29,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             outcome.false_in_sync,
             outcome.samples,
             outcome.right_cause_text(),
+            outcome.right_since_text(),
             outcome.converge_seconds
         ));
     }

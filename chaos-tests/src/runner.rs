@@ -11,7 +11,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tandem_api::report::{RecordView, Report};
 use tandem_sim::{generate, SimSystem, ENTITIES};
-use tandem_testkit::truth::{cause_agreement, count_differences, status_differences};
+use tandem_testkit::truth::{
+    cause_agreement, count_differences, since_agreement, status_differences,
+};
 use tandem_testkit::{free_port, Broker, Daemon, Kafka, Topics};
 
 use crate::responder::{produce_answers, Responder};
@@ -43,6 +45,11 @@ pub struct Outcome {
     pub right_causes: (u64, u64),
     /// After healing: the most frequent cause disagreements (`listed -> truth`, count).
     pub cause_confusions: Vec<(String, u64)>,
+    /// After healing: the records listed as differing (unverified aside) whose `since` is
+    /// the simulator's, and how many there are.
+    pub right_since: (u64, u64),
+    /// After healing: up to five records whose `since` is not the simulator's.
+    pub since_disagreements: Vec<String>,
     /// Everything that went wrong.
     pub problems: Vec<String>,
 }
@@ -58,13 +65,22 @@ impl Outcome {
 
     /// The share for the results table, with the counts.
     pub fn right_cause_text(&self) -> String {
-        format!(
-            "{:.1}% ({} of {})",
-            self.right_cause_share() * 100.0,
-            self.right_causes.0,
-            self.right_causes.1
-        )
+        share_text(self.right_causes)
     }
+
+    /// The share of differing records listed with the simulator's `since`, with the counts.
+    pub fn right_since_text(&self) -> String {
+        share_text(self.right_since)
+    }
+}
+
+fn share_text((right, total): (u64, u64)) -> String {
+    let share = if total == 0 {
+        1.0
+    } else {
+        right as f64 / total as f64
+    };
+    format!("{:.1}% ({right} of {total})", share * 100.0)
 }
 
 const SAMPLE_SIZE: usize = 15;
@@ -457,6 +473,9 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                 let (right, total, confusions) = cause_agreement(&daemon, &truth);
                 outcome.right_causes = (right, total);
                 outcome.cause_confusions = confusions;
+                let (right, total, disagreements) = since_agreement(&daemon, &data);
+                outcome.right_since = (right, total);
+                outcome.since_disagreements = disagreements;
                 break;
             }
         }

@@ -41,6 +41,15 @@ pub struct Scenario {
     pub disruption: Disruption,
 }
 
+impl Scenario {
+    /// Whether every event the systems emitted reaches tandem (late, twice or out of order
+    /// maybe): only then can it know from when each record has differed.
+    pub fn delivers_every_event(&self) -> bool {
+        self.sim.transport.drop_rate == 0.0
+            && !matches!(self.disruption, Disruption::RetentionWhileStopped)
+    }
+}
+
 /// A clean run of the right size: no sync faults beyond the defaults' mild ones, no poison.
 fn base(size: Size, seed: u64) -> SimConfig {
     let records = match size {
@@ -85,6 +94,12 @@ pub fn matrix(size: Size) -> Vec<Scenario> {
             name: "reorder",
             description: "events shuffled within windows of 100",
             sim: with(103, &|sim| sim.transport.reorder_window = 100),
+            disruption: Disruption::None,
+        },
+        Scenario {
+            name: "lag",
+            description: "the target's topic lags: all of its events arrive after the source's",
+            sim: with(113, &|sim| sim.transport.lagging = Some(SimSystem::Target)),
             disruption: Disruption::None,
         },
         Scenario {

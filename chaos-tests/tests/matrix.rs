@@ -23,6 +23,21 @@ fn check(name: &str) {
         outcome.right_cause_text(),
         outcome.cause_confusions
     );
+    eprintln!(
+        "{name}: exact since {}; disagreements {:?}",
+        outcome.right_since_text(),
+        outcome.since_disagreements
+    );
+    if scenario.delivers_every_event() {
+        // Every event arrives, late or out of order maybe: the since-times are exact.
+        assert_eq!(
+            outcome.right_since.0,
+            outcome.right_since.1,
+            "{name}: since {}; disagreements: {:?}",
+            outcome.right_since_text(),
+            outcome.since_disagreements
+        );
+    }
     assert!(
         outcome.right_cause_share() >= 0.95,
         "{name}: right cause {} < 95%; disagreements (listed -> truth): {:?}",
@@ -44,6 +59,11 @@ fn duplicate() {
 #[test]
 fn reorder() {
     check("reorder");
+}
+
+#[test]
+fn lag() {
+    check("lag");
 }
 
 #[test]

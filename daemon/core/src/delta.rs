@@ -166,21 +166,10 @@ mod tests {
 
     fn side(id: &str, minute: i64, fields: Value, deleted: bool) -> SideRecord {
         SideRecord {
-            native_id: id.to_owned(),
             fields: serde_json::from_value(fields).unwrap(),
             deleted,
-            version: None,
             last_change_at: Timestamp::from_unix_millis(minute * 60_000),
-            last_event_id: String::new(),
-            merged_into: None,
-            unverified: None,
-            non_owner_write: false,
-            full_image_at: None,
-            revealed_change_at: None,
-            last_actor: None,
-            rekeyed: None,
-            field_changes: Default::default(),
-            created_by: None,
+            ..SideRecord::new(id.to_owned())
         }
     }
 
@@ -215,6 +204,7 @@ mod tests {
                 source: Vec::new(),
                 target: vec![side("T1", 1, fields, false)],
                 status: RecordStatus::default(),
+                departed: Vec::new(),
             };
             let delta = delta_rows(&entity, "L1", &row, System::Target, since, translate);
             (delta[0].fields.clone(), delta[0].lossy_fields.clone())
@@ -259,6 +249,7 @@ mod tests {
                 side("T9", 5, serde_json::json!({"email": "z@x.io"}), false),
             ],
             status: RecordStatus::default(),
+            departed: Vec::new(),
         };
         let rows = delta_rows(
             &contact(),
@@ -292,6 +283,7 @@ mod tests {
             source: vec![side("L2", 1, serde_json::json!({}), false)],
             target: vec![side("T2", 15, serde_json::json!({}), true)],
             status: RecordStatus::default(),
+            departed: Vec::new(),
         };
         let rows = delta_rows(
             &contact(),
@@ -326,6 +318,7 @@ mod tests {
             source: vec![side("L3", 2, serde_json::json!({"Email": "c@x.io"}), false)],
             target: vec![revealed],
             status: RecordStatus::default(),
+            departed: Vec::new(),
         };
         let rows = delta_rows(
             &contact(),

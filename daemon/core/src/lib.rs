@@ -22,6 +22,7 @@ pub mod side;
 pub mod summary;
 pub mod system;
 pub mod time;
+pub mod timeline;
 
 pub use apply::{Input, Outcome, Plan, Planner, StateView};
 pub use event::{ChangeEvent, DeadLetterReason, DecodeError, Fields, Op};

@@ -145,6 +145,17 @@ pub struct SideRecord {
     /// system, when the event said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// When `deleted` took its current value (the record appeared, was deleted or came
+    /// back). `None` in stores written before it was kept: then only the present is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_at: Option<Timestamp>,
+    /// What the record held before its current values, oldest first, while it may still
+    /// decide from when the sides differ ([`crate::timeline`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<crate::timeline::Earlier>,
+    /// The time from which `earlier` is complete, once older values were let go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_from: Option<Timestamp>,
 }
 
 /// When one field's value last changed, the kind of writer that changed it (`None`: the
@@ -167,6 +178,31 @@ impl FieldChange {
 }
 
 impl SideRecord {
+    /// A native record tandem knows nothing about yet but its id: live, without fields, never
+    /// changed.
+    pub fn new(native_id: String) -> Self {
+        SideRecord {
+            native_id,
+            fields: Fields::new(),
+            deleted: false,
+            version: None,
+            last_change_at: Timestamp::MIN,
+            last_event_id: String::new(),
+            merged_into: None,
+            unverified: None,
+            non_owner_write: false,
+            full_image_at: None,
+            revealed_change_at: None,
+            last_actor: None,
+            rekeyed: None,
+            field_changes: BTreeMap::new(),
+            created_by: None,
+            presence_at: None,
+            earlier: Vec::new(),
+            history_from: None,
+        }
+    }
+
     /// When the value of native field `name` last changed and who changed it; for a record
     /// stored before field changes were kept, the record's own last change.
     pub fn field_change(&self, name: &str) -> FieldChange {
@@ -637,6 +673,11 @@ pub struct RecordRow {
     pub target: Vec<SideRecord>,
     /// The current evaluation.
     pub status: RecordStatus,
+    /// Native records that claimed the key until they came under another one, as they were
+    /// then (deleted from that time on): never compared, only the record's history
+    /// ([`crate::timeline`]) until nothing can need them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<(System, SideRecord)>,
 }
 
 impl RecordRow {

@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use crate::event::{ChangeEvent, Fields, Op};
 use crate::record::{FieldChange, SideRecord, Unverified, UnverifiedReason};
+
 use crate::time::Timestamp;
+use crate::timeline;
 
 /// Whether `event` is older than what `stored` already reflects.
 pub fn is_stale(stored: &SideRecord, event: &ChangeEvent) -> bool {
@@ -30,22 +32,13 @@ pub fn is_stale(stored: &SideRecord, event: &ChangeEvent) -> bool {
 pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
     let first_sight = current.is_none();
     let mut side = current.unwrap_or_else(|| SideRecord {
-        native_id: event.id.clone(),
-        fields: Fields::new(),
-        deleted: false,
-        version: None,
-        last_change_at: Timestamp::MIN,
-        last_event_id: String::new(),
-        merged_into: None,
-        unverified: None,
-        non_owner_write: false,
-        full_image_at: None,
-        revealed_change_at: None,
-        last_actor: None,
-        rekeyed: None,
-        field_changes: Default::default(),
-        created_by: None,
+        presence_at: Some(event.occurred_at),
+        ..SideRecord::new(event.id.clone())
     });
+    if !first_sight && side.presence_at.is_none() {
+        timeline::adopt(&mut side);
+    }
+    let was_deleted = side.deleted;
     let unverified = |reason| {
         Some(Unverified {
             reason,
@@ -104,6 +97,9 @@ pub fn apply(current: Option<SideRecord>, event: &ChangeEvent) -> SideRecord {
             )
         }
     }
+    if side.deleted != was_deleted {
+        timeline::note_presence(&mut side, was_deleted, event.occurred_at);
+    }
     side.version = side.version.max(event.version);
     // A snapshot image is a reading, not a change: its time is when it was read, and it
     // neither restarts the grace period nor counts as a change during a snapshot run.
@@ -156,10 +152,10 @@ fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
             .cloned()
             .collect();
         for name in removed {
-            note_change(side, event, &name, None);
+            note_change(side, event, &name, None, first_sight);
         }
         for (name, value) in image {
-            note_change(side, event, name, Some(value));
+            note_change(side, event, name, Some(value), first_sight);
         }
         side.fields = image.clone();
         side.unverified = None;
@@ -181,14 +177,21 @@ fn write_fields(side: &mut SideRecord, event: &ChangeEvent, first_sight: bool) {
         });
     }
     for (name, value) in event.fields.iter().flatten() {
-        note_change(side, event, name, Some(value));
+        note_change(side, event, name, Some(value), first_sight);
         side.fields.insert(name.clone(), value.clone());
     }
 }
 
 /// Records when field `name` changed, if `event` gives it a value (`None`: absent) other than
-/// the one held: the event's time and writer, or for a snapshot, the time it was read.
-fn note_change(side: &mut SideRecord, event: &ChangeEvent, name: &str, value: Option<&Value>) {
+/// the one held: the event's time and writer, or for a snapshot, the time it was read. The
+/// value held before goes into the record's history.
+fn note_change(
+    side: &mut SideRecord,
+    event: &ChangeEvent,
+    name: &str,
+    value: Option<&Value>,
+    first_sight: bool,
+) {
     let held = side.fields.get(name);
     let unchanged = match (held, value) {
         (Some(held), Some(value)) => held == value,
@@ -198,6 +201,9 @@ fn note_change(side: &mut SideRecord, event: &ChangeEvent, name: &str, value: Op
     if unchanged && side.field_changes.contains_key(name) {
         return;
     }
+    if !unchanged && !first_sight {
+        timeline::note_field(side, name, side.field_change(name).0);
+    }
     let change = if event.op == Op::Snapshot {
         // Changed after the value held before was set (or read), at some time tandem never
         // saw. When the broker deleted offsets tandem had not read, the change was in them:
@@ -206,10 +212,10 @@ fn note_change(side: &mut SideRecord, event: &ChangeEvent, name: &str, value: Op
         let held = side
             .field_changes
             .get(name)
-            .map_or(crate::time::Timestamp::MIN, |held| held.0);
+            .map_or(Timestamp::MIN, |held| held.0);
         let lost_after = match &side.unverified {
             Some(doubt) if doubt.reason == UnverifiedReason::OffsetsLost => side.last_change_at,
-            _ => crate::time::Timestamp::MIN,
+            _ => Timestamp::MIN,
         };
         FieldChange(event.occurred_at, None, Some(held.max(lost_after)))
     } else {

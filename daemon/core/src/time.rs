@@ -28,6 +28,9 @@ impl Timestamp {
     /// The earliest representable instant; used as "never" in comparisons.
     pub const MIN: Timestamp = Timestamp(i64::MIN);
 
+    /// The latest representable instant; used as "not yet" in comparisons.
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
     /// Builds a timestamp from nanoseconds since the Unix epoch.
     pub const fn from_unix_nanos(nanos: i64) -> Self {
         Timestamp(nanos)

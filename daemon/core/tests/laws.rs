@@ -98,12 +98,18 @@ type Observable = (
     Timestamp,
 );
 
+/// The earlier values a record keeps, and from when its history is complete, depend on when
+/// it was evaluated (once per batch): they are bookkeeping, and the `since` they decide is
+/// compared.
 fn observable(state: &MemoryState) -> Observable {
-    (
-        state.records.clone(),
-        state.apply.summaries.clone(),
-        state.apply.clock,
-    )
+    let mut records = state.records.clone();
+    for row in records.values_mut() {
+        for side in row.source.iter_mut().chain(&mut row.target) {
+            side.earlier.clear();
+            side.history_from = None;
+        }
+    }
+    (records, state.apply.summaries.clone(), state.apply.clock)
 }
 
 proptest! {

@@ -133,6 +133,8 @@ pub struct TransportFaults {
     pub delay_rate: f64,
     /// Events are shuffled within consecutive windows of this many (0: in order).
     pub reorder_window: usize,
+    /// This system's events all arrive after the other's (its topic lags by the whole run).
+    pub lagging: Option<SimSystem>,
 }
 
 impl SimConfig {
@@ -367,6 +369,13 @@ impl Scenario {
         next_offsets: &BTreeMap<(SimSystem, i32), i64>,
     ) -> Option<bool> {
         self.positions.differs_at(entity, join_key, next_offsets)
+    }
+
+    /// From when (event time, Unix nanoseconds) the systems have truly differed on a record
+    /// without a break, once the whole run happened (`None`: they agree). Lost events
+    /// count: they happened, so only a run that delivers every event lets tandem know it.
+    pub fn differing_since(&self, entity: &str, join_key: &str) -> Option<i64> {
+        self.positions.differing_since(entity, join_key)
     }
 
     /// What a connector answers to a re-read request: each record as its system holds it

@@ -103,38 +103,105 @@ impl Positions {
         join_key: &str,
         next_offsets: &BTreeMap<(SimSystem, i32), i64>,
     ) -> Option<bool> {
-        let entity = ENTITIES
-            .iter()
-            .position(|candidate| candidate.name == entity_name)?;
-        let at = |system: SimSystem, native_id: &str| {
+        let entity = entity_index(entity_name)?;
+        let at = |system: SimSystem, entity: usize, native_id: &str| {
             let offset = next_offsets
                 .get(&(system, partition_of(native_id, self.partitions)))
                 .copied()
                 .unwrap_or(0);
             self.state_at(system, entity, native_id, offset)
-                .filter(|state| !state.deleted)
         };
-        let sources: Vec<&SideState> = at(SimSystem::Source, join_key).into_iter().collect();
-        // The target records under this key at these positions (one may have moved under
-        // another key since, or only later).
+        Some(self.differs_with(entity, join_key, &at, &at))
+    }
+
+    /// From when (event time, nanoseconds) the two systems have differed on a record without
+    /// a break, once every event is applied (`None`: they agree, or an unknown entity).
+    /// References resolve as they do at the end. The state of each native record at a time
+    /// is the one its latest event up to then left, lost events included: they happened.
+    pub(crate) fn differing_since(&self, entity_name: &str, join_key: &str) -> Option<i64> {
+        let entity = entity_index(entity_name)?;
+        let timeline = |system: SimSystem, native_id: &str| {
+            self.timelines
+                .get(&(system, entity, native_id.to_owned()))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        let native_ids = std::iter::once((SimSystem::Source, join_key.to_owned())).chain(
+            self.targets_of
+                .get(&(entity, join_key.to_owned()))
+                .into_iter()
+                .flatten()
+                .map(|id| (SimSystem::Target, id.clone())),
+        );
+        let mut times: Vec<i64> = native_ids
+            .flat_map(|(system, id)| {
+                timeline(system, &id)
+                    .iter()
+                    .map(|(_, state)| state.last_change)
+            })
+            .collect();
+        times.sort_unstable_by(|left, right| right.cmp(left));
+        times.dedup();
+        let finally = |system: SimSystem, entity: usize, native_id: &str| {
+            self.state_at(system, entity, native_id, i64::MAX)
+        };
+        let differs_then = |time: i64| {
+            let then = |system: SimSystem, entity: usize, native_id: &str| {
+                let states = self
+                    .timelines
+                    .get(&(system, entity, native_id.to_owned()))?;
+                states
+                    .iter()
+                    .rev()
+                    .find(|(_, state)| state.last_change <= time)
+                    .map(|(_, state)| state)
+            };
+            self.differs_with(entity, join_key, &then, &finally)
+        };
+        let (&newest, older) = times.split_first()?;
+        if !differs_then(newest) {
+            return None;
+        }
+        let mut since = newest;
+        for &time in older {
+            if !differs_then(time) {
+                break;
+            }
+            since = time;
+        }
+        Some(since)
+    }
+
+    /// Whether the systems differ on a record when each native record is in the state
+    /// `state_of` gives (`None`: not there yet), with references resolved through the
+    /// states `resolve_in` gives.
+    fn differs_with<'s>(
+        &'s self,
+        entity: usize,
+        join_key: &str,
+        state_of: &dyn Fn(SimSystem, usize, &str) -> Option<&'s SideState>,
+        resolve_in: &dyn Fn(SimSystem, usize, &str) -> Option<&'s SideState>,
+    ) -> bool {
+        let live = |system: SimSystem, native_id: &str| {
+            state_of(system, entity, native_id).filter(|state| !state.deleted)
+        };
+        let sources: Vec<&SideState> = live(SimSystem::Source, join_key).into_iter().collect();
+        // The target records under this key then (one may have moved under another key
+        // since, or only later).
         let targets: Vec<&SideState> = self
             .targets_of
             .get(&(entity, join_key.to_owned()))
             .into_iter()
             .flatten()
-            .filter_map(|native_id| at(SimSystem::Target, native_id))
+            .filter_map(|native_id| live(SimSystem::Target, native_id))
             .filter(|state| {
                 state.fields.get(LEGACY_ID_FIELD).and_then(Value::as_str) == Some(join_key)
             })
             .collect();
-        // A company as tandem's join index has it at these positions: known once any of its
-        // events is applied, deleted or not.
+        // A company as tandem's join index has it: known once any of its events is
+        // applied, deleted or not.
         let resolve = |system: SimSystem, id: &str| {
-            let offset = next_offsets
-                .get(&(system, partition_of(id, self.partitions)))
-                .copied()
-                .unwrap_or(0);
-            let state = self.state_at(system, COMPANY, id, offset)?;
+            let state = resolve_in(system, COMPANY, id)?;
             match system {
                 SimSystem::Source => Some(id.to_owned()),
                 SimSystem::Target => state
@@ -144,7 +211,7 @@ impl Positions {
                     .map(str::to_owned),
             }
         };
-        Some(match (sources.as_slice(), targets.as_slice()) {
+        match (sources.as_slice(), targets.as_slice()) {
             ([source], [target]) => ENTITIES[entity].fields.iter().any(|field| {
                 !matches!(
                     field.judge(
@@ -157,8 +224,14 @@ impl Positions {
             }),
             ([], []) => false,
             _ => true,
-        })
+        }
     }
+}
+
+fn entity_index(entity_name: &str) -> Option<usize> {
+    ENTITIES
+        .iter()
+        .position(|candidate| candidate.name == entity_name)
 }
 
 /// Full images of records as a connector reads them from its system now.

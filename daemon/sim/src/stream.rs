@@ -145,6 +145,10 @@ fn transport(
         }
     }
     kept.extend(delayed);
+    if let Some(lagging) = faults.lagging {
+        // A stable sort keeps each system's own order.
+        kept.sort_by_key(|(index, _)| emitted[*index].system == lagging);
+    }
     if faults.reorder_window > 1 {
         for window in kept.chunks_mut(faults.reorder_window) {
             window.shuffle(rng);

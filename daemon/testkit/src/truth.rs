@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use tandem_api::report::{DivergenceEntry, DivergenceList, Report};
-use tandem_sim::GroundTruth;
+use tandem_core::Status;
+use tandem_sim::{GroundTruth, Scenario};
 
 use crate::Daemon;
 
@@ -95,6 +96,42 @@ pub fn cause_agreement(daemon: &Daemon, truth: &GroundTruth) -> (u64, u64, Vec<(
         .collect();
     confusions.sort_by_key(|confusion| std::cmp::Reverse(confusion.1));
     (right, expected.len() as u64, confusions)
+}
+
+/// How many of the records the daemon lists as differing (any status but `unverified`,
+/// whose time is when the doubt arose) carry the simulator's `since`, of how many, with up
+/// to five disagreements (`entity key: listed <time>, truth <time>`). The truth walks every
+/// event the systems emitted, so it is only for a run that delivers them all.
+pub fn since_agreement(daemon: &Daemon, scenario: &Scenario) -> (u64, u64, Vec<String>) {
+    let mut right = 0;
+    let mut total = 0;
+    let mut wrong = Vec::new();
+    each_listed(daemon, 500, |item| {
+        if item.status == Status::Unverified {
+            return;
+        }
+        total += 1;
+        let listed = item.since.map(|since| since.unix_nanos());
+        let truth = scenario.differing_since(&item.entity, &item.join_key);
+        if listed == truth {
+            right += 1;
+        } else if wrong.len() < 5 {
+            let show = |nanos: Option<i64>| {
+                nanos.map_or("none".to_owned(), |nanos| {
+                    tandem_core::Timestamp::from_unix_nanos(nanos).to_rfc3339()
+                })
+            };
+            wrong.push(format!(
+                "{} {} ({}): listed {}, truth {}",
+                item.entity,
+                item.join_key,
+                item.status,
+                show(listed),
+                show(truth)
+            ));
+        }
+    });
+    (right, total, wrong)
 }
 
 /// Asserts that the report and the divergence listing equal the ground truth, causes

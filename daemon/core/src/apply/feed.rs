@@ -364,9 +364,9 @@ impl<V: StateView> Planner<'_, V> {
         members.sort_unstable();
         members.dedup();
         for (system, entity_name, native_id) in members {
-            let Some(entity) = self.mapping.entity(&entity_name) else {
+            if self.mapping.entity(&entity_name).is_none() {
                 continue;
-            };
+            }
             let Some(join_key) = self.current_join_key(system, &entity_name, &native_id)? else {
                 continue;
             };
@@ -383,7 +383,7 @@ impl<V: StateView> Planner<'_, V> {
                 continue;
             }
             side.unverified = Some(Unverified { reason, since: at });
-            super::track_since(entity, record, at);
+            record.dirty = true;
             self.request_reread(RereadChange::Request {
                 system,
                 entity: entity_name,
@@ -552,9 +552,11 @@ impl<V: StateView> Planner<'_, V> {
             if side.deleted || side.last_change_at >= run.started_at {
                 continue;
             }
+            // Gone at some time before the run's end that nobody saw: at the latest then.
+            crate::timeline::note_presence(side, false, end.ended_at);
             side.deleted = true;
             let was_unverified = side.unverified.take().is_some();
-            super::track_since(entity, record, end.ended_at);
+            record.dirty = true;
             if was_unverified {
                 self.request_reread(RereadChange::Resolved {
                     system,

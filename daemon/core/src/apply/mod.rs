@@ -591,6 +591,20 @@ impl<'a, V: StateView> Planner<'a, V> {
             .filter(|stored| side::is_stale(stored, event))
         {
             self.state.counters.system_mut(system).stale_versions += 1;
+            if let Some(join_key) = &stored_key {
+                // What it held still tells from when the sides differ.
+                let record = self.working_record(&entity.name, join_key)?;
+                if let Some(side) = record
+                    .row
+                    .side_mut(system)
+                    .iter_mut()
+                    .find(|side| side.native_id == event.id)
+                {
+                    if crate::timeline::insert_stale(side, event) {
+                        record.dirty = true;
+                    }
+                }
+            }
             if let Some(join_key) = stored_key
                 .as_ref()
                 .filter(|_| needs_reread_when_stale(stored, event))
@@ -649,7 +663,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             reason: UnverifiedReason::OutOfOrder,
             since: event.occurred_at,
         });
-        track_since(entity, record, event.occurred_at);
+        record.dirty = true;
         self.request_reread(RereadChange::Request {
             system,
             entity: entity.name.clone(),
@@ -719,12 +733,28 @@ impl<'a, V: StateView> Planner<'a, V> {
                     at: event.occurred_at,
                 });
             }
+            let unjoined = JoinKey::parse(old_key).is_unjoined();
             let old_record = self.working_record(&entity.name, old_key)?;
-            old_record
-                .row
-                .side_mut(system)
-                .retain(|existing| existing.native_id != event.id);
-            track_since(entity, old_record, event.occurred_at);
+            let sides = old_record.row.side_mut(system);
+            if let Some(position) = sides
+                .iter()
+                .position(|existing| existing.native_id == event.id)
+            {
+                let mut departed = sides.remove(position);
+                if !unjoined {
+                    // Its old record keeps what it held there, gone from the move on.
+                    if !departed.deleted {
+                        crate::timeline::note_presence(&mut departed, false, event.occurred_at);
+                        departed.deleted = true;
+                    }
+                    old_record.row.departed.push((system, departed));
+                }
+            }
+            old_record.dirty = true;
+            if !unjoined {
+                // Under its new key it exists from the move on.
+                crate::timeline::start_over(&mut side, event.occurred_at);
+            }
         }
         if side.deleted {
             side.rekeyed = None;
@@ -741,7 +771,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             Some(existing) => *existing = side,
             None => sides.push(side),
         }
-        track_since(entity, record, event.occurred_at);
+        record.dirty = true;
         Ok(())
     }
 
@@ -792,14 +822,13 @@ impl<'a, V: StateView> Planner<'a, V> {
             return Ok(());
         };
         let side = sides.remove(position);
-        let changed_at = side.last_change_at;
-        track_since(entity, old_record, changed_at);
+        old_record.dirty = true;
         self.note_join_key(system, entity, &event.id, &join_key)?;
         let record = self.working_record(&entity.name, &join_key)?;
         let sides = record.row.side_mut(system);
         sides.retain(|existing| existing.native_id != event.id);
         sides.push(side);
-        track_since(entity, record, changed_at);
+        record.dirty = true;
         Ok(())
     }
 
@@ -936,6 +965,9 @@ impl<'a, V: StateView> Planner<'a, V> {
                 })
             };
             let after = evaluate(entity, &working.row, clock, self.grace, &mut resolve);
+            if working.dirty {
+                crate::timeline::let_go(entity, &mut working.row, &mut resolve);
+            }
             if after.status == Some(Status::InSync) {
                 // Both sides agree under the new key: the re-keying has been carried across.
                 for side in working.row.source.iter_mut().chain(&mut working.row.target) {
@@ -1229,7 +1261,11 @@ pub fn evaluate(
     let (status, due_at) = with_grace(comparison.status, row, clock, grace);
     let since = match status {
         None | Some(Status::InSync) => None,
-        Some(_) => Some(row.status.since.unwrap_or(clock)),
+        // A doubt dates from what revealed it.
+        Some(Status::Unverified) if earliest_doubt(row).is_some() => earliest_doubt(row),
+        Some(_) => crate::timeline::differing_since(entity, row, row.status.since, resolve)
+            .or(row.status.since)
+            .or(Some(clock)),
     };
     let cause = Cause::of(entity, row, &comparison, status);
     let wrong_value_patterns =
@@ -1248,6 +1284,15 @@ pub fn evaluate(
     }
 }
 
+/// When the earliest doubt about one of the record's native records arose.
+fn earliest_doubt(row: &RecordRow) -> Option<Timestamp> {
+    row.source
+        .iter()
+        .chain(&row.target)
+        .filter_map(|side| side.unverified.as_ref().map(|doubt| doubt.since))
+        .min()
+}
+
 /// Whether evaluating a stored row again would change it (its status, or a re-keying to
 /// clear): only those need a planner during a re-evaluation.
 pub fn evaluation_changes(after: &RecordStatus, row: &RecordRow) -> bool {
@@ -1258,19 +1303,4 @@ pub fn evaluation_changes(after: &RecordStatus, row: &RecordRow) -> bool {
                 .iter()
                 .chain(&row.target)
                 .any(|side| side.rekeyed.is_some()))
-}
-
-/// Marks the record changed and keeps `since` at the moment the sides started to differ.
-fn track_since(entity: &EntityMapping, record: &mut WorkingRecord, occurred_at: Timestamp) {
-    record.dirty = true;
-    let differs = !matches!(
-        // References are not resolved here: `since` may start early for a reference field.
-        compare(entity, &record.row, &mut |_, _, _| None).status,
-        None | Some(Status::InSync)
-    );
-    record.row.status.since = match (differs, record.row.status.since) {
-        (false, _) => None,
-        (true, Some(since)) => Some(since),
-        (true, None) => Some(occurred_at),
-    };
 }
