@@ -15,19 +15,24 @@
 //! the sides agreed is final: no future difference starts before it. What was held only
 //! before it is dropped, and `history_from` says from when the rest is complete. A native
 //! record keeps at most [`MAX_EARLIER`] earlier values; past that the oldest go, and a record
-//! that has differed since before them keeps the `since` found while they were there.
+//! whose sides never agreed for good since then is dated, at the latest, from the oldest
+//! value kept.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{ChangeEvent, Op};
 use crate::mapping::EntityMapping;
-use crate::record::{compare, RecordRow, RecordStatus, Resolve, SideRecord, Status};
+use std::collections::HashMap;
+
+use crate::record::{
+    compare, RecordRow, RecordStatus, Resolve, Resolved, SideRecord, Status,
+};
 use crate::system::System;
 use crate::time::Timestamp;
 
 /// The most earlier values one native record keeps.
-pub const MAX_EARLIER: usize = 64;
+pub const MAX_EARLIER: usize = 256;
 
 /// A value a native record held before its current one, and from when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -311,9 +316,42 @@ fn row_floor(row: &RecordRow) -> Option<Timestamp> {
     every_side(row).filter_map(history_floor).max()
 }
 
+/// Compares a record's sides as they were at given times, looking each reference up once.
+struct Judge<'j, 'r> {
+    entity: &'j EntityMapping,
+    resolve: &'j mut Resolve<'r>,
+    resolved: HashMap<(System, String, String), Option<Resolved>>,
+}
+
+impl<'j, 'r> Judge<'j, 'r> {
+    fn new(entity: &'j EntityMapping, resolve: &'j mut Resolve<'r>) -> Self {
+        Judge {
+            entity,
+            resolve,
+            resolved: HashMap::new(),
+        }
+    }
+
+    /// Whether the sides differed at `at` (a doubt or a duplicate counts).
+    fn differs_at(&mut self, row: &RecordRow, at: Timestamp) -> bool {
+        let resolve = &mut *self.resolve;
+        let resolved = &mut self.resolved;
+        let mut cached = |system: System, entity: &str, native_id: &str| {
+            resolved
+                .entry((system, entity.to_owned(), native_id.to_owned()))
+                .or_insert_with(|| resolve(system, entity, native_id))
+                .clone()
+        };
+        !matches!(
+            compare(self.entity, &row_as_of(row, at), &mut cached).status,
+            None | Some(Status::InSync)
+        )
+    }
+}
+
 /// From when the sides of a record that differs now have differed without a break (event
 /// time), judged with the current rules and references as they resolve now. `previous` is
-/// the `since` found before, kept when the difference started before the history kept.
+/// the `since` found before, kept for a record stored before histories were kept.
 pub fn differing_since(
     entity: &EntityMapping,
     row: &RecordRow,
@@ -330,25 +368,21 @@ pub fn differing_since(
     times.sort_unstable_by(|left, right| right.cmp(left));
     times.dedup();
     let (&newest, older) = times.split_first()?;
+    let mut judge = Judge::new(entity, resolve);
     let mut since = newest;
     for &at in older {
-        let differs = !matches!(
-            compare(entity, &row_as_of(row, at), resolve).status,
-            None | Some(Status::InSync)
-        );
-        if !differs {
+        if !judge.differs_at(row, at) {
             return Some(since);
         }
         since = at;
     }
-    match floor {
-        // Nothing existed before the oldest change: the difference started there.
-        None => Some(since),
-        Some(_) => Some(
-            previous
-                .filter(|previous| *previous <= since)
-                .unwrap_or(since),
-        ),
+    // Nothing existed before the oldest change, or the sides agreed just before the floor
+    // (where the history was let go): the difference started there. A record stored before
+    // histories were kept knows only its present: it keeps the `since` it had.
+    let adopted = every_side(row).any(|side| side.presence_at == Some(Timestamp::MIN));
+    match previous {
+        Some(previous) if adopted && previous <= since => Some(previous),
+        _ => Some(since),
     }
 }
 
@@ -357,7 +391,8 @@ pub fn differing_since(
 /// Changes still to come are newer than the older of the two sides' latest changes (each
 /// side's changes of a record arrive in order), so the states up to then are final. The
 /// latest of those at which the sides agreed is where any future difference starts at the
-/// earliest: what was held only before it is dropped.
+/// earliest: from the next change on (or from the settled time, if earlier), the history
+/// is all a `since` can need, and what was held only before is dropped.
 pub fn let_go(entity: &EntityMapping, row: &mut RecordRow, resolve: &mut Resolve<'_>) {
     let latest = |system: System| {
         row.side(system)
@@ -366,26 +401,33 @@ pub fn let_go(entity: &EntityMapping, row: &mut RecordRow, resolve: &mut Resolve
             .map(latest_change)
             .max()
     };
-    let settled = match (latest(System::Source), latest(System::Target)) {
-        (Some(source), Some(target)) => Some(source.min(target)),
-        // One side has never been seen: anything it sends may be older than all of it.
-        _ => None,
+    // One side has never been seen: anything it sends may be older than all of the other.
+    let settled = latest(System::Source)
+        .zip(latest(System::Target))
+        .map(|(source, target)| source.min(target));
+    let droppable = |settled: Timestamp| {
+        every_side(row).any(|side| {
+            (0..side.earlier.len()).any(|index| successor(side, index) <= settled)
+        }) || row
+            .departed
+            .iter()
+            .any(|(_, side)| side.presence_at.is_none_or(|left| left <= settled))
     };
-    let floor = row_floor(row).unwrap_or(Timestamp::MIN);
-    let cut = settled.and_then(|settled| {
+    let cut = settled.filter(|settled| droppable(*settled)).and_then(|settled| {
+        let floor = row_floor(row).unwrap_or(Timestamp::MIN);
         let mut times = vec![settled];
         for side in every_side(row) {
             change_times(side, floor, &mut times);
         }
-        times.retain(|at| *at <= settled);
         times.sort_unstable_by(|left, right| right.cmp(left));
         times.dedup();
-        times.into_iter().find(|at| {
-            matches!(
-                compare(entity, &row_as_of(row, *at), resolve).status,
-                None | Some(Status::InSync)
-            )
-        })
+        let mut judge = Judge::new(entity, resolve);
+        // The latest settled time at which the sides agreed, and the change after it.
+        let agreed = times
+            .iter()
+            .position(|at| *at <= settled && !judge.differs_at(row, *at))?;
+        let next_change = agreed.checked_sub(1).map_or(Timestamp::MAX, |next| times[next]);
+        Some(next_change.min(settled))
     });
     if let Some(cut) = cut {
         // A native record that left by the cut is part of no state from the cut on.
