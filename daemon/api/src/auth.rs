@@ -1,6 +1,7 @@
 //! Bearer tokens: reads need the read token when one is configured, changes always need the
 //! admin token. Tokens are compared in constant time and never logged; every refusal is
-//! logged with the caller's address and counted.
+//! counted, and logged with the caller's address at most every 10 s (with the number held
+//! back since).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
+use crate::quiet::Quieted;
 use crate::{ApiContext, ApiError};
 
 /// A token, shown as `***` in logs and debug output.
@@ -68,6 +70,9 @@ pub struct AccessTokens {
 #[derive(Clone)]
 pub(crate) struct AuthMetrics {
     failures: IntCounterVec,
+    /// A refusal is logged at most every 10 s: a client retrying with a wrong token must not
+    /// flood the log.
+    refusals: Arc<Quieted>,
 }
 
 impl AuthMetrics {
@@ -80,7 +85,10 @@ impl AuthMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(failures.clone()))?;
-        Ok(AuthMetrics { failures })
+        Ok(AuthMetrics {
+            failures,
+            refusals: Arc::new(Quieted::new(std::time::Duration::from_secs(10))),
+        })
     }
 }
 
@@ -168,7 +176,10 @@ pub(crate) async fn require_token(
                 .failures
                 .with_label_values(&[reason])
                 .inc();
-            warn!(%caller, method = %request.method(), %path, reason, "request refused: no valid bearer token");
+            let method = request.method().clone();
+            context.auth_metrics.refusals.warn(|suppressed| {
+                warn!(%caller, %method, %path, reason, suppressed, "request refused: no valid bearer token (suppressed: refusals not logged since the last one; all are counted in tandem_auth_failures_total)")
+            });
             let mut response = ApiError::new(status, "not authorized", hint).into_response();
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(

@@ -9,7 +9,9 @@ mod delta;
 pub mod history;
 mod metrics;
 pub mod ownership;
+mod quiet;
 pub mod report;
+pub mod serve;
 pub mod spotcheck;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ use tandem_core::{Mapping, Status, System, Timestamp};
 use tandem_ingest::{IngestMetrics, IngestSnapshot, IngestStatus};
 use tandem_store::{DivergenceFilter, FieldValues, Store};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::error;
 
 use crate::auth::{AccessTokens, AuthMetrics};
 use crate::cutover::CutoverRules;
@@ -43,6 +45,7 @@ use crate::metrics::ReportGauges;
 use crate::report::{
     build_report, DivergenceList, FieldDiff, RecordView, Report, SideView, StoredFacts,
 };
+use crate::serve::{ConnectionLimits, ConnectionMetrics};
 
 /// Divergences returned per page when no `limit` is given.
 pub(crate) const DEFAULT_LIMIT: usize = 100;
@@ -73,8 +76,11 @@ pub struct ApiContext {
     pub cutover_rules: CutoverRules,
     /// Where cutover steps go (the running ingestion).
     pub cutover: cutover::Handle,
+    /// How many connections the API takes, and how long it waits for a request.
+    pub connection_limits: ConnectionLimits,
     report_gauges: ReportGauges,
     auth_metrics: AuthMetrics,
+    connection_metrics: ConnectionMetrics,
     gate_memory: cutover::Memory,
     cutover_metrics: prometheus::IntGauge,
     commit_days_left: prometheus::IntGauge,
@@ -97,6 +103,7 @@ impl ApiContext {
     ) -> prometheus::Result<Self> {
         let report_gauges = ReportGauges::register(&registry)?;
         let auth_metrics = AuthMetrics::register(&registry)?;
+        let connection_metrics = ConnectionMetrics::register(&registry)?;
         let cutover_metrics = prometheus::IntGauge::new(
             "tandem_rollback_triggers_fired",
             "Rollback triggers firing now (evaluated after a flip, every 15 s)",
@@ -118,8 +125,10 @@ impl ApiContext {
             tokens: AccessTokens::default(),
             cutover_rules: CutoverRules::default(),
             cutover: None,
+            connection_limits: ConnectionLimits::default(),
             report_gauges,
             auth_metrics,
+            connection_metrics,
             gate_memory: std::sync::Mutex::default(),
             cutover_metrics,
             commit_days_left,
@@ -155,6 +164,12 @@ impl ApiContext {
         self.tokens = tokens;
         self
     }
+
+    /// Takes connections within these limits.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
+    }
 }
 
 /// The API's routes.
@@ -188,26 +203,32 @@ pub fn router(context: Arc<ApiContext>) -> Router {
                 "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
+        // Only requests that reach an endpoint need a token: a wrong path or method is told
+        // as such (404, 405) whoever asks.
+        .route_layer(axum::middleware::from_fn_with_state(
             context.clone(),
             auth::require_token,
         ))
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {}", uri.path()),
+                "see schemas/openapi.yaml for the methods of each endpoint: changes are POST, everything else GET",
+            )
+        })
         .with_state(context)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, within the context's connection
+/// limits.
 pub async fn serve(
     listener: TcpListener,
     context: Arc<ApiContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    info!(address = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(
-        listener,
-        router(context).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = context.connection_limits;
+    let metrics = context.connection_metrics.clone();
+    serve::serve_connections(listener, router(context), limits, metrics, shutdown).await
 }
 
 /// An error response: `{"error": ..., "hint": ...}`.

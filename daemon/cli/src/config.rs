@@ -240,6 +240,16 @@ pub struct ApiConfig {
     /// A file holding the read token.
     #[serde(default)]
     pub read_token_file: Option<PathBuf>,
+    /// A connection must send a complete request header within this time (the first request
+    /// and each next one on a kept-alive connection), or it is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once; past it a connection is answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; past it, likewise.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ApiConfig {
@@ -250,6 +260,20 @@ impl Default for ApiConfig {
             admin_token_file: None,
             read_token: None,
             read_token_file: None,
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The listener's limits.
+    pub fn connection_limits(&self) -> tandem_api::serve::ConnectionLimits {
+        tandem_api::serve::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
         }
     }
 }
@@ -283,6 +307,26 @@ impl ApiConfig {
             read: token("read_token", &self.read_token, &self.read_token_file)?,
         };
         Ok(tokens)
+    }
+
+    /// The token files every user of the machine can read: each a warning naming the key,
+    /// the file, its mode and the fix.
+    pub fn loose_token_files(&self) -> Vec<String> {
+        [
+            ("api.admin_token_file", &self.admin_token_file),
+            ("api.read_token_file", &self.read_token_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, file)| {
+            let path = file.as_ref()?;
+            let mode = loose_mode(path)?;
+            Some(format!(
+                "key `{key}`: every user of the machine can read {} (mode {mode:o}): run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ))
+        })
+        .collect()
     }
 
     /// The token the CLI sends: the admin token when configured, else the read token.
@@ -731,6 +775,24 @@ fn default_cache_mib() -> usize {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+/// The permission bits of `path` when every user of the machine has any (its group may: a
+/// Kubernetes secret is mounted readable by the pod's group): `None` otherwise, or for a
+/// file that cannot be read.
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o007 != 0).then_some(mode)
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_address() -> usize {
+    64
+}
 fn default_grace() -> Duration {
     Duration::from_secs(300)
 }
@@ -834,6 +896,20 @@ impl Config {
         Ok(config)
     }
 
+    /// What is allowed but unwise about the files the configuration names: secrets and the
+    /// store open to every user of the machine. Each warning names the key and the fix.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.api.loose_token_files();
+        if let Some(mode) = loose_mode(&self.store.path) {
+            warnings.push(format!(
+                "key `store.path`: every user of the machine can open {} (mode {mode:o}), and it holds CRM records: run `chmod 700 {}`",
+                self.store.path.display(),
+                self.store.path.display()
+            ));
+        }
+        warnings
+    }
+
     /// Cross-field rules that types cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.kafka.brokers.trim().is_empty() {
@@ -841,6 +917,20 @@ impl Config {
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err("key `kafka.group_id` is empty".to_owned());
+        }
+        if self.api.header_read_timeout.is_zero() {
+            return Err(
+                "key `api.header_read_timeout` must be more than zero, e.g. \"10s\"".to_owned(),
+            );
+        }
+        if self.api.max_connections == 0 || self.api.max_connections_per_address == 0 {
+            return Err("keys `api.max_connections` and `api.max_connections_per_address` must be at least 1".to_owned());
+        }
+        if self.api.max_connections_per_address > self.api.max_connections {
+            return Err(format!(
+                "key `api.max_connections_per_address` ({}) is more than `api.max_connections` ({}): lower it",
+                self.api.max_connections_per_address, self.api.max_connections
+            ));
         }
         if self.kafka.batch_max_messages == 0 {
             return Err("key `kafka.batch_max_messages` must be at least 1".to_owned());

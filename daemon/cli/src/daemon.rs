@@ -66,6 +66,9 @@ pub async fn run(
     let settings = config.ingest_settings(Some(store.id()));
     let settings_ownership = settings.ownership.clone();
     let tokens = config.api.tokens().map_err(StartError::Config)?;
+    for warning in config.warnings() {
+        warn!(%warning, "configuration allows more than it should");
+    }
     let cutover_rules = config
         .cutover
         .rules(&config.entities)
@@ -113,6 +116,7 @@ pub async fn run(
         .context("registering API metrics")?
         .with_ownership(settings_ownership)
         .with_tokens(tokens)
+        .with_connection_limits(config.api.connection_limits())
         .with_cutover(cutover_rules, Some(ingest.control())),
     );
     tokio::spawn(tandem_api::cutover::watch(

@@ -610,12 +610,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                         .kafka
                         .redact(&format!("key `kafka.properties`: {error}")),
                 })?;
+            let warnings = config.warnings();
             match format {
                 Format::Json => render::json(
                     &mut out,
-                    &serde_json::json!({"valid": true, "config": config}),
+                    &serde_json::json!({"valid": true, "config": config, "warnings": warnings}),
                 )?,
-                _ => describe_config(&mut out, &file, &config)?,
+                _ => {
+                    describe_config(&mut out, &file, &config)?;
+                    for warning in &warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -54,6 +54,16 @@ fn check_config(path: &Path, environment: &[(&str, &str)]) -> Output {
     command.output().expect("tandem runs")
 }
 
+/// The checked configuration of an accepted file.
+fn accepted(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Asserts a refusal with exit code 2 whose message names the file and every fragment.
 fn assert_refused(output: &Output, file: &Path, fragments: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -78,13 +88,7 @@ fn assert_refused(output: &Output, file: &Path, fragments: &[&str]) {
 fn a_good_file_is_accepted_as_written() {
     let directory = tempfile::tempdir().unwrap();
     let path = write(directory.path(), "tandem.toml", GOOD);
-    let output = check_config(&path, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let checked: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checked = accepted(&check_config(&path, &[]));
     assert_eq!(checked["valid"], true);
     assert_eq!(checked["config"]["kafka"]["brokers"], "127.0.0.1:9092");
     assert_eq!(
@@ -105,7 +109,7 @@ fn a_good_file_is_accepted_as_written() {
 fn environment_variables_override_the_file() {
     let directory = tempfile::tempdir().unwrap();
     let path = write(directory.path(), "tandem.toml", GOOD);
-    let output = check_config(
+    let checked = accepted(&check_config(
         &path,
         &[
             ("TANDEM_KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092"),
@@ -115,13 +119,7 @@ fn environment_variables_override_the_file() {
             ("TANDEM_URL", "http://127.0.0.1:1"),
             ("TANDEM_SERVICE_HOST", "10.0.0.1"),
         ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let checked: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    ));
     assert_eq!(
         checked["config"]["kafka"]["brokers"],
         "kafka-1:9092,kafka-2:9092"
@@ -205,13 +203,7 @@ fn the_cli_says_when_no_daemon_answers() {
 #[test]
 fn the_documented_example_configuration_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/tandem.example.toml");
-    let output = check_config(&example, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let checked: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checked = accepted(&check_config(&example, &[]));
     let entities: Vec<&str> = checked["config"]["entities"]
         .as_array()
         .unwrap()
@@ -219,6 +211,60 @@ fn the_documented_example_configuration_is_valid() {
         .map(|entity| entity["name"].as_str().unwrap())
         .collect();
     assert_eq!(entities, ["contact", "company", "deal"]);
+}
+
+/// The shipped Kubernetes configuration listens on every interface, so it must ask for
+/// tokens; with its Secret mounted (here: files with the same keys) it is valid.
+#[test]
+fn the_kubernetes_configuration_is_valid_and_asks_for_tokens() {
+    use std::os::unix::fs::PermissionsExt;
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/kubernetes/configmap.yaml"),
+    )
+    .unwrap();
+    // The block under `tandem.toml: |`, four spaces in.
+    let toml: String = manifest
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("tandem.toml: |"))
+        .skip(1)
+        .map(|line| {
+            format!(
+                "{}\n",
+                line.strip_prefix("    ").unwrap_or(line.trim_start())
+            )
+        })
+        .collect();
+    assert!(toml.contains("listen = \"0.0.0.0:8080\""), "{toml}");
+    let directory = tempfile::tempdir().unwrap();
+    let mut text = toml.replace(
+        "/var/lib/tandem/store",
+        &directory.path().join("store").display().to_string(),
+    );
+    for key in ["admin", "read"] {
+        let file = write(
+            directory.path(),
+            key,
+            &format!("{key}-token-0123456789abcdef\n"),
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        text = text.replace(
+            &format!("/etc/tandem-tokens/{key}"),
+            &file.display().to_string(),
+        );
+    }
+    assert!(
+        !text.contains("/etc/tandem-tokens"),
+        "every token file is replaced: {text}"
+    );
+    let path = write(directory.path(), "tandem.toml", &text);
+    let checked = accepted(&check_config(&path, &[]));
+    // Mounted readable by the pod's group only: nothing to warn about.
+    assert_eq!(checked["warnings"], serde_json::json!([]));
+    let api = &checked["config"]["api"];
+    assert!(
+        api["read_token_file"].is_string() && api["admin_token_file"].is_string(),
+        "{api}"
+    );
 }
 
 /// The vendor example of a format, decoded by `tandem decode`.
@@ -322,4 +368,60 @@ fn decode_prints_the_canonical_events_of_a_vendor_payload() {
     let output = decode(&["--format", "salesforce"], b"{}");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("salesforce-cdc"));
+}
+
+#[test]
+fn secrets_and_a_store_others_can_read_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().unwrap();
+    let token = write(
+        directory.path(),
+        "admin-token",
+        "admin-token-0123456789abcdef\n",
+    );
+    let store = directory.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let text = GOOD
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!(
+                "listen = \"127.0.0.1:8080\"\nadmin_token_file = \"{}\"",
+                token.display()
+            ),
+        )
+        .replace("./tandem-data", &store.display().to_string());
+    let path = write(directory.path(), "tandem.toml", &text);
+    let warnings = |output: &Output| -> Vec<String> {
+        serde_json::from_value(accepted(output)["warnings"].clone()).unwrap()
+    };
+    for (file, mode) in [(&token, 0o644), (&store, 0o755)] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let loose = warnings(&check_config(&path, &[]));
+    assert_eq!(loose.len(), 2, "{loose:?}");
+    assert!(
+        loose[0].contains("api.admin_token_file")
+            && loose[0].contains("mode 644")
+            && loose[0].contains(&format!("chmod 600 {}", token.display())),
+        "{loose:?}"
+    );
+    assert!(
+        loose[1].contains("store.path")
+            && loose[1].contains(&format!("chmod 700 {}", store.display())),
+        "{loose:?}"
+    );
+    // The secret itself is never in them.
+    assert!(!loose.concat().contains("admin-token-0123"), "{loose:?}");
+    // The text format says them on stderr.
+    let text_output = Command::new(common::tandem_binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&text_output.stderr);
+    assert_eq!(stderr.matches("warning: key `").count(), 2, "{stderr}");
+    for (file, mode) in [(&token, 0o600), (&store, 0o700)] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    assert_eq!(warnings(&check_config(&path, &[])), Vec::<String>::new());
 }

@@ -18,16 +18,14 @@
 //! whose sides never agreed for good since then is dated, at the latest, from the oldest
 //! value kept.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{ChangeEvent, Op};
 use crate::mapping::EntityMapping;
-use std::collections::HashMap;
-
-use crate::record::{
-    compare, RecordRow, RecordStatus, Resolve, Resolved, SideRecord, Status,
-};
+use crate::record::{compare, RecordRow, RecordStatus, Resolve, Resolved, SideRecord, Status};
 use crate::system::System;
 use crate::time::Timestamp;
 
@@ -406,29 +404,33 @@ pub fn let_go(entity: &EntityMapping, row: &mut RecordRow, resolve: &mut Resolve
         .zip(latest(System::Target))
         .map(|(source, target)| source.min(target));
     let droppable = |settled: Timestamp| {
-        every_side(row).any(|side| {
-            (0..side.earlier.len()).any(|index| successor(side, index) <= settled)
-        }) || row
-            .departed
-            .iter()
-            .any(|(_, side)| side.presence_at.is_none_or(|left| left <= settled))
+        every_side(row)
+            .any(|side| (0..side.earlier.len()).any(|index| successor(side, index) <= settled))
+            || row
+                .departed
+                .iter()
+                .any(|(_, side)| side.presence_at.is_none_or(|left| left <= settled))
     };
-    let cut = settled.filter(|settled| droppable(*settled)).and_then(|settled| {
-        let floor = row_floor(row).unwrap_or(Timestamp::MIN);
-        let mut times = vec![settled];
-        for side in every_side(row) {
-            change_times(side, floor, &mut times);
-        }
-        times.sort_unstable_by(|left, right| right.cmp(left));
-        times.dedup();
-        let mut judge = Judge::new(entity, resolve);
-        // The latest settled time at which the sides agreed, and the change after it.
-        let agreed = times
-            .iter()
-            .position(|at| *at <= settled && !judge.differs_at(row, *at))?;
-        let next_change = agreed.checked_sub(1).map_or(Timestamp::MAX, |next| times[next]);
-        Some(next_change.min(settled))
-    });
+    let cut = settled
+        .filter(|settled| droppable(*settled))
+        .and_then(|settled| {
+            let floor = row_floor(row).unwrap_or(Timestamp::MIN);
+            let mut times = vec![settled];
+            for side in every_side(row) {
+                change_times(side, floor, &mut times);
+            }
+            times.sort_unstable_by(|left, right| right.cmp(left));
+            times.dedup();
+            let mut judge = Judge::new(entity, resolve);
+            // The latest settled time at which the sides agreed, and the change after it.
+            let agreed = times
+                .iter()
+                .position(|at| *at <= settled && !judge.differs_at(row, *at))?;
+            let next_change = agreed
+                .checked_sub(1)
+                .map_or(Timestamp::MAX, |next| times[next]);
+            Some(next_change.min(settled))
+        });
     if let Some(cut) = cut {
         // A native record that left by the cut is part of no state from the cut on.
         let before = row.departed.len();

@@ -194,7 +194,10 @@ fn a_resolved_doubt_leaves_the_date_from_the_history() {
             source("s1", "update", 10, "b@x.io", "Ada"),
         ],
     );
-    state.apply_batch(&mapping, &[change(System::Source, "g", "L1", "gap", 20, Value::Null)]);
+    state.apply_batch(
+        &mapping,
+        &[change(System::Source, "g", "L1", "gap", 20, Value::Null)],
+    );
     let key = ("contact".to_owned(), "L1".to_owned());
     let row = &state.records[&key];
     assert_eq!(

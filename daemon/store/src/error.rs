@@ -16,6 +16,14 @@ pub enum Error {
         /// RocksDB's error.
         source: rocksdb::Error,
     },
+    /// The store's directory could not be created.
+    #[error("cannot create the store directory {path}: {source}; check that its parent exists and is writable by the user tandem runs as")]
+    CreateDirectory {
+        /// The store directory.
+        path: PathBuf,
+        /// The file system's error.
+        source: std::io::Error,
+    },
     /// The store was written by an incompatible version of tandem.
     #[error("the store at {path} has schema version {found}, this tandem reads version {expected}: run the tandem version that wrote it, or start with an empty store.path and replay from Kafka")]
     SchemaVersion {

@@ -173,8 +173,20 @@ impl Store {
         Ok(())
     }
 
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in `path`. A store it creates is private to the user the
+    /// daemon runs as (directory mode 0700): it holds CRM records.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store> {
+        if !path.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|source| Error::CreateDirectory {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);

@@ -133,6 +133,18 @@ fn apply(store: &Store, mapping: &Mapping, messages: &[Message], clock_floor: Op
 }
 
 #[test]
+fn a_store_it_creates_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("data").join("tandem");
+    let _store = Store::open(&path, &StoreOptions::default()).unwrap();
+    for created in [&path, &path.parent().unwrap().to_path_buf()] {
+        let mode = std::fs::metadata(created).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} has mode {mode:o}", created.display());
+    }
+}
+
+#[test]
 fn a_committed_batch_survives_reopen() {
     let directory = tempfile::tempdir().unwrap();
     let mapping = mapping();

@@ -1,0 +1,221 @@
+//! The HTTP surface against clients that misbehave: idle and flooding connections, wrong
+//! paths and methods, retries with a wrong token. The real binary, spoken to over raw TCP so
+//! that every byte of the answer is seen.
+
+use tandem_testkit as common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_for, Daemon, Topics};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const READ: &str = "read-token-0123456789abcdef";
+
+/// A daemon whose broker is not there (the API answers regardless), with these `[api]` lines.
+fn start(directory: &Path, api: &str) -> (Daemon, SocketAddr) {
+    let port = free_port();
+    let config = common::write_config(
+        directory,
+        "127.0.0.1:9",
+        &Topics::unique("http"),
+        port,
+        100,
+        false,
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &format!("listen = \"127.0.0.1:{port}\"\n{api}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, port, &directory.join("tandem.log"));
+    (daemon, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A connection to `to` from the loopback address `from` (127.0.0.0/8 is all local).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(to).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Sends one request on `stream` and reads the whole answer (the server closes, or says how
+/// long the body is): the status and the body.
+fn exchange(mut stream: TcpStream, request: &str) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).unwrap();
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|length| length.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(usize::MAX);
+            if read == 0 || body.len() >= length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, body.to_owned());
+            }
+        }
+        assert!(read > 0, "the connection closed mid-answer: {text:?}");
+    }
+}
+
+fn request(method: &str, path: &str, token: Option<&str>) -> String {
+    let authorization = token
+        .map(|token| format!("authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    format!("{method} {path} HTTP/1.1\r\nhost: tandem\r\n{authorization}content-length: 0\r\nconnection: close\r\n\r\n")
+}
+
+#[test]
+fn idle_connections_are_closed_and_a_flood_from_one_address_leaves_the_others_answered() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, address) = start(
+        directory.path(),
+        "header_read_timeout = \"1s\"\nmax_connections = 100\nmax_connections_per_address = 8",
+    );
+    let flooder = [127, 0, 0, 2];
+    // Eight connections that never send a byte fill the address's share.
+    let idle: Vec<TcpStream> = (0..8).map(|_| connect_from(flooder, address)).collect();
+    // Only once the daemon has taken them all is a ninth over the limit: it may take a
+    // moment for the accepts to run.
+    let (status, body) = wait_for(
+        "a connection over the per-address limit to be refused",
+        Duration::from_secs(10),
+        || {
+            let (status, body) = exchange(
+                connect_from(flooder, address),
+                &request("GET", "/healthz", None),
+            );
+            (status == 503).then_some((status, body))
+        },
+    );
+    assert_eq!(status, 503);
+    let refusal: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["error"], "too many connections");
+    assert!(
+        refusal["hint"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections_per_address"),
+        "{refusal}"
+    );
+    // Meanwhile a probe from another address is answered.
+    let (status, _) = exchange(
+        connect_from([127, 0, 0, 1], address),
+        &request("GET", "/healthz", None),
+    );
+    assert_eq!(status, 200);
+    // The idle ones are closed by the daemon once the header-read timeout passes.
+    let started = Instant::now();
+    for mut connection in idle {
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        let read = connection
+            .read(&mut buffer)
+            .expect("the daemon closes an idle connection instead of leaving it open");
+        assert_eq!(read, 0, "an idle connection got an answer to nothing");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "idle connections were held for {:?}",
+        started.elapsed()
+    );
+    // Their places are free again.
+    wait_for(
+        "the flooding address to be served again",
+        Duration::from_secs(10),
+        || {
+            let (status, _) = exchange(
+                connect_from(flooder, address),
+                &request("GET", "/healthz", None),
+            );
+            (status == 200).then_some(())
+        },
+    );
+}
+
+#[test]
+fn wrong_paths_and_methods_are_told_before_tokens_are_asked_for() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, address) = start(
+        directory.path(),
+        &format!("admin_token = \"{ADMIN}\"\nread_token = \"{READ}\""),
+    );
+    let ask = |method: &str, path: &str, token: Option<&str>| {
+        exchange(
+            connect_from([127, 0, 0, 1], address),
+            &request(method, path, token),
+        )
+    };
+    for (method, path) in [("POST", "/v1/report"), ("GET", "/v1/reevaluate")] {
+        let (status, body) = ask(method, path, None);
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{method} {path}: the 405 has no JSON body: {body:?}"));
+        assert!(
+            error["error"].as_str().unwrap().contains(method),
+            "{method} {path}: {error}"
+        );
+        assert!(error["hint"].as_str().is_some_and(|hint| !hint.is_empty()));
+    }
+    let (status, _) = ask("GET", "/v1/no-such-thing", None);
+    assert_eq!(status, 404);
+    // A real endpoint still needs its token.
+    assert_eq!(ask("GET", "/v1/report", None).0, 401);
+    assert_eq!(ask("POST", "/v1/reevaluate", Some(READ)).0, 401);
+}
+
+#[test]
+fn a_client_retrying_with_a_wrong_token_is_counted_every_time_and_logged_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, address) = start(directory.path(), &format!("read_token = \"{READ}\""));
+    let attempts = 40;
+    for _ in 0..attempts {
+        let (status, _) = exchange(
+            connect_from([127, 0, 0, 1], address),
+            &request("GET", "/v1/report", Some("not-the-token-at-all")),
+        );
+        assert_eq!(status, 401);
+    }
+    let (status, metrics) = exchange(
+        connect_from([127, 0, 0, 1], address),
+        &request("GET", "/metrics", Some(READ)),
+    );
+    assert_eq!(status, 200);
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tandem_auth_failures_total{reason=\"wrong\"} "))
+        .expect("the refusals are counted");
+    assert_eq!(counted.trim(), attempts.to_string());
+    drop(daemon);
+    let log = std::fs::read_to_string(directory.path().join("tandem.log")).unwrap();
+    let logged = log.matches("request refused").count();
+    assert!(
+        (1..=2).contains(&logged),
+        "{attempts} refusals within seconds were logged {logged} times"
+    );
+}
