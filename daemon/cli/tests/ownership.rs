@@ -509,12 +509,14 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
             "{path} is open"
         );
     }
-    // A change needs the admin token: the read token is refused before the route is looked at.
-    assert_eq!(status("POST", &format!("{url}/v1/report"), Some(READ)), 401);
+    // A change needs the admin token; a method a path does not have is told as such, whoever asks.
     assert_eq!(
-        status("POST", &format!("{url}/v1/report"), Some(ADMIN)),
-        405
+        status("POST", &format!("{url}/v1/reevaluate"), Some(READ)),
+        401
     );
+    for token in [None, Some(READ), Some(ADMIN)] {
+        assert_eq!(status("POST", &format!("{url}/v1/report"), token), 405);
+    }
     let metrics = ureq::get(&format!("{url}/metrics"))
         .header("Authorization", &format!("Bearer {READ}"))
         .call()
