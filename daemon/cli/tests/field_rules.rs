@@ -140,6 +140,21 @@ fn field_rules_patterns_exports_and_reevaluation() {
     );
     targets.push(json!({"event_id": "a2", "entity": "account", "id": "TA1", "op": "create",
         "occurred_at": at(1), "fields": {"name": "Acme", "legacy_id": "A1"}, "actor": {"kind": "sync"}}));
+    // And one created and deleted on both sides: stored, but no record any more (not counted).
+    sources.push(
+        json!({"event_id": "a3", "entity": "account", "id": "A2", "external_id": "A2",
+        "op": "create", "occurred_at": at(0), "fields": {"Name": "Gone"}}),
+    );
+    sources.push(
+        json!({"event_id": "a4", "entity": "account", "id": "A2", "external_id": "A2",
+        "op": "delete", "occurred_at": at(2)}),
+    );
+    targets.push(json!({"event_id": "a5", "entity": "account", "id": "TA2", "op": "create",
+        "occurred_at": at(1), "fields": {"name": "Gone", "legacy_id": "A2"}, "actor": {"kind": "sync"}}));
+    targets.push(
+        json!({"event_id": "a6", "entity": "account", "id": "TA2", "op": "delete",
+        "occurred_at": at(3), "actor": {"kind": "sync"}}),
+    );
     common::produce_json(broker.bootstrap(), &topics.source, &sources);
     common::produce_json(broker.bootstrap(), &topics.target, &targets);
 
@@ -158,7 +173,8 @@ fn field_rules_patterns_exports_and_reevaluation() {
     );
     let mut daemon = Daemon::start(&config, port, &log);
     daemon.token = Some(ADMIN.to_owned());
-    let report = daemon.wait_for_applied(12, DEADLINE);
+    let report = daemon.wait_for_applied(16, DEADLINE);
+    assert_eq!(report.entities["account"].records, 1);
     let contact = &report.entities["contact"];
     assert_eq!(contact.records, 5);
     assert_eq!(
@@ -365,7 +381,7 @@ fn field_rules_patterns_exports_and_reevaluation() {
             report.ingest.source.events_applied,
             report.ingest.target.events_applied
         ),
-        (6, 6)
+        (8, 8)
     );
     // The suspected mapping errors are recomputed at most every 5 s while data changes.
     wait_for("no suspected mapping error any more", DEADLINE, || {
@@ -382,7 +398,8 @@ fn field_rules_patterns_exports_and_reevaluation() {
         .iter()
         .all(|record| record.fields.iter().all(|field| field.equal)));
 
-    // On request, through the CLI: nothing changes any more.
+    // On request, through the CLI: nothing changes any more. Six records: the deleted
+    // account's row is evaluated but is no record.
     let output = tandem(
         &daemon,
         &["reevaluate", "--reason", "checking the new rules"],

@@ -407,11 +407,12 @@ impl ApplyLoop {
                 let Some(rules) = self.mapping.entity(&entity).cloned() else {
                     continue;
                 };
-                let count = encoded.len() as u64;
                 let chunk_started = Instant::now();
                 // Decoding and comparing take the time: both cores do it, and only the
-                // records whose evaluation changes go through a planner.
-                let (chunk, references) =
+                // records whose evaluation changes go through a planner. Rows without a live
+                // record on either side are evaluated too, but not counted: `total` is the
+                // summaries' count of records, so `done` never passes it.
+                let (chunk, references, count) =
                     changed_rows(&rules, &store, encoded, clock, self.settings.grace)?;
                 let view = self.view();
                 let mut planner = self.planner(&view);
@@ -701,7 +702,9 @@ type ReadChunk = (
 );
 
 /// The rows of a chunk whose evaluation changed, and the references every row looked up.
-type ChangedRows = (Vec<(String, tandem_core::RecordRow)>, Vec<Reference>);
+/// The rows whose evaluation changed, the references they hold, and how many of the rows
+/// evaluated are counted records (a live record on either side: what the summaries count).
+type ChangedRows = (Vec<(String, tandem_core::RecordRow)>, Vec<Reference>, u64);
 
 /// The stored rows of one entity whose evaluation at `clock` differs from the stored one,
 /// decoded and evaluated on two threads (a record's references are looked up in the store,
@@ -716,6 +719,7 @@ fn changed_rows(
     let evaluate_part = |part: &[(String, Vec<u8>)]| -> Result<ChangedRows> {
         let mut changed = Vec::new();
         let mut references = Vec::new();
+        let mut counted = 0;
         let rows = part
             .iter()
             .map(|(join_key, bytes)| Ok((join_key, tandem_store::decode_record(bytes)?)))
@@ -730,6 +734,7 @@ fn changed_rows(
         wanted.dedup();
         let found = store.join_keys_many(&wanted).map_err(Error::Store)?;
         for (join_key, row) in rows {
+            counted += u64::from(row.status.status.is_some());
             let mut resolve = |system: System, entity: &str, native_id: &str| {
                 references.push(Reference {
                     system,
@@ -762,18 +767,19 @@ fn changed_rows(
                 changed.push((join_key.clone(), row));
             }
         }
-        Ok((changed, references))
+        Ok((changed, references, counted))
     };
     let (left, right) = encoded.split_at(encoded.len() / 2);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| evaluate_part(right));
-        let (mut changed, mut references) = evaluate_part(left)?;
-        let (more_changed, more_references) = other.join().map_err(|_| Error::Panicked {
-            thread: "re-evaluation",
-        })??;
+        let (mut changed, mut references, counted) = evaluate_part(left)?;
+        let (more_changed, more_references, more_counted) =
+            other.join().map_err(|_| Error::Panicked {
+                thread: "re-evaluation",
+            })??;
         changed.extend(more_changed);
         references.extend(more_references);
-        Ok((changed, references))
+        Ok((changed, references, counted + more_counted))
     })
 }
 

@@ -86,9 +86,9 @@ pub struct StoppedPartition {
 pub struct Reevaluation {
     /// Why it runs.
     pub reason: String,
-    /// Records evaluated so far.
+    /// Records evaluated so far (records deleted on both sides are evaluated, not counted).
     pub done: u64,
-    /// Records stored when it started (about; records deleted on both sides included).
+    /// Records when it started: the report's count over the entities evaluated.
     pub total: u64,
     /// Records whose status, fields or cause changed.
     pub changed: u64,
