@@ -869,20 +869,46 @@ impl Config {
                 problem: "the file does not exist or is not readable; `tandem check-config` validates a file, ops/tandem.example.toml documents every key".to_owned(),
             });
         }
-        let layered = config::Config::builder()
+        // The config crate's TOML errors quote the offending line, which may hold a token:
+        // the syntax is checked here first and reported by position only.
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: file_name.clone(),
+            problem: format!("cannot read the file: {error}"),
+        })?;
+        if let Err(error) = text.parse::<toml::Table>() {
+            return Err(ConfigError {
+                file: file_name,
+                problem: describe_toml_error(&text, &error),
+            });
+        }
+        // Values stay text until a key's type asks for a number or a boolean (a group id
+        // `0123` stays `0123`); the topic lists are split on commas here.
+        let mut overrides = overrides;
+        let mut lists = Vec::new();
+        for system in ["SOURCE", "TARGET"] {
+            if let Some(topics) = overrides.remove(&format!("TANDEM_SYSTEMS__{system}__TOPICS")) {
+                let topics: Vec<String> = topics
+                    .split(',')
+                    .map(|topic| topic.trim().to_owned())
+                    .collect();
+                lists.push((format!("systems.{}.topics", system.to_lowercase()), topics));
+            }
+        }
+        let mut builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("TANDEM")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("systems.source.topics")
-                    .with_list_parse_key("systems.target.topics")
+                    .try_parsing(false)
                     .source(Some(overrides.into_iter().collect())),
-            )
-            .build()
-            .map_err(|error| fail(error.to_string()))?;
+            );
+        for (key, topics) in lists {
+            builder = builder
+                .set_override(key, topics)
+                .map_err(|error| fail(error.to_string()))?;
+        }
+        let layered = builder.build().map_err(|error| fail(error.to_string()))?;
         let mut config: Config = serde_path_to_error::deserialize(layered)
             .map_err(|error| fail(describe_deserialize_error(&error)))?;
         config.validate().map_err(&fail)?;
@@ -892,7 +918,8 @@ impl Config {
                 Environment::Process => std::env::var(name).ok(),
                 Environment::Map(map) => map.get(name).cloned(),
             })
-            .map_err(fail)?;
+            .map_err(&fail)?;
+        config.check_kafka_properties().map_err(fail)?;
         Ok(config)
     }
 
@@ -910,10 +937,47 @@ impl Config {
         warnings
     }
 
+    /// Whether librdkafka takes every property as tandem will hand it over, consumer and
+    /// producer alike. A refusal names the property; it shows no secret's value, and a
+    /// misspelled `sasl.pasword` is refused without its value, as librdkafka's text of an
+    /// unknown property carries only the name.
+    pub fn check_kafka_properties(&self) -> Result<(), String> {
+        let settings = self.ingest_settings(None);
+        for config in [settings.consumer_config(), settings.producer_config()] {
+            if let Err(error) = config.create_native_config() {
+                return Err(match error {
+                    rdkafka::error::KafkaError::ClientConfig(_, description, property, _) => {
+                        // librdkafka quotes an invalid value: not for a secret property.
+                        let description = if is_secret_property(&property)
+                            && description.starts_with("Invalid value")
+                        {
+                            "invalid value (not shown: the property holds a secret)".to_owned()
+                        } else {
+                            description
+                        };
+                        format!(
+                            "key `kafka.properties`, property `{property}`: {}; see librdkafka's CONFIGURATION.md for the properties and their values",
+                            self.kafka.redact(&description)
+                        )
+                    }
+                    other => format!(
+                        "key `kafka.properties`: {}",
+                        self.kafka.redact(&other.to_string())
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Cross-field rules that types cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.kafka.brokers.trim().is_empty() {
             return Err("key `kafka.brokers` is empty: give the bootstrap servers, e.g. \"kafka-1:9092,kafka-2:9092\"".to_owned());
+        }
+        for broker in self.kafka.brokers.split(',') {
+            check_broker(broker.trim())
+                .map_err(|problem| format!("key `kafka.brokers`: `{}` {problem}; write host:port entries separated by commas, e.g. \"kafka-1:9092,kafka-2:9092\"", broker.trim()))?;
         }
         if self.kafka.group_id.trim().is_empty() {
             return Err("key `kafka.group_id` is empty".to_owned());
@@ -1187,9 +1251,75 @@ fn validate_debezium(
 }
 
 /// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
+/// One bootstrap server: `host:port`, `host` (port 9092), `[v6]:port`, optionally behind a
+/// `protocol://` as librdkafka allows.
+fn check_broker(entry: &str) -> Result<(), &'static str> {
+    let entry = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or("has an unclosed `[`")?;
+        (host, rest.strip_prefix(':'))
+    } else {
+        match entry.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("names no host");
+    }
+    let host_characters = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if !host.chars().all(host_characters) {
+        return Err("is not a host name or address");
+    }
+    if let Some(port) = port {
+        match port.parse::<u32>() {
+            Ok(1..=65535) => {}
+            _ => return Err("has a port that is not between 1 and 65535"),
+        }
+    }
+    Ok(())
+}
+
+/// A TOML syntax error by line and column, without quoting the line: it may hold a secret.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let position = error.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+        (line, column)
+    });
+    let message = error.message().trim_end();
+    match position {
+        Some((line, column)) => format!(
+            "TOML syntax error at line {line}, column {column}: {message} (the line is not shown, as it may hold a secret)"
+        ),
+        None => format!("TOML syntax error: {message}"),
+    }
+}
+
+/// Whether a configuration key holds a secret, so that no error shows its value.
+fn is_secret_key(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    ["token", "password", "secret"]
+        .iter()
+        .any(|word| last.contains(word))
+}
+
 fn describe_deserialize_error(error: &serde_path_to_error::Error<config::ConfigError>) -> String {
     let path = error.path().to_string();
     let mut inner = error.inner().to_string();
+    if is_secret_key(&path) && (inner.contains("invalid type") || inner.contains("invalid value")) {
+        return format!("key `{path}` has a value of the wrong kind (not shown, as it may be a secret): give a string");
+    }
+    if let Some(number) = between(
+        &inner,
+        "invalid value: string \"",
+        "\", expected a duration",
+    )
+    .filter(|number| !number.is_empty() && number.chars().all(|c| c.is_ascii_digit() || c == '.'))
+    {
+        return format!("key `{path}`: {number} has no unit: write a duration such as \"{number}s\" or \"{number}m\"");
+    }
     // The config crate appends " for key `...`" in its own spelling; the key is named below.
     if let Some(index) = inner.find(" for key `") {
         inner.truncate(index);

@@ -11,7 +11,7 @@ use tandem::config::{Config, ConfigError, Environment};
 use tandem::daemon::{self, Ended, StartError};
 use tandem::demo::{self, DemoOptions};
 use tandem::logging;
-use tandem::render::{self, Format};
+use tandem::render::{self, Format, View};
 use tandem_api::cutover::CutoverView;
 use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
 use tandem_api::report::{DivergenceEntry, DivergenceList, RecordView, Report};
@@ -35,7 +35,7 @@ struct Cli {
 /// Where the CLI finds a running daemon.
 #[derive(clap::Args)]
 struct Target {
-    /// The daemon's base URL, e.g. http://127.0.0.1:8080.
+    /// The daemon's address: http://127.0.0.1:8080, or 127.0.0.1:8080 for short.
     #[arg(long, env = "TANDEM_URL", global = true)]
     url: Option<String>,
     /// A configuration file whose api.listen names the daemon (default: ./tandem.toml if present).
@@ -79,9 +79,10 @@ enum Command {
         target: Target,
         /// Output format (table or json).
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: View,
     },
     /// List divergent records (for the repair team: --all --format csv exports every one).
+    /// `--format json` prints the API's page as it answers it; with --all, one record per line.
     Divergences {
         /// Only this entity.
         #[arg(long)]
@@ -114,9 +115,10 @@ enum Command {
         target: Target,
         /// Output format (table or json).
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: View,
     },
-    /// List violations of the ownership rule, oldest first.
+    /// List violations of the ownership rule, oldest first. `--format json` prints the API's
+    /// page as it answers it; with --all, one violation per line.
     Violations {
         /// From this time (RFC 3339) or this long ago (24h, 7d).
         #[arg(long)]
@@ -145,7 +147,7 @@ enum Command {
         target: Target,
         /// Output format (table or json).
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: View,
     },
     /// The second cutover: `status` prints the phase and the readiness checklist; the steps
     /// (freeze, verify, flip, rollback, complete) need the admin token and a reason.
@@ -165,7 +167,7 @@ enum Command {
         target: Target,
         /// Output format (table or json).
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: View,
     },
     /// Evaluate every stored record again with the configured rules (after a mapping change
     /// the daemon does it by itself at start, for the entities whose rules changed); shows
@@ -223,7 +225,7 @@ enum Command {
         file: PathBuf,
         /// Output format (table or json).
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: View,
     },
     /// Print the canonical events one message value becomes (for checking a connector).
     ///
@@ -264,6 +266,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match execute(cli.command) {
         Ok(code) => code,
+        // The reader went away (`| head`): what it wanted it has; nothing to report.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             let usage = error.downcast_ref::<ConfigError>().is_some()
                 || matches!(
@@ -278,6 +282,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let kind = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            })
+            .or_else(
+                || match cause.downcast_ref::<csv::Error>().map(csv::Error::kind) {
+                    Some(csv::ErrorKind::Io(io)) => Some(io.kind()),
+                    _ => None,
+                },
+            );
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
@@ -302,8 +326,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             let writers: WritersView = client(&target)?.get(&path)?;
             match format {
-                Format::Json => render::json(&mut out, &writers)?,
-                _ => render::writers_table(&mut out, &writers)?,
+                View::Json => render::json(&mut out, &writers)?,
+                View::Table => render::writers_table(&mut out, &writers)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -336,15 +360,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     None => query.clone(),
                 };
                 let page: ViolationList = api.get(&page_query)?;
+                if format == Format::Json {
+                    if !all {
+                        // One page, exactly as the API answers it (with its cursor).
+                        render::json(&mut out, &page)?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    for item in &page.items {
+                        serde_json::to_writer(&mut out, item)?;
+                        writeln!(out)?;
+                    }
+                }
                 items.extend(page.items);
                 match page.next_cursor {
                     Some(next) if all => cursor = Some(next),
                     _ => break,
                 }
             }
-            match format {
-                Format::Json => render::json(&mut out, &items)?,
-                other => render::violations(&mut out, &items, other)?,
+            if format != Format::Json {
+                render::violations(&mut out, &items, format)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -361,11 +395,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 let view: CutoverView = api.get("/v1/cutover")?;
                 let readiness: Readiness = api.get("/v1/cutover/readiness")?;
                 match format {
-                    Format::Json => render::json(
+                    View::Json => render::json(
                         &mut out,
                         &serde_json::json!({"cutover": view, "readiness": readiness}),
                     )?,
-                    _ => render::cutover_status(&mut out, &view, &readiness)?,
+                    View::Table => render::cutover_status(&mut out, &view, &readiness)?,
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -384,17 +418,30 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 &format!("/v1/cutover/{step}"),
                 &serde_json::json!({"reason": reason, "by": by, "dry_run": dry_run}),
             )?;
-            match format {
-                Format::Json => render::json(&mut out, &answer)?,
-                _ => render::cutover_answer(&mut out, status, &answer)?,
+            if format == View::Json {
+                render::json(&mut out, &answer)?;
+            } else if matches!(status, 401 | 403) {
+                // The daemon's own words say which token is missing and where it is set; only
+                // a 401 is mended on this side (a 403: the daemon has no admin token at all).
+                let mend = if status == 401 {
+                    "; give the admin token in TANDEM_TOKEN, or --config with api.admin_token"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "tandem: {} (HTTP {status}): {}{mend}",
+                    answer["error"].as_str().unwrap_or("not authorized"),
+                    answer["hint"].as_str().unwrap_or("")
+                );
+            } else {
+                render::cutover_answer(&mut out, status, &answer)?;
             }
-            Ok(match status {
-                200 => ExitCode::SUCCESS,
-                401 | 403 => {
-                    eprintln!("tandem: not authorized: steps need the admin token (TANDEM_TOKEN, or api.admin_token of --config)");
-                    ExitCode::FAILURE
-                }
-                _ => ExitCode::FAILURE,
+            // A refused step fails, previewed or taken.
+            let refused = answer["allowed"].as_bool() == Some(false);
+            Ok(if status == 200 && !refused {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             })
         }
         Command::Partitions {
@@ -491,8 +538,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ownership { target, format } => {
             let view: OwnershipView = client(&target)?.get("/v1/ownership")?;
             match format {
-                Format::Json => render::json(&mut out, &view)?,
-                _ => render::ownership_table(&mut out, &view)?,
+                View::Json => render::json(&mut out, &view)?,
+                View::Table => render::ownership_table(&mut out, &view)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -506,6 +553,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let mut path = format!("/v1/report/history?since={}", encode_component(&since));
             if let Some(entity) = &entity {
                 path.push_str(&format!("&entity={}", encode_component(entity)));
+            }
+            if format == Format::Csv {
+                eprintln!("tandem: `report --history` has no CSV form: use --format table or --format json");
+                return Ok(ExitCode::from(2));
             }
             let history: tandem_api::history::ReportHistory = client(&target)?.get(&path)?;
             match format {
@@ -536,8 +587,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             );
             let record: RecordView = client(&target)?.get(&path)?;
             match format {
-                Format::Json => render::json(&mut out, &record)?,
-                _ => render::record_table(&mut out, &record)?,
+                View::Json => render::json(&mut out, &record)?,
+                View::Table => render::record_table(&mut out, &record)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -570,6 +621,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     None => query.clone(),
                 };
                 let page: DivergenceList = api.get(&page_query)?;
+                if format == Format::Json && !all {
+                    // One page, exactly as the API answers it (with its cursor).
+                    render::json(&mut out, &page)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let page_rows = page.items.len() as u64;
                 rows += page_rows;
                 match (&mut csv, format) {
@@ -591,32 +647,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             match (csv, format) {
-                (Some(_), _) => {}
-                (None, Format::Json) if all => {}
-                (None, Format::Json) => render::json(&mut out, &items)?,
+                (Some(_), _) | (None, Format::Json) => {}
                 (None, _) => render::divergences(&mut out, &items)?,
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file, format } => {
             let config = Config::load(&file, &Environment::Process)?;
-            config
-                .ingest_settings(None)
-                .consumer_config()
-                .create_native_config()
-                .map_err(|error| ConfigError {
-                    file: file.display().to_string(),
-                    problem: config
-                        .kafka
-                        .redact(&format!("key `kafka.properties`: {error}")),
-                })?;
             let warnings = config.warnings();
             match format {
-                Format::Json => render::json(
+                View::Json => render::json(
                     &mut out,
                     &serde_json::json!({"valid": true, "config": config, "warnings": warnings}),
                 )?,
-                _ => {
+                View::Table => {
                     describe_config(&mut out, &file, &config)?;
                     for warning in &warnings {
                         eprintln!("warning: {warning}");
@@ -678,14 +722,14 @@ fn client(target: &Target) -> anyhow::Result<ApiClient> {
         .ok()
         .filter(|token| !token.is_empty());
     if let Some(url) = &target.url {
-        return Ok(ApiClient::new(url).with_token(token));
+        return Ok(ApiClient::new(&base_url(url)?).with_token(token));
     }
     let config_path = match &target.config {
         Some(path) => Some(path.clone()),
         None => Some(PathBuf::from("tandem.toml")).filter(|path| path.is_file()),
     };
     let Some(config_path) = config_path else {
-        return Ok(ApiClient::new("http://127.0.0.1:8080"));
+        return Ok(ApiClient::new("http://127.0.0.1:8080").with_token(token));
     };
     let config = Config::load(&config_path, &Environment::Process)?;
     let mut address = config.api.listen;
@@ -694,6 +738,21 @@ fn client(target: &Target) -> anyhow::Result<ApiClient> {
     }
     Ok(ApiClient::new(&format!("http://{address}"))
         .with_token(token.or_else(|| config.api.client_token())))
+}
+
+/// The daemon's base URL from `--url`: `host:port` means `http://host:port`.
+fn base_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim();
+    match url.split_once("://") {
+        None if !url.is_empty() => Ok(format!("http://{url}")),
+        Some(("http", rest)) if !rest.is_empty() => Ok(url.to_owned()),
+        Some(("https", _)) => Err(anyhow::anyhow!(
+            "--url {url}: the command line speaks plain HTTP, as the daemon serves it; where TLS ends at a proxy in front of tandem, run the command where the daemon's own address (api.listen) can be reached"
+        )),
+        _ => Err(anyhow::anyhow!(
+            "--url `{url}` is not an address of the daemon: give http://host:port or host:port (api.listen of its configuration)"
+        )),
+    }
 }
 
 /// `tandem decode`: exit 0 with one JSON line per event, or 1 with the dead-letter reason.

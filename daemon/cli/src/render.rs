@@ -24,6 +24,15 @@ pub enum Format {
     Csv,
 }
 
+/// Output format of a command that has no CSV form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// A readable table.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+}
+
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);

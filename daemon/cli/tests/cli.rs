@@ -115,6 +115,11 @@ fn environment_variables_override_the_file() {
             ("TANDEM_KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092"),
             ("TANDEM_RECONCILE__GRACE", "90s"),
             ("TANDEM_SYSTEMS__SOURCE__TOPICS", "legacy.a,legacy.b"),
+            // Text stays text (a group id with a leading zero); numbers and booleans are
+            // read as the key's type asks.
+            ("TANDEM_KAFKA__GROUP_ID", "0123"),
+            ("TANDEM_STORE__CACHE_MIB", "64"),
+            ("TANDEM_RECONCILE__IDLE_CLOCK", "false"),
             // Not configuration: variables without a section separator are ignored.
             ("TANDEM_URL", "http://127.0.0.1:1"),
             ("TANDEM_SERVICE_HOST", "10.0.0.1"),
@@ -125,6 +130,9 @@ fn environment_variables_override_the_file() {
         "kafka-1:9092,kafka-2:9092"
     );
     assert_eq!(checked["config"]["reconcile"]["grace"], "1m 30s");
+    assert_eq!(checked["config"]["kafka"]["group_id"], "0123");
+    assert_eq!(checked["config"]["store"]["cache_mib"], 64);
+    assert_eq!(checked["config"]["reconcile"]["idle_clock"], false);
     assert_eq!(
         checked["config"]["systems"]["source"]["topics"],
         serde_json::json!(["legacy.a", "legacy.b"])
@@ -142,7 +150,7 @@ fn environment_variables_override_the_file() {
 fn bad_files_name_the_key_and_exit_2() {
     let directory = tempfile::tempdir().unwrap();
     let target = "topics = [\"crm.target.changes\"]\n";
-    let cases: [(&str, String, &[&str]); 17] = [
+    let cases: [(&str, String, &[&str]); 21] = [
         ("owned.toml", format!("{GOOD}\n[ownership]\nentities = {{ ticket = \"target\" }}\n"), &["key `ownership.entities.ticket`", "not one of the configured entities"]),
         ("allowed.toml", format!("{GOOD}\n[ownership]\nallowed = {{ target = [\"bot\"] }}\n"), &["key `ownership.allowed.target`", "`bot` is not one of"]),
         ("token.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"short\""), &["key `api.admin_token`", "at least 16 characters"]),
@@ -159,7 +167,11 @@ fn bad_files_name_the_key_and_exit_2() {
         ("join.toml", GOOD.replace("field:legacy_id", "legacy_id"), &["entities[0].join.target", "field:<name>"]),
         ("shared_topic.toml", GOOD.replace("crm.target.changes", "crm.source.changes"), &["systems.target.topics", "listed twice"]),
         ("property.toml", GOOD.replace("\"session.timeout.ms\" = 10000", "\"no.such.property\" = \"1\""), &["kafka.properties", "no.such.property"]),
-        ("not_toml.toml", "kafka = [".to_owned(), &["TOML parse error"]),
+        ("not_toml.toml", "kafka = [".to_owned(), &["TOML syntax error at line 1"]),
+        ("brokers.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"not a host\""), &["key `kafka.brokers`", "`not a host` is not a host"]),
+        ("port.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"k1:9092,k2:99999\""), &["key `kafka.brokers`", "`k2:99999`", "between 1 and 65535"]),
+        ("no_host.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"SASL_SSL://:9092\""), &["key `kafka.brokers`", "names no host"]),
+        ("grace_number.toml", GOOD.replace("grace = \"5m\"", "grace = 5"), &["key `reconcile.grace`", "5 has no unit", "\"5m\""]),
     ];
     for (name, text, fragments) in cases {
         let path = write(directory.path(), name, &text);
@@ -167,6 +179,55 @@ fn bad_files_name_the_key_and_exit_2() {
     }
     let absent = directory.path().join("absent.toml");
     assert_refused(&check_config(&absent, &[]), &absent, &["does not exist"]);
+}
+
+#[test]
+fn secrets_stay_out_of_configuration_errors() {
+    let directory = tempfile::tempdir().unwrap();
+    let secret = "hunter2-very-secret-0123456789";
+    // A token whose closing quote is missing: the error names the place, not the line.
+    let unclosed = write(
+        directory.path(),
+        "unclosed.toml",
+        &GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\nadmin_token = \"{secret}\n"),
+        ),
+    );
+    let line = GOOD
+        .lines()
+        .position(|line| line.starts_with("listen"))
+        .unwrap()
+        + 2;
+    let refused = check_config(&unclosed, &[]);
+    assert_refused(
+        &refused,
+        &unclosed,
+        &[&format!("TOML syntax error at line {line}")],
+    );
+    // A misspelled password property: named, its value not shown.
+    let misspelled = write(
+        directory.path(),
+        "misspelled.toml",
+        &GOOD.replace(
+            "\"session.timeout.ms\" = 10000",
+            &format!("\"sasl.pasword\" = \"{secret}\""),
+        ),
+    );
+    let refused_property = check_config(&misspelled, &[]);
+    assert_refused(
+        &refused_property,
+        &misspelled,
+        &["key `kafka.properties`", "`sasl.pasword`"],
+    );
+    for output in [&refused, &refused_property] {
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!said.contains(secret), "{said}");
+    }
 }
 
 #[test]

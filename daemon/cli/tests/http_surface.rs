@@ -9,28 +9,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_for, Daemon, Topics};
+use common::{wait_for, Daemon};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const READ: &str = "read-token-0123456789abcdef";
 
-/// A daemon whose broker is not there (the API answers regardless), with these `[api]` lines.
+/// A daemon whose broker is not there, with these `[api]` lines.
 fn start(directory: &Path, api: &str) -> (Daemon, SocketAddr) {
-    let port = free_port();
-    let config = common::write_config(
-        directory,
-        "127.0.0.1:9",
-        &Topics::unique("http"),
-        port,
-        100,
-        false,
-    );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("listen = \"127.0.0.1:{port}\""),
-        &format!("listen = \"127.0.0.1:{port}\"\n{api}"),
-    );
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config, port, &directory.join("tandem.log"));
+    let (daemon, _, port) = common::daemon_without_broker(directory, api);
     (daemon, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 

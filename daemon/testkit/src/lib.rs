@@ -101,6 +101,27 @@ impl Topics {
     }
 }
 
+/// A daemon whose broker is not there (its API answers regardless), with these extra
+/// `[api]` lines; its configuration file and port.
+pub fn daemon_without_broker(directory: &Path, api: &str) -> (Daemon, PathBuf, u16) {
+    let port = free_port();
+    let config = write_config(
+        directory,
+        "127.0.0.1:9",
+        &Topics::unique("no-broker"),
+        port,
+        100,
+        false,
+    );
+    let listen = format!("listen = \"127.0.0.1:{port}\"");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&listen, &format!("{listen}\n{api}"));
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, port, &directory.join("tandem.log"));
+    (daemon, config, port)
+}
+
 /// Writes a configuration for the simulator's CRMs and returns its path. Small batches
 /// with `sync_writes` make ingestion slow enough to be interrupted on purpose.
 pub fn write_config(
