@@ -9,6 +9,8 @@
 #     by scripts/connect/pom.xml into ~/.cache/tandem/connect-<version>-debezium-<version>;
 #     PostgreSQL from Debian's packages.
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
+#   - openapi-spec-validator (PyPI), which checks schemas/openapi.yaml, in a virtual
+#     environment under ~/.cache/tandem/python.
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
 set -euo pipefail
 
@@ -23,7 +25,7 @@ connect_home="$cache/connect-$connect_version-debezium-$debezium_version"
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(librocksdb-dev libclang-dev clang pkg-config make libssl-dev)
-[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15)
+[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15 python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -42,6 +44,17 @@ if [ "$want" = "test" ]; then
   if ! "$tools/bin/cargo-fuzz" --version >/dev/null 2>&1; then
     say "installing cargo-fuzz into $tools (about a minute, once per machine)"
     cargo install cargo-fuzz --locked --root "$tools" --quiet
+  fi
+
+  python_tools="$cache/python"
+  validator_version="0.9.0"
+  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$validator_version" ]; then
+    say "installing openapi-spec-validator $validator_version into $python_tools (PyPI, once per machine)"
+    rm -rf "$python_tools"
+    python3 -m venv "$python_tools"
+    "$python_tools/bin/pip" install --quiet --disable-pip-version-check \
+      "openapi-spec-validator==$validator_version" </dev/null
+    printf '%s\n' "$validator_version" > "$python_tools/VERSION"
   fi
 
   # The jars are copied into a fresh directory and the version file is written last, so an

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tandem_core::ownership::ViolationKind;
 use tandem_core::System;
 use tandem_ingest::IngestMetrics;
@@ -28,7 +30,11 @@ pub(crate) struct ReportGauges {
     lost_offsets: IntGaugeVec,
     partitions_stopped: IntGauge,
     kafka_problems: IntGauge,
-    violations: IntGaugeVec,
+    /// A counter: the store's count only grows. Each scrape adds what the store counted since
+    /// the last one (a restart starts the counter again, as Prometheus expects of counters).
+    violations: IntCounterVec,
+    /// One scrape at a time moves the counter.
+    violations_moving: Arc<std::sync::Mutex<()>>,
 }
 
 impl ReportGauges {
@@ -91,13 +97,14 @@ impl ReportGauges {
                 "tandem_kafka_access_problems",
                 "Topics or groups the broker refuses tandem (missing, not authorized); /readyz names them",
             )?,
-            violations: IntGaugeVec::new(
+            violations: IntCounterVec::new(
                 Opts::new(
                     "tandem_violations_total",
                     "Writes that broke the ownership rule, per system written into and kind",
                 ),
                 &["system", "kind"],
             )?,
+            violations_moving: Arc::default(),
         };
         registry.register(Box::new(gauges.records.clone()))?;
         registry.register(Box::new(gauges.parity.clone()))?;
@@ -138,18 +145,23 @@ impl ReportGauges {
         gauges
             .rereads_outstanding
             .set(i64::try_from(report.feed.rereads_outstanding).unwrap_or(i64::MAX));
+        let moving = gauges
+            .violations_moving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (system, ingest) in [
             ("source", &report.ingest.source),
             ("target", &report.ingest.target),
         ] {
             for kind in [ViolationKind::NonOwnerWrite, ViolationKind::FencedWrite] {
-                let count = ingest.violations.get(&kind).copied().unwrap_or(0);
-                gauges
+                let stored = ingest.violations.get(&kind).copied().unwrap_or(0);
+                let counter = gauges
                     .violations
-                    .with_label_values(&[system, kind.as_str()])
-                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                    .with_label_values(&[system, kind.as_str()]);
+                counter.inc_by(stored.saturating_sub(counter.get()));
             }
         }
+        drop(moving);
         for (system, feed) in [
             ("source", &report.feed.source),
             ("target", &report.feed.target),

@@ -205,3 +205,40 @@ fn a_client_retrying_with_a_wrong_token_is_counted_every_time_and_logged_once() 
         "{attempts} refusals within seconds were logged {logged} times"
     );
 }
+
+/// The lints `promtool check metrics` applies to names: a counter ends in `_total`, nothing
+/// else does, and every metric says what it is.
+#[test]
+fn metrics_are_named_as_prometheus_expects() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, address) = start(directory.path(), "");
+    let (status, metrics) = exchange(
+        connect_from([127, 0, 0, 1], address),
+        &request("GET", "/metrics", None),
+    );
+    assert_eq!(status, 200);
+    let mut types = 0;
+    for line in metrics.lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declared.split_once(' ').unwrap();
+        types += 1;
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with(&format!("# HELP {name} "))),
+            "{name} has no help text"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE tandem_violations_total counter"),
+        "{metrics}"
+    );
+    assert!(types >= 10, "only {types} metrics: {metrics}");
+}

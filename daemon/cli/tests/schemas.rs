@@ -106,6 +106,32 @@ fn the_openapi_document_lists_every_route() {
     }
 }
 
+/// The OpenAPI document is valid OpenAPI 3.1, as the reference validator reads it
+/// (`openapi-spec-validator`, installed by `scripts/setup.sh`).
+#[test]
+fn the_openapi_document_is_valid_openapi() {
+    let cache = std::env::var_os("TANDEM_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/tandem"),
+        PathBuf::from,
+    );
+    let validator = cache.join("python/bin/openapi-spec-validator");
+    let output = std::process::Command::new(&validator)
+        .arg(schemas_dir().join("openapi.yaml"))
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}; run scripts/setup.sh test (make test does)",
+                validator.display()
+            )
+        });
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && said.trim_end().ends_with(": OK"),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn request_examples_match_their_schemas() {
     let directory = schemas_dir().join("examples").join("requests");
