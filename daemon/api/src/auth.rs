@@ -15,8 +15,8 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
-use crate::quiet::Quieted;
 use crate::{ApiContext, ApiError};
+use tandem_ingest::quiet::Quieted;
 
 /// A token, shown as `***` in logs and debug output.
 #[derive(Clone, PartialEq, Eq)]

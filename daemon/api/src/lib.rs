@@ -9,7 +9,6 @@ mod delta;
 pub mod history;
 mod metrics;
 pub mod ownership;
-mod quiet;
 pub mod report;
 pub mod serve;
 pub mod spotcheck;

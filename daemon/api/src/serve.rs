@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tracing::{debug, info};
 
-use crate::quiet::Quieted;
+use tandem_ingest::quiet::Quieted;
 
 /// How many connections the listener takes, and for how long it waits for a request.
 #[derive(Clone, Copy, Debug)]

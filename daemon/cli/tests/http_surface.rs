@@ -242,3 +242,41 @@ fn metrics_are_named_as_prometheus_expects() {
     );
     assert!(types >= 10, "only {types} metrics: {metrics}");
 }
+
+/// librdkafka retries a missing broker every second or faster, on three clients: the log says
+/// so once per kind of error, not once per retry.
+#[test]
+fn a_broker_that_stays_away_is_logged_once_per_kind_of_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, _) = start(directory.path(), "");
+    let log = directory.path().join("tandem.log");
+    // Noticed after the consumer's first statistics without a broker (about 10 s): by then
+    // each client has retried several times.
+    let text = wait_for(
+        "the missing broker to be noticed",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("no Kafka broker is reachable")
+                .then_some(text)
+        },
+    );
+    let refused = text
+        .lines()
+        .filter(|line| line.contains("Connection refused"))
+        .count();
+    let warnings = text
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .count();
+    // One connection error per client (the consumer, the dead-letter and the request
+    // producers), and a few kinds of client error each.
+    assert!(
+        refused <= 3 * 3,
+        "{refused} lines say the connection was refused:\n{text}"
+    );
+    assert!(
+        warnings <= 20,
+        "{warnings} warnings in the first seconds:\n{text}"
+    );
+}

@@ -24,6 +24,7 @@ use tandem_formats::{decode_message, Format, FormatSettings};
 use tandem_store::{Coordinates, Store};
 use tracing::{debug, error, info, warn};
 
+use crate::quiet::Quieted;
 use crate::status::IngestStatus;
 
 /// How long a revocation waits for the apply loop before giving up on the handshake.
@@ -177,7 +178,13 @@ pub(crate) struct TandemConsumerContext {
     pub(crate) read_committed: bool,
     /// Partitions whose reset is durable: the poll loop assigns them again from offset 0.
     pub(crate) resets: PartitionResets,
+    /// librdkafka repeats an error every few milliseconds while a broker stays away: each
+    /// kind is logged once per period, with the count held back.
+    pub(crate) errors: Quieted,
 }
+
+/// How often one kind of Kafka client error is logged while it repeats.
+pub(crate) const KAFKA_ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// A partition assigned by the group, with the next offset it starts at (`None`: from its
 /// beginning).
@@ -236,7 +243,9 @@ impl ClientContext for TandemConsumerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(%error, reason, "Kafka client error");
+        self.errors.warn_about(&error.to_string(), |suppressed| {
+            warn!(%error, reason, suppressed, "Kafka client error (the same error is logged at most every 30 s; `suppressed` counts those held back)");
+        });
         let now = Timestamp::from_system_time(std::time::SystemTime::now());
         self.status.update(|snapshot| {
             snapshot.last_kafka_error = Some((now, format!("{error}: {reason}")));
@@ -244,15 +253,31 @@ impl ClientContext for TandemConsumerContext {
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as Level;
-        match level {
-            Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
-                error!(target: "librdkafka", facility, "{message}")
-            }
-            Level::Warning => warn!(target: "librdkafka", facility, "{message}"),
-            Level::Notice | Level::Info => info!(target: "librdkafka", facility, "{message}"),
-            Level::Debug => debug!(target: "librdkafka", facility, "{message}"),
-        }
+        librdkafka_log(&self.errors, level, facility, message);
+    }
+}
+
+/// One of librdkafka's own log lines, at its level; errors and warnings at most once per
+/// period per facility (a connection refused every second while a broker is away is one line
+/// per 30 s, with the count of those held back).
+pub(crate) fn librdkafka_log(
+    quieted: &Quieted,
+    level: rdkafka::config::RDKafkaLogLevel,
+    facility: &str,
+    message: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => quieted.warn_about(
+            &format!("librdkafka {facility}"),
+            |suppressed| error!(target: "librdkafka", facility, suppressed, "{message}"),
+        ),
+        Level::Warning => quieted.warn_about(
+            &format!("librdkafka {facility}"),
+            |suppressed| warn!(target: "librdkafka", facility, suppressed, "{message}"),
+        ),
+        Level::Notice | Level::Info => info!(target: "librdkafka", facility, "{message}"),
+        Level::Debug => debug!(target: "librdkafka", facility, "{message}"),
     }
 }
 

@@ -9,10 +9,15 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use tracing::warn;
 
+use crate::consumer::KAFKA_ERROR_LOG_EVERY;
+use crate::quiet::Quieted;
+
 /// Collects `(item, outcome)` for each delivered or failed message.
 pub(crate) struct Deliveries<T> {
     producer: &'static str,
     reports: Mutex<Vec<(T, Result<(), String>)>>,
+    /// Errors and librdkafka's own warnings repeat while a broker stays away.
+    errors: Quieted,
 }
 
 impl<T> Deliveries<T> {
@@ -21,6 +26,7 @@ impl<T> Deliveries<T> {
         Deliveries {
             producer,
             reports: Mutex::new(Vec::new()),
+            errors: Quieted::new(KAFKA_ERROR_LOG_EVERY),
         }
     }
 
@@ -37,7 +43,13 @@ impl<T> Deliveries<T> {
 
 impl<T: Send + Sync> ClientContext for Deliveries<T> {
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(producer = self.producer, %error, reason, "producer error");
+        self.errors.warn_about(&error.to_string(), |suppressed| {
+            warn!(producer = self.producer, %error, reason, suppressed, "producer error (the same error is logged at most every 30 s; `suppressed` counts those held back)");
+        });
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::consumer::librdkafka_log(&self.errors, level, facility, message);
     }
 }
 

@@ -16,6 +16,7 @@ mod disk;
 pub mod metrics;
 mod overlay;
 mod poll;
+pub mod quiet;
 mod requests;
 mod signals;
 pub mod status;
@@ -372,6 +373,7 @@ pub fn start(
         assigned: Mutex::new(Vec::new()),
         read_committed: settings.read_committed(),
         resets: resets.clone(),
+        errors: crate::quiet::Quieted::new(consumer::KAFKA_ERROR_LOG_EVERY),
     };
     let consumer: BaseConsumer<TandemConsumerContext> = settings
         .consumer_config()

@@ -505,7 +505,12 @@ impl PollState<'_> {
     }
 
     fn note_error(&mut self, consumer: &TandemConsumer, error: &KafkaError) {
-        warn!(%error, "Kafka consumer error; retrying");
+        consumer
+            .context()
+            .errors
+            .warn_about(&format!("poll: {error}"), |suppressed| {
+                warn!(%error, suppressed, "Kafka consumer error; retrying (the same error is logged at most every 30 s; `suppressed` counts those held back)");
+            });
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::GroupAuthorizationFailed) {
             let group_id = &self.settings.group_id;
             let problem = format!("tandem's principal may not join the consumer group {group_id}: grant it READ on the group (or set kafka.group_id to a group it may use)");
