@@ -16,7 +16,10 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::{ApiContext, ApiError};
+use tandem_core::cutover::Caller;
 use tandem_ingest::quiet::Quieted;
+
+use crate::request_id::RequestId;
 
 /// A token, shown as `***` in logs and debug output.
 #[derive(Clone, PartialEq, Eq)]
@@ -168,8 +171,27 @@ pub(crate) async fn require_token(
     } else {
         None
     };
+    // Which token was presented, for the audit of what the request does.
+    let presented = match offered {
+        Some(offered) if admin_ok(offered) => "admin",
+        Some(offered) if read_ok(offered) => "read",
+        _ => "none",
+    };
     match refusal {
-        None => next.run(request).await,
+        None => {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.clone())
+                .unwrap_or_default();
+            let mut request = request;
+            request.extensions_mut().insert(Caller {
+                token: presented.to_owned(),
+                address: caller,
+                request_id,
+            });
+            next.run(request).await
+        }
         Some((reason, status, hint)) => {
             context
                 .auth_metrics

@@ -350,6 +350,7 @@ pub(crate) struct StepQuery {
 
 pub(crate) async fn post_step(
     State(context): State<Arc<ApiContext>>,
+    caller: Option<axum::Extension<tandem_core::cutover::Caller>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<StepQuery>, QueryRejection>,
     body: Result<Json<StepRequest>, JsonRejection>,
@@ -380,6 +381,18 @@ pub(crate) async fn post_step(
         )
     })?;
     let dry_run = request.dry_run || query.dry_run.unwrap_or(false);
+    let caller = caller.map(|axum::Extension(caller)| caller);
+    if !dry_run {
+        crate::audit(
+            caller.as_ref(),
+            "cutover step asked",
+            &format!(
+                "{name} by {}: {}",
+                request.by.as_deref().unwrap_or("api"),
+                request.reason
+            ),
+        );
+    }
     blocking(move || {
         let (readiness, ownership, measured_at_events) = readiness(&context)?;
         let state = &ownership.cutover;
@@ -442,6 +455,7 @@ pub(crate) async fn post_step(
         match handle.request(StepOrder {
             transition,
             by: request.by.unwrap_or_else(|| "api".to_owned()),
+            caller,
             reason: request.reason,
             evidence,
             measured_at_events: needs_gates.then_some(measured_at_events),

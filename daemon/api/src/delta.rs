@@ -73,6 +73,7 @@ fn csv_line(row: &DeltaRow) -> String {
 
 pub(crate) async fn get_delta(
     State(context): State<Arc<ApiContext>>,
+    caller: Option<axum::Extension<tandem_core::cutover::Caller>>,
     query: Result<Query<DeltaQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let hint = "parameters: system (source or target: the system whose changes to carry back), since (an RFC 3339 time, a duration like 24h, or `flip` for the latest flip), entity, format (jsonl or csv)";
@@ -118,6 +119,15 @@ pub(crate) async fn get_delta(
     } else {
         crate::ownership::parse_since(&since_text)?
     };
+    crate::audit(
+        caller.as_deref(),
+        "delta export",
+        &format!(
+            "{system} since {since} ({}), entities {}",
+            if csv { "csv" } else { "jsonl" },
+            entities.join(" ")
+        ),
+    );
     let (sender, receiver) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
         stream_rows(&context, system, since, &entities, csv, &sender)

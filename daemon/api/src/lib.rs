@@ -10,6 +10,7 @@ pub mod history;
 mod metrics;
 pub mod ownership;
 pub mod report;
+mod request_id;
 pub mod serve;
 pub mod spotcheck;
 
@@ -29,6 +30,7 @@ use base64::Engine;
 use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tandem_core::cutover::Caller;
 use tandem_core::ownership::OwnershipPolicy;
 use tandem_core::patterns::SuspectedMappingError;
 use tandem_core::record::{Cause, CauseDetail};
@@ -215,6 +217,8 @@ pub fn router(context: Arc<ApiContext>) -> Router {
                 "see schemas/openapi.yaml for the methods of each endpoint: changes are POST, everything else GET",
             )
         })
+        // Outermost: every answer has an id, refusals and wrong paths included.
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(context)
 }
 
@@ -228,6 +232,20 @@ pub async fn serve(
     let limits = context.connection_limits;
     let metrics = context.connection_metrics.clone();
     serve::serve_connections(listener, router(context), limits, metrics, shutdown).await
+}
+
+/// Logs a change or an export with who asked, as the API established it (the token, the
+/// address, the request id), next to what was asked.
+pub(crate) fn audit(caller: Option<&Caller>, what: &str, detail: &str) {
+    let unknown = Caller::default();
+    let caller = caller.unwrap_or(&unknown);
+    tracing::info!(
+        token = %caller.token,
+        address = %caller.address,
+        request_id = %caller.request_id,
+        detail,
+        "{what}"
+    );
 }
 
 /// An error response: `{"error": ..., "hint": ...}`.
@@ -567,6 +585,7 @@ struct PartitionResetRequest {
 /// unverified and a snapshot is requested. Answers once the reset is durable.
 async fn post_partition_reset(
     State(context): State<Arc<ApiContext>>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Json<PartitionResetRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let hint = "POST /v1/partitions/reset with {\"topic\": \"...\", \"partition\": 0, \"reason\": \"...\"}";
@@ -576,6 +595,14 @@ async fn post_partition_reset(
         |request: &PartitionResetRequest| &request.reason,
         "a partition reset",
     )?;
+    audit(
+        caller.as_deref(),
+        "partition reset asked",
+        &format!(
+            "{}/{}: {}",
+            request.topic, request.partition, request.reason
+        ),
+    );
     let handle = running_control(&context)?;
     blocking(move || {
         let loss = handle
@@ -596,6 +623,7 @@ async fn post_partition_reset(
 /// Starts a re-evaluation of every stored record; `/v1/report` shows its progress.
 async fn post_reevaluate(
     State(context): State<Arc<ApiContext>>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Json<ReevaluateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let hint = "POST /v1/reevaluate with {\"reason\": \"...\"}";
@@ -605,6 +633,7 @@ async fn post_reevaluate(
         |request: &ReevaluateRequest| &request.reason,
         "a re-evaluation",
     )?;
+    audit(caller.as_deref(), "re-evaluation asked", &request.reason);
     let handle = running_control(&context)?;
     let reason = request.reason;
     blocking(move || {

@@ -36,9 +36,15 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Sends one request on `stream` and reads the whole answer: the status and the body.
+fn exchange(stream: TcpStream, request: &str) -> (u16, String) {
+    let (status, _, body) = exchange_whole(stream, request);
+    (status, body)
+}
+
 /// Sends one request on `stream` and reads the whole answer (the server closes, or says how
-/// long the body is): the status and the body.
-fn exchange(mut stream: TcpStream, request: &str) -> (u16, String) {
+/// long the body is): the status, the head and the body.
+fn exchange_whole(mut stream: TcpStream, request: &str) -> (u16, String, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -60,7 +66,7 @@ fn exchange(mut stream: TcpStream, request: &str) -> (u16, String) {
                 .unwrap_or(usize::MAX);
             if read == 0 || body.len() >= length {
                 let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                return (status, body.to_owned());
+                return (status, head.to_owned(), body.to_owned());
             }
         }
         assert!(read > 0, "the connection closed mid-answer: {text:?}");
@@ -279,4 +285,84 @@ fn a_broker_that_stays_away_is_logged_once_per_kind_of_error() {
         warnings <= 20,
         "{warnings} warnings in the first seconds:\n{text}"
     );
+}
+
+/// The value of `name` in an answer's head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Every answer has a request id; a change keeps the token, the address and the id it came
+/// with, whatever `by` the caller claims, and its log line says them.
+#[test]
+fn changes_keep_who_asked_as_the_api_established_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, address) = start(
+        directory.path(),
+        &format!("admin_token = \"{ADMIN}\"\nread_token = \"{READ}\""),
+    );
+    let ask = |from: [u8; 4], text: &str| exchange_whole(connect_from(from, address), text);
+    let with_id = |id: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nhost: tandem\r\nauthorization: Bearer {READ}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n")
+    };
+    let generated = |head: &str| {
+        let id = header(head, "x-request-id").expect("every answer has a request id");
+        assert!(
+            id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit()),
+            "{id}"
+        );
+        id.to_owned()
+    };
+    // Given one when none is sent, refusals and unknown paths included; a new one each time.
+    let (_, first, _) = ask([127, 0, 0, 1], &request("GET", "/v1/report", Some(READ)));
+    let (_, second, _) = ask([127, 0, 0, 1], &request("GET", "/v1/report", None));
+    let (_, unknown, _) = ask([127, 0, 0, 1], &request("GET", "/nowhere", None));
+    let ids = [generated(&first), generated(&second), generated(&unknown)];
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    // A caller's own is kept if it is plain, replaced if not.
+    let (_, kept, _) = ask(
+        [127, 0, 0, 1],
+        &with_id("deploy-2026.12.07_1", "/v1/report"),
+    );
+    assert_eq!(header(&kept, "x-request-id"), Some("deploy-2026.12.07_1"));
+    let (_, replaced, _) = ask([127, 0, 0, 1], &with_id("a b [INFO] forged", "/v1/report"));
+    generated(&replaced);
+
+    // A step taken from 127.0.0.3 with the admin token, claiming to be someone else.
+    let body = r#"{"reason": "rehearsal", "by": "mallory"}"#;
+    let step = format!(
+        "POST /v1/cutover/freeze HTTP/1.1\r\nhost: tandem\r\nauthorization: Bearer {ADMIN}\r\nx-request-id: freeze-1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, answer) = ask([127, 0, 0, 3], &step);
+    assert_eq!(status, 200, "{answer}");
+    let (_, _, cutover) = ask([127, 0, 0, 1], &request("GET", "/v1/cutover", Some(READ)));
+    let cutover: serde_json::Value = serde_json::from_str(&cutover).unwrap();
+    let taken = &cutover["history"][0];
+    assert_eq!(taken["by"], "mallory", "{taken}");
+    assert_eq!(taken["caller"]["token"], "admin", "{taken}");
+    assert_eq!(taken["caller"]["request_id"], "freeze-1", "{taken}");
+    assert!(
+        taken["caller"]["address"]
+            .as_str()
+            .is_some_and(|address| address.starts_with("127.0.0.3:")),
+        "{taken}"
+    );
+    drop(daemon);
+    let log = std::fs::read_to_string(directory.path().join("tandem.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("cutover step taken"))
+        .unwrap_or_else(|| panic!("no step in the log:\n{log}"));
+    for said in [
+        "request_id=freeze-1",
+        "token=admin",
+        "address=127.0.0.3:",
+        "by=mallory",
+    ] {
+        assert!(line.contains(said), "{said}: {line}");
+    }
 }

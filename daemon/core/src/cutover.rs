@@ -145,8 +145,10 @@ impl fmt::Display for Transition {
 pub struct StepOrder {
     /// The step.
     pub transition: Transition,
-    /// Who asks.
+    /// Who asks, as they say.
     pub by: String,
+    /// Who asks, as the API established it.
+    pub caller: Option<Caller>,
     /// Why, in their words.
     pub reason: String,
     /// The readiness it was decided on (verify, flip), as JSON.
@@ -155,6 +157,17 @@ pub struct StepOrder {
     /// step is refused if any event has been applied since, so a step is always taken on the
     /// state its gates were measured on.
     pub measured_at_events: Option<u64>,
+}
+
+/// Who sent a request, as the API established it (unlike a `by`, which the caller writes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// The token presented: `admin`, `read`, or `none` where the API asks for none.
+    pub token: String,
+    /// The client's address and port.
+    pub address: String,
+    /// The request's id: the `X-Request-Id` it sent (if usable) or the one the API gave it.
+    pub request_id: String,
 }
 
 /// A transition as it happened: who, when, why, and the evidence.
@@ -166,8 +179,11 @@ pub struct TransitionRecord {
     pub from: Phase,
     /// The phase after.
     pub to: Phase,
-    /// Who asked (the `--by` of the CLI, or the API caller's `by`).
+    /// Who asked, as they said (the `--by` of the CLI, or the API caller's `by`): a claim.
     pub by: String,
+    /// Who asked, as the API established it: the token presented, the address, the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
     /// Why, in their words.
     pub reason: String,
     /// Wall-clock time of the transition.

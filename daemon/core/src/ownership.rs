@@ -465,6 +465,7 @@ mod tests {
             from,
             to,
             by: "ops".to_owned(),
+            caller: None,
             reason: "rehearsal".to_owned(),
             at: time(at),
             owner,

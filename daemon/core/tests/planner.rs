@@ -322,6 +322,7 @@ fn a_gated_step_is_refused_when_events_arrived_after_its_gates_were_measured() {
     let order = |transition, measured_at_events| StepOrder {
         transition,
         by: "release-manager".to_owned(),
+        caller: None,
         reason: "rehearsal".to_owned(),
         evidence: None,
         measured_at_events,

@@ -283,16 +283,22 @@ impl ApplyLoop {
         self.drain()?;
         let outcome = outcome.unwrap_or_else(|| Err("the step was not planned".to_owned()));
         match &outcome {
-            Ok(record) => info!(
-                transition = %record.transition,
-                from = %record.from,
-                to = %record.to,
-                by = %record.by,
-                reason = %record.reason,
-                owner = %record.owner,
-                epoch = record.epoch,
-                "cutover step taken"
-            ),
+            Ok(record) => {
+                let caller = record.caller.clone().unwrap_or_default();
+                info!(
+                    transition = %record.transition,
+                    from = %record.from,
+                    to = %record.to,
+                    by = %record.by,
+                    token = %caller.token,
+                    address = %caller.address,
+                    request_id = %caller.request_id,
+                    reason = %record.reason,
+                    owner = %record.owner,
+                    epoch = record.epoch,
+                    "cutover step taken"
+                )
+            }
             Err(refusal) => warn!(%transition, %refusal, "cutover step refused"),
         }
         let _ = reply.send(outcome);

@@ -390,6 +390,7 @@ impl<'a, V: StateView> Planner<'a, V> {
         let StepOrder {
             transition,
             by,
+            caller,
             reason,
             evidence,
             measured_at_events,
@@ -435,6 +436,7 @@ impl<'a, V: StateView> Planner<'a, V> {
             from,
             to,
             by,
+            caller,
             reason,
             at,
             owner,
