@@ -11,6 +11,8 @@
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 #   - openapi-spec-validator (PyPI), which checks schemas/openapi.yaml, in a virtual
 #     environment under ~/.cache/tandem/python.
+#   - promtool, which checks the shipped alert rules and the live /metrics: built from the
+#     Go module proxy into ~/.cache/tandem/tools (about 4 minutes, once per version).
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
 set -euo pipefail
 
@@ -44,6 +46,14 @@ if [ "$want" = "test" ]; then
   if ! "$tools/bin/cargo-fuzz" --version >/dev/null 2>&1; then
     say "installing cargo-fuzz into $tools (about a minute, once per machine)"
     cargo install cargo-fuzz --locked --root "$tools" --quiet
+  fi
+
+  promtool_version="0.316.0"   # Prometheus 3.16's module version; keep in step with daemon/testkit
+  if [ "$(cat "$tools/promtool.VERSION" 2>/dev/null)" != "$promtool_version" ]; then
+    say "building promtool $promtool_version into $tools/bin (Go module proxy, about 4 minutes, once per machine)"
+    mkdir -p "$tools/bin"
+    GOBIN="$tools/bin" go install "github.com/prometheus/prometheus/cmd/promtool@v$promtool_version" </dev/null
+    printf '%s\n' "$promtool_version" > "$tools/promtool.VERSION"
   fi
 
   python_tools="$cache/python"

@@ -268,10 +268,7 @@ pub async fn watch(
         }
         let context = context.clone();
         let fired = tokio::task::spawn_blocking(move || {
-            readiness(&context).map(|(readiness, _, _)| {
-                if let Some(days) = readiness.commit_days_left {
-                    context.commit_days_left.set(days);
-                }
+            readiness(&context).map(|_| {
                 let memory = context
                     .gate_memory
                     .lock()

@@ -84,7 +84,7 @@ pub struct ApiContext {
     connection_metrics: ConnectionMetrics,
     gate_memory: cutover::Memory,
     cutover_metrics: prometheus::IntGauge,
-    commit_days_left: prometheus::IntGauge,
+    commit_date: prometheus::IntGauge,
     /// Suspected mapping errors: when, for which data (events applied, clock), what.
     patterns: std::sync::Mutex<Option<PatternCache>>,
 }
@@ -110,9 +110,9 @@ impl ApiContext {
             "Rollback triggers firing now (evaluated after a flip, every 15 s)",
         )?;
         registry.register(Box::new(cutover_metrics.clone()))?;
-        let commit_days_left = prometheus::IntGauge::new(
-            "tandem_commit_days_left",
-            "Days left until the cutover's commit date (negative once past it); no series without a date",
+        let commit_date = prometheus::IntGauge::new(
+            "tandem_commit_date_timestamp_seconds",
+            "The cutover's commit date, in seconds since 1970 (compare with time()); no series without a date",
         )?;
         Ok(ApiContext {
             store,
@@ -132,7 +132,7 @@ impl ApiContext {
             connection_metrics,
             gate_memory: std::sync::Mutex::default(),
             cutover_metrics,
-            commit_days_left,
+            commit_date,
             patterns: std::sync::Mutex::default(),
         })
     }
@@ -150,11 +150,11 @@ impl ApiContext {
         handle: Option<tandem_ingest::ControlHandle>,
     ) -> Self {
         self.cutover_rules = rules;
-        if self.cutover_rules.gates.commit_date.is_some() {
+        if let Some(date) = self.cutover_rules.gates.commit_date {
             // Only configured dates get a series, so "no date" never looks like "due today".
-            let _ = self
-                .registry
-                .register(Box::new(self.commit_days_left.clone()));
+            self.commit_date
+                .set(date.unix_nanos().div_euclid(1_000_000_000));
+            let _ = self.registry.register(Box::new(self.commit_date.clone()));
         }
         self.cutover = handle;
         self

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tandem_core::cutover::Phase;
 use tandem_core::ownership::ViolationKind;
 use tandem_core::System;
 use tandem_ingest::IngestMetrics;
@@ -35,6 +36,8 @@ pub(crate) struct ReportGauges {
     violations: IntCounterVec,
     /// One scrape at a time moves the counter.
     violations_moving: Arc<std::sync::Mutex<()>>,
+    /// 1 for the cutover's phase, 0 for the others.
+    cutover_phase: IntGaugeVec,
 }
 
 impl ReportGauges {
@@ -105,7 +108,15 @@ impl ReportGauges {
                 &["system", "kind"],
             )?,
             violations_moving: Arc::default(),
+            cutover_phase: IntGaugeVec::new(
+                Opts::new(
+                    "tandem_cutover_phase",
+                    "The cutover's phase: 1 for the phase it is in, 0 for the others",
+                ),
+                &["phase"],
+            )?,
         };
+        registry.register(Box::new(gauges.cutover_phase.clone()))?;
         registry.register(Box::new(gauges.records.clone()))?;
         registry.register(Box::new(gauges.parity.clone()))?;
         registry.register(Box::new(gauges.oldest_divergence_age.clone()))?;
@@ -227,6 +238,21 @@ pub(crate) async fn get_metrics(
         context
             .report_gauges
             .refresh(&report, &context.ingest_metrics);
+        let phase = context
+            .store
+            .read()
+            .apply_state()
+            .map_err(ApiError::internal)?
+            .ownership
+            .cutover
+            .phase;
+        for each in Phase::ALL {
+            context
+                .report_gauges
+                .cutover_phase
+                .with_label_values(&[each.as_str()])
+                .set(i64::from(each == phase));
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&context.registry.gather(), &mut buffer)

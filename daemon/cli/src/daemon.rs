@@ -75,6 +75,7 @@ pub async fn run(
         .map_err(StartError::Config)?;
     let status = Arc::new(IngestStatus::new(settings.topics.clone()));
     let registry = Registry::new_custom(None, None).context("metrics registry")?;
+    register_process_metrics(&registry).context("registering process metrics")?;
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
     let listener = TcpListener::bind(config.api.listen)
         .await
@@ -191,4 +192,23 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
         }
         cancel.cancel();
     });
+}
+
+/// The process's own figures (CPU, memory, open files, start time: `process_*`) and which
+/// build is running (`tandem_build_info`, always 1).
+fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let build = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "tandem_build_info",
+            "The running build: its release and commit (always 1)",
+        ),
+        &["version", "commit"],
+    )?;
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TANDEM_COMMIT")])
+        .set(1);
+    registry.register(Box::new(build))
 }

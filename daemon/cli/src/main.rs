@@ -26,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Guards the parallel run after a CRM migration: compares both systems' change events and
 /// reports every divergence.
 #[derive(Parser)]
-#[command(name = "tandem", version, about, long_about = None)]
+#[command(name = "tandem", version = tandem::VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -705,7 +705,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_daemon(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path, &Environment::Process)?;
     logging::init(&config.log.level, config.log.format);
-    tracing::info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), "tandem starting");
+    tracing::info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), commit = env!("TANDEM_COMMIT"), "tandem starting");
     let ended = runtime()?.block_on(async {
         let cancel = CancellationToken::new();
         daemon::cancel_on_signals(cancel.clone());

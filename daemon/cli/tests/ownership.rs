@@ -524,6 +524,7 @@ fn writers_into_the_fenced_target_are_violations_attributed_to_them() {
         .body_mut()
         .read_to_string()
         .unwrap();
+    common::assert_promtool_accepts_metrics(&metrics);
     assert!(
         metrics.contains("tandem_auth_failures_total{reason=\"missing\"} 11"),
         "{metrics}"

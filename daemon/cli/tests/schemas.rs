@@ -132,6 +132,22 @@ fn the_openapi_document_is_valid_openapi() {
     );
 }
 
+/// The shipped alert rules pass `promtool check rules`.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let output = std::process::Command::new(tandem_testkit::installed_tool("tools/bin/promtool"))
+        .args(["check", "rules"])
+        .arg(schemas_dir().join("../ops/prometheus/alerts.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn request_examples_match_their_schemas() {
     let directory = schemas_dir().join("examples").join("requests");

@@ -32,6 +32,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a cutover goes through them.
+    pub const ALL: [Phase; 5] = [
+        Phase::ParallelRun,
+        Phase::Frozen,
+        Phase::Verified,
+        Phase::Flipped,
+        Phase::Complete,
+    ];
+
     /// Whether live writes are stopped everywhere: from the freeze until the flip or a
     /// rollback (verified included: the gates held on a state nobody may change any more).
     pub const fn is_frozen(self) -> bool {

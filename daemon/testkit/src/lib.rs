@@ -60,6 +60,44 @@ pub fn tandem_binary() -> PathBuf {
     binary("tandem")
 }
 
+/// A tool `scripts/setup.sh` installed under `~/.cache/tandem` (`make test` runs it first).
+pub fn installed_tool(relative: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let path = PathBuf::from(home).join(".cache/tandem").join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh test (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// `promtool check metrics` on a scrape of `/metrics`: Prometheus's own lints of names,
+/// types, help texts and units. Fails the test with what promtool said.
+pub fn assert_promtool_accepts_metrics(scrape: &str) {
+    use std::io::Write;
+    let mut child = Command::new(installed_tool("tools/bin/promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
