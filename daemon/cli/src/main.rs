@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tandem::client::{encode_component, ApiClient};
 use tandem::config::{Config, ConfigError, Environment};
 use tandem::daemon::{self, Ended, StartError};
@@ -248,6 +248,13 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Print a shell's completion script: `tandem completions bash > /etc/bash_completion.d/tandem`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `tandem man > tandem.1; man ./tandem.1`.
+    Man,
     /// Run an embedded broker, a simulated parallel run of two CRMs and the daemon.
     Demo {
         /// Seed of the simulation.
@@ -282,6 +289,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Tells, on stderr, that a listing shows its first page only.
+fn say_cut(shown: impl std::fmt::Display, what: &str) {
+    eprintln!(
+        "tandem: the first {shown} {what} are shown and there are more: --all lists every one"
+    );
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
@@ -374,7 +388,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 items.extend(page.items);
                 match page.next_cursor {
                     Some(next) if all => cursor = Some(next),
-                    _ => break,
+                    Some(_) => {
+                        say_cut(items.len(), "violations");
+                        break;
+                    }
+                    None => break,
                 }
             }
             if format != Format::Json {
@@ -643,7 +661,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 match page.next_cursor {
                     Some(next) if all => cursor = Some(next),
-                    _ => break,
+                    Some(_) => {
+                        say_cut(rows, "records");
+                        break;
+                    }
+                    None => break,
                 }
             }
             match (csv, format) {
@@ -667,6 +689,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

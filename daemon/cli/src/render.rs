@@ -36,6 +36,8 @@ pub enum View {
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
+    // On a terminal, wide columns wrap to its width; piped, rows stay whole (for grep).
+    table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
     table.set_header(header.iter().map(Cell::new));
     table
 }

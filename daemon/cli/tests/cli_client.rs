@@ -205,3 +205,55 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(output.stderr.is_empty(), "{}", text(&output.stderr));
 }
+
+#[test]
+fn completions_load_in_the_shell_and_the_manual_names_every_command() {
+    let script = tandem(&["completions", "bash"], None);
+    assert!(script.status.success());
+    // bash itself reads the script and registers the completion.
+    let mut bash = Command::new("bash")
+        .args(["-c", "source /dev/stdin && complete -p tandem"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut bash.stdin.take().unwrap(), &script.stdout).unwrap();
+    let registered = bash.wait_with_output().unwrap();
+    assert!(
+        text(&registered.stdout).contains("-F _tandem tandem"),
+        "{}{}",
+        text(&registered.stdout),
+        text(&registered.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let script = tandem(&["completions", shell], None);
+        assert!(script.status.success(), "{shell}");
+        assert!(text(&script.stdout).contains("divergences"), "{shell}");
+    }
+    assert_eq!(
+        tandem(&["completions", "tcsh"], None).status.code(),
+        Some(2)
+    );
+
+    // Every command `tandem --help` lists has its place in the manual.
+    let help = text(&tandem(&["--help"], None).stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|command| *command != "help")
+        .collect();
+    assert!(commands.len() >= 15, "{commands:?}");
+    let manual = text(&tandem(&["man"], None).stdout);
+    assert!(manual.contains(".TH tandem 1"), "{manual}");
+    for command in commands {
+        assert!(
+            // roff writes a hyphen as `\-`.
+            manual.contains(&format!("tandem\\-{}", command.replace('-', "\\-"))),
+            "{command} is not in the manual"
+        );
+    }
+}

@@ -278,6 +278,31 @@ fn field_rules_patterns_exports_and_reevaluation() {
         );
     }
 
+    // A listing of the first page says that there is more (three company mismatches).
+    for (limit, cut) in [("2", true), ("3", false)] {
+        let listed = tandem(
+            &daemon,
+            &[
+                "divergences",
+                "--entity",
+                "contact",
+                "--field",
+                "company",
+                "--limit",
+                limit,
+            ],
+        );
+        assert!(listed.status.success());
+        let said = String::from_utf8_lossy(&listed.stderr);
+        assert_eq!(
+            said.contains(&format!(
+                "the first {limit} records are shown and there are more"
+            )),
+            cut,
+            "--limit {limit}: {said}"
+        );
+    }
+
     // The repair team's export of the company mismatches: both values and the cause.
     let output = tandem(
         &daemon,

@@ -357,6 +357,9 @@ impl ReadSnapshot<'_> {
     ) -> Result<DivergencePage> {
         let mut items = Vec::new();
         let mut last_key: Option<Vec<u8>> = None;
+        // Whether an entry past the page exists: only then is there a next page (a full last
+        // page has no cursor, so a client never asks for an empty one).
+        let mut more = false;
         'entities: for entity in &filter.entities {
             let prefixes: Vec<(&'static str, Vec<u8>)> = match (&filter.field, filter.status) {
                 (Some(field), _) => vec![(
@@ -392,6 +395,7 @@ impl ReadSnapshot<'_> {
                 };
                 for item in self.scan(column_family, prefix.clone(), start) {
                     if items.len() >= limit {
+                        more = true;
                         break 'entities;
                     }
                     let (key, _) = item?;
@@ -413,7 +417,7 @@ impl ReadSnapshot<'_> {
                 }
             }
         }
-        let next_cursor = if items.len() >= limit { last_key } else { None };
+        let next_cursor = if more { last_key } else { None };
         Ok(DivergencePage { items, next_cursor })
     }
 }

@@ -338,6 +338,16 @@ fn paging_visits_every_divergent_record_once() {
     // Listed by status (missing_in_target before missing_in_source), then by key.
     expected.sort_by_key(|key| (key[1..].parse::<u32>().unwrap() % 3 == 0, key.clone()));
     assert_eq!(seen, expected);
+    // A page that holds the last record has no cursor: 23 records in one page of 23, and the
+    // second of pages of 15 and 8.
+    let whole = store.read().divergences(&filter, None, 23).unwrap();
+    assert_eq!((whole.items.len(), whole.next_cursor), (23, None));
+    let first = store.read().divergences(&filter, None, 15).unwrap();
+    let second = store
+        .read()
+        .divergences(&filter, first.next_cursor.as_deref(), 8)
+        .unwrap();
+    assert_eq!((second.items.len(), second.next_cursor), (8, None));
 }
 
 #[test]
