@@ -48,8 +48,9 @@ if [ "$want" = "test" ]; then
     cargo install cargo-fuzz --locked --root "$tools" --quiet
   fi
 
-  promtool_version="0.316.0"   # Prometheus 3.16's module version; keep in step with daemon/testkit
-  if [ "$(cat "$tools/promtool.VERSION" 2>/dev/null)" != "$promtool_version" ]; then
+  promtool_version="0.316.0"   # Prometheus 3.16's module version (needs Go 1.26.7 or newer;
+                               # an older go fetches that toolchain from the module proxy)
+  if [ "$(cat "$tools/promtool.VERSION" 2>/dev/null)" != "$promtool_version" ] || [ ! -x "$tools/bin/promtool" ]; then
     say "building promtool $promtool_version into $tools/bin (Go module proxy, about 4 minutes, once per machine)"
     mkdir -p "$tools/bin"
     GOBIN="$tools/bin" go install "github.com/prometheus/prometheus/cmd/promtool@v$promtool_version" </dev/null
@@ -58,7 +59,7 @@ if [ "$want" = "test" ]; then
 
   python_tools="$cache/python"
   validator_version="0.9.0"
-  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$validator_version" ]; then
+  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$validator_version" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ]; then
     say "installing openapi-spec-validator $validator_version into $python_tools (PyPI, once per machine)"
     rm -rf "$python_tools"
     python3 -m venv "$python_tools"

@@ -20,13 +20,27 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=TANDEM_COMMIT={commit}");
-    // A new commit moves HEAD's log; only files that exist are watched (a missing one would
-    // run this script on every build).
+    // A new commit moves the branch HEAD names (its ref file, or packed-refs) and HEAD's log;
+    // only files that exist are watched (a missing one would run this script on every build).
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        for file in ["HEAD", "logs/HEAD"] {
-            let path = std::path::Path::new(&git_dir).join(file);
-            if path.is_file() {
-                println!("cargo:rerun-if-changed={}", path.display());
+        let mut watched = vec![
+            "HEAD".to_owned(),
+            "logs/HEAD".to_owned(),
+            "packed-refs".to_owned(),
+        ];
+        if let Some(branch) = git(&["rev-parse", "--symbolic-full-name", "HEAD"]) {
+            watched.push(branch);
+        }
+        let common = git(&["rev-parse", "--git-common-dir"]).map(std::path::PathBuf::from);
+        for file in watched {
+            for directory in [Some(std::path::PathBuf::from(&git_dir)), common.clone()]
+                .into_iter()
+                .flatten()
+            {
+                let path = directory.join(&file);
+                if path.is_file() {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                }
             }
         }
     }

@@ -975,7 +975,13 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return Err("key `kafka.brokers` is empty: give the bootstrap servers, e.g. \"kafka-1:9092,kafka-2:9092\"".to_owned());
         }
-        for broker in self.kafka.brokers.split(',') {
+        // Empty entries (a trailing comma) are skipped, as librdkafka skips them.
+        for broker in self
+            .kafka
+            .brokers
+            .split(',')
+            .filter(|entry| !entry.trim().is_empty())
+        {
             check_broker(broker.trim())
                 .map_err(|problem| format!("key `kafka.brokers`: `{}` {problem}; write host:port entries separated by commas, e.g. \"kafka-1:9092,kafka-2:9092\"", broker.trim()))?;
         }
@@ -1250,13 +1256,15 @@ fn validate_debezium(
     Ok(())
 }
 
-/// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
 /// One bootstrap server: `host:port`, `host` (port 9092), `[v6]:port`, optionally behind a
 /// `protocol://` as librdkafka allows.
 fn check_broker(entry: &str) -> Result<(), &'static str> {
     let entry = entry.split_once("://").map_or(entry, |(_, rest)| rest);
     let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or("has an unclosed `[`")?;
+        if !rest.is_empty() && !rest.starts_with(':') {
+            return Err("has text after the `]` of its address");
+        }
         (host, rest.strip_prefix(':'))
     } else {
         match entry.rsplit_once(':') {
@@ -1305,6 +1313,7 @@ fn is_secret_key(path: &str) -> bool {
         .any(|word| last.contains(word))
 }
 
+/// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
 fn describe_deserialize_error(error: &serde_path_to_error::Error<config::ConfigError>) -> String {
     let path = error.path().to_string();
     let mut inner = error.inner().to_string();

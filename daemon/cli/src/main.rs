@@ -253,8 +253,11 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `tandem man > tandem.1; man ./tandem.1`.
-    Man,
+    /// Print a manual page (roff): `tandem man > tandem.1`, `tandem man cutover > tandem-cutover.1`.
+    Man {
+        /// A command whose page to print (its options); none: the overview.
+        command: Option<String>,
+    },
     /// Run an embedded broker, a simulated parallel run of two CRMs and the daemon.
     Demo {
         /// Seed of the simulation.
@@ -373,13 +376,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     Some(cursor) => format!("{query}&cursor={cursor}"),
                     None => query.clone(),
                 };
+                if format == Format::Json && !all {
+                    // One page, exactly as the API answers it (with its cursor).
+                    let page: serde_json::Value = api.get(&page_query)?;
+                    render::json(&mut out, &page)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let page: ViolationList = api.get(&page_query)?;
                 if format == Format::Json {
-                    if !all {
-                        // One page, exactly as the API answers it (with its cursor).
-                        render::json(&mut out, &page)?;
-                        return Ok(ExitCode::SUCCESS);
-                    }
                     for item in &page.items {
                         serde_json::to_writer(&mut out, item)?;
                         writeln!(out)?;
@@ -638,12 +642,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     Some(cursor) => format!("{query}&cursor={cursor}"),
                     None => query.clone(),
                 };
-                let page: DivergenceList = api.get(&page_query)?;
                 if format == Format::Json && !all {
                     // One page, exactly as the API answers it (with its cursor).
+                    let page: serde_json::Value = api.get(&page_query)?;
                     render::json(&mut out, &page)?;
                     return Ok(ExitCode::SUCCESS);
                 }
+                let page: DivergenceList = api.get(&page_query)?;
                 let page_rows = page.items.len() as u64;
                 rows += page_rows;
                 match (&mut csv, format) {
@@ -692,11 +697,27 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut out);
+            // Generated whole first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut script);
+            out.write_all(&script)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+        Command::Man { command } => {
+            let mut tandem = Cli::command();
+            tandem.build();
+            let page = match &command {
+                None => tandem,
+                Some(name) => match tandem.find_subcommand(name) {
+                    // The process ends after printing it: the name may live as long.
+                    Some(sub) => sub.clone().name(format!("tandem-{name}").leak() as &str),
+                    None => {
+                        eprintln!("tandem: `{name}` is not a command; `tandem --help` lists them");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            clap_mangen::Man::new(page).render(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

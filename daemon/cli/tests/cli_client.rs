@@ -249,6 +249,20 @@ fn completions_load_in_the_shell_and_the_manual_names_every_command() {
     assert!(commands.len() >= 15, "{commands:?}");
     let manual = text(&tandem(&["man"], None).stdout);
     assert!(manual.contains(".TH tandem 1"), "{manual}");
+    // A command's own page has its options (roff writes `-` as `\-`).
+    let cutover = text(&tandem(&["man", "cutover"], None).stdout);
+    assert!(cutover.contains(".TH tandem-cutover 1"), "{cutover}");
+    assert!(cutover.contains("\\-\\-dry\\-run"), "{cutover}");
+    assert_eq!(tandem(&["man", "nonsense"], None).status.code(), Some(2));
+    // A closed pipe ends the script quietly.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let piped = Command::new(common::tandem_binary())
+        .args(["completions", "bash"])
+        .stdout(Stdio::from(writer))
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
     for command in commands {
         assert!(
             // roff writes a hyphen as `\-`.

@@ -317,8 +317,8 @@ fn a_broker_that_stays_away_is_logged_once_per_kind_of_error() {
     // One connection error per client (the consumer, the dead-letter and the request
     // producers), and a few kinds of client error each.
     assert!(
-        refused <= 3 * 3,
-        "{refused} lines say the connection was refused:\n{text}"
+        (1..=3 * 3).contains(&refused),
+        "{refused} lines say the connection was refused (said at least once, at most a few times):\n{text}"
     );
     assert!(
         warnings <= 20,
@@ -371,7 +371,7 @@ fn changes_keep_who_asked_as_the_api_established_it() {
     generated(&replaced);
 
     // A step taken from 127.0.0.3 with the admin token, claiming to be someone else.
-    let body = r#"{"reason": "rehearsal", "by": "mallory"}"#;
+    let body = r#"{"reason": "rehearsal", "by": "mallory token=read"}"#;
     let step = format!(
         "POST /v1/cutover/freeze HTTP/1.1\r\nhost: tandem\r\nauthorization: Bearer {ADMIN}\r\nx-request-id: freeze-1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -381,7 +381,7 @@ fn changes_keep_who_asked_as_the_api_established_it() {
     let (_, _, cutover) = ask([127, 0, 0, 1], &request("GET", "/v1/cutover", Some(READ)));
     let cutover: serde_json::Value = serde_json::from_str(&cutover).unwrap();
     let taken = &cutover["history"][0];
-    assert_eq!(taken["by"], "mallory", "{taken}");
+    assert_eq!(taken["by"], "mallory token=read", "{taken}");
     assert_eq!(taken["caller"]["token"], "admin", "{taken}");
     assert_eq!(taken["caller"]["request_id"], "freeze-1", "{taken}");
     assert!(
@@ -406,7 +406,8 @@ fn changes_keep_who_asked_as_the_api_established_it() {
         "request_id=freeze-1",
         "token=admin",
         "address=127.0.0.3:",
-        "by=mallory",
+        // The claim is quoted: it cannot pass for a field of its own.
+        "by=\"mallory token=read\"",
     ] {
         assert!(line.contains(said), "{said}: {line}");
     }

@@ -110,11 +110,7 @@ fn the_openapi_document_lists_every_route() {
 /// (`openapi-spec-validator`, installed by `scripts/setup.sh`).
 #[test]
 fn the_openapi_document_is_valid_openapi() {
-    let cache = std::env::var_os("TANDEM_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/tandem"),
-        PathBuf::from,
-    );
-    let validator = cache.join("python/bin/openapi-spec-validator");
+    let validator = tandem_testkit::installed_tool("python/bin/openapi-spec-validator");
     let output = std::process::Command::new(&validator)
         .arg(schemas_dir().join("openapi.yaml"))
         .output()

@@ -289,11 +289,11 @@ impl ApplyLoop {
                     transition = %record.transition,
                     from = %record.from,
                     to = %record.to,
-                    by = %record.by,
+                    by = ?record.by,
                     token = %caller.token,
                     address = %caller.address,
                     request_id = %caller.request_id,
-                    reason = %record.reason,
+                    reason = ?record.reason,
                     owner = %record.owner,
                     epoch = record.epoch,
                     "cutover step taken"

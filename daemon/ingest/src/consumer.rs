@@ -258,8 +258,8 @@ impl ClientContext for TandemConsumerContext {
 }
 
 /// One of librdkafka's own log lines, at its level; errors and warnings at most once per
-/// period per facility (a connection refused every second while a broker is away is one line
-/// per 30 s, with the count of those held back).
+/// period per kind (a connection refused every second while a broker is away is one line per
+/// 30 s, with the count of those held back).
 pub(crate) fn librdkafka_log(
     quieted: &Quieted,
     level: rdkafka::config::RDKafkaLogLevel,
@@ -267,13 +267,20 @@ pub(crate) fn librdkafka_log(
     message: &str,
 ) {
     use rdkafka::config::RDKafkaLogLevel as Level;
+    // One kind of line: its facility and its text before the parenthesis where librdkafka
+    // puts what changes from one repeat to the next ("(after 0ms in state CONNECT, 3
+    // identical error(s) suppressed)"); another broker or another failure is another kind.
+    let kind = || {
+        let text = message.split(" (").next().unwrap_or(message);
+        format!("librdkafka {facility} {text}")
+    };
     match level {
         Level::Emerg | Level::Alert | Level::Critical | Level::Error => quieted.warn_about(
-            &format!("librdkafka {facility}"),
+            &kind(),
             |suppressed| error!(target: "librdkafka", facility, suppressed, "{message}"),
         ),
         Level::Warning => quieted.warn_about(
-            &format!("librdkafka {facility}"),
+            &kind(),
             |suppressed| warn!(target: "librdkafka", facility, suppressed, "{message}"),
         ),
         Level::Notice | Level::Info => info!(target: "librdkafka", facility, "{message}"),

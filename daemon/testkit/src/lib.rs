@@ -60,10 +60,14 @@ pub fn tandem_binary() -> PathBuf {
     binary("tandem")
 }
 
-/// A tool `scripts/setup.sh` installed under `~/.cache/tandem` (`make test` runs it first).
+/// A tool `scripts/setup.sh` installed under `$TANDEM_CACHE` or `~/.cache/tandem` (`make test`
+/// runs it first).
 pub fn installed_tool(relative: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let path = PathBuf::from(home).join(".cache/tandem").join(relative);
+    let cache = std::env::var_os("TANDEM_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/tandem"),
+        PathBuf::from,
+    );
+    let path = cache.join(relative);
     assert!(
         path.is_file(),
         "{} is missing: run scripts/setup.sh test (make test does)",
