@@ -1,5 +1,6 @@
-//! Bearer tokens: reads need the read token when one is configured, changes always need the
-//! admin token. Tokens are compared in constant time and never logged; every refusal is
+//! Bearer tokens: reads need a token when a read token (shared or named) is configured,
+//! changes always need an admin token (the shared one or a named one); a named token's name
+//! is who the audit says asked. Tokens are compared in constant time and never logged; every refusal is
 //! counted, and logged with the caller's address at most every 10 s (with the number held
 //! back since).
 
@@ -67,6 +68,49 @@ pub struct AccessTokens {
     pub admin: Option<Token>,
     /// Needed for reads when set.
     pub read: Option<Token>,
+    /// Tokens given to one person or tool each: the audit names who asked by them.
+    pub named: Vec<NamedToken>,
+}
+
+/// A token of one person or tool (`[[api.tokens]]`).
+#[derive(Clone, Debug)]
+pub struct NamedToken {
+    /// Who holds it, as the audit says (`ann`, `grafana`).
+    pub name: String,
+    /// Whether it may make changes (the admin role), or only read.
+    pub admin: bool,
+    /// The token.
+    pub token: Token,
+}
+
+impl AccessTokens {
+    /// Who offers `offered`, and whether they may make changes. Every configured token is
+    /// compared (in constant time each), whichever matches.
+    fn identify(&self, offered: &str) -> Option<(&str, bool)> {
+        let mut found = None;
+        let shared = [("admin", true, &self.admin), ("read", false, &self.read)];
+        for (name, admin, token) in shared {
+            if token.as_ref().is_some_and(|token| token.matches(offered)) && found.is_none() {
+                found = Some((name, admin));
+            }
+        }
+        for named in &self.named {
+            if named.token.matches(offered) && found.is_none() {
+                found = Some((named.name.as_str(), named.admin));
+            }
+        }
+        found
+    }
+
+    /// Whether any token may make changes.
+    fn any_admin(&self) -> bool {
+        self.admin.is_some() || self.named.iter().any(|named| named.admin)
+    }
+
+    /// Whether reads need a token: a read token (shared or named) is configured.
+    fn reads_need_a_token(&self) -> bool {
+        self.read.is_some() || self.named.iter().any(|named| !named.admin)
+    }
 }
 
 /// Refusals per reason.
@@ -123,60 +167,45 @@ pub(crate) async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
-    let admin_ok = |offered: &str| {
-        tokens
-            .admin
-            .as_ref()
-            .is_some_and(|token| token.matches(offered))
-    };
-    let read_ok = |offered: &str| {
-        tokens
-            .read
-            .as_ref()
-            .is_some_and(|token| token.matches(offered))
-    };
+    let who = offered.and_then(|offered| tokens.identify(offered));
     let refusal = if changes {
-        match (&tokens.admin, offered) {
-            (None, _) => Some((
+        match (offered, who) {
+            _ if !tokens.any_admin() => Some((
                 "no_admin_token",
                 StatusCode::FORBIDDEN,
-                "changes need an admin token, and none is configured: set api.admin_token or api.admin_token_file",
+                "changes need an admin token, and none is configured: set api.admin_token (or api.admin_token_file), or give a [[api.tokens]] entry role = \"admin\"",
             )),
-            (Some(_), None) => Some((
+            (None, _) => Some((
                 "missing",
                 StatusCode::UNAUTHORIZED,
                 "send `Authorization: Bearer <admin token>`",
             )),
-            (Some(_), Some(offered)) if !admin_ok(offered) => Some((
+            (Some(_), Some((_, true))) => None,
+            (Some(_), _) => Some((
                 "wrong",
                 StatusCode::UNAUTHORIZED,
-                "the token is not the admin token (api.admin_token)",
+                "the token is not an admin token (api.admin_token, or an [[api.tokens]] entry with role = \"admin\")",
             )),
-            _ => None,
         }
-    } else if tokens.read.is_some() {
-        match offered {
-            None => Some((
+    } else if tokens.reads_need_a_token() {
+        match (offered, who) {
+            (None, _) => Some((
                 "missing",
                 StatusCode::UNAUTHORIZED,
-                "send `Authorization: Bearer <read token>` (api.read_token) or the admin token",
+                "send `Authorization: Bearer <token>`: the read token (api.read_token), an admin token or a token of [[api.tokens]]",
             )),
-            Some(offered) if !read_ok(offered) && !admin_ok(offered) => Some((
+            (Some(_), None) => Some((
                 "wrong",
                 StatusCode::UNAUTHORIZED,
-                "the token is neither the read token nor the admin token",
+                "the token is none of the configured tokens",
             )),
-            _ => None,
+            (Some(_), Some(_)) => None,
         }
     } else {
         None
     };
-    // Which token was presented, for the audit of what the request does.
-    let presented = match offered {
-        Some(offered) if admin_ok(offered) => "admin",
-        Some(offered) if read_ok(offered) => "read",
-        _ => "none",
-    };
+    // Who presented which token, for the audit of what the request does.
+    let presented = who.map_or_else(|| "none".to_owned(), |(name, _)| name.to_owned());
     match refusal {
         None => {
             let request_id = request
@@ -186,7 +215,7 @@ pub(crate) async fn require_token(
                 .unwrap_or_default();
             let mut request = request;
             request.extensions_mut().insert(Caller {
-                token: presented.to_owned(),
+                token: presented,
                 address: caller,
                 request_id,
             });

@@ -150,7 +150,7 @@ fn environment_variables_override_the_file() {
 fn bad_files_name_the_key_and_exit_2() {
     let directory = tempfile::tempdir().unwrap();
     let target = "topics = [\"crm.target.changes\"]\n";
-    let cases: [(&str, String, &[&str]); 21] = [
+    let cases: [(&str, String, &[&str]); 24] = [
         ("owned.toml", format!("{GOOD}\n[ownership]\nentities = {{ ticket = \"target\" }}\n"), &["key `ownership.entities.ticket`", "not one of the configured entities"]),
         ("allowed.toml", format!("{GOOD}\n[ownership]\nallowed = {{ target = [\"bot\"] }}\n"), &["key `ownership.allowed.target`", "`bot` is not one of"]),
         ("token.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"short\""), &["key `api.admin_token`", "at least 16 characters"]),
@@ -171,6 +171,9 @@ fn bad_files_name_the_key_and_exit_2() {
         ("brokers.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"not a host\""), &["key `kafka.brokers`", "`not a host` is not a host"]),
         ("port.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"k1:9092,k2:99999\""), &["key `kafka.brokers`", "`k2:99999`", "between 1 and 65535"]),
         ("no_host.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"SASL_SSL://:9092\""), &["key `kafka.brokers`", "names no host"]),
+        ("named_reserved.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\n[[api.tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\""), &["key `api.tokens[0].name`", "shared token"]),
+        ("named_twice.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"read\"\ntoken = \"0123456789abcdef-ann2\""), &["key `api.tokens[1].name`", "given twice"]),
+        ("named_same.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"0123456789abcdef-ann\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\""), &["the same token is configured twice"]),
         ("grace_number.toml", GOOD.replace("grace = \"5m\"", "grace = 5"), &["key `reconcile.grace`", "5 has no unit", "\"5m\""]),
     ];
     for (name, text, fragments) in cases {

@@ -412,3 +412,62 @@ fn changes_keep_who_asked_as_the_api_established_it() {
         assert!(line.contains(said), "{said}: {line}");
     }
 }
+
+/// A token per person: the audit names who asked by the token they hold, and a read-only
+/// token cannot make changes.
+#[test]
+fn named_tokens_are_who_the_audit_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().unwrap();
+    let ann_file = directory.path().join("ann.token");
+    std::fs::write(&ann_file, "ann-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&ann_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (daemon, address) = start(
+        directory.path(),
+        &format!(
+            "[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken_file = \"{}\"\n[[api.tokens]]\nname = \"grafana\"\nrole = \"read\"\ntoken = \"grafana-token-0123456789\"",
+            ann_file.display()
+        ),
+    );
+    let ask = |text: &str| exchange_whole(connect_from([127, 0, 0, 1], address), text);
+    let step = |token: &str| {
+        let body = r#"{"reason": "rehearsal"}"#;
+        format!(
+            "POST /v1/cutover/freeze HTTP/1.1\r\nhost: tandem\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Reads need a token now that a read token exists; grafana's reads, but may not change.
+    assert_eq!(ask(&request("GET", "/v1/report", None)).0, 401);
+    assert_eq!(
+        ask(&request(
+            "GET",
+            "/v1/report",
+            Some("grafana-token-0123456789")
+        ))
+        .0,
+        200
+    );
+    assert_eq!(ask(&step("grafana-token-0123456789")).0, 401);
+    assert_eq!(ask(&step("not-a-token-0123456789")).0, 401);
+    let (status, _, answer) = ask(&step("ann-token-0123456789abcdef"));
+    assert_eq!(status, 200, "{answer}");
+    let (_, _, cutover) = ask(&request(
+        "GET",
+        "/v1/cutover",
+        Some("grafana-token-0123456789"),
+    ));
+    let cutover: serde_json::Value = serde_json::from_str(&cutover).unwrap();
+    assert_eq!(cutover["history"][0]["caller"]["token"], "ann", "{cutover}");
+    drop(daemon);
+    let log = std::fs::read_to_string(directory.path().join("tandem.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("cutover step taken"))
+        .unwrap_or_else(|| panic!("no step in the log:\n{log}"));
+    assert!(line.contains("token=ann"), "{line}");
+    assert!(
+        !log.contains("ann-token-0123456789abcdef"),
+        "a token was logged"
+    );
+}
