@@ -326,6 +326,17 @@ fn a_broker_that_stays_away_is_logged_once_per_kind_of_error() {
     );
 }
 
+/// The daemon's whole log (once it stopped), and its line of the cutover step taken.
+fn step_logged(directory: &Path) -> (String, String) {
+    let log = std::fs::read_to_string(directory.join("tandem.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("cutover step taken"))
+        .unwrap_or_else(|| panic!("no step in the log:\n{log}"))
+        .to_owned();
+    (log, line)
+}
+
 /// The value of `name` in an answer's head.
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
@@ -397,11 +408,7 @@ fn changes_keep_who_asked_as_the_api_established_it() {
         "{metrics}"
     );
     drop(daemon);
-    let log = std::fs::read_to_string(directory.path().join("tandem.log")).unwrap();
-    let line = log
-        .lines()
-        .find(|line| line.contains("cutover step taken"))
-        .unwrap_or_else(|| panic!("no step in the log:\n{log}"));
+    let (_, line) = step_logged(directory.path());
     for said in [
         "request_id=freeze-1",
         "token=admin",
@@ -460,11 +467,7 @@ fn named_tokens_are_who_the_audit_names() {
     let cutover: serde_json::Value = serde_json::from_str(&cutover).unwrap();
     assert_eq!(cutover["history"][0]["caller"]["token"], "ann", "{cutover}");
     drop(daemon);
-    let log = std::fs::read_to_string(directory.path().join("tandem.log")).unwrap();
-    let line = log
-        .lines()
-        .find(|line| line.contains("cutover step taken"))
-        .unwrap_or_else(|| panic!("no step in the log:\n{log}"));
+    let (log, line) = step_logged(directory.path());
     assert!(line.contains("token=ann"), "{line}");
     assert!(
         !log.contains("ann-token-0123456789abcdef"),
