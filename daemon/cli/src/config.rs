@@ -357,20 +357,26 @@ impl ApiConfig {
                 token: value,
             });
         }
-        // A token shared by two entries would make the audit name the wrong one.
-        let all: Vec<&str> = tokens
+        // A named token equal to another token would make the audit name the wrong holder
+        // (the shared admin and read tokens may be equal: both name a role, not a person).
+        let shared: Vec<&str> = tokens
             .admin
             .iter()
             .chain(&tokens.read)
-            .chain(tokens.named.iter().map(|named| &named.token))
             .map(Token::reveal)
             .collect();
-        if all
-            .iter()
-            .enumerate()
-            .any(|(index, token)| all[..index].contains(token))
-        {
-            return Err("keys `api.admin_token`, `api.read_token` and `api.tokens`: the same token is configured twice; give each person or tool a token of its own".to_owned());
+        for (index, named) in tokens.named.iter().enumerate() {
+            let earlier = tokens.named[..index]
+                .iter()
+                .map(|other| other.token.reveal());
+            if shared
+                .iter()
+                .copied()
+                .chain(earlier)
+                .any(|other| other == named.token.reveal())
+            {
+                return Err(format!("key `api.tokens[{index}]`: its token is configured twice (for `{}` and another); give each person or tool a token of its own", named.name));
+            }
         }
         Ok(tokens)
     }

@@ -173,7 +173,7 @@ fn bad_files_name_the_key_and_exit_2() {
         ("no_host.toml", GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \"SASL_SSL://:9092\""), &["key `kafka.brokers`", "names no host"]),
         ("named_reserved.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\n[[api.tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\""), &["key `api.tokens[0].name`", "shared token"]),
         ("named_twice.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"read\"\ntoken = \"0123456789abcdef-ann2\""), &["key `api.tokens[1].name`", "given twice"]),
-        ("named_same.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"0123456789abcdef-ann\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\""), &["the same token is configured twice"]),
+        ("named_same.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"0123456789abcdef-ann\"\n[[api.tokens]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"0123456789abcdef-ann\""), &["key `api.tokens[0]`", "configured twice"]),
         ("grace_number.toml", GOOD.replace("grace = \"5m\"", "grace = 5"), &["key `reconcile.grace`", "5 has no unit", "\"5m\""]),
     ];
     for (name, text, fragments) in cases {
