@@ -211,15 +211,10 @@ fn completions_load_in_the_shell_and_the_manual_names_every_command() {
     let script = tandem(&["completions", "bash"], None);
     assert!(script.status.success());
     // bash itself reads the script and registers the completion.
-    let mut bash = Command::new("bash")
-        .args(["-c", "source /dev/stdin && complete -p tandem"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut bash.stdin.take().unwrap(), &script.stdout).unwrap();
-    let registered = bash.wait_with_output().unwrap();
+    let registered = common::output_with_input(
+        Command::new("bash").args(["-c", "source /dev/stdin && complete -p tandem"]),
+        &script.stdout,
+    );
     assert!(
         text(&registered.stdout).contains("-F _tandem tandem"),
         "{}{}",

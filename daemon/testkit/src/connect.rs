@@ -26,11 +26,8 @@ pub fn connect_home() -> PathBuf {
     if let Some(path) = std::env::var_os("TANDEM_CONNECT_HOME") {
         return PathBuf::from(path);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(format!(
-        ".cache/tandem/connect-{CONNECT_VERSION}-debezium-{DEBEZIUM_VERSION}"
+    crate::cache_dir().join(format!(
+        "connect-{CONNECT_VERSION}-debezium-{DEBEZIUM_VERSION}"
     ))
 }
 

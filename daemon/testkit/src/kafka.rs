@@ -31,10 +31,7 @@ pub fn kafka_home() -> PathBuf {
     if let Some(path) = std::env::var_os("TANDEM_KAFKA_HOME") {
         return PathBuf::from(path);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(format!(".cache/tandem/kafka-{KAFKA_VERSION}"))
+    crate::cache_dir().join(format!("kafka-{KAFKA_VERSION}"))
 }
 
 /// How clients reach the broker.

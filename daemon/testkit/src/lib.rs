@@ -60,14 +60,24 @@ pub fn tandem_binary() -> PathBuf {
     binary("tandem")
 }
 
+/// Where `scripts/setup.sh` installs what the tests run: `$TANDEM_CACHE`, else
+/// `~/.cache/tandem` (the same rule as the script's).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("TANDEM_CACHE").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/tandem")
+        },
+        PathBuf::from,
+    )
+}
+
 /// A tool `scripts/setup.sh` installed under `$TANDEM_CACHE` or `~/.cache/tandem` (`make test`
 /// runs it first).
 pub fn installed_tool(relative: &str) -> PathBuf {
-    let cache = std::env::var_os("TANDEM_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/tandem"),
-        PathBuf::from,
-    );
-    let path = cache.join(relative);
+    let path = cache_dir().join(relative);
     assert!(
         path.is_file(),
         "{} is missing: run scripts/setup.sh test (make test does)",
@@ -76,24 +86,25 @@ pub fn installed_tool(relative: &str) -> PathBuf {
     path
 }
 
-/// `promtool check metrics` on a scrape of `/metrics`: Prometheus's own lints of names,
-/// types, help texts and units. Fails the test with what promtool said.
-pub fn assert_promtool_accepts_metrics(scrape: &str) {
+/// Runs `command` with `input` on its standard input; its whole output.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
     use std::io::Write;
-    let mut child = Command::new(installed_tool("tools/bin/promtool"))
-        .args(["check", "metrics"])
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+        .expect("the command runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `promtool check metrics` on a scrape of `/metrics`: Prometheus's own lints of names,
+/// types, help texts and units. Fails the test with what promtool said.
+pub fn assert_promtool_accepts_metrics(scrape: &str) {
+    let mut promtool = Command::new(installed_tool("tools/bin/promtool"));
+    promtool.args(["check", "metrics"]);
+    let output = output_with_input(&mut promtool, scrape.as_bytes());
     assert!(
         output.status.success(),
         "promtool check metrics: {}{}",
