@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tandem_api::auth::{AccessTokens, NamedToken, Token};
@@ -12,7 +13,7 @@ use tandem_api::cutover::CutoverRules;
 use tandem_core::gates::{GateRules, TriggerRule};
 use tandem_core::ownership::{ActorRule, OwnershipPolicy, Unattributed};
 use tandem_core::{EntityMapping, Mapping, Status, System, Timestamp};
-use tandem_formats::{Format, FormatSettings};
+use tandem_formats::{EventSchemas, Format, FormatSettings};
 use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
 
@@ -466,6 +467,10 @@ pub struct SystemConfig {
     /// A Debezium connector that takes this system's re-read and snapshot requests as signals.
     #[serde(default)]
     pub debezium: Option<DebeziumConfig>,
+    /// Salesforce Pub/Sub event schemas (files saved from `GetSchema`, or directories of
+    /// them), which decode the field bitmaps of `salesforce-cdc` change events.
+    #[serde(default)]
+    pub salesforce_schemas: Vec<PathBuf>,
 }
 
 /// `[systems.<system>.debezium]`: where the system's Debezium connector takes signals.
@@ -520,6 +525,10 @@ impl SystemConfig {
                 ));
             }
         }
+        let event_schemas = Arc::new(
+            EventSchemas::load(&self.salesforce_schemas)
+                .map_err(|error| format!("key `systems.{system}.salesforce_schemas`: {error}"))?,
+        );
         let mut settings = BTreeMap::new();
         for topic in &self.topics {
             let format = match self.formats.get(topic) {
@@ -533,6 +542,7 @@ impl SystemConfig {
                     objects: self.objects.clone(),
                     actors: actors.clone(),
                     actor_field: self.actor_field.clone(),
+                    event_schemas: Arc::clone(&event_schemas),
                 },
             );
         }

@@ -108,6 +108,26 @@ impl Common {
     }
 }
 
+/// The event's kind and the member that names it: `subscriptionType`, or `eventType`, its
+/// name in HubSpot's earlier deliveries and documentation.
+fn subscription_type(
+    map: &Map<String, Value>,
+    path: &str,
+) -> Result<(&'static str, String), String> {
+    let current = support::optional_string(map, "subscriptionType", path)?;
+    let legacy = support::optional_string(map, "eventType", path)?;
+    match (current, legacy) {
+        (Some(current), Some(legacy)) if current != legacy => Err(format!(
+            "`{path}.subscriptionType` is \"{current}\" but `{path}.eventType` is \"{legacy}\": expected one kind of event"
+        )),
+        (Some(current), _) => Ok(("subscriptionType", current)),
+        (None, Some(legacy)) => Ok(("eventType", legacy)),
+        (None, None) => Err(format!(
+            "`{path}.subscriptionType` is missing (nor is there the legacy `eventType`)"
+        )),
+    }
+}
+
 fn decode_event(
     settings: &FormatSettings,
     item: &Value,
@@ -115,20 +135,20 @@ fn decode_event(
     events: &mut Vec<ChangeEvent>,
 ) -> Result<(), String> {
     let map = support::object(item, path)?;
-    let subscription_type = support::string(map, "subscriptionType", path)?;
+    let (kind_key, subscription_type) = subscription_type(map, path)?;
     let (object, action_name) = subscription_type
         .rsplit_once('.')
         .filter(|(object, action)| !object.trim().is_empty() && !action.is_empty())
         .ok_or_else(|| {
             format!(
-                "`{path}.subscriptionType` is \"{subscription_type}\", expected `<object>.<event>` such as `contact.creation`"
+                "`{path}.{kind_key}` is \"{subscription_type}\", expected `<object>.<event>` such as `contact.creation`"
             )
         })?;
     let action = Action::parse(action_name)
         .filter(|action| *action != Action::NewMessage || object == "conversation")
         .ok_or_else(|| {
             format!(
-                "`{path}.subscriptionType` is \"{subscription_type}\": unknown event `{action_name}`, expected one of {ACTIONS}"
+                "`{path}.{kind_key}` is \"{subscription_type}\": unknown event `{action_name}`, expected one of {ACTIONS}"
             )
         })?;
     // A new message in a conversation thread changes no record tandem compares.
@@ -136,7 +156,12 @@ fn decode_event(
         return Ok(());
     }
 
-    let subscription_id = support::id(map, "subscriptionId", path)?;
+    // A delivery kept and replayed by a relay may lack its subscription: the event kind then
+    // scopes the event id, which stays the same on every retry of that delivery.
+    let scope = match support::optional_id(map, "subscriptionId", path)? {
+        Some(subscription_id) => subscription_id,
+        None => format!("type:{subscription_type}"),
+    };
     let event_id = support::id(map, "eventId", path)?;
     let occurred_at = support::epoch_millis(
         support::required(map, "occurredAt", path)?,
@@ -149,7 +174,7 @@ fn decode_event(
         support::unsigned(attempt, &format!("{path}.attemptNumber"))?;
     }
     let common = Common {
-        identity: format!("hs:{subscription_id}:{event_id}"),
+        identity: format!("hs:{scope}:{event_id}"),
         occurred_at,
         actor: actor(settings, map, path)?,
     };
@@ -919,6 +944,98 @@ mod tests {
             }]
         );
         assert_eq!(decode(&settings(), &json!([])).unwrap(), vec![]);
+    }
+
+    /// HubSpot's own batch example (the webhooks guide before `subscriptionType`) names the
+    /// kind in `eventType`.
+    #[test]
+    fn the_legacy_event_type_names_the_kind() {
+        let delivery: Value = serde_json::from_str(include_str!(
+            "../../../schemas/examples/formats/hubspot-webhooks/legacy-event-type.json"
+        ))
+        .unwrap();
+        let events = decode(&settings(), &delivery).unwrap();
+        let summary: Vec<_> = events
+            .iter()
+            .map(|event| {
+                (
+                    event.event_id.as_str(),
+                    event.entity.as_str(),
+                    event.id.as_str(),
+                    event.op,
+                    event.occurred_at,
+                    event.fields.clone(),
+                )
+            })
+            .collect();
+        let at = Timestamp::from_unix_nanos(1_462_216_307_945_000_000);
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    "hs:25:3816279340:1246965:lifecyclestage",
+                    "contact",
+                    "1246965",
+                    Op::Update,
+                    at,
+                    Some(Fields::from([(
+                        "lifecyclestage".to_owned(),
+                        json!("subscriber")
+                    )]))
+                ),
+                (
+                    "hs:22:3816279480:1246978",
+                    "contact",
+                    "1246978",
+                    Op::Create,
+                    at,
+                    Some(Fields::new())
+                ),
+            ]
+        );
+        // The same event under its current name is the same event.
+        let mut renamed = delivery.clone();
+        for event in renamed.as_array_mut().unwrap() {
+            let kind = event.as_object_mut().unwrap().remove("eventType").unwrap();
+            event["subscriptionType"] = kind;
+        }
+        assert_eq!(decode(&settings(), &renamed).unwrap(), events);
+        // Both names present must agree.
+        let mut both = delivery.clone();
+        both[0]["subscriptionType"] = json!("contact.deletion");
+        assert_eq!(
+            decode(&settings(), &both).unwrap_err(),
+            "`$[0].subscriptionType` is \"contact.deletion\" but `$[0].eventType` is \"contact.propertyChange\": expected one kind of event"
+        );
+    }
+
+    #[test]
+    fn without_a_subscription_id_retries_keep_one_event_id() {
+        let delivery = |attempt: u64| {
+            json!([{"objectId": 1246965, "propertyName": "lifecyclestage",
+                    "propertyValue": "subscriber", "eventId": 3816279340_u64,
+                    "portalId": 33, "occurredAt": 1462216307945_u64,
+                    "subscriptionType": "contact.propertyChange", "attemptNumber": attempt},
+                   {"objectId": 1246965, "eventId": 3816279340_u64, "portalId": 33,
+                    "occurredAt": 1462216307945_u64, "subscriptionType": "contact.deletion",
+                    "attemptNumber": attempt}])
+        };
+        let first = decode(&settings(), &delivery(0)).unwrap();
+        let retry = decode(&settings(), &delivery(3)).unwrap();
+        let ids = |events: &[ChangeEvent]| {
+            events
+                .iter()
+                .map(|event| event.event_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&first),
+            vec![
+                "hs:type:contact.propertyChange:3816279340:1246965:lifecyclestage",
+                "hs:type:contact.deletion:3816279340:1246965"
+            ]
+        );
+        assert_eq!(first, retry);
     }
 
     #[test]

@@ -11,13 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use event_schemas::EventSchemas;
 pub use tandem_core::event::parse_actor;
 use tandem_core::event::{self, Actor, ChangeEvent, DeadLetterReason, DecodeError};
 
 mod debezium;
+mod event_schemas;
 mod hubspot;
 mod pipedrive;
 mod salesforce;
@@ -100,6 +103,9 @@ pub struct FormatSettings {
     /// that carry row images (Debezium). Its value is looked up in `actors`, or read as an
     /// actor (`user:42`, `integration:webform`) if it is not listed.
     pub actor_field: Option<String>,
+    /// Salesforce Pub/Sub event schemas by schema id, which decode the field bitmaps of
+    /// change events (`salesforce-cdc`).
+    pub event_schemas: Arc<EventSchemas>,
 }
 
 impl FormatSettings {
@@ -110,6 +116,7 @@ impl FormatSettings {
             objects: BTreeMap::new(),
             actors: BTreeMap::new(),
             actor_field: None,
+            event_schemas: Arc::default(),
         }
     }
 

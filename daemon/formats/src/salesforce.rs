@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::event_schemas::EventSchema;
 use super::support::{self, kind};
 use super::FormatSettings;
 use tandem_core::event::{Actor, ActorKind, ChangeEvent, Fields, Op};
@@ -154,6 +155,9 @@ struct Located<'a> {
     shares_envelope: bool,
     uuid: Option<String>,
     replay_id: Option<String>,
+    /// The Pub/Sub schema id the event was written with (`schema_id`, `schemaId`), which
+    /// decodes its field bitmaps.
+    schema_id: Option<String>,
 }
 
 fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
@@ -184,6 +188,7 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
             record: level,
             uuid: optional_id(level, "id", &path)?,
             replay_id: replay_id(level, &path)?,
+            schema_id: schema_id(level, &path)?,
             path,
             shares_envelope: true,
         });
@@ -213,6 +218,7 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
             shares_envelope: false,
             uuid,
             replay_id: replay,
+            schema_id: schema_id(level, &path)?,
         });
     }
     if let Some(event) = member(level, "event") {
@@ -223,6 +229,7 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
             // A Pub/Sub `ConsumerEvent`: `{"event": {"id", "schema_id", "payload"}, "replay_id"}`.
             let mut located = locate(event, &at(&path, "event"))?;
             located.replay_id = located.replay_id.or(replay_id(level, &path)?);
+            located.schema_id = located.schema_id.or(schema_id(level, &path)?);
             return Ok(located);
         }
     }
@@ -236,6 +243,13 @@ fn replay_id(map: &Map<String, Value>, path: &str) -> Result<Option<String>, Str
     match optional_id(map, "replayId", path)? {
         Some(replay) => Ok(Some(replay)),
         None => optional_id(map, "replay_id", path),
+    }
+}
+
+fn schema_id(map: &Map<String, Value>, path: &str) -> Result<Option<String>, String> {
+    match optional_id(map, "schema_id", path)? {
+        Some(schema) => Ok(Some(schema)),
+        None => optional_id(map, "schemaId", path),
     }
 }
 
@@ -269,37 +283,96 @@ fn change_type(header: &Map<String, Value>, path: &str) -> Result<Change, String
     }
 }
 
-/// A list of field names (`changedFields`, `nulledFields`, `diffFields`); absent is `None`.
-fn field_names(
+/// A header list (`changedFields`, `nulledFields`, `diffFields`) as the event gives it: field
+/// names (CometD, or a producer that decoded the bitmaps) or Pub/Sub field bitmaps.
+struct FieldList {
+    items: Vec<String>,
+    bitmaps: bool,
+}
+
+/// The fields a header list names, once its bitmaps are decoded.
+enum Listed {
+    /// The field names.
+    Names(Vec<String>),
+    /// Bitmaps that no loaded schema decodes: which fields they name cannot be known.
+    Unknown,
+}
+
+impl Listed {
+    /// The names, or nothing when they are unknown.
+    fn known(&self) -> Option<&[String]> {
+        match self {
+            Listed::Names(names) => Some(names),
+            Listed::Unknown => None,
+        }
+    }
+}
+
+/// A header list; absent is `None`.
+fn field_list(
     header: &Map<String, Value>,
     key: &str,
     path: &str,
-) -> Result<Option<Vec<String>>, String> {
+) -> Result<Option<FieldList>, String> {
     let path = at(path, key);
     let items = match member(header, key) {
         None => return Ok(None),
         Some(Value::Array(items)) => items,
         Some(other) => {
             return Err(format!(
-                "`{path}` is {}, expected an array of field names",
+                "`{path}` is {}, expected an array of field names or bitmaps",
                 kind(other)
             ))
         }
     };
     let mut names = Vec::with_capacity(items.len());
+    let mut bitmaps = 0;
     for (index, item) in items.iter().enumerate() {
         match item {
             Value::String(name) if is_bitmap(name) => {
-                return Err(format!(
-                    "`{path}[{index}]` is the field bitmap \"{name}\": a Pub/Sub API event's field bitmaps must be decoded to field names with the event schema before the event is produced"
-                ))
+                bitmaps += 1;
+                names.push(name.clone());
             }
             Value::String(name) if !name.trim().is_empty() => names.push(name.clone()),
             Value::String(_) => return Err(format!("`{path}[{index}]` is an empty string, expected a field name")),
             other => return Err(format!("`{path}[{index}]` is {}, expected a field name", kind(other))),
         }
     }
-    Ok(Some(names))
+    if bitmaps > 0 && bitmaps < names.len() {
+        return Err(format!(
+            "`{path}` mixes field names and field bitmaps: expected all names or all bitmaps"
+        ));
+    }
+    Ok(Some(FieldList {
+        items: names,
+        bitmaps: bitmaps > 0,
+    }))
+}
+
+/// The field names of a list, decoding bitmaps with the event's schema. Bitmaps are decoded
+/// only with the schema of the event's own schema id, of this entity's change event: another
+/// version of the schema would name the wrong fields.
+fn resolve(list: FieldList, schema: Option<&EventSchema>, entity_name: &str) -> Listed {
+    if !list.bitmaps {
+        return Listed::Names(list.items);
+    }
+    let Some(schema) = schema.filter(|schema| schema.name() == change_event_name(entity_name))
+    else {
+        return Listed::Unknown;
+    };
+    match schema.decode(&list.items) {
+        Ok(names) => Listed::Names(names.into_iter().filter(|name| name != HEADER).collect()),
+        Err(_) => Listed::Unknown,
+    }
+}
+
+/// The change event of an object: `AccountChangeEvent`, `Employee__ChangeEvent` for the
+/// custom object `Employee__c`.
+fn change_event_name(entity_name: &str) -> String {
+    match entity_name.strip_suffix("__c") {
+        Some(base) => format!("{base}__ChangeEvent"),
+        None => format!("{entity_name}ChangeEvent"),
+    }
 }
 
 /// A Pub/Sub API field bitmap: `0x650004E0`, or `4-0x10` for the components of a compound field.
@@ -474,6 +547,57 @@ fn full_image(
     Ok(image)
 }
 
+/// The fields of an update whose bitmaps no loaded schema decodes: what the body proves. In a
+/// Pub/Sub event every field the update did not change is null, so a value that is not null
+/// is the field's new value (or, for an enriched field, its current one); a null proves
+/// nothing, since it may be a field the update set to null. Nulled fields the header names
+/// are null; when they cannot be named, or some value may be a diff whose field cannot be
+/// named, the record is read again.
+fn proven_image(
+    body: &Map<String, Value>,
+    path: &str,
+    skip: &[&str],
+    nulled: &Listed,
+    diff: &Listed,
+) -> Result<Image, String> {
+    let mut image = Image::default();
+    let Some(diff) = diff.known() else {
+        // Any text value may be a diff: none can be trusted as the field's value.
+        image.reread = true;
+        return Ok(image);
+    };
+    for (name, value) in body {
+        if name == HEADER || skip.contains(&name.as_str()) || value.is_null() {
+            continue;
+        }
+        let listed = diff.contains(name);
+        match value {
+            Value::Object(parts) if !listed && !is_diff(value) => {
+                let set: Map<String, Value> = parts
+                    .iter()
+                    .filter(|(_, part)| !part.is_null())
+                    .map(|(component, part)| (component.clone(), part.clone()))
+                    .collect();
+                image.put_compound(name, &set, &at(path, name), diff)?;
+            }
+            value => image.put(name.clone(), value, listed),
+        }
+    }
+    match nulled.known() {
+        Some(nulled) => {
+            for name in nulled {
+                let field = match name.split_once('.') {
+                    Some((compound, component)) => component_field(compound, component),
+                    None => name.clone(),
+                };
+                image.put(field, &Value::Null, false);
+            }
+        }
+        None => image.reread = true,
+    }
+    Ok(image)
+}
+
 /// The record's fields: only those the header names as changed or nulled (UPDATE).
 fn changed_image(
     body: &Map<String, Value>,
@@ -552,9 +676,17 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
         .map(|value| support::unsigned(value, &at(&header_path, "sequenceNumber")))
         .transpose()?;
     let record_ids = record_ids(header, &header_path, change)?;
-    let changed = field_names(header, "changedFields", &header_path)?;
-    let nulled = field_names(header, "nulledFields", &header_path)?.unwrap_or_default();
-    let diff = field_names(header, "diffFields", &header_path)?.unwrap_or_default();
+    let schema = located
+        .schema_id
+        .as_deref()
+        .and_then(|schema_id| settings.event_schemas.get(schema_id));
+    let listed = |key: &str| -> Result<Option<Listed>, String> {
+        Ok(field_list(header, key, &header_path)?
+            .map(|list| resolve(list, schema, &entity_name)))
+    };
+    let changed = listed("changedFields")?;
+    let nulled = listed("nulledFields")?.unwrap_or(Listed::Names(Vec::new()));
+    let diff = listed("diffFields")?.unwrap_or(Listed::Names(Vec::new()));
 
     // The event's identity: its UUID, else its place in its transaction (unique in the org),
     // else its replay id. Replay ids are unique only per channel and can repeat after an org
@@ -576,17 +708,20 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
     } else {
         &[]
     };
+    let whole = |op: Op| -> Result<(Op, Option<Image>, bool), String> {
+        let mut image = full_image(
+            located.record,
+            &located.path,
+            skip,
+            diff.known().unwrap_or_default(),
+        )?;
+        // Some fields were sent as diffs, but which cannot be known: read the record again.
+        image.reread |= diff.known().is_none();
+        Ok((op, Some(image), false))
+    };
     let (op, image, partial) = match change {
-        Change::Create => (
-            Op::Create,
-            Some(full_image(located.record, &located.path, skip, &diff)?),
-            false,
-        ),
-        Change::Undelete => (
-            Op::Undelete,
-            Some(full_image(located.record, &located.path, skip, &diff)?),
-            false,
-        ),
+        Change::Create => whole(Op::Create)?,
+        Change::Undelete => whole(Op::Undelete)?,
         Change::Update => {
             let changed = changed.ok_or_else(|| {
                 format!(
@@ -594,15 +729,17 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
                     at(&header_path, "changedFields")
                 )
             })?;
-            let changed_path = at(&header_path, "changedFields");
-            let image = changed_image(
-                located.record,
-                &located.path,
-                &changed_path,
-                &changed,
-                &nulled,
-                &diff,
-            )?;
+            let image = match (changed.known(), nulled.known(), diff.known()) {
+                (Some(changed), Some(nulled), Some(diff)) => changed_image(
+                    located.record,
+                    &located.path,
+                    &at(&header_path, "changedFields"),
+                    changed,
+                    nulled,
+                    diff,
+                )?,
+                _ => proven_image(located.record, &located.path, skip, &nulled, &diff)?,
+            };
             (Op::Update, Some(image), true)
         }
         Change::Delete => (Op::Delete, None, false),
@@ -1510,8 +1647,8 @@ mod tests {
             error(cometd(head, body, 94))
         };
         assert_eq!(
-            update(json!(["0x650004E0", "4-0x10"]), json!({})),
-            "`data.payload.ChangeEventHeader.changedFields[0]` is the field bitmap \"0x650004E0\": a Pub/Sub API event's field bitmaps must be decoded to field names with the event schema before the event is produced"
+            update(json!(["0x650004E0", "Name"]), json!({})),
+            "`data.payload.ChangeEventHeader.changedFields` mixes field names and field bitmaps: expected all names or all bitmaps"
         );
         assert_eq!(
             update(json!(["BillingAddress.City"]), json!({"BillingAddress": "Salem"})),
@@ -1564,6 +1701,183 @@ mod tests {
             error.detail,
             "not a salesforce-cdc message: `data.payload.ChangeEventHeader.changeType` is missing"
         );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Pub/Sub field bitmaps.
+
+    /// Salesforce's documented enriched update (`cdc_enrich_event_example`, API 61.0) as a
+    /// `ConsumerEvent`, and the schema that lays out its fields in the documented order.
+    const BITMAP_EVENT: &str =
+        include_str!("../../../schemas/examples/formats/salesforce-cdc/pubsub-bitmap-update-enriched.json");
+    const ACCOUNT_SCHEMA: &str = include_str!(
+        "../../../schemas/examples/formats/salesforce-cdc/schemas/account-schema-get-schema.json"
+    );
+    const ACCOUNT_SCHEMA_ID: &str = "Jzq8aH1nVcyK0pS1cQj5Vw";
+
+    fn with_schemas() -> FormatSettings {
+        let response: Value = serde_json::from_str(ACCOUNT_SCHEMA).unwrap();
+        let schema = response["schemaJson"].as_str().unwrap();
+        FormatSettings {
+            event_schemas: std::sync::Arc::new(
+                crate::EventSchemas::from_text(ACCOUNT_SCHEMA_ID, schema).unwrap(),
+            ),
+            ..settings()
+        }
+    }
+
+    fn bitmap_event() -> Value {
+        serde_json::from_str(BITMAP_EVENT).unwrap()
+    }
+
+    /// The documented update as Salesforce describes it: only `Fax` and `LastModifiedDate`
+    /// changed (bits 7 and 22 of `0x400080`).
+    fn documented_update(fields_: Value) -> ChangeEvent {
+        ChangeEvent {
+            fields: fields(fields_),
+            partial: true,
+            actor: user("005ZM000000M6o1YAC"),
+            ..expected(
+                "sf:3c4c1a4e-5d3f-4a4b-9e7b-8f2f0c1d2e3a:001ZM000001QkdOYAS",
+                "account",
+                "001ZM000001QkdOYAS",
+                Op::Update,
+                "2024-04-26T23:06:35Z",
+            )
+        }
+    }
+
+    #[test]
+    fn a_bitmap_is_decoded_with_the_schema_of_the_events_schema_id() {
+        let events = decode(&with_schemas(), &bitmap_event()).unwrap();
+        assert_eq!(
+            events,
+            vec![documented_update(
+                json!({"Fax": "4155551212", "LastModifiedDate": 1714172795000_u64})
+            )]
+        );
+    }
+
+    #[test]
+    fn without_the_schema_an_update_applies_what_its_values_prove() {
+        // Unchanged fields are null in a Pub/Sub event: every value that is not null is the
+        // field's value now (the changed Fax and LastModifiedDate, and the enriched fields),
+        // and with no nulled or diff fields nothing else can have changed.
+        let proven = json!({
+            "Fax": "4155551212",
+            "LastModifiedDate": 1714172795000_u64,
+            "Industry": "Biotechnology",
+            "External_Account_ID__c": "1ABC",
+            "BillingStreet": "415 Mission Street",
+            "BillingCity": "San Francisco",
+            "BillingState": "CA",
+            "BillingPostalCode": "94105",
+            "BillingCountry": "United States"
+        });
+        assert_eq!(
+            decode(&settings(), &bitmap_event()).unwrap(),
+            vec![documented_update(proven.clone())]
+        );
+        // A schema id that was not loaded, or a schema of another object, is no schema.
+        let mut unknown = bitmap_event();
+        unknown["event"]["schema_id"] = json!("another-version");
+        assert_eq!(
+            decode(&with_schemas(), &unknown).unwrap(),
+            vec![documented_update(proven.clone())]
+        );
+        let mut contact = bitmap_event();
+        contact["event"]["payload"]["ChangeEventHeader"]["entityName"] = json!("Contact");
+        let events = decode(&with_schemas(), &contact).unwrap();
+        assert_eq!(events[0].fields, fields(proven));
+    }
+
+    #[test]
+    fn nulled_fields_the_schema_cannot_name_make_the_record_read_again() {
+        let mut event = bitmap_event();
+        let head = &mut event["event"]["payload"]["ChangeEventHeader"];
+        // Phone (bit 6) set to null, BillingAddress.City (4-0x2) set to null.
+        head["nulledFields"] = json!(["0x40", "4-0x2"]);
+        head["changedFields"] = json!(["0x400040", "4-0x2"]);
+        let mut decoded = event.clone();
+        decoded["event"]["payload"]["BillingAddress"]["City"] = Value::Null;
+        let reread = |events: &[ChangeEvent]| {
+            events
+                .iter()
+                .filter(|event| event.op == Op::Gap)
+                .map(|event| event.event_id.clone())
+                .collect::<Vec<_>>()
+        };
+
+        let with = decode(&with_schemas(), &decoded).unwrap();
+        assert_eq!(
+            with,
+            vec![documented_update(json!({
+                "Phone": null,
+                "LastModifiedDate": 1714172795000_u64,
+                "BillingCity": null
+            }))]
+        );
+
+        let without = decode(&settings(), &decoded).unwrap();
+        assert_eq!(
+            reread(&without),
+            vec!["sf:3c4c1a4e-5d3f-4a4b-9e7b-8f2f0c1d2e3a:001ZM000001QkdOYAS:reread"]
+        );
+        let fields = without[0].fields.as_ref().unwrap();
+        assert!(!fields.contains_key("Phone") && !fields.contains_key("BillingCity"));
+        assert_eq!(fields["LastModifiedDate"], json!(1714172795000_u64));
+    }
+
+    #[test]
+    fn diff_fields_the_schema_cannot_name_leave_only_a_reread() {
+        let mut event = bitmap_event();
+        let head = &mut event["event"]["payload"]["ChangeEventHeader"];
+        // Description (bit 16) arrived as a diff.
+        head["diffFields"] = json!(["0x10000"]);
+        head["changedFields"] = json!(["0x410000"]);
+        event["event"]["payload"]["Description"] = json!("--- \n+++ 8d3c\n@@ -1 +1 @@\n-a\n+b\n");
+
+        let with = decode(&with_schemas(), &event).unwrap();
+        assert_eq!(with.len(), 2);
+        assert_eq!(
+            with[0].fields,
+            fields(json!({"LastModifiedDate": 1714172795000_u64}))
+        );
+        assert_eq!(with[1].op, Op::Gap);
+
+        // Without the schema any text may be the diff: nothing is applied, all is read again.
+        let without = decode(&settings(), &event).unwrap();
+        assert_eq!(without.len(), 2);
+        assert_eq!(without[0].fields, Some(Fields::new()));
+        assert_eq!(without[1].op, Op::Gap);
+    }
+
+    #[test]
+    fn a_merged_bitmap_update_gives_every_record_the_decoded_fields() {
+        let mut event = bitmap_event();
+        event["event"]["payload"]["ChangeEventHeader"]["recordIds"] =
+            json!(["001ZM000001QkdOYAS", "001ZM000001QkdPYAS"]);
+        let events = decode(&with_schemas(), &event).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].id, "001ZM000001QkdPYAS");
+        for event in &events {
+            assert_eq!(
+                event.fields,
+                fields(json!({"Fax": "4155551212", "LastModifiedDate": 1714172795000_u64}))
+            );
+        }
+    }
+
+    #[test]
+    fn a_bitmap_past_the_schema_is_read_as_unknown_not_guessed() {
+        let mut event = bitmap_event();
+        // Bit 40 is past the schema's 29 fields: the event was written with another schema.
+        event["event"]["payload"]["ChangeEventHeader"]["changedFields"] =
+            json!(["0x10000000080"]);
+        event["event"]["payload"]["ChangeEventHeader"]["nulledFields"] = json!(["0x10000000000"]);
+        let events = decode(&with_schemas(), &event).unwrap();
+        assert_eq!(events.last().map(|event| event.op), Some(Op::Gap));
+        assert!(!events[0].fields.as_ref().unwrap().is_empty());
     }
 
     #[test]
