@@ -1,6 +1,7 @@
-//! Zendesk Support tickets as connectors put them on Kafka.
+//! Zendesk Support tickets as connectors put them on Kafka; users and organizations are in
+//! `people`, and the EventBridge and Integration Services envelopes in `envelopes`.
 //!
-//! Four shapes are read, told apart by their documented top-level members:
+//! The ticket shapes read, told apart by their documented top-level members:
 //!
 //! - an incremental ticket export page, time based (`GET /api/v2/incremental/tickets.json`:
 //!   `tickets`, `end_time`, `next_page`, `count`, `end_of_stream`) or cursor based
@@ -58,11 +59,14 @@ const CHILD_EVENT_META: [&str; 7] = [
     "removed_tags",
 ];
 /// What a message must look like, for the error on one that matches no shape.
-const EXPECTED: &str = "expected an incremental export page (`tickets`), a ticket events page \
-    (`ticket_events`), a ticket (`id` and `updated_at`, or `ticket`), a ticket event (`ticket_id` \
-    and `child_events`) or an event webhook (`type` \"zen:event-type:ticket.*\")";
+const EXPECTED: &str = "expected an incremental export page (`tickets`, `users`, \
+    `organizations`), a ticket events page (`ticket_events`), a ticket metric events page \
+    (`ticket_metric_events`), a ticket (`id` and `updated_at`, or `ticket`), a ticket event \
+    (`ticket_id` and `child_events`), an event webhook (`type` \"zen:event-type:...\"), an \
+    EventBridge event (`detail-type`, `detail`), an Integration Services payload (`input`) or a \
+    Support event (`ticket_event`, `user_event`, `organization_event`)";
 
-/// Decodes one Zendesk message into the ticket changes it carries, in the order given.
+/// Decodes one Zendesk message into the changes it carries, in the order given.
 pub(super) fn decode(settings: &FormatSettings, value: &Value) -> Result<Vec<ChangeEvent>, String> {
     let Some(message) = value.as_object() else {
         return Err(format!("the message is {}, {EXPECTED}", kind(value)));
