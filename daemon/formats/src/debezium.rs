@@ -131,7 +131,10 @@ pub(super) fn decode(
 
     let source_path = format!("{root}.source");
     let source = support::object(support::required(payload, "source", root)?, &source_path)?;
-    let connector = non_empty_string(source, "name", &source_path)?;
+    // The connector's logical name is documented as always present, but a producer writing
+    // Debezium's envelope without it (a CDC tool's "debezium-json" output) still says which
+    // table and row changed: it scopes the event id when present.
+    let connector = optional_name(source, "name", &source_path)?;
     let table = non_empty_string(source, "table", &source_path)?;
     let database = optional_name(source, "db", &source_path)?;
     let schema = optional_name(source, "schema", &source_path)?;
@@ -169,11 +172,11 @@ pub(super) fn decode(
         .join(".");
     let event_prefix = format!(
         "dbz:{}:{qualified}:{position}:{}",
-        escape(&connector, false),
+        escape(connector.as_deref().unwrap_or_default(), false),
         op.letter()
     );
     let transaction_id = transaction_of(payload, root)?;
-    let actor = actor(settings, payload, &connector);
+    let actor = actor(settings, payload, connector.as_deref());
 
     if op == RowOp::Truncate {
         // The key is null: the change is to the whole table, whose rows cannot be named.
@@ -212,12 +215,17 @@ pub(super) fn decode(
     // The images of an initial or blocking snapshot form a run, which the connector's
     // notification ends with its count; an incremental snapshot's images (targeted re-reads)
     // are plain full images.
-    let snapshot_id = (op == RowOp::Read && is_run_image(source)).then(|| {
-        snapshot_run_id(
-            &connector,
-            &collection_name(schema.as_deref(), database.as_deref(), &table),
-        )
-    });
+    // A run is ended by the notification naming its connector: without the name, no
+    // notification can end it, so the images are plain full images.
+    let snapshot_id = connector
+        .as_deref()
+        .filter(|_| op == RowOp::Read && is_run_image(source))
+        .map(|connector| {
+            snapshot_run_id(
+                connector,
+                &collection_name(schema.as_deref(), database.as_deref(), &table),
+            )
+        });
     Ok(vec![ChangeEvent {
         event_id: format!("{event_prefix}:{id}"),
         entity,
@@ -245,7 +253,7 @@ pub(super) fn decode(
 fn actor(
     settings: &FormatSettings,
     payload: &Map<String, Value>,
-    connector: &str,
+    connector: Option<&str>,
 ) -> Option<tandem_core::event::Actor> {
     let written_by = settings.actor_field.as_ref().and_then(|field| {
         ["after", "before"].into_iter().find_map(|member| {
@@ -261,7 +269,9 @@ fn actor(
             .actor(std::slice::from_ref(&written_by), None)
             .or_else(|| crate::parse_actor(&written_by).ok())
     });
-    from_column.or_else(|| settings.actor(&[format!("connector:{connector}")], None))
+    from_column.or_else(|| {
+        connector.and_then(|connector| settings.actor(&[format!("connector:{connector}")], None))
+    })
 }
 
 /// Whether a snapshot image belongs to an initial or blocking snapshot (`source.snapshot` is
@@ -1445,6 +1455,39 @@ mod tests {
         );
     }
 
+    /// `source.name` is left out by producers that write Debezium's envelope themselves; what
+    /// changed is still plain. The event id keeps an empty connector part, and a snapshot image
+    /// belongs to no run, since no notification could name it.
+    #[test]
+    fn a_change_without_the_connector_name_is_still_decoded() {
+        let key = br#"{"id": 7}"#;
+        let message = |name: Option<&str>, op: &str, snapshot: &str| {
+            let mut source = json!({"connector": "postgresql", "ts_ms": 1_732_089_600_000_i64,
+                                    "snapshot": snapshot, "db": "crmdb", "schema": "public",
+                                    "table": "customers", "lsn": 33});
+            if let Some(name) = name {
+                source["name"] = json!(name);
+            }
+            let value = json!({"before": null, "after": {"id": 7, "city": "Reno"}, "op": op,
+                               "ts_ms": 1_732_089_600_100_i64, "source": source});
+            let bytes = serde_json::to_vec(&value).unwrap();
+            decode_message(&settings(), Some(key), Some(&bytes), 1 << 20).unwrap()
+        };
+        let unnamed = message(None, "c", "false");
+        assert_eq!(unnamed.len(), 1);
+        assert_eq!(unnamed[0].event_id, "dbz::crmdb.public.customers:lsn=33:c:7");
+        assert_eq!(unnamed[0].entity, "customers");
+        assert_eq!(unnamed[0].op, Op::Create);
+        // An empty name is no name: the same event.
+        assert_eq!(message(Some(""), "c", "false"), unnamed);
+        let named = message(Some("crm"), "r", "true");
+        assert_eq!(
+            named[0].snapshot_id.as_deref(),
+            Some("dbz:crm:public.customers:snapshot")
+        );
+        assert_eq!(message(None, "r", "true")[0].snapshot_id, None);
+    }
+
     #[test]
     fn malformed_messages_name_the_part_at_fault() {
         let source = pg_source(1, 1_732_089_600_000);
@@ -1465,8 +1508,6 @@ mod tests {
              "`value.source` has no log position: none of lsn (PostgreSQL), file/pos/row (MySQL, MariaDB), change_lsn/commit_lsn/event_serial_no (SQL Server, Db2), scn/commit_scn (Oracle)"),
             (json!({"after": {"id": 1}, "op": "c", "source": {"name": "crm", "ts_ms": 1, "lsn": 1}}),
              "`value.source.table` is missing"),
-            (json!({"after": {"id": 1}, "op": "c", "source": {"name": "", "ts_ms": 1, "lsn": 1, "table": "t"}}),
-             "`value.source.name` is an empty string"),
             (json!({"after": {"id": 1}, "op": "c", "source": {"name": "crm", "ts_ms": 1, "lsn": 1.5, "table": "t"}}),
              "`value.source.lsn` is a number, expected a log position (string or integer)"),
             (json!({"payload": [1]}), "`payload` is an array, expected an object"),
