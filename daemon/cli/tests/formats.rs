@@ -413,6 +413,131 @@ fn salesforce_cdc_events_give_the_report_worked_out_by_hand() {
     });
 }
 
+/// The schema id of `schemas/examples/formats/salesforce-cdc/schemas/`: the documented
+/// `AccountChangeEvent` layout (Name at 1, BillingAddress at 4 with City at 1 of its record,
+/// Phone at 6, LastModifiedDate at 22, External_Account_ID__c at 28).
+const ACCOUNT_SCHEMA_ID: &str = "Jzq8aH1nVcyK0pS1cQj5Vw";
+
+/// A Salesforce change event as the Pub/Sub API's `ConsumerEvent`, field lists as bitmaps.
+fn pubsub(
+    uuid: &str,
+    schema_id: &str,
+    change_type: &str,
+    record: &str,
+    minute: i64,
+    (changed, nulled): (&[&str], &[&str]),
+    fields: Value,
+) -> Message {
+    let mut payload = fields;
+    payload["LastModifiedDate"] = json!(T0_MS + minute * 60_000);
+    payload["ChangeEventHeader"] = json!({
+        "entityName": "Account",
+        "recordIds": [record],
+        "changeType": change_type,
+        "changeOrigin": "com/salesforce/api/soap/62.0;client=SyncLayer/",
+        "transactionKey": format!("0003-{uuid}"),
+        "sequenceNumber": 1,
+        "commitTimestamp": T0_MS + minute * 60_000,
+        "commitNumber": 20_000 + minute,
+        "commitUser": "005xx000001X8UzAAK",
+        "changedFields": changed,
+        "nulledFields": nulled,
+        "diffFields": []
+    });
+    value(&json!({
+        "event": {"id": uuid, "schema_id": schema_id, "payload": payload},
+        "replay_id": format!("AAAA{minute}")
+    }))
+}
+
+/// Worked out by hand: every account is created with a full image. 001B (L-2) is created with
+/// the wrong city and corrected by an update whose bitmaps the loaded schema decodes
+/// (`0x400040` Phone and LastModifiedDate, `4-0x2` BillingAddress.City, Phone nulled: without
+/// the schema the nulled field could not be named and 001B would be unverified). 001C (L-3) is renamed by an
+/// update written with a schema that was not loaded: its non-null value is applied (a mismatch
+/// of Name). 001E (L-5) gets an update of that unknown schema that set some field to null:
+/// what it set cannot be named, so the record is read again and stays unverified. L-4 never
+/// reaches the target, 001F (L-9) exists only in the target, and one update mixes field names
+/// with bitmaps.
+#[test]
+fn salesforce_pub_sub_bitmaps_give_the_report_worked_out_by_hand() {
+    let created =
+        |name: &str, city: &str, legacy: &str| json!({"Name": name, "BillingAddress": {"City": city}, "External_Account_ID__c": legacy});
+    let create = |uuid: &str, record: &str, minute: i64, fields: Value| {
+        pubsub(uuid, ACCOUNT_SCHEMA_ID, "CREATE", record, minute, (&[], &[]), fields)
+    };
+    run(Case {
+        name: "salesforce-pubsub",
+        format: "salesforce-cdc",
+        target_settings: concat!(
+            "objects = { Account = \"company\" }\nactors = { \"client:SyncLayer\" = \"sync\" }\n",
+            "salesforce_schemas = [\"",
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/examples/formats/salesforce-cdc/schemas\"]"
+        ),
+        name_field: "Name",
+        city_field: "BillingCity",
+        join_field: "External_Account_ID__c",
+        target: vec![
+            create("e-1", "001A", 10, created("Acme", "Paris", "L-1")),
+            create("e-2", "001B", 11, created("Globex", "Munich", "L-2")),
+            pubsub(
+                "e-3",
+                ACCOUNT_SCHEMA_ID,
+                "UPDATE",
+                "001B",
+                12,
+                (&["0x400040", "4-0x2"], &["0x40"]),
+                json!({"Name": null, "Phone": null, "BillingAddress": {"Street": null, "City": "Berlin"}}),
+            ),
+            create("e-4", "001C", 13, created("Initech", "Austin", "L-3")),
+            pubsub(
+                "e-5",
+                "another-schema-version",
+                "UPDATE",
+                "001C",
+                14,
+                (&["0x400002"], &[]),
+                json!({"Name": "Initech Ltd", "BillingAddress": null}),
+            ),
+            create("e-6", "001E", 15, created("Stark", "New York", "L-5")),
+            pubsub(
+                "e-7",
+                "another-schema-version",
+                "UPDATE",
+                "001E",
+                16,
+                (&["0x400040"], &["0x40"]),
+                json!({"Phone": null}),
+            ),
+            create("e-8", "001F", 17, created("Hooli", "Palo Alto", "L-9")),
+            pubsub(
+                "e-9",
+                ACCOUNT_SCHEMA_ID,
+                "UPDATE",
+                "001A",
+                18,
+                (&["0x400000", "Name"], &[]),
+                json!({"Name": "Acme"}),
+            ),
+        ],
+        images: vec![],
+        // Five creates, three updates, and the re-read of 001E.
+        target_events: 9,
+        target_duplicates: 0,
+        target_skipped: 0,
+        dead_letters: 1,
+        divergent: vec![
+            ("L-3", "mismatch", vec!["Name"]),
+            ("L-4", "missing_in_target", vec![]),
+            ("L-5", "unverified", vec![]),
+            ("L-9", "missing_in_source", vec![]),
+        ],
+        in_sync: 2,
+        actor: Some("sync"),
+    });
+}
+
 /// A Debezium change event of the `crm.public.companies` table, schema wrapper off; the
 /// message key holds the primary key.
 fn debezium(id: u64, op: &str, lsn: u64, minute: i64, after: Option<Value>) -> Message {
@@ -629,13 +754,28 @@ fn hubspot_company(
 
 /// Worked out by hand: HubSpot webhooks never carry a full image, so every company they create
 /// is unverified until the connector's re-read answers with one. 101 (L-1) and 102 (L-2, its
-/// city since changed to Berlin) are answered and match; 103 (L-3) is not answered and stays
-/// unverified; L-4 and L-5 never reach the target. Each delivery is an array; one event is
-/// retried (attemptNumber 1), and one delivery holds an event type HubSpot does not have.
+/// city since changed to Berlin) are answered and match; 103 (L-3, delivered in the legacy
+/// form) is not answered and stays unverified; L-4 and L-5 never reach the target. Each
+/// delivery is an array; two events are retried (one of them in the legacy form), and one
+/// delivery holds an event type HubSpot does not have.
 #[test]
 fn hubspot_webhooks_give_the_report_worked_out_by_hand() {
     let mut retry = hubspot(1002, "propertyChange", 101, 10, Some(("name", "Acme")));
     retry["attemptNumber"] = json!(1);
+    // L-3's company as HubSpot's earlier deliveries (and a relay that kept none of the
+    // subscription) give it: the kind in `eventType`, no `subscriptionId`. One is retried.
+    let legacy: Vec<Value> = hubspot_company(3001, 103, 12, "Initech", "Austin", "L-3")
+        .into_iter()
+        .map(|mut event| {
+            let object = event.as_object_mut().unwrap();
+            let kind = object.remove("subscriptionType").unwrap();
+            object.remove("subscriptionId");
+            object.insert("eventType".to_owned(), kind);
+            event
+        })
+        .collect();
+    let mut legacy_retry = legacy[2].clone();
+    legacy_retry["attemptNumber"] = json!(2);
     let image = |id: &str, minute: i64, name: &str, city: &str, legacy: &str| {
         json!({"event_id": format!("reread-{id}"), "entity": "company", "id": id, "op": "update",
                "occurred_at": rfc3339(T0_MS + minute * 60_000),
@@ -655,10 +795,9 @@ fn hubspot_webhooks_give_the_report_worked_out_by_hand() {
             value(&json!(hubspot_company(
                 2001, 102, 11, "Globex", "Munich", "L-2"
             ))),
-            value(&json!(hubspot_company(
-                3001, 103, 12, "Initech", "Austin", "L-3"
-            ))),
+            value(&json!(legacy)),
             value(&json!([retry])),
+            value(&json!([legacy_retry])),
             value(&json!([hubspot(4001, "explode", 101, 13, None)])),
         ],
         images: vec![
@@ -666,7 +805,7 @@ fn hubspot_webhooks_give_the_report_worked_out_by_hand() {
             image("102", 31, "Globex", "Berlin", "L-2"),
         ],
         target_events: 14,
-        target_duplicates: 1,
+        target_duplicates: 2,
         target_skipped: 0,
         dead_letters: 1,
         divergent: vec![
@@ -746,5 +885,114 @@ fn zendesk_exports_give_the_report_worked_out_by_hand() {
         ],
         in_sync: 2,
         actor: Some("sync"),
+    });
+}
+
+/// A Zendesk organization as the incremental organization export gives it: the company's
+/// name, its city a custom organization field, and the legacy id its `external_id`.
+fn zendesk_organization(id: u64, minute: i64, company: (&str, &str, &str)) -> Value {
+    let (name, city, legacy) = company;
+    json!({"id": id, "url": format!("https://example.zendesk.com/api/v2/organizations/{id}.json"),
+           "external_id": legacy, "name": name, "created_at": rfc3339(T0_MS + 10 * 60_000),
+           "updated_at": rfc3339(T0_MS + minute * 60_000), "shared_tickets": false,
+           "shared_comments": false, "group_id": null, "tags": [],
+           "organization_fields": {"city": city}})
+}
+
+/// A Zendesk event webhook about an organization.
+fn zendesk_organization_webhook(
+    webhook_id: &str,
+    action: &str,
+    minute: i64,
+    detail: Value,
+    event: Value,
+) -> Value {
+    json!({"type": format!("zen:event-type:organization.{action}"), "account_id": 10973248,
+           "id": webhook_id, "time": rfc3339(T0_MS + minute * 60_000),
+           "zendesk_event_version": "2022-06-20",
+           "subject": format!("zen:organization:{}", detail["id"].as_str().unwrap_or_default()),
+           "detail": detail, "event": event})
+}
+
+/// Worked out by hand, with Zendesk organizations as the companies: an export page holds
+/// organizations 1 (L-1, equal), 2 (L-2, named "Globex Corp"), 3 (L-3, wrong city) and 5
+/// (L-5, equal); a webhook renames 2 to "Globex", and the same webhook arrives again relayed
+/// through an EventBridge bus (a duplicate); the events connector reports a custom field
+/// change of 5 through EventBridge, which cannot be named, so 5 is read again and stays
+/// unverified; a cursor-based page holds 9 (L-9, only in the target); a ticket metric events
+/// page changes nothing; L-4 never arrives; one EventBridge event holds no Zendesk event.
+#[test]
+fn zendesk_organizations_through_every_channel_give_the_report_worked_out_by_hand() {
+    let renamed = zendesk_organization_webhook(
+        "5d2f0a14-0c8e-4f55-9a3e-6f0b8f9d6a21",
+        "name_changed",
+        12,
+        json!({"id": "2", "name": "Globex", "external_id": "L-2", "shared_tickets": false,
+               "shared_comments": false, "group_id": null,
+               "created_at": rfc3339(T0_MS + 10 * 60_000),
+               "updated_at": rfc3339(T0_MS + 12 * 60_000)}),
+        json!({"current": "Globex", "previous": "Globex Corp"}),
+    );
+    let relayed = json!({"version": "0", "id": "0b7c2a57-7f3e-4c1e-8d4a-1f2e3d4c5b6a",
+        "detail-type": "zen:event-type:organization.name_changed", "source": "zendesk.webhook",
+        "account": "123456789012", "time": rfc3339(T0_MS + 12 * 60_000 + 2_000),
+        "region": "eu-west-1", "resources": [], "detail": renamed.clone()});
+    let custom_field = json!({"version": "0", "id": "31187aa5-67d2-4eea-a921-38535bf6ec3b",
+        "detail-type": "Support Organization: Custom Field Changed",
+        "source": "aws.partner/zendesk.com/9242270/default", "account": "123456789012",
+        "time": rfc3339(T0_MS + 13 * 60_000 + 2_000), "region": "us-east-1",
+        "resources": ["Support Organization"],
+        "detail": {"organization_event": {
+            "meta": {"version": "1.0", "occurred_at": rfc3339(T0_MS + 13 * 60_000),
+                     "ref": "1-1234567890",
+                     "sequence": {"id": "35D52F7D44640033CCCE4A5F1ADDB2AA", "position": 1, "total": 1}},
+            "type": "Custom Field Changed",
+            "custom_field": {"id": 1000, "title": "City", "field_type": "text"},
+            "previous": "New York", "current": "Newark",
+            "organization": {"id": 5, "external_id": "L-5", "name": "Stark",
+                             "created_at": rfc3339(T0_MS + 10 * 60_000),
+                             "updated_at": rfc3339(T0_MS + 13 * 60_000),
+                             "shared_tickets": false, "shared_comments": false, "group_id": null}}}});
+    let metric_events = json!({"ticket_metric_events": [
+        {"id": 926232157301_u64, "instance_id": 0, "metric": "agent_work_time", "ticket_id": 155,
+         "time": rfc3339(T0_MS + 14 * 60_000), "type": "measure"}],
+        "count": 1, "end_time": 1793612000, "next_page": null});
+    run(Case {
+        name: "zendesk-organizations",
+        format: "zendesk",
+        target_settings: "objects = { organization = \"company\" }",
+        name_field: "name",
+        city_field: "organization_fields.city",
+        join_field: "external_id",
+        target: vec![
+            value(&json!({"organizations": [
+                zendesk_organization(1, 10, ("Acme", "Paris", "L-1")),
+                zendesk_organization(2, 11, ("Globex Corp", "Berlin", "L-2")),
+                zendesk_organization(3, 11, ("Initech", "Dallas", "L-3")),
+                zendesk_organization(5, 11, ("Stark", "New York", "L-5")),
+            ], "count": 4, "end_of_stream": false, "end_time": 1793611000, "next_page": null})),
+            value(&renamed),
+            value(&relayed),
+            value(&custom_field),
+            value(&json!({"organizations": [zendesk_organization(9, 15, ("Hooli", "Palo Alto", "L-9"))],
+                          "after_cursor": "MTc5MzYxMjAwMHx8OXw=", "end_of_stream": true})),
+            value(&metric_events),
+            value(&json!({"version": "0", "id": "9e1c", "detail-type": "Support Ticket: Comment Added",
+                          "source": "aws.partner/zendesk.com/9242270/default", "detail": {}})),
+        ],
+        images: vec![],
+        // Four images, the rename, the custom field change and its re-read, one more image.
+        target_events: 8,
+        target_duplicates: 1,
+        target_skipped: 1,
+        dead_letters: 1,
+        divergent: vec![
+            ("L-3", "mismatch", vec!["organization_fields.city"]),
+            ("L-4", "missing_in_target", vec![]),
+            ("L-5", "unverified", vec![]),
+            ("L-9", "missing_in_source", vec![]),
+        ],
+        in_sync: 2,
+        actor: None,
     });
 }
