@@ -461,10 +461,17 @@ fn pubsub(
 /// with bitmaps.
 #[test]
 fn salesforce_pub_sub_bitmaps_give_the_report_worked_out_by_hand() {
-    let created =
-        |name: &str, city: &str, legacy: &str| json!({"Name": name, "BillingAddress": {"City": city}, "External_Account_ID__c": legacy});
+    let created = |name: &str, city: &str, legacy: &str| json!({"Name": name, "BillingAddress": {"City": city}, "External_Account_ID__c": legacy});
     let create = |uuid: &str, record: &str, minute: i64, fields: Value| {
-        pubsub(uuid, ACCOUNT_SCHEMA_ID, "CREATE", record, minute, (&[], &[]), fields)
+        pubsub(
+            uuid,
+            ACCOUNT_SCHEMA_ID,
+            "CREATE",
+            record,
+            minute,
+            (&[], &[]),
+            fields,
+        )
     };
     run(Case {
         name: "salesforce-pubsub",
@@ -974,11 +981,15 @@ fn zendesk_organizations_through_every_channel_give_the_report_worked_out_by_han
             value(&renamed),
             value(&relayed),
             value(&custom_field),
-            value(&json!({"organizations": [zendesk_organization(9, 15, ("Hooli", "Palo Alto", "L-9"))],
-                          "after_cursor": "MTc5MzYxMjAwMHx8OXw=", "end_of_stream": true})),
+            value(
+                &json!({"organizations": [zendesk_organization(9, 15, ("Hooli", "Palo Alto", "L-9"))],
+                          "after_cursor": "MTc5MzYxMjAwMHx8OXw=", "end_of_stream": true}),
+            ),
             value(&metric_events),
-            value(&json!({"version": "0", "id": "9e1c", "detail-type": "Support Ticket: Comment Added",
-                          "source": "aws.partner/zendesk.com/9242270/default", "detail": {}})),
+            value(
+                &json!({"version": "0", "id": "9e1c", "detail-type": "Support Ticket: Comment Added",
+                          "source": "aws.partner/zendesk.com/9242270/default", "detail": {}}),
+            ),
         ],
         images: vec![],
         // Four images, the rename, the custom field change and its re-read, one more image.

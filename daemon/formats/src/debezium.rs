@@ -1475,7 +1475,10 @@ mod tests {
         };
         let unnamed = message(None, "c", "false");
         assert_eq!(unnamed.len(), 1);
-        assert_eq!(unnamed[0].event_id, "dbz::crmdb.public.customers:lsn=33:c:7");
+        assert_eq!(
+            unnamed[0].event_id,
+            "dbz::crmdb.public.customers:lsn=33:c:7"
+        );
         assert_eq!(unnamed[0].entity, "customers");
         assert_eq!(unnamed[0].op, Op::Create);
         // An empty name is no name: the same event.

@@ -56,8 +56,8 @@ impl EventSchemas {
                 .map_err(|error| format!("cannot list `{}`: {error}", path.display()))?;
             let mut files = Vec::new();
             for entry in entries {
-                let entry = entry
-                    .map_err(|error| format!("cannot list `{}`: {error}", path.display()))?;
+                let entry =
+                    entry.map_err(|error| format!("cannot list `{}`: {error}", path.display()))?;
                 let file = entry.path();
                 let schema_file = file
                     .extension()
@@ -134,8 +134,7 @@ impl EventSchemas {
 /// A schema file: a `GetSchema` response (`schemaId` and `schemaJson`, in the protobuf JSON
 /// spelling or the field names of `pubsub_api.proto`) or a bare Avro schema whose id is `stem`.
 fn parse_schema_file(text: &str, stem: &str) -> Result<(String, EventSchema), String> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
+    let value: Value = serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
     let member = |names: [&str; 2]| names.iter().find_map(|name| value.get(name));
     let (id, avro) = match member(["schemaJson", "schema_json"]) {
         Some(Value::String(avro)) => {
@@ -156,7 +155,8 @@ fn parse_schema_file(text: &str, stem: &str) -> Result<(String, EventSchema), St
         }
         None => (stem.to_owned(), text.to_owned()),
     };
-    let schema = Schema::parse_str(&avro).map_err(|error| format!("not an Avro schema: {error}"))?;
+    let schema =
+        Schema::parse_str(&avro).map_err(|error| format!("not an Avro schema: {error}"))?;
     let resolved = ResolvedSchema::try_from(&schema)
         .map_err(|error| format!("not an Avro schema: {error}"))?;
     let Schema::Record(record) = &schema else {
@@ -369,6 +369,8 @@ mod tests {
         assert!(parse_schema_file("\"string\"", "x")
             .unwrap_err()
             .contains("not a record"));
-        assert!(parse_schema_file("{", "x").unwrap_err().contains("not JSON"));
+        assert!(parse_schema_file("{", "x")
+            .unwrap_err()
+            .contains("not JSON"));
     }
 }

@@ -154,7 +154,8 @@ struct Located<'a> {
     /// Whether the record's object also holds the event's identity (`id`, `replay_id`).
     shares_envelope: bool,
     uuid: Option<String>,
-    replay_id: Option<String>,
+    /// The replay id, or why it could not be read: that matters only when it is the identity.
+    replay_id: Replay,
     /// The Pub/Sub schema id the event was written with (`schema_id`, `schemaId`), which
     /// decodes its field bitmaps.
     schema_id: Option<String>,
@@ -187,8 +188,8 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
         return Ok(Located {
             record: level,
             uuid: optional_id(level, "id", &path)?,
-            replay_id: replay_id(level, &path)?,
-            schema_id: schema_id(level, &path)?,
+            replay_id: replay_id(level, &path),
+            schema_id: schema_id(level, &path),
             path,
             shares_envelope: true,
         });
@@ -205,12 +206,12 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
                 ))
             }
         };
-        let (mut uuid, mut replay) = (optional_id(level, "id", &path)?, replay_id(level, &path)?);
+        let (mut uuid, mut replay) = (optional_id(level, "id", &path)?, replay_id(level, &path));
         if let Some(event) = member(level, "event") {
             let event_path = at(&path, "event");
             let event = object(event, &event_path)?;
             uuid = uuid.or(optional_id(event, "EventUuid", &event_path)?);
-            replay = replay.or(replay_id(event, &event_path)?);
+            replay = either(replay, || replay_id(event, &event_path));
         }
         return Ok(Located {
             record,
@@ -218,7 +219,7 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
             shares_envelope: false,
             uuid,
             replay_id: replay,
-            schema_id: schema_id(level, &path)?,
+            schema_id: schema_id(level, &path),
         });
     }
     if let Some(event) = member(level, "event") {
@@ -228,8 +229,8 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
         {
             // A Pub/Sub `ConsumerEvent`: `{"event": {"id", "schema_id", "payload"}, "replay_id"}`.
             let mut located = locate(event, &at(&path, "event"))?;
-            located.replay_id = located.replay_id.or(replay_id(level, &path)?);
-            located.schema_id = located.schema_id.or(schema_id(level, &path)?);
+            located.replay_id = either(located.replay_id, || replay_id(level, &path));
+            located.schema_id = located.schema_id.or_else(|| schema_id(level, &path));
             return Ok(located);
         }
     }
@@ -239,18 +240,34 @@ fn locate<'a>(value: &'a Value, path: &str) -> Result<Located<'a>, String> {
     ))
 }
 
-fn replay_id(map: &Map<String, Value>, path: &str) -> Result<Option<String>, String> {
+/// A replay id, or why it could not be read.
+type Replay = Result<Option<String>, String>;
+
+/// The first replay id found; an unreadable one counts only if no other is found.
+fn either(first: Replay, second: impl FnOnce() -> Replay) -> Replay {
+    match first {
+        Ok(Some(replay)) => Ok(Some(replay)),
+        Ok(None) => second(),
+        Err(error) => match second() {
+            Ok(Some(replay)) => Ok(Some(replay)),
+            _ => Err(error),
+        },
+    }
+}
+
+fn replay_id(map: &Map<String, Value>, path: &str) -> Replay {
     match optional_id(map, "replayId", path)? {
         Some(replay) => Ok(Some(replay)),
         None => optional_id(map, "replay_id", path),
     }
 }
 
-fn schema_id(map: &Map<String, Value>, path: &str) -> Result<Option<String>, String> {
-    match optional_id(map, "schema_id", path)? {
-        Some(schema) => Ok(Some(schema)),
-        None => optional_id(map, "schemaId", path),
-    }
+/// The schema id beside the record; one that cannot be read is no schema id, since it only
+/// decodes bitmaps, and an update whose bitmaps cannot be decoded is still read safely.
+fn schema_id(map: &Map<String, Value>, path: &str) -> Option<String> {
+    ["schema_id", "schemaId"]
+        .into_iter()
+        .find_map(|key| optional_id(map, key, path).ok().flatten())
 }
 
 /// What `changeType` says happened.
@@ -334,8 +351,17 @@ fn field_list(
                 names.push(name.clone());
             }
             Value::String(name) if !name.trim().is_empty() => names.push(name.clone()),
-            Value::String(_) => return Err(format!("`{path}[{index}]` is an empty string, expected a field name")),
-            other => return Err(format!("`{path}[{index}]` is {}, expected a field name", kind(other))),
+            Value::String(_) => {
+                return Err(format!(
+                    "`{path}[{index}]` is an empty string, expected a field name"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "`{path}[{index}]` is {}, expected a field name",
+                    kind(other)
+                ))
+            }
         }
     }
     if bitmaps > 0 && bitmaps < names.len() {
@@ -681,8 +707,7 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
         .as_deref()
         .and_then(|schema_id| settings.event_schemas.get(schema_id));
     let listed = |key: &str| -> Result<Option<Listed>, String> {
-        Ok(field_list(header, key, &header_path)?
-            .map(|list| resolve(list, schema, &entity_name)))
+        Ok(field_list(header, key, &header_path)?.map(|list| resolve(list, schema, &entity_name)))
     };
     let changed = listed("changedFields")?;
     let nulled = listed("nulledFields")?.unwrap_or(Listed::Names(Vec::new()));
@@ -694,7 +719,8 @@ fn decode_event(settings: &FormatSettings, value: &Value, path: &str) -> Result<
     let identity = match (&located.uuid, &located.replay_id, &transaction_key, sequence_number) {
         (Some(uuid), _, _, _) => uuid.clone(),
         (None, _, Some(transaction), Some(sequence)) => format!("tx:{transaction}:{sequence}"),
-        (None, Some(replay), _, _) => replay.clone(),
+        (None, Ok(Some(replay)), _, _) => replay.clone(),
+        (None, Err(error), _, _) => return Err(error.clone()),
         _ => {
             return Err(format!(
                 "the event has no identity: expected its UUID (`event.EventUuid` or `id`), its replay id (`event.replayId`, `replayId` or `replay_id`), or `{header_path}.transactionKey` with `sequenceNumber`"
@@ -1708,8 +1734,9 @@ mod tests {
 
     /// Salesforce's documented enriched update (`cdc_enrich_event_example`, API 61.0) as a
     /// `ConsumerEvent`, and the schema that lays out its fields in the documented order.
-    const BITMAP_EVENT: &str =
-        include_str!("../../../schemas/examples/formats/salesforce-cdc/pubsub-bitmap-update-enriched.json");
+    const BITMAP_EVENT: &str = include_str!(
+        "../../../schemas/examples/formats/salesforce-cdc/pubsub-bitmap-update-enriched.json"
+    );
     const ACCOUNT_SCHEMA: &str = include_str!(
         "../../../schemas/examples/formats/salesforce-cdc/schemas/account-schema-get-schema.json"
     );
@@ -1872,12 +1899,36 @@ mod tests {
     fn a_bitmap_past_the_schema_is_read_as_unknown_not_guessed() {
         let mut event = bitmap_event();
         // Bit 40 is past the schema's 29 fields: the event was written with another schema.
-        event["event"]["payload"]["ChangeEventHeader"]["changedFields"] =
-            json!(["0x10000000080"]);
+        event["event"]["payload"]["ChangeEventHeader"]["changedFields"] = json!(["0x10000000080"]);
         event["event"]["payload"]["ChangeEventHeader"]["nulledFields"] = json!(["0x10000000000"]);
         let events = decode(&with_schemas(), &event).unwrap();
         assert_eq!(events.last().map(|event| event.op), Some(Op::Gap));
         assert!(!events[0].fields.as_ref().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_replay_id_or_schema_id_that_cannot_be_read_matters_only_when_it_is_needed() {
+        // The UUID names the event: a replay id in a relay's own spelling (an object for the
+        // protobuf bytes) does not cost the change, and an unreadable schema id is no schema.
+        let mut odd = bitmap_event();
+        odd["replay_id"] = json!({"type": "Buffer", "data": [0, 0, 22, 162]});
+        odd["event"]["schema_id"] = json!(["not", "an", "id"]);
+        let events = decode(&with_schemas(), &odd).unwrap();
+        assert_eq!(
+            events[0].event_id,
+            "sf:3c4c1a4e-5d3f-4a4b-9e7b-8f2f0c1d2e3a:001ZM000001QkdOYAS"
+        );
+        assert!(events[0].fields.as_ref().unwrap().contains_key("Industry"));
+        // Without the UUID or a transaction place, the replay id is the identity.
+        let mut only_replay = odd.clone();
+        only_replay["event"].as_object_mut().unwrap().remove("id");
+        let head = only_replay["event"]["payload"]["ChangeEventHeader"]
+            .as_object_mut()
+            .unwrap();
+        head.remove("transactionKey");
+        assert!(decode(&with_schemas(), &only_replay)
+            .unwrap_err()
+            .starts_with("`replay_id` is an object"));
     }
 
     #[test]

@@ -28,9 +28,7 @@ fn of(entity: &str, event: ChangeEvent) -> ChangeEvent {
 
 #[test]
 fn an_eventbridge_ticket_event_is_the_property_it_changed() {
-    let decoded = decode_ok(&example(
-        "eventbridge-ticket-agent-assignment-changed.json",
-    ));
+    let decoded = decode_ok(&example("eventbridge-ticket-agent-assignment-changed.json"));
     // The event's own time (not the envelope's), in whole seconds; its id is its place in the
     // sequence of the action; the actor is `meta.actor_id`.
     assert_eq!(
@@ -147,7 +145,10 @@ fn a_user_event_applies_the_user_and_the_changed_property() {
     )];
     assert_eq!(webhook, expected);
     // The same webhook relayed into an EventBridge bus is the same event.
-    assert_eq!(decode_ok(&example("eventbridge-webhook-relay.json")), expected);
+    assert_eq!(
+        decode_ok(&example("eventbridge-webhook-relay.json")),
+        expected
+    );
 }
 
 #[test]
@@ -244,7 +245,10 @@ fn users_and_organizations_map_to_the_configured_entities() {
     let ticket = decode("eventbridge-ticket-agent-assignment-changed.json");
     assert_eq!(
         (ticket[0].entity.as_str(), ticket[0].actor.clone()),
-        ("ticket", Some(parse_actor("integration:helpdesk-sync").unwrap()))
+        (
+            "ticket",
+            Some(parse_actor("integration:helpdesk-sync").unwrap())
+        )
     );
 }
 
@@ -367,4 +371,51 @@ fn malformed_envelopes_name_the_part_at_fault() {
     let mut two = example("eventbridge-ticket-agent-assignment-changed.json");
     two["detail"]["user_event"] = two["detail"]["ticket_event"].clone();
     assert!(decode_err(&two).contains("holds more than one of"));
+}
+
+#[test]
+fn what_only_names_the_writer_or_an_sla_clock_does_not_cost_the_change() {
+    // A Support event's ticket has no `subject`: a subject change it reports cannot be read
+    // from it, so the ticket is read again rather than the event refused.
+    let mut subject = example("integration-services-ticket-created.json");
+    subject["input"]["ticket_event"]["type"] = json!("Subject Changed");
+    let decoded = decode_ok(&subject);
+    assert_eq!(
+        decoded
+            .iter()
+            .map(|event| (event.op, event.id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(Op::Gap, "1001")]
+    );
+
+    // An empty `actor_id` names no writer; the change is still applied.
+    let mut webhook = example("webhook-user-active-changed.json");
+    webhook["detail"]["actor_id"] = json!("");
+    let decoded = decode_ok(&webhook);
+    assert_eq!(
+        (decoded[0].op, decoded[0].actor.clone()),
+        (Op::Update, None)
+    );
+
+    // A comment Support event changes no ticket property.
+    let mut comment = example("integration-services-ticket-created.json");
+    comment["input"]["ticket_event"]["type"] = json!("Comment Created");
+    assert_eq!(decode_ok(&comment), vec![]);
+
+    // An odd metric event among ticket events is passed over; the page's ticket event stays.
+    let page = json!({"ticket_events": [
+        {"id": 1, "ticket_id": 155, "metric": "reply_time", "type": "breach"},
+        {"id": 2, "ticket_id": 155, "timestamp": 1772611200, "updater_id": 7, "via": "Web form",
+         "event_type": "Audit",
+         "child_events": [{"id": 3, "event_type": "Change", "status": "pending",
+                           "previous_value": "open"}]}
+    ]});
+    let decoded = decode_ok(&page);
+    assert_eq!(
+        decoded
+            .iter()
+            .map(|event| (event.event_id.as_str(), event.fields.clone()))
+            .collect::<Vec<_>>(),
+        vec![("zd:ticket_event:2", fields(json!({"status": "pending"})))]
+    );
 }

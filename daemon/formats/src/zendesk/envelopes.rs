@@ -126,13 +126,15 @@ fn support_event(
     )?
     .clone();
     if let Some(actor) = optional(meta, "actor_id") {
-        detail
-            .entry("actor_id")
-            .or_insert_with(|| actor.clone());
+        detail.entry("actor_id").or_insert_with(|| actor.clone());
     }
     let change: Map<String, Value> = CHANGE_MEMBERS
         .iter()
-        .filter_map(|key| event.get(*key).map(|value| ((*key).to_owned(), value.clone())))
+        .filter_map(|key| {
+            event
+                .get(*key)
+                .map(|value| ((*key).to_owned(), value.clone()))
+        })
         .collect();
     let event_type = format!("{WEBHOOK_TYPE_PREFIX}{}.{action}", resource.name());
     let mut message = Map::new();
@@ -169,14 +171,26 @@ mod tests {
     #[test]
     fn support_event_types_read_as_webhook_actions() {
         let cases = [
-            ("Agent Assignment Changed", Resource::Ticket, "agent_assignment_changed"),
+            (
+                "Agent Assignment Changed",
+                Resource::Ticket,
+                "agent_assignment_changed",
+            ),
             ("Ticket Created", Resource::Ticket, "created"),
             ("Ticket Form Changed", Resource::Ticket, "form_changed"),
             ("Marked As Spam", Resource::Ticket, "marked_as_spam"),
-            ("Active Status Changed", Resource::User, "active_status_changed"),
+            (
+                "Active Status Changed",
+                Resource::User,
+                "active_status_changed",
+            ),
             ("User Created", Resource::User, "created"),
             ("Organization Created", Resource::Organization, "created"),
-            ("Custom Field Changed", Resource::Organization, "custom_field_changed"),
+            (
+                "Custom Field Changed",
+                Resource::Organization,
+                "custom_field_changed",
+            ),
         ];
         for (type_name, resource, action) in cases {
             assert_eq!(action_name(type_name, resource), action, "{type_name}");

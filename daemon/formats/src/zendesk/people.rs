@@ -12,8 +12,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    array, content_hash, external_id, external_id_value, fallback_actor, identifiers, join,
-    normalize, Resource,
+    actor_id, array, content_hash, external_id, external_id_value, fallback_actor, identifiers,
+    join, normalize, Resource,
 };
 use crate::support::{id, kind, object, optional_id, required, rfc3339, string};
 use crate::FormatSettings;
@@ -85,7 +85,7 @@ pub(super) fn webhook(
         Some(id) => id,
         None => of_subject(message, resource)?,
     };
-    let actor_id = optional_id(detail, "actor_id", ".detail")?;
+    let actor_id = actor_id(detail);
     let actor = actor_id.as_deref().and_then(|actor_id| {
         settings.actor(
             &identifiers(Some(actor_id), None),
@@ -98,8 +98,7 @@ pub(super) fn webhook(
         .filter(|(name, _)| name.as_str() != "actor_id")
         .map(|(name, value)| (name.clone(), normalize(name, value.clone())))
         .collect();
-    if let (Some(property), Some(current)) = (property_of(resource, action), event.get("current"))
-    {
+    if let (Some(property), Some(current)) = (property_of(resource, action), event.get("current")) {
         let value = normalize(property, current.clone());
         if property == "external_id" {
             external_id = external_id_value(&value, ".event.current")?;
@@ -189,7 +188,10 @@ fn image(
         _ => "user_fields",
     };
     let id = id(item, "id", path)?;
-    let occurred_at = rfc3339(required(item, "updated_at", path)?, &join(path, "updated_at"))?;
+    let occurred_at = rfc3339(
+        required(item, "updated_at", path)?,
+        &join(path, "updated_at"),
+    )?;
     let mut fields: Fields = item
         .iter()
         .filter(|(name, _)| name.as_str() != custom)

@@ -4,8 +4,12 @@
 use tandem_formats::{decode_message, Format, FormatSettings};
 
 pub fn check(format: Format, key: Option<&[u8]>, value: &[u8]) {
-    let settings = FormatSettings::new(format);
-    let Ok(events) = decode_message(&settings, key, Some(value), 1 << 16) else {
+    check_with(&FormatSettings::new(format), key, value);
+}
+
+/// The same, with the topic's settings (Salesforce event schemas, for one).
+pub fn check_with(settings: &FormatSettings, key: Option<&[u8]>, value: &[u8]) {
+    let Ok(events) = decode_message(settings, key, Some(value), 1 << 16) else {
         return;
     };
     for event in events {
