@@ -150,7 +150,16 @@ fn environment_variables_override_the_file() {
 fn bad_files_name_the_key_and_exit_2() {
     let directory = tempfile::tempdir().unwrap();
     let target = "topics = [\"crm.target.changes\"]\n";
-    let cases: [(&str, String, &[&str]); 24] = [
+    let not_avro = write(directory.path(), "AbC.avsc", "{\"type\": \"record\"}");
+    let schemas = |path: &str| {
+        GOOD.replace(
+            target,
+            &format!("{target}format = \"salesforce-cdc\"\nsalesforce_schemas = [\"{path}\"]\n"),
+        )
+    };
+    let cases: [(&str, String, &[&str]); 26] = [
+        ("schemas_absent.toml", schemas("/nonexistent/schemas"), &["key `systems.target.salesforce_schemas`", "cannot read `/nonexistent/schemas`"]),
+        ("schemas_bad.toml", schemas(not_avro.to_str().unwrap()), &["key `systems.target.salesforce_schemas`", "AbC.avsc", "not an Avro schema"]),
         ("owned.toml", format!("{GOOD}\n[ownership]\nentities = {{ ticket = \"target\" }}\n"), &["key `ownership.entities.ticket`", "not one of the configured entities"]),
         ("allowed.toml", format!("{GOOD}\n[ownership]\nallowed = {{ target = [\"bot\"] }}\n"), &["key `ownership.allowed.target`", "`bot` is not one of"]),
         ("token.toml", GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nadmin_token = \"short\""), &["key `api.admin_token`", "at least 16 characters"]),
@@ -328,6 +337,65 @@ fn the_kubernetes_configuration_is_valid_and_asks_for_tokens() {
     assert!(
         api["read_token_file"].is_string() && api["admin_token_file"].is_string(),
         "{api}"
+    );
+}
+
+/// A Pub/Sub change event whose field bitmaps only the event's schema decodes: `tandem decode`
+/// with a configured topic loads the topic's `salesforce_schemas`, as the daemon does.
+#[test]
+fn decode_reads_field_bitmaps_with_the_configured_schemas() {
+    let directory = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/examples/formats/salesforce-cdc");
+    let config = write(
+        directory.path(),
+        "tandem.toml",
+        &GOOD.replace(
+            "topics = [\"crm.target.changes\"]\n",
+            &format!(
+                "topics = [\"crm.target.changes\"]\nformat = \"salesforce-cdc\"\nsalesforce_schemas = [\"{}\"]\n",
+                examples.join("schemas").display()
+            ),
+        ),
+    );
+    let event = std::fs::read(examples.join("pubsub-bitmap-update-enriched.json")).unwrap();
+    let fields = |args: &[&str]| {
+        let output = decode(args, &event);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8(output.stdout).unwrap();
+        let event = tandem_core::event::decode(Some(line.trim().as_bytes()), 1 << 20).unwrap();
+        let mut names: Vec<String> = event.fields.unwrap().into_keys().collect();
+        names.sort();
+        names
+    };
+    // Salesforce's example: only Fax and LastModifiedDate changed (bits 7 and 22).
+    assert_eq!(
+        fields(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--topic",
+            "crm.target.changes"
+        ]),
+        ["Fax", "LastModifiedDate"]
+    );
+    // Without the schema, every value the event proves (the enriched ones too).
+    assert_eq!(
+        fields(&["--format", "salesforce-cdc"]),
+        [
+            "BillingCity",
+            "BillingCountry",
+            "BillingPostalCode",
+            "BillingState",
+            "BillingStreet",
+            "External_Account_ID__c",
+            "Fax",
+            "Industry",
+            "LastModifiedDate"
+        ]
     );
 }
 
