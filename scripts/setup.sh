@@ -11,6 +11,8 @@
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 #   - openapi-spec-validator (PyPI), which checks schemas/openapi.yaml, in a virtual
 #     environment under ~/.cache/tandem/python.
+#   - Chromium and its WebDriver (Debian's chromium, chromium-driver), which drive the console's
+#     browser test headless.
 #   - promtool, which checks the shipped alert rules and the live /metrics: built from the
 #     Go module proxy into ~/.cache/tandem/tools (about 4 minutes, once per version).
 # Usage: scripts/setup.sh [build|test]   (build: packages only)
@@ -27,7 +29,7 @@ connect_home="$cache/connect-$connect_version-debezium-$debezium_version"
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(librocksdb-dev libclang-dev clang pkg-config make libssl-dev)
-[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15 python3-venv)
+[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15 python3-venv chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -139,9 +139,10 @@ impl AuthMetrics {
     }
 }
 
-/// Whether a path is open without a token: liveness and readiness probes.
+/// Whether a path is open without a token: liveness and readiness probes, and the console's
+/// page and files (they hold no data; the console reads the API with the operator's token).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz") || crate::console::PATHS.contains(&path)
 }
 
 /// Checks the bearer token of every request but the probes.

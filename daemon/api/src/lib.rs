@@ -4,6 +4,7 @@
 //! never mixes two batches and the async runtime never waits on disk.
 
 pub mod auth;
+mod console;
 pub mod cutover;
 mod delta;
 pub mod history;
@@ -197,11 +198,12 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         )
         .route("/v1/report/history", get(history::get_history))
         .route("/v1/spotcheck", get(spotcheck::get_spotcheck))
+        .merge(console::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: / (the console), /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
             )
         })
         // Only requests that reach an endpoint need a token: a wrong path or method is told
