@@ -9,8 +9,8 @@
 #     by scripts/connect/pom.xml into ~/.cache/tandem/connect-<version>-debezium-<version>;
 #     PostgreSQL from Debian's packages.
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
-#   - openapi-spec-validator (PyPI), which checks schemas/openapi.yaml, in a virtual
-#     environment under ~/.cache/tandem/python.
+#   - openapi-spec-validator and schemathesis (PyPI), which check schemas/openapi.yaml and a
+#     live daemon's answers against it, in a virtual environment under ~/.cache/tandem/python.
 #   - Chromium and its WebDriver (Debian's chromium, chromium-driver), which drive the console's
 #     browser test headless.
 #   - promtool, which checks the shipped alert rules and the live /metrics: built from the
@@ -61,13 +61,15 @@ if [ "$want" = "test" ]; then
 
   python_tools="$cache/python"
   validator_version="0.9.0"
-  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$validator_version" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ]; then
-    say "installing openapi-spec-validator $validator_version into $python_tools (PyPI, once per machine)"
+  schemathesis_version="4.32.5"
+  python_versions="openapi-spec-validator $validator_version, schemathesis $schemathesis_version"
+  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$python_versions" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ] || [ ! -x "$python_tools/bin/st" ]; then
+    say "installing $python_versions into $python_tools (PyPI, once per machine)"
     rm -rf "$python_tools"
     python3 -m venv "$python_tools"
     "$python_tools/bin/pip" install --quiet --disable-pip-version-check \
-      "openapi-spec-validator==$validator_version" </dev/null
-    printf '%s\n' "$validator_version" > "$python_tools/VERSION"
+      "openapi-spec-validator==$validator_version" "schemathesis==$schemathesis_version" </dev/null
+    printf '%s\n' "$python_versions" > "$python_tools/VERSION"
   fi
 
   # The jars are copied into a fresh directory and the version file is written last, so an

@@ -79,17 +79,17 @@ pub(crate) async fn get_delta(
     let hint = "parameters: system (source or target: the system whose changes to carry back), since (an RFC 3339 time, a duration like 24h, or `flip` for the latest flip), entity, format (jsonl or csv)";
     let bad = |error: String| ApiError::new(StatusCode::BAD_REQUEST, error, hint);
     let Query(query) = query.map_err(|rejection| bad(rejection.body_text()))?;
-    let system = match present(query.system).as_deref() {
+    let system = match present("system", query.system)?.as_deref() {
         Some("source") => System::Source,
         Some("target") | None => System::Target,
         Some(other) => return Err(bad(format!("unknown system `{other}`"))),
     };
-    let csv = match present(query.format).as_deref() {
+    let csv = match present("format", query.format)?.as_deref() {
         None | Some("jsonl") => false,
         Some("csv") => true,
         Some(other) => return Err(bad(format!("unknown format `{other}`"))),
     };
-    let entities: Vec<String> = match present(query.entity) {
+    let entities: Vec<String> = match present("entity", query.entity)? {
         Some(entity) if context.mapping.entity(&entity).is_none() => {
             return Err(bad(format!("unknown entity `{entity}`")))
         }
@@ -100,7 +100,8 @@ pub(crate) async fn get_delta(
             .map(|entity| entity.name.clone())
             .collect(),
     };
-    let since_text = present(query.since).ok_or_else(|| bad("`since` is required".to_owned()))?;
+    let since_text =
+        present("since", query.since)?.ok_or_else(|| bad("`since` is required".to_owned()))?;
     let since = if since_text == "flip" {
         let state = context
             .store
@@ -115,7 +116,13 @@ pub(crate) async fn get_delta(
             .rev()
             .find(|record| record.transition == Transition::Flip)
             .map(|record| record.at)
-            .ok_or_else(|| bad("there was no flip yet: give a time".to_owned()))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "there was no flip yet",
+                    "give `since` a time or a duration (24h): `flip` names the latest flip",
+                )
+            })?
     } else {
         crate::ownership::parse_since(&since_text)?
     };

@@ -687,9 +687,17 @@ pub(crate) fn known_entities(mapping: &Mapping) -> String {
         .join(", ")
 }
 
-/// An empty query value means the parameter is absent (`?entity=&status=`).
-pub(crate) fn present(value: Option<String>) -> Option<String> {
-    value.filter(|text| !text.is_empty())
+/// A query parameter's value; an empty one (`?status=`) is refused rather than taken for
+/// "absent" or for a value: a client that meant something else learns it at once.
+pub(crate) fn present(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(text) if text.is_empty() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter `{name}` is empty"),
+            format!("give `{name}` a value, or leave it out"),
+        )),
+        value => Ok(value),
+    }
 }
 
 async fn get_divergences(
@@ -704,11 +712,11 @@ async fn get_divergences(
         )
     })?;
     let query = DivergenceQuery {
-        entity: present(query.entity),
-        status: present(query.status),
-        field: present(query.field),
+        entity: present("entity", query.entity)?,
+        status: present("status", query.status)?,
+        field: present("field", query.field)?,
         limit: query.limit,
-        cursor: present(query.cursor),
+        cursor: present("cursor", query.cursor)?,
     };
     let entities: Vec<String> = match &query.entity {
         Some(entity) if context.mapping.entity(entity).is_none() => {

@@ -84,7 +84,8 @@ fn bad_request(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
 
 /// `since`: an RFC 3339 time, or a duration back from now (`24h`, `7d`).
 pub(crate) fn parse_since(text: &str) -> Result<Timestamp, ApiError> {
-    if let Ok(at) = Timestamp::parse_rfc3339(text) {
+    // A bound far out in time is still a bound: the year 9999 lists nothing, the year 1 all.
+    if let Ok(at) = Timestamp::parse_rfc3339_saturating(text) {
         return Ok(at);
     }
     let duration = humantime::parse_duration(text).map_err(|_| {
@@ -175,9 +176,9 @@ pub(crate) async fn get_permit(
         "parameters: system (source or target), entity, actor (kind or kind:id), epoch (optional)";
     let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text(), hint))?;
     let (Some(system), Some(entity), Some(actor)) = (
-        present(query.system),
-        present(query.entity),
-        present(query.actor),
+        present("system", query.system)?,
+        present("entity", query.entity)?,
+        present("actor", query.actor)?,
     ) else {
         return Err(bad_request("system, entity and actor are required", hint));
     };
@@ -226,17 +227,17 @@ pub(crate) async fn get_violations(
         )
     })?;
     let mut filter = ViolationFilter::default();
-    if let Some(since) = present(query.since) {
+    if let Some(since) = present("since", query.since)? {
         filter.since = Some(parse_since(&since)?);
     }
-    if let Some(actor) = present(query.actor) {
+    if let Some(actor) = present("actor", query.actor)? {
         filter.actor = Some(parse_actor(&actor)?);
     }
-    if let Some(entity) = present(query.entity) {
+    if let Some(entity) = present("entity", query.entity)? {
         known_entity(&context, &entity)?;
         filter.entity = Some(entity);
     }
-    if let Some(system) = present(query.system) {
+    if let Some(system) = present("system", query.system)? {
         filter.system = Some(parse_system(&system)?);
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -246,7 +247,7 @@ pub(crate) async fn get_violations(
             "page through larger sets with `cursor`",
         ));
     }
-    let cursor = match present(query.cursor) {
+    let cursor = match present("cursor", query.cursor)? {
         None => None,
         Some(text) => Some(URL_SAFE_NO_PAD.decode(text).map_err(|_| {
             bad_request(
@@ -282,7 +283,7 @@ pub(crate) async fn get_writers(
 ) -> Result<Json<WritersView>, ApiError> {
     let Query(query) =
         query.map_err(|rejection| bad_request(rejection.body_text(), "parameters: since"))?;
-    let since = present(query.since)
+    let since = present("since", query.since)?
         .map(|text| parse_since(&text))
         .transpose()?;
     let since_day = ownership::day_of(since.unwrap_or(Timestamp::MIN));

@@ -181,6 +181,51 @@ fn wrong_paths_and_methods_are_told_before_tokens_are_asked_for() {
     assert_eq!(ask("POST", "/v1/reevaluate", Some(READ)).0, 401);
 }
 
+/// Query parameters are read strictly: an empty value names its parameter (it was taken for
+/// "absent" before, so `?status=` listed everything), a `since` far out in time is a bound
+/// like any other (it was a 400), and `since=flip` before any flip is a conflict with the
+/// cutover's state (409), not a malformed request.
+#[test]
+fn query_parameters_are_read_strictly_and_state_is_told_apart_from_syntax() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, address) = start(directory.path(), &format!("read_token = \"{READ}\""));
+    let ask = |path: &str| {
+        let (status, body) = exchange(
+            connect_from([127, 0, 0, 1], address),
+            &request("GET", path, Some(READ)),
+        );
+        let body: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("GET {path}: not JSON: {body:?}"));
+        (status, body)
+    };
+    for (path, parameter) in [
+        ("/v1/divergences?status=", "status"),
+        ("/v1/divergences?entity=contact&cursor=", "cursor"),
+        ("/v1/writers?since=", "since"),
+        ("/v1/violations?actor=", "actor"),
+        ("/v1/delta?system=target&since=", "since"),
+    ] {
+        let (status, body) = ask(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(
+            body["error"],
+            serde_json::json!(format!("query parameter `{parameter}` is empty")),
+            "{path}"
+        );
+    }
+    for path in [
+        "/v1/writers?since=9999-12-31T23:59:59Z",
+        "/v1/violations?since=0001-01-01T00:00:00Z",
+        "/v1/report/history?since=2300-01-01T00:00:00%2B05:00",
+    ] {
+        let (status, body) = ask(path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, body) = ask("/v1/delta?system=target&since=flip");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], serde_json::json!("there was no flip yet"));
+}
+
 #[test]
 fn a_client_retrying_with_a_wrong_token_is_counted_every_time_and_logged_once() {
     let directory = tempfile::tempdir().unwrap();

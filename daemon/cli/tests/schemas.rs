@@ -309,3 +309,116 @@ fn compensation_commands_match_their_schema() {
         .next()
         .is_some());
 }
+
+/// schemathesis, with every check it has, finds no answer of a live daemon (on Apache Kafka,
+/// with records, asked with the admin token) that schemas/openapi.yaml does not describe, and
+/// no request the document allows that the daemon refuses. `schemas/schemathesis.toml` says
+/// what it is told beyond the document, and why.
+#[test]
+fn a_live_daemon_answers_as_the_openapi_document_says() {
+    use tandem_testkit::{
+        free_port, minute, produce_json, source_contact, target_contact, Broker, ContactConfig,
+        Daemon, Kafka, Topics,
+    };
+    const ADMIN: &str = "schemathesis-admin-0123456789";
+    let topics = Topics::unique("schemathesis");
+    let broker = Kafka::start(&[
+        (&topics.source, 1),
+        (&topics.target, 1),
+        (&topics.dead_letters, 1),
+    ]);
+    produce_json(
+        broker.bootstrap(),
+        &topics.source,
+        &[
+            source_contact("s1", 1, "create", &minute(1), "c1@example.com"),
+            source_contact("s2", 2, "create", &minute(2), "c2@example.com"),
+        ],
+    );
+    produce_json(
+        broker.bootstrap(),
+        &topics.target,
+        &[target_contact(
+            "t1",
+            1,
+            "create",
+            &minute(3),
+            "other@example.com",
+        )],
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = ContactConfig::new(broker.bootstrap(), &topics, port);
+    config.admin_token = Some(ADMIN.to_owned());
+    let daemon = Daemon::start(
+        &config.write(directory.path()),
+        port,
+        &directory.path().join("tandem.log"),
+    );
+    daemon.wait_for_applied(3, std::time::Duration::from_secs(120));
+    tandem_testkit::wait_for(
+        "the daemon to be ready",
+        std::time::Duration::from_secs(120),
+        || (daemon.readiness() == 200).then_some(()),
+    );
+    let st = tandem_testkit::installed_tool("python/bin/st");
+    let output = std::process::Command::new(&st)
+        .arg("--config-file")
+        .arg(schemas_dir().join("schemathesis.toml"))
+        .args(["--no-color", "run"])
+        .arg(schemas_dir().join("openapi.yaml"))
+        .args([
+            "--url",
+            &daemon.url,
+            "--checks",
+            "all",
+            "--seed",
+            "20261207",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
+        .env(
+            "SCHEMATHESIS_HOSTS_PATH",
+            directory.path().join("hosts.toml"),
+        )
+        .current_dir(directory.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}; run scripts/setup.sh test (make test does)",
+                st.display()
+            )
+        });
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{said}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log_tail()
+    );
+    // Every operation tested, and every generated case passed.
+    let operations = schemas_dir().join("openapi.yaml");
+    let count = std::fs::read_to_string(operations)
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let line = line.trim_start();
+            line.starts_with("get:") || line.starts_with("post:")
+        })
+        .count();
+    assert!(said.contains(&format!("Tested: {count}")), "{said}");
+    let cases = said
+        .lines()
+        .find(|line| line.contains(" generated, "))
+        .unwrap_or_else(|| panic!("no test case summary: {said}"));
+    let numbers: Vec<&str> = cases.split_whitespace().collect();
+    assert_eq!(
+        (numbers.get(1), numbers.get(3)),
+        (Some(&"generated,"), Some(&"passed")),
+        "{cases}"
+    );
+    assert_eq!(
+        numbers[0], numbers[2],
+        "every generated case passed: {cases}"
+    );
+}

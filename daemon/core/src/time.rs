@@ -64,6 +64,21 @@ impl Timestamp {
         Ok(Timestamp(nanos))
     }
 
+    /// Reads an RFC 3339 time as a bound: a time before 1677 or after 2262 is the earliest or
+    /// the latest time there is, which bounds every event the same way.
+    pub fn parse_rfc3339_saturating(input: &str) -> Result<Self, TimestampError> {
+        let parsed = OffsetDateTime::parse(input, &Rfc3339).map_err(|error| TimestampError {
+            input: input.to_owned(),
+            reason: error.to_string(),
+        })?;
+        let nanos = parsed.unix_timestamp_nanos();
+        Ok(Timestamp(i64::try_from(nanos).unwrap_or(if nanos < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })))
+    }
+
     /// Formats as RFC 3339 in UTC (`Z`), with only as many fractional digits as needed.
     pub fn to_rfc3339(self) -> String {
         let datetime = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0))
