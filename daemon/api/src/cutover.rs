@@ -461,7 +461,10 @@ pub(crate) async fn post_step(
                 StatusCode::OK,
                 Json(serde_json::to_value(&record).map_err(ApiError::internal)?),
             )),
-            Err(refusal) => {
+            Err(error @ tandem_ingest::ControlError::Stopped(_)) => {
+                Err(crate::control_error(error, "see /v1/cutover"))
+            }
+            Err(tandem_ingest::ControlError::Refused(refusal)) => {
                 let mut preview = preview;
                 preview.allowed = false;
                 preview.refusal = Some(refusal);

@@ -609,7 +609,7 @@ async fn post_partition_reset(
     blocking(move || {
         let loss = handle
             .reset_partition(&request.topic, request.partition, request.reason.clone())
-            .map_err(|error| ApiError::new(StatusCode::CONFLICT, error, "GET /readyz lists the stopped partitions"))?;
+            .map_err(|error| control_error(error, "GET /readyz lists the stopped partitions"))?;
         Ok(Json(json!({
             "reset": true,
             "topic": loss.topic,
@@ -620,6 +620,21 @@ async fn post_partition_reset(
         })))
     })
     .await
+}
+
+/// The answer to a change the daemon did not make: 409 for a refusal (the request, in this
+/// state), 503 when ingestion has stopped (the daemon: restart it).
+pub(crate) fn control_error(error: tandem_ingest::ControlError, refused_hint: &str) -> ApiError {
+    match error {
+        tandem_ingest::ControlError::Refused(why) => {
+            ApiError::new(StatusCode::CONFLICT, why, refused_hint)
+        }
+        tandem_ingest::ControlError::Stopped(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            why,
+            "restart tandem; GET /readyz says why ingestion stopped",
+        ),
+    }
 }
 
 /// Starts a re-evaluation of every stored record; `/v1/report` shows its progress.
@@ -641,7 +656,7 @@ async fn post_reevaluate(
     blocking(move || {
         handle
             .reevaluate(reason.clone())
-            .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, "see /readyz"))?;
+            .map_err(|error| control_error(error, "see /readyz"))?;
         Ok((
             StatusCode::ACCEPTED,
             Json(json!({

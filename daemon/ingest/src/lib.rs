@@ -246,6 +246,32 @@ const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
     "group.remote.assignor",
 ];
 
+/// Why a change asked of a running daemon was not made. The two are told apart because they
+/// call for different actions: a refusal is about the request (409: change it, or wait for
+/// the state it needs), a stop is about the daemon (503: restart it, see /readyz).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlError {
+    /// The change cannot be made in the present state; nothing was changed.
+    Refused(String),
+    /// Ingestion has stopped, or stopped before the change was durable.
+    Stopped(String),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Refused(why) | ControlError::Stopped(why) => formatter.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// Ingestion is gone: a request could not be handed over.
+fn ingestion_stopped() -> ControlError {
+    ControlError::Stopped("ingestion has stopped; restart tandem (see /readyz for why)".to_owned())
+}
+
 /// Asks the apply loop to take cutover steps and to evaluate every record again: each is
 /// committed in batches of its own, so it is ordered with the events around it and survives a
 /// crash.
@@ -260,16 +286,19 @@ impl ControlHandle {
     pub fn request(
         &self,
         order: tandem_core::cutover::StepOrder,
-    ) -> std::result::Result<tandem_core::cutover::TransitionRecord, String> {
+    ) -> std::result::Result<tandem_core::cutover::TransitionRecord, ControlError> {
         let (reply, answer) = bounded(1);
         self.requests
             .send(ControlRequest::Step { order, reply })
-            .map_err(|_| {
-                "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
-            })?;
+            .map_err(|_| ingestion_stopped())?;
         answer
             .recv()
-            .map_err(|_| "ingestion stopped before the step was durable; restart tandem and look at /v1/cutover".to_owned())?
+            .map_err(|_| {
+                ControlError::Stopped(
+                    "ingestion stopped before the step was durable; restart tandem and look at /v1/cutover".to_owned(),
+                )
+            })?
+            .map_err(ControlError::Refused)
     }
 
     /// Resets a partition whose ingestion stopped because its stored position lies beyond the
@@ -281,18 +310,20 @@ impl ControlHandle {
         topic: &str,
         partition: i32,
         reason: String,
-    ) -> std::result::Result<tandem_core::feed::OffsetLoss, String> {
+    ) -> std::result::Result<tandem_core::feed::OffsetLoss, ControlError> {
         let snapshot = self.status.snapshot();
         let Some(stopped) = snapshot
             .stopped_partitions
             .get(&(topic.to_owned(), partition))
         else {
-            return Err(format!(
+            return Err(ControlError::Refused(format!(
                 "{topic}/{partition} is not stopped here: only a partition whose stored position lies beyond the broker's log (see /readyz) can be reset, on the instance it is assigned to"
-            ));
+            )));
         };
         let Some(system) = snapshot.topic_systems.get(topic).copied() else {
-            return Err(format!("{topic} is not a configured topic"));
+            return Err(ControlError::Refused(format!(
+                "{topic} is not a configured topic"
+            )));
         };
         let loss = tandem_core::feed::OffsetLoss {
             system,
@@ -311,21 +342,21 @@ impl ControlHandle {
                 reason,
                 reply,
             })
-            .map_err(|_| {
-                "ingestion has stopped; restart tandem (see /readyz for why)".to_owned()
-            })?;
+            .map_err(|_| ingestion_stopped())?;
         answer.recv().map_err(|_| {
-            "ingestion stopped before the reset was durable; restart tandem and look at /readyz"
-                .to_owned()
+            ControlError::Stopped(
+                "ingestion stopped before the reset was durable; restart tandem and look at /readyz"
+                    .to_owned(),
+            )
         })?;
         Ok(loss)
     }
 
     /// Starts a re-evaluation of every stored record; its progress shows in the status.
-    pub fn reevaluate(&self, reason: String) -> std::result::Result<(), String> {
+    pub fn reevaluate(&self, reason: String) -> std::result::Result<(), ControlError> {
         self.requests
             .send(ControlRequest::Reevaluate { reason })
-            .map_err(|_| "ingestion has stopped; restart tandem (see /readyz for why)".to_owned())
+            .map_err(|_| ingestion_stopped())
     }
 }
 
@@ -512,5 +543,49 @@ impl Ingest {
                 .update(|snapshot| snapshot.stopped = Some(reason));
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle whose apply loop is gone, as after ingestion stopped.
+    fn orphaned() -> ControlHandle {
+        let (requests, receiver) = bounded(1);
+        drop(receiver);
+        ControlHandle {
+            requests,
+            status: Arc::new(IngestStatus::new(
+                [("crm.changes".to_owned(), tandem_core::System::Source)].into(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_refusal_and_a_stopped_ingestion_are_told_apart() {
+        let handle = orphaned();
+        // The partition is not stopped: the request is refused, whatever ingestion does.
+        assert!(matches!(
+            handle.reset_partition("crm.changes", 0, "re-created".to_owned()),
+            Err(ControlError::Refused(why)) if why.contains("is not stopped here")
+        ));
+        // Nobody takes the request: ingestion has stopped.
+        assert!(matches!(
+            handle.reevaluate("rules changed".to_owned()),
+            Err(ControlError::Stopped(why)) if why.contains("restart tandem")
+        ));
+        let order = tandem_core::cutover::StepOrder {
+            transition: tandem_core::cutover::Transition::Freeze,
+            by: "test".to_owned(),
+            caller: None,
+            reason: "freeze".to_owned(),
+            evidence: None,
+            measured_at_events: None,
+        };
+        assert!(matches!(
+            handle.request(order),
+            Err(ControlError::Stopped(_))
+        ));
     }
 }
