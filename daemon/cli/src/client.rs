@@ -37,13 +37,33 @@ impl ApiClient {
         &self.base_url
     }
 
-    /// GETs `path_and_query` and decodes the JSON answer; API errors become readable errors.
-    pub fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path_and_query}", self.base_url);
-        let mut request = self.agent.get(&url);
+    /// A request of `path` with the query's parameters, encoded by the HTTP client; a
+    /// parameter without a value is left out.
+    fn get_request(
+        &self,
+        path: &str,
+        query: &[(&str, Option<&str>)],
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let mut request = self.agent.get(format!("{}{path}", self.base_url));
+        for (name, value) in query {
+            if let Some(value) = value {
+                request = request.query(*name, *value);
+            }
+        }
         if let Some(token) = &self.token {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
+        request
+    }
+
+    /// GETs `path` with `query` and decodes the JSON answer; API errors become readable
+    /// errors.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, Option<&str>)],
+    ) -> anyhow::Result<T> {
+        let request = self.get_request(path, query);
         let mut response = request.call().map_err(|error| {
             anyhow!(
                 "cannot reach tandem at {}: {error}; is the daemon running (`tandem run --config tandem.toml`), and is --url or api.listen right?",
@@ -55,39 +75,24 @@ impl ApiClient {
             return response
                 .body_mut()
                 .read_json()
-                .with_context(|| format!("unexpected answer from {url}"));
+                .with_context(|| format!("unexpected answer from {}{path}", self.base_url));
         }
-        let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
-        let message = body["error"].as_str().unwrap_or("request failed");
-        let hint = body["hint"].as_str().unwrap_or("");
-        Err(anyhow!("{message} (HTTP {}); {hint}", status.as_u16()))
+        Err(refusal(&mut response))
     }
-}
 
-impl ApiClient {
-    /// GETs `path_and_query` and copies the answer's body to `out` as it arrives.
+    /// GETs `path` with `query` and copies the answer's body to `out` as it arrives.
     pub fn copy_to(
         &self,
-        path_and_query: &str,
+        path: &str,
+        query: &[(&str, Option<&str>)],
         out: &mut impl std::io::Write,
     ) -> anyhow::Result<u64> {
-        let url = format!("{}{path_and_query}", self.base_url);
-        let mut request = self.agent.get(&url);
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", &format!("Bearer {token}"));
-        }
+        let request = self.get_request(path, query);
         let mut response = request
             .call()
             .map_err(|error| anyhow!("cannot reach tandem at {}: {error}", self.base_url))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
-            return Err(anyhow!(
-                "{} (HTTP {}); {}",
-                body["error"].as_str().unwrap_or("request failed"),
-                status.as_u16(),
-                body["hint"].as_str().unwrap_or("")
-            ));
+        if !response.status().is_success() {
+            return Err(refusal(&mut response));
         }
         let mut reader = response.body_mut().as_reader();
         std::io::copy(&mut reader, out).context("copying the answer")
@@ -97,11 +102,10 @@ impl ApiClient {
     /// refused cutover step answers 409 with its reasons).
     pub fn post(
         &self,
-        path_and_query: &str,
+        path: &str,
         body: &serde_json::Value,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let url = format!("{}{path_and_query}", self.base_url);
-        let mut request = self.agent.post(&url);
+        let mut request = self.agent.post(format!("{}{path}", self.base_url));
         if let Some(token) = &self.token {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
@@ -117,16 +121,35 @@ impl ApiClient {
     }
 }
 
-/// Percent-encodes one path segment or query value.
-pub fn encode_component(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                encoded.push(char::from(byte))
-            }
-            other => encoded.push_str(&format!("%{other:02X}")),
-        }
+/// The API's error answer as an error: what went wrong, the status, what to do.
+fn refusal(response: &mut ureq::http::Response<ureq::Body>) -> anyhow::Error {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
+    anyhow!(
+        "{} (HTTP {status}); {}",
+        body["error"].as_str().unwrap_or("request failed"),
+        body["hint"].as_str().unwrap_or("")
+    )
+}
+
+/// One path segment (an entity, a join key), percent-encoded: every byte but the unreserved
+/// characters of RFC 3986, so a `/` or `?` in a join key stays part of it.
+pub fn path_segment(text: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_key_stays_one_path_segment() {
+        assert_eq!(path_segment("L-1.a_b~"), "L-1.a_b~");
+        assert_eq!(path_segment("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
     }
-    encoded
 }

@@ -204,7 +204,8 @@ async fn wait_until_applied(
     let started = Instant::now();
     loop {
         let fetch = client.clone();
-        let report: Report = tokio::task::spawn_blocking(move || fetch.get("/v1/report")).await??;
+        let report: Report =
+            tokio::task::spawn_blocking(move || fetch.get("/v1/report", &[])).await??;
         let applied = report.ingest.source.events_applied + report.ingest.target.events_applied;
         if applied >= expected {
             return Ok(report);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use tandem::client::{encode_component, ApiClient};
+use tandem::client::{path_segment, ApiClient};
 use tandem::config::{Config, ConfigError, Environment};
 use tandem::daemon::{self, Ended, StartError};
 use tandem::demo::{self, DemoOptions};
@@ -337,11 +337,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             target,
             format,
         } => {
-            let mut path = "/v1/writers".to_owned();
-            if let Some(since) = since {
-                path.push_str(&format!("?since={}", encode_component(&since)));
-            }
-            let writers: WritersView = client(&target)?.get(&path)?;
+            let writers: WritersView =
+                client(&target)?.get("/v1/writers", &[("since", since.as_deref())])?;
             match format {
                 View::Json => render::json(&mut out, &writers)?,
                 View::Table => render::writers_table(&mut out, &writers)?,
@@ -358,31 +355,24 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let api = client(&target)?;
-            let mut query = "/v1/violations?limit=1000".to_owned();
-            for (name, value) in [
-                ("since", &since),
-                ("actor", &actor),
-                ("entity", &entity),
-                ("system", &system),
-            ] {
-                if let Some(value) = value {
-                    query.push_str(&format!("&{name}={}", encode_component(value)));
-                }
-            }
             let mut items = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
-                let page_query = match &cursor {
-                    Some(cursor) => format!("{query}&cursor={cursor}"),
-                    None => query.clone(),
-                };
+                let query = [
+                    ("limit", Some("1000")),
+                    ("since", since.as_deref()),
+                    ("actor", actor.as_deref()),
+                    ("entity", entity.as_deref()),
+                    ("system", system.as_deref()),
+                    ("cursor", cursor.as_deref()),
+                ];
                 if format == Format::Json && !all {
                     // One page, exactly as the API answers it (with its cursor).
-                    let page: serde_json::Value = api.get(&page_query)?;
+                    let page: serde_json::Value = api.get("/v1/violations", &query)?;
                     render::json(&mut out, &page)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                let page: ViolationList = api.get(&page_query)?;
+                let page: ViolationList = api.get("/v1/violations", &query)?;
                 if format == Format::Json {
                     for item in &page.items {
                         serde_json::to_writer(&mut out, item)?;
@@ -414,8 +404,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let api = client(&target)?;
             if step == "status" {
-                let view: CutoverView = api.get("/v1/cutover")?;
-                let readiness: Readiness = api.get("/v1/cutover/readiness")?;
+                let view: CutoverView = api.get("/v1/cutover", &[])?;
+                let readiness: Readiness = api.get("/v1/cutover/readiness", &[])?;
                 match format {
                     View::Json => render::json(
                         &mut out,
@@ -503,7 +493,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let api = client(&target)?;
-            let before: Report = api.get("/v1/report")?;
+            let before: Report = api.get("/v1/report", &[])?;
             let (status, answer) =
                 api.post("/v1/reevaluate", &serde_json::json!({"reason": reason}))?;
             if status != 202 {
@@ -524,7 +514,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|done| done.started_at);
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                let report: Report = api.get("/v1/report")?;
+                let report: Report = api.get("/v1/report", &[])?;
                 if let Some(running) = &report.reevaluation {
                     writeln!(out, "{}", render::reevaluation_line(running))?;
                     continue;
@@ -545,20 +535,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             target,
             format,
         } => {
-            let mut path = format!(
-                "/v1/delta?system={}&since={}&format={}",
-                encode_component(&system),
-                encode_component(&since),
-                encode_component(&format)
-            );
-            if let Some(entity) = entity {
-                path.push_str(&format!("&entity={}", encode_component(&entity)));
-            }
-            client(&target)?.copy_to(&path, &mut out)?;
+            client(&target)?.copy_to(
+                "/v1/delta",
+                &[
+                    ("system", Some(system.as_str())),
+                    ("since", Some(since.as_str())),
+                    ("format", Some(format.as_str())),
+                    ("entity", entity.as_deref()),
+                ],
+                &mut out,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ownership { target, format } => {
-            let view: OwnershipView = client(&target)?.get("/v1/ownership")?;
+            let view: OwnershipView = client(&target)?.get("/v1/ownership", &[])?;
             match format {
                 View::Json => render::json(&mut out, &view)?,
                 View::Table => render::ownership_table(&mut out, &view)?,
@@ -572,15 +562,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             target,
             format,
         } => {
-            let mut path = format!("/v1/report/history?since={}", encode_component(&since));
-            if let Some(entity) = &entity {
-                path.push_str(&format!("&entity={}", encode_component(entity)));
-            }
             if format == Format::Csv {
                 eprintln!("tandem: `report --history` has no CSV form: use --format table or --format json");
                 return Ok(ExitCode::from(2));
             }
-            let history: tandem_api::history::ReportHistory = client(&target)?.get(&path)?;
+            let history: tandem_api::history::ReportHistory = client(&target)?.get(
+                "/v1/report/history",
+                &[
+                    ("since", Some(since.as_str())),
+                    ("entity", entity.as_deref()),
+                ],
+            )?;
             match format {
                 Format::Json => render::json(&mut out, &history)?,
                 _ => render::history(&mut out, &history)?,
@@ -588,7 +580,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { target, format, .. } => {
-            let report: Report = client(&target)?.get("/v1/report")?;
+            let report: Report = client(&target)?.get("/v1/report", &[])?;
             match format {
                 Format::Table => render::report_table(&mut out, &report)?,
                 Format::Json => render::json(&mut out, &report)?,
@@ -604,10 +596,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let path = format!(
                 "/v1/records/{}/{}",
-                encode_component(&entity),
-                encode_component(&join_key)
+                path_segment(&entity),
+                path_segment(&join_key)
             );
-            let record: RecordView = client(&target)?.get(&path)?;
+            let record: RecordView = client(&target)?.get(&path, &[])?;
             match format {
                 View::Json => render::json(&mut out, &record)?,
                 View::Table => render::record_table(&mut out, &record)?,
@@ -624,12 +616,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let api = client(&target)?;
-            let mut query = format!("/v1/divergences?limit={limit}");
-            for (name, value) in [("entity", &entity), ("status", &status), ("field", &field)] {
-                if let Some(value) = value {
-                    query.push_str(&format!("&{name}={}", encode_component(value)));
-                }
-            }
+            let limit = limit.to_string();
             // CSV and JSON lines are written page by page, so an export of every record
             // holds one page in memory; a table needs every row first to size its columns.
             let mut items: Vec<DivergenceEntry> = Vec::new();
@@ -638,17 +625,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let mut cursor: Option<String> = None;
             let mut rows = 0_u64;
             loop {
-                let page_query = match &cursor {
-                    Some(cursor) => format!("{query}&cursor={cursor}"),
-                    None => query.clone(),
-                };
+                let query = [
+                    ("limit", Some(limit.as_str())),
+                    ("entity", entity.as_deref()),
+                    ("status", status.as_deref()),
+                    ("field", field.as_deref()),
+                    ("cursor", cursor.as_deref()),
+                ];
                 if format == Format::Json && !all {
                     // One page, exactly as the API answers it (with its cursor).
-                    let page: serde_json::Value = api.get(&page_query)?;
+                    let page: serde_json::Value = api.get("/v1/divergences", &query)?;
                     render::json(&mut out, &page)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                let page: DivergenceList = api.get(&page_query)?;
+                let page: DivergenceList = api.get("/v1/divergences", &query)?;
                 let page_rows = page.items.len() as u64;
                 rows += page_rows;
                 match (&mut csv, format) {
