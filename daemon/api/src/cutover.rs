@@ -21,7 +21,7 @@ use tandem_ingest::ControlHandle;
 use tandem_store::ViolationFilter;
 use tracing::warn;
 
-use crate::{blocking, now, report_of, ApiContext, ApiError};
+use crate::{blocking, now, ApiContext, ApiError};
 
 /// The cutover's rules, from the configuration.
 #[derive(Clone, Debug, Default)]
@@ -95,8 +95,8 @@ pub(crate) fn readiness(
 ) -> Result<(Readiness, OwnershipState, u64), ApiError> {
     let live = context.status.snapshot();
     let snapshot = context.store.read();
-    let report = report_of(context, &live, &snapshot).map_err(ApiError::internal)?;
-    let state = snapshot.apply_state().map_err(ApiError::internal)?;
+    let (report, state) =
+        crate::report_and_state(context, &live, &snapshot).map_err(ApiError::internal)?;
     let measured_at_events =
         state.counters.source.events_applied + state.counters.target.events_applied;
     let at = now();

@@ -320,6 +320,16 @@ pub(crate) fn report_of(
     live: &IngestSnapshot,
     snapshot: &tandem_store::ReadSnapshot<'_>,
 ) -> Result<Report, tandem_store::Error> {
+    report_and_state(context, live, snapshot).map(|(report, _)| report)
+}
+
+/// The report as of one store snapshot, with the stored state it was built from, so that a
+/// caller that needs both (the cutover phase, the readiness) decodes the state once.
+pub(crate) fn report_and_state(
+    context: &ApiContext,
+    live: &IngestSnapshot,
+    snapshot: &tandem_store::ReadSnapshot<'_>,
+) -> Result<(Report, tandem_core::summary::ApplyState), tandem_store::Error> {
     let mut stored = StoredFacts {
         state: snapshot.apply_state()?,
         oldest_reread_since: snapshot.oldest_reread()?,
@@ -331,14 +341,15 @@ pub(crate) fn report_of(
             snapshot.oldest_divergence(&entity.name)?,
         );
     }
-    Ok(build_report(
+    let report = build_report(
         &context.mapping,
         &context.labels,
         context.grace.as_secs(),
         &stored,
         live,
         now(),
-    ))
+    );
+    Ok((report, stored.state))
 }
 
 /// Mismatches examined per field for systematic patterns.

@@ -15,7 +15,7 @@ use tandem_core::System;
 use tandem_ingest::IngestMetrics;
 
 use crate::report::Report;
-use crate::{blocking, current_report, ApiContext, ApiError};
+use crate::{blocking, ApiContext, ApiError};
 
 /// Gauges derived from the report at scrape time.
 #[derive(Clone)]
@@ -234,18 +234,14 @@ pub(crate) async fn get_metrics(
     State(context): State<Arc<ApiContext>>,
 ) -> Result<Response, ApiError> {
     blocking(move || {
-        let report = current_report(&context).map_err(ApiError::internal)?;
+        // One snapshot, its state decoded once: the report and the phase agree.
+        let live = context.status.snapshot();
+        let (report, state) = crate::report_and_state(&context, &live, &context.store.read())
+            .map_err(ApiError::internal)?;
         context
             .report_gauges
             .refresh(&report, &context.ingest_metrics);
-        let phase = context
-            .store
-            .read()
-            .apply_state()
-            .map_err(ApiError::internal)?
-            .ownership
-            .cutover
-            .phase;
+        let phase = state.ownership.cutover.phase;
         for each in Phase::ALL {
             context
                 .report_gauges
