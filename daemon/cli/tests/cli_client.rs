@@ -178,6 +178,38 @@ fn without_an_admin_token_configured_the_refusal_says_where_to_set_it() {
     assert!(!said.contains("TANDEM_TOKEN"), "{said}");
 }
 
+/// Tables fit the width asked for (`COLUMNS`, as a terminal sets it): long cells wrap.
+#[test]
+fn tables_fit_the_width_they_are_given() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_daemon, _config, port) = start(directory.path(), "");
+    let url = format!("http://127.0.0.1:{port}");
+    let widest = |columns: Option<&str>| {
+        let mut command = Command::new(common::tandem_binary());
+        command
+            .args(["cutover", "status", "--url", &url])
+            .env_remove("TANDEM_TOKEN");
+        match columns {
+            Some(columns) => command.env("COLUMNS", columns),
+            None => command.env_remove("COLUMNS"),
+        };
+        let output = command.output().expect("the CLI runs");
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+            .lines()
+            .filter(|line| line.starts_with(['┌', '│', '├', '└', '╞', '╘']))
+            .map(|line| line.chars().count())
+            .max()
+            .expect("a table")
+    };
+    let whole = widest(None);
+    assert!(
+        whole > 60,
+        "the gates table is wider than 60 columns when piped: {whole}"
+    );
+    assert!(widest(Some("60")) <= 60);
+}
+
 #[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     let directory = tempfile::tempdir().unwrap();

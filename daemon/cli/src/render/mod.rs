@@ -38,8 +38,16 @@ pub enum View {
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    // On a terminal, wide columns wrap to its width; piped, rows stay whole (for grep).
+    // On a terminal, wide columns wrap to its width; piped, rows stay whole (for grep),
+    // unless `COLUMNS` asks for a width, as it does of other tools.
     table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    if let Some(width) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|columns| columns.trim().parse::<u16>().ok())
+        .filter(|width| *width >= 20)
+    {
+        table.set_width(width);
+    }
     table.set_header(header.iter().map(Cell::new));
     table
 }
