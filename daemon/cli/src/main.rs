@@ -6,16 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use tandem::client::{path_segment, ApiClient};
+use tandem::client::ApiClient;
 use tandem::config::{Config, ConfigError, Environment};
 use tandem::daemon::{self, Ended, StartError};
 use tandem::demo::{self, DemoOptions};
 use tandem::logging;
 use tandem::render::{self, Format, View};
-use tandem_api::cutover::CutoverView;
-use tandem_api::ownership::{OwnershipView, ViolationList, WritersView};
-use tandem_api::report::{DivergenceEntry, DivergenceList, RecordView, Report};
-use tandem_core::gates::Readiness;
+
+mod commands;
 use tokio_util::sync::CancellationToken;
 
 /// The apply loop allocates per event (rows, field maps); mimalloc keeps that cheap and does
@@ -336,15 +334,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             since,
             target,
             format,
-        } => {
-            let writers: WritersView =
-                client(&target)?.get("/v1/writers", &[("since", since.as_deref())])?;
-            match format {
-                View::Json => render::json(&mut out, &writers)?,
-                View::Table => render::writers_table(&mut out, &writers)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::ownership::writers(&mut out, since, target, format),
         Command::Violations {
             since,
             actor,
@@ -353,47 +343,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             all,
             target,
             format,
-        } => {
-            let api = client(&target)?;
-            let mut items = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let query = [
-                    ("limit", Some("1000")),
-                    ("since", since.as_deref()),
-                    ("actor", actor.as_deref()),
-                    ("entity", entity.as_deref()),
-                    ("system", system.as_deref()),
-                    ("cursor", cursor.as_deref()),
-                ];
-                if format == Format::Json && !all {
-                    // One page, exactly as the API answers it (with its cursor).
-                    let page: serde_json::Value = api.get("/v1/violations", &query)?;
-                    render::json(&mut out, &page)?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let page: ViolationList = api.get("/v1/violations", &query)?;
-                if format == Format::Json {
-                    for item in &page.items {
-                        serde_json::to_writer(&mut out, item)?;
-                        writeln!(out)?;
-                    }
-                }
-                items.extend(page.items);
-                match page.next_cursor {
-                    Some(next) if all => cursor = Some(next),
-                    Some(_) => {
-                        say_cut(items.len(), "violations");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if format != Format::Json {
-                render::violations(&mut out, &items, format)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::ownership::violations(
+            &mut out, since, actor, entity, system, all, target, format,
+        ),
         Command::Cutover {
             step,
             reason,
@@ -401,159 +353,28 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             dry_run,
             target,
             format,
-        } => {
-            let api = client(&target)?;
-            if step == "status" {
-                let view: CutoverView = api.get("/v1/cutover", &[])?;
-                let readiness: Readiness = api.get("/v1/cutover/readiness", &[])?;
-                match format {
-                    View::Json => render::json(
-                        &mut out,
-                        &serde_json::json!({"cutover": view, "readiness": readiness}),
-                    )?,
-                    View::Table => render::cutover_status(&mut out, &view, &readiness)?,
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if tandem_core::cutover::Transition::parse(&step).is_none() {
-                eprintln!("tandem: `{step}` is not a cutover step; use status, freeze, verify, flip, rollback or complete");
-                return Ok(ExitCode::from(2));
-            }
-            let Some(reason) = reason.filter(|reason| !reason.trim().is_empty()) else {
-                eprintln!("tandem: a cutover step needs --reason \"...\": it is kept in the history and published");
-                return Ok(ExitCode::from(2));
-            };
-            let by = by
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "cli".to_owned());
-            let (status, answer) = api.post(
-                &format!("/v1/cutover/{step}"),
-                &serde_json::json!({"reason": reason, "by": by, "dry_run": dry_run}),
-            )?;
-            if format == View::Json {
-                render::json(&mut out, &answer)?;
-            } else if matches!(status, 401 | 403) {
-                // The daemon's own words say which token is missing and where it is set; only
-                // a 401 is mended on this side (a 403: the daemon has no admin token at all).
-                let mend = if status == 401 {
-                    "; give the admin token in TANDEM_TOKEN, or --config with api.admin_token"
-                } else {
-                    ""
-                };
-                eprintln!(
-                    "tandem: {} (HTTP {status}): {}{mend}",
-                    answer["error"].as_str().unwrap_or("not authorized"),
-                    answer["hint"].as_str().unwrap_or("")
-                );
-            } else {
-                render::cutover_answer(&mut out, status, &answer)?;
-            }
-            // A refused step fails, previewed or taken.
-            let refused = answer["allowed"].as_bool() == Some(false);
-            Ok(if status == 200 && !refused {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        } => commands::cutover::cutover(&mut out, step, reason, by, dry_run, target, format),
         Command::Partitions {
             action,
             topic,
             partition,
             reason,
             target,
-        } => {
-            if action != "reset" {
-                eprintln!("tandem: unknown partitions action `{action}`: the only one is `reset`");
-                return Ok(ExitCode::from(2));
-            }
-            let api = client(&target)?;
-            let (status, answer) = api.post(
-                "/v1/partitions/reset",
-                &serde_json::json!({"topic": topic, "partition": partition, "reason": reason}),
-            )?;
-            if status != 200 {
-                eprintln!(
-                    "tandem: reset refused (HTTP {status}): {}; {}",
-                    answer["error"].as_str().unwrap_or("no reason given"),
-                    answer["hint"].as_str().unwrap_or("")
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            writeln!(
-                out,
-                "{topic}/{partition} reset: read again from offset 0 (the old position was {}); its records are unverified until the requested snapshot completes",
-                answer["old_next_offset"]
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::cutover::partitions(&mut out, action, topic, partition, reason, target),
         Command::Reevaluate {
             reason,
             no_wait,
             target,
-        } => {
-            let api = client(&target)?;
-            let before: Report = api.get("/v1/report", &[])?;
-            let (status, answer) =
-                api.post("/v1/reevaluate", &serde_json::json!({"reason": reason}))?;
-            if status != 202 {
-                eprintln!(
-                    "tandem: re-evaluation refused (HTTP {status}): {}; {}",
-                    answer["error"].as_str().unwrap_or("no reason given"),
-                    answer["hint"].as_str().unwrap_or("")
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            writeln!(out, "re-evaluation started: {reason}")?;
-            if no_wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let started_before = before
-                .last_reevaluation
-                .as_ref()
-                .map(|done| done.started_at);
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let report: Report = api.get("/v1/report", &[])?;
-                if let Some(running) = &report.reevaluation {
-                    writeln!(out, "{}", render::reevaluation_line(running))?;
-                    continue;
-                }
-                match report.last_reevaluation {
-                    Some(done) if Some(done.started_at) != started_before => {
-                        writeln!(out, "{}", render::reevaluation_line(&done))?;
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    _ => {}
-                }
-            }
-        }
+        } => commands::parity::reevaluate(&mut out, reason, no_wait, target),
         Command::Delta {
             system,
             since,
             entity,
             target,
             format,
-        } => {
-            client(&target)?.copy_to(
-                "/v1/delta",
-                &[
-                    ("system", Some(system.as_str())),
-                    ("since", Some(since.as_str())),
-                    ("format", Some(format.as_str())),
-                    ("entity", entity.as_deref()),
-                ],
-                &mut out,
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::ownership::delta(&mut out, system, since, entity, target, format),
         Command::Ownership { target, format } => {
-            let view: OwnershipView = client(&target)?.get("/v1/ownership", &[])?;
-            match format {
-                View::Json => render::json(&mut out, &view)?,
-                View::Table => render::ownership_table(&mut out, &view)?,
-            }
-            Ok(ExitCode::SUCCESS)
+            commands::ownership::ownership(&mut out, target, format)
         }
         Command::Report {
             history: true,
@@ -561,51 +382,16 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             since,
             target,
             format,
-        } => {
-            if format == Format::Csv {
-                eprintln!("tandem: `report --history` has no CSV form: use --format table or --format json");
-                return Ok(ExitCode::from(2));
-            }
-            let history: tandem_api::history::ReportHistory = client(&target)?.get(
-                "/v1/report/history",
-                &[
-                    ("since", Some(since.as_str())),
-                    ("entity", entity.as_deref()),
-                ],
-            )?;
-            match format {
-                Format::Json => render::json(&mut out, &history)?,
-                _ => render::history(&mut out, &history)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::parity::report_history(&mut out, entity, since, target, format),
         Command::Report { target, format, .. } => {
-            let report: Report = client(&target)?.get("/v1/report", &[])?;
-            match format {
-                Format::Table => render::report_table(&mut out, &report)?,
-                Format::Json => render::json(&mut out, &report)?,
-                Format::Csv => render::report_csv(&mut out, &report)?,
-            }
-            Ok(ExitCode::SUCCESS)
+            commands::parity::report(&mut out, target, format)
         }
         Command::Record {
             entity,
             join_key,
             target,
             format,
-        } => {
-            let path = format!(
-                "/v1/records/{}/{}",
-                path_segment(&entity),
-                path_segment(&join_key)
-            );
-            let record: RecordView = client(&target)?.get(&path, &[])?;
-            match format {
-                View::Json => render::json(&mut out, &record)?,
-                View::Table => render::record_table(&mut out, &record)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::parity::record(&mut out, entity, join_key, target, format),
         Command::Divergences {
             entity,
             status,
@@ -614,61 +400,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             all,
             target,
             format,
-        } => {
-            let api = client(&target)?;
-            let limit = limit.to_string();
-            // CSV and JSON lines are written page by page, so an export of every record
-            // holds one page in memory; a table needs every row first to size its columns.
-            let mut items: Vec<DivergenceEntry> = Vec::new();
-            let mut csv =
-                (format == Format::Csv).then(|| render::DivergenceCsv::new(field.clone()));
-            let mut cursor: Option<String> = None;
-            let mut rows = 0_u64;
-            loop {
-                let query = [
-                    ("limit", Some(limit.as_str())),
-                    ("entity", entity.as_deref()),
-                    ("status", status.as_deref()),
-                    ("field", field.as_deref()),
-                    ("cursor", cursor.as_deref()),
-                ];
-                if format == Format::Json && !all {
-                    // One page, exactly as the API answers it (with its cursor).
-                    let page: serde_json::Value = api.get("/v1/divergences", &query)?;
-                    render::json(&mut out, &page)?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let page: DivergenceList = api.get("/v1/divergences", &query)?;
-                let page_rows = page.items.len() as u64;
-                rows += page_rows;
-                match (&mut csv, format) {
-                    (Some(csv), _) => csv.write(&mut out, &page.items)?,
-                    (None, Format::Json) if all => {
-                        for item in &page.items {
-                            serde_json::to_writer(&mut out, item)?;
-                            writeln!(out)?;
-                        }
-                    }
-                    _ => items.extend(page.items),
-                }
-                if all && rows % 100_000 < page_rows && rows >= 100_000 {
-                    eprintln!("tandem: {rows} records exported so far");
-                }
-                match page.next_cursor {
-                    Some(next) if all => cursor = Some(next),
-                    Some(_) => {
-                        say_cut(rows, "records");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            match (csv, format) {
-                (Some(_), _) | (None, Format::Json) => {}
-                (None, _) => render::divergences(&mut out, &items)?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => commands::parity::divergences(
+            &mut out, entity, status, field, limit, all, target, format,
+        ),
         Command::CheckConfig { file, format } => {
             let config = Config::load(&file, &Environment::Process)?;
             let warnings = config.warnings();
