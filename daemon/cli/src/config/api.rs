@@ -4,7 +4,6 @@ use super::*;
 
 /// `[store]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// The RocksDB directory.
     pub path: PathBuf,
@@ -21,7 +20,6 @@ pub struct StoreConfig {
 
 /// `[api]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Listen address of the HTTP API.
     #[serde(default = "default_listen")]
@@ -43,7 +41,10 @@ pub struct ApiConfig {
     pub tokens: Vec<NamedTokenConfig>,
     /// A connection must send a complete request header within this time (the first request
     /// and each next one on a kept-alive connection), or it is closed.
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "crate::config::duration"
+    )]
     pub header_read_timeout: Duration,
     /// Connections open at once; past it a connection is answered 503 and closed.
     #[serde(default = "default_max_connections")]
@@ -71,7 +72,6 @@ impl Default for ApiConfig {
 
 /// One `[[api.tokens]]` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NamedTokenConfig {
     /// Who holds it: letters, digits, `.`, `_`, `-` (the audit's `token`).
     pub name: String,

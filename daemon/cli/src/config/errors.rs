@@ -25,57 +25,75 @@ pub(super) fn is_secret_key(path: &str) -> bool {
         .any(|word| last.contains(word))
 }
 
-/// Names the key of a deserialization error: `kafka.brokers`, not just "missing field".
-pub(super) fn describe_deserialize_error(
-    error: &serde_path_to_error::Error<config::ConfigError>,
-) -> String {
-    let path = error.path().to_string();
-    let mut inner = error.inner().to_string();
-    if is_secret_key(&path) && (inner.contains("invalid type") || inner.contains("invalid value")) {
-        return format!("key `{path}` has a value of the wrong kind (not shown, as it may be a secret): give a string");
-    }
-    if let Some(number) = between(
-        &inner,
-        "invalid value: string \"",
-        "\", expected a duration",
-    )
-    .filter(|number| !number.is_empty() && number.chars().all(|c| c.is_ascii_digit() || c == '.'))
-    {
-        return format!("key `{path}`: {number} has no unit: write a duration such as \"{number}s\" or \"{number}m\"");
-    }
-    // The config crate appends " for key `...`" in its own spelling; the key is named below.
-    if let Some(index) = inner.find(" for key `") {
-        inner.truncate(index);
-    }
-    if let Some(key) = between(&inner, "missing configuration field \"", "\"") {
-        return format!("required key `{key}` is missing");
-    }
-    if let Some(field) = between(&inner, "missing field `", "`") {
-        let parent = if path == "." {
-            String::new()
-        } else {
-            format!("{path}.")
-        };
-        return format!("required key `{parent}{field}` is missing");
-    }
-    if inner.starts_with("unknown field `") {
-        let known = inner
-            .split_once("expected ")
-            .map(|(_, rest)| format!(" (known keys here: {})", rest.trim_start_matches("one of ")))
-            .unwrap_or_default();
-        return format!("unknown key `{path}`{known}");
-    }
-    if inner.ends_with("expected a duration") {
-        inner.push_str(" (write a duration such as \"5m\", \"90s\" or \"1h 30m\")");
-    }
-    if path == "." {
-        inner
-    } else {
-        format!("key `{path}`: {inner}")
+/// Names the key of a deserialization error, from the error's own kind: a missing key, a
+/// value of the wrong type, or a message written whole by the type that refused the value (a
+/// duration, an actor, an entity's rule), passed on as it is. A secret key's value is never
+/// shown.
+pub(super) fn describe_deserialize_error(path: &str, error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::At { error, .. } => describe_deserialize_error(path, error),
+        // The config crate names the whole key; serde, only the field of its table.
+        config::ConfigError::NotFound(key) if path == "." || key.starts_with(&format!("{path}.")) => {
+            format!("required key `{key}` is missing")
+        }
+        config::ConfigError::NotFound(field) => {
+            format!("required key `{}` is missing", child(path, field))
+        }
+        _ if is_secret_key(path) => format!(
+            "key `{path}` has a value of the wrong kind (not shown, as it may be a secret): give a string"
+        ),
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("key `{path}`: expected {expected}, found {unexpected}"),
+        other if path == "." => other.to_string(),
+        other => format!("key `{path}`: {other}"),
     }
 }
 
-pub(super) fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let after = &text[text.find(start)? + start.len()..];
-    Some(&after[..after.find(end)?])
+/// `parent.key`, or `key` at the top.
+fn child(parent: &str, key: &str) -> String {
+    if parent == "." || parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// The dotted key of a path serde_ignored reports (`kafka.groupid`, `entities[0].naem`).
+pub(super) fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    match path {
+        serde_ignored::Path::Root => String::new(),
+        serde_ignored::Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        serde_ignored::Path::Map { parent, key } => child(&key_path(parent), key),
+        serde_ignored::Path::Some { parent }
+        | serde_ignored::Path::NewtypeStruct { parent }
+        | serde_ignored::Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// A key no setting takes, with the keys its table has (read from the configuration itself,
+/// as it serializes).
+pub(super) fn unknown_key(key: &str, config: &super::Config) -> String {
+    let parent = key.rsplit_once('.').map_or("", |(parent, _)| parent);
+    let known = serde_json::to_value(config).ok().and_then(|value| {
+        let mut node = value;
+        for part in parent.split('.').filter(|part| !part.is_empty()) {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            node = node.get(name)?.clone();
+            if let Some(index) = index {
+                node = node.get(index)?.clone();
+            }
+        }
+        let keys: Vec<String> = node.as_object()?.keys().cloned().collect();
+        (!keys.is_empty()).then(|| keys.join(", "))
+    });
+    match known {
+        Some(keys) => format!("unknown key `{key}` (known keys here: {keys})"),
+        None => format!("unknown key `{key}`: ops/tandem.example.toml documents every key"),
+    }
 }

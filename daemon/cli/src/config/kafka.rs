@@ -4,7 +4,6 @@ use super::*;
 
 /// `[kafka]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -33,7 +32,7 @@ pub struct KafkaConfig {
     #[serde(default = "default_batch_max_messages")]
     pub batch_max_messages: usize,
     /// Longest wait before a partial batch is committed.
-    #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
+    #[serde(default = "default_batch_max_wait", with = "crate::config::duration")]
     pub batch_max_wait: Duration,
     /// Static group membership: the consumer joins with a `group.instance.id` derived from
     /// the store's id, so a restart takes its partitions back at once instead of waiting for

@@ -18,6 +18,7 @@ use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
 
 mod api;
+mod duration;
 mod errors;
 mod kafka;
 mod ownership;
@@ -32,7 +33,6 @@ use systems::validate_debezium;
 pub use systems::{DebeziumConfig, SystemConfig, SystemsConfig};
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Kafka cluster.
     pub kafka: KafkaConfig,
@@ -60,10 +60,9 @@ pub struct Config {
 }
 /// `[reconcile]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReconcileConfig {
     /// How long the sides may differ before it is divergence rather than lag.
-    #[serde(default = "default_grace", with = "humantime_serde")]
+    #[serde(default = "default_grace", with = "crate::config::duration")]
     pub grace: Duration,
     /// Whether the clock follows wall time while tandem is idle and caught up.
     #[serde(default = "default_true")]
@@ -78,13 +77,16 @@ pub struct ReconcileConfig {
     #[serde(default = "default_reread_batch_max_ids")]
     pub reread_batch_max_ids: usize,
     /// A re-read with no answer is requested again after this long.
-    #[serde(default = "default_reread_resend_after", with = "humantime_serde")]
+    #[serde(
+        default = "default_reread_resend_after",
+        with = "crate::config::duration"
+    )]
     pub reread_resend_after: Duration,
     /// Topic for snapshot requests (after sequence holes); unset: they are only reported.
     #[serde(default)]
     pub control_topic: Option<String>,
     /// How often a summary of the report is kept for its history (`/v1/report/history`).
-    #[serde(default = "default_history_interval", with = "humantime_serde")]
+    #[serde(default = "default_history_interval", with = "crate::config::duration")]
     pub history_interval: Duration,
 }
 
@@ -105,7 +107,6 @@ impl Default for ReconcileConfig {
 
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Default level filter (`RUST_LOG` overrides it).
     #[serde(default = "default_log_level")]
@@ -295,8 +296,28 @@ impl Config {
                 .map_err(|error| fail(error.to_string()))?;
         }
         let layered = builder.build().map_err(|error| fail(error.to_string()))?;
-        let mut config: Config = serde_path_to_error::deserialize(layered)
-            .map_err(|error| fail(describe_deserialize_error(&error)))?;
+        // Keys no setting takes are collected by their path rather than refused by serde,
+        // so that the error can name the key and the keys its table has.
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let deserialized: Result<Config, _> = serde_ignored::deserialize(
+            serde_path_to_error::Deserializer::new(layered, &mut track),
+            |path| unknown.push(errors::key_path(&path)),
+        );
+        let mut config = match deserialized {
+            Ok(config) => config,
+            Err(error) => {
+                let problem = describe_deserialize_error(&track.path().to_string(), &error);
+                // A misspelled key is often why another is missing: name it first.
+                return Err(fail(match unknown.first() {
+                    Some(key) => format!("unknown key `{key}`; {problem}"),
+                    None => problem,
+                }));
+            }
+        };
+        if let Some(key) = unknown.first() {
+            return Err(fail(errors::unknown_key(key, &config)));
+        }
         config.validate().map_err(&fail)?;
         config.kafka.secrets = config
             .kafka

@@ -4,7 +4,6 @@ use super::*;
 
 /// `[ownership]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OwnershipConfig {
     /// The system that owns live work: `source` (default) or `target`.
     #[serde(default)]
@@ -59,7 +58,6 @@ impl OwnershipConfig {
 
 /// `[cutover]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CutoverConfig {
     /// The date the second cutover must happen by: `2026-12-15` (UTC midnight) or RFC 3339.
     #[serde(default)]
@@ -74,7 +72,6 @@ pub struct CutoverConfig {
 
 /// `[cutover.gates]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GatesConfig {
     /// Minimum parity of every entity (0 to 1).
     #[serde(default)]

@@ -5,7 +5,6 @@ use super::*;
 
 /// `[systems]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SystemsConfig {
     /// The legacy system, owner of live work.
     pub source: SystemConfig,
@@ -15,7 +14,6 @@ pub struct SystemsConfig {
 
 /// `[systems.source]` and `[systems.target]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SystemConfig {
     /// A human name, shown in reports.
     #[serde(default)]
@@ -53,7 +51,6 @@ pub struct SystemConfig {
 
 /// `[systems.<system>.debezium]`: where the system's Debezium connector takes signals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DebeziumConfig {
     /// The connector's signal topic (its `signal.kafka.topic`).
     pub signal_topic: String,
