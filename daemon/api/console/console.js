@@ -10,9 +10,8 @@
   const TOKEN_KEY = 'tandem.token';
   const state = {
     token: sessionStorage.getItem(TOKEN_KEY) || '',
-    // A change is being prepared: the view is not redrawn under the operator's hands.
-    holding: false,
-    rendering: false,
+    // Each drawing has a number; only the newest one is shown.
+    generation: 0,
   };
 
   // ------------------------------------------------------------------------------------------
@@ -237,21 +236,22 @@
     confirm.textContent = 'Re-evaluate now';
     const show = el('button', { type: 'button', id: 'reevaluate-preview-button' }, 'Preview');
     show.addEventListener('click', () => {
-      state.holding = true;
       preview.replaceChildren(el('p', {},
         `Would evaluate all ${r.totals.records} stored records again with the configured rules. `
         + 'Consumption waits while it runs; the report stays readable.'));
       confirm.disabled = reason.value.trim() === '';
     });
-    reason.addEventListener('input', () => { state.holding = true; confirm.disabled = true; });
+    reason.addEventListener('input', () => { confirm.disabled = true; });
     confirm.addEventListener('click', async () => {
+      // One click, one re-evaluation.
+      confirm.disabled = true;
       try {
         await api('/v1/reevaluate', { method: 'POST', body: { reason: reason.value } });
+        reason.value = '';
         preview.replaceChildren(el('p', { class: 'good', id: 'reevaluate-done' }, 'Started.'));
       } catch (error) {
         preview.replaceChildren(problemText(error));
-      } finally {
-        state.holding = false;
+        confirm.disabled = reason.value.trim() === '';
       }
     });
     form.append(el('p', {}, 'Needs the admin token and a reason.'), reason, el('div', {}, show, ' ', confirm), preview);
@@ -315,7 +315,9 @@
 
   /// A cell a spreadsheet shows as text: the rule of `tandem divergences --format csv`.
   function spreadsheetSafe(text) {
-    if (text.length > 1 && /^[=+\-@\t\r]/.test(text) && Number.isNaN(Number(text))) return `'${text}`;
+    // A number as Rust's f64 reads it (what the CLI's rule asks) stays a number.
+    const number = /^[+-]?(inf|infinity|nan|(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)$/i;
+    if (text.length > 1 && /^[=+\-@\t\r]/.test(text) && !number.test(text)) return `'${text}`;
     return text;
   }
 
@@ -442,39 +444,41 @@
     const preview = el('div', { id: `preview-${step}` });
     const take = el('button', { type: 'button', id: `take-${step}`, disabled: true }, `Take ${step}`);
     const dry = el('button', { type: 'button', id: `dry-run-${step}` }, `Dry run of ${step}`);
+    // The reason the last dry run allowed the step with; the step is taken only with it.
     let previewed = '';
-    reason.addEventListener('input', () => {
-      state.holding = true;
-      take.disabled = previewed === '' || reason.value !== previewed;
-    });
+    const takeable = () => previewed !== '' && reason.value === previewed;
+    reason.addEventListener('input', () => { take.disabled = !takeable(); });
     dry.addEventListener('click', async () => {
-      state.holding = true;
+      const sent = reason.value;
+      previewed = '';
+      take.disabled = true;
       try {
         const answer = await api(`/v1/cutover/${step}?dry_run=true`, {
-          method: 'POST', body: { reason: reason.value, dry_run: true }, accept: [409],
+          method: 'POST', body: { reason: sent, dry_run: true }, accept: [409],
         });
         const p = answer.body;
         preview.replaceChildren(el('div', { class: p.allowed ? 'good' : 'bad', id: `preview-verdict-${step}` },
           p.allowed ? `Allowed: ${p.from} → ${p.to}` : `Refused: ${p.refusal}`),
         p.ownership_after ? generic(p.ownership_after) : '',
         p.readiness ? el('p', {}, `Readiness: ${p.readiness.verdict}`) : '');
-        previewed = p.allowed ? reason.value : '';
-        take.disabled = !p.allowed || reason.value.trim() === '';
+        previewed = p.allowed && sent.trim() !== '' ? sent : '';
+        take.disabled = !takeable();
       } catch (error) {
         preview.replaceChildren(problemText(error));
       }
     });
     take.addEventListener('click', async () => {
+      const sent = previewed;
       take.disabled = true;
+      previewed = '';
       try {
-        const answer = await api(`/v1/cutover/${step}`, { method: 'POST', body: { reason: reason.value }, accept: [409] });
+        const answer = await api(`/v1/cutover/${step}`, { method: 'POST', body: { reason: sent }, accept: [409] });
+        if (answer.status === 200) reason.value = '';
         preview.replaceChildren(answer.status === 200
           ? el('p', { class: 'good', id: `taken-${step}` }, `Taken: ${answer.body.from} → ${answer.body.to}`)
           : el('p', { class: 'bad' }, `Refused: ${answer.body.refusal}`));
       } catch (error) {
         preview.replaceChildren(problemText(error));
-      } finally {
-        state.holding = false;
       }
     });
     return el('div', { class: 'step', 'data-step': step }, el('strong', {}, step),
@@ -500,23 +504,24 @@
     }
   }
 
-  async function render() {
-    if (state.rendering) return;
-    state.rendering = true;
+  /// Draws the page of the address. A drawing started by the clock is dropped if a newer
+  /// one started meanwhile, or if the operator began preparing a change while it loaded.
+  async function render(byClock) {
+    state.generation += 1;
+    const generation = state.generation;
     const [name, build] = route();
     for (const link of document.querySelectorAll('header nav a')) {
       link.classList.toggle('current', link.dataset.view === name);
     }
     try {
       const view = await build();
+      if (generation !== state.generation || (byClock && editing())) return;
       document.getElementById('view').replaceChildren(view);
       hideProblem();
       document.getElementById('freshness').textContent = `updated ${new Date().toLocaleTimeString()}`;
       document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
     } catch (error) {
-      showProblem(error);
-    } finally {
-      state.rendering = false;
+      if (generation === state.generation) showProblem(error);
     }
   }
 
@@ -539,10 +544,14 @@
     document.getElementById('token-panel').hidden = false;
   }
 
+  /// Whether the operator is preparing something on the page: a field has the focus, or a
+  /// reason is written. The clock does not redraw the page then.
   function editing() {
+    const view = document.getElementById('view');
     const active = document.activeElement;
-    return state.holding || (active && document.getElementById('view').contains(active)
-      && ['INPUT', 'TEXTAREA', 'SELECT'].includes(active.tagName));
+    const focused = active && view.contains(active) && ['INPUT', 'TEXTAREA', 'SELECT'].includes(active.tagName);
+    const written = [...view.querySelectorAll('textarea')].some((area) => area.value.trim() !== '');
+    return focused || written;
   }
 
   document.addEventListener('DOMContentLoaded', () => {
@@ -560,8 +569,15 @@
       sessionStorage.removeItem(TOKEN_KEY);
       render();
     });
-    window.addEventListener('hashchange', () => { state.holding = false; render(); });
-    setInterval(() => { if (!editing() && !document.hidden) render(); }, REFRESH_MS);
+    window.addEventListener('hashchange', () => render());
+    setInterval(() => {
+      if (document.hidden) return;
+      if (editing()) {
+        document.getElementById('freshness').textContent = 'paused while you prepare a change';
+        return;
+      }
+      render(true);
+    }, REFRESH_MS);
     render();
   });
 })();

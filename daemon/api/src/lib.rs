@@ -560,7 +560,7 @@ fn admin_request<T>(
 ) -> Result<T, ApiError> {
     let Json(request) = body
         .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text(), hint))?;
-    if reason(&request).trim().is_empty() {
+    if !readable(reason(&request)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("{what} needs a reason"),
@@ -568,6 +568,15 @@ fn admin_request<T>(
         ));
     }
     Ok(request)
+}
+
+/// Whether a reason has something to read: a character that is neither a space nor a control
+/// character (a reason of tabs and escapes is no reason). The OpenAPI document states the same
+/// rule as the pattern `[^\s\x00-\x1f\x7f-\x9f]`.
+fn readable(reason: &str) -> bool {
+    reason
+        .chars()
+        .any(|character| !character.is_whitespace() && !character.is_control())
 }
 
 /// The handle of the running ingest side, or a 503 when ingestion is not running.
@@ -1035,4 +1044,26 @@ fn lost_event_warnings(context: &ApiContext) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable;
+
+    /// The rule of the OpenAPI pattern `[^\s\x00-\x1f\x7f-\x9f]`, character by character.
+    #[test]
+    fn a_reason_of_spaces_and_control_characters_is_no_reason() {
+        for blank in [
+            "",
+            " ",
+            "\t\n",
+            "\t\u{1c}\u{1f}",
+            "\u{7f}\u{85}\u{a0}\u{3000}",
+        ] {
+            assert!(!readable(blank), "{blank:?}");
+        }
+        for reason in ["CAB-1234", " x ", "理由", "\u{feff}"] {
+            assert!(readable(reason), "{reason:?}");
+        }
+    }
 }

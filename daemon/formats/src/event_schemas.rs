@@ -211,20 +211,32 @@ impl EventSchema {
 
     /// The field names the bitmaps of one header list stand for: `Field` for a top-level bit,
     /// `Compound.Component` for a bit of a compound's bitmap.
+    ///
+    /// A top-level bit on a compound field stands for the whole compound: its parts are named
+    /// by the element for its position when there is one (Salesforce sets both when every
+    /// part changed), else every part is.
     pub(crate) fn decode(&self, bitmaps: &[String]) -> Result<Vec<String>, Unfit> {
+        let detailed: Vec<&str> = bitmaps
+            .iter()
+            .filter_map(|bitmap| bitmap.split_once('-').map(|(position, _)| position))
+            .collect();
         let mut names = Vec::new();
         for bitmap in bitmaps {
             match bitmap.split_once('-') {
                 None => {
                     for position in bits(bitmap)? {
-                        let (name, _) = self.fields.get(position).ok_or_else(|| {
+                        let (name, components) = self.fields.get(position).ok_or_else(|| {
                             Unfit(format!(
                                 "bit {position} of \"{bitmap}\" is past the {} fields of schema `{}`",
                                 self.fields.len(),
                                 self.name
                             ))
                         })?;
-                        names.push(name.clone());
+                        if components.is_empty() {
+                            names.push(name.clone());
+                        } else if !detailed.contains(&position.to_string().as_str()) {
+                            names.extend(components.iter().map(|part| format!("{name}.{part}")));
+                        }
                     }
                 }
                 Some((parent, nested)) => {
@@ -338,6 +350,26 @@ mod tests {
                 "ShippingAddress.City".to_owned(),
                 "ShippingAddress.State".to_owned()
             ])
+        );
+    }
+
+    #[test]
+    fn a_compound_bit_is_its_parts() {
+        let schemas = EventSchemas::from_text("sch-1", ACCOUNT_SCHEMA).unwrap();
+        let schema = schemas.get("sch-1").unwrap();
+        // Bit 3 alone (every part of BillingAddress nulled at once): every part.
+        assert_eq!(
+            schema.decode(&["0x8".to_owned()]),
+            Ok(vec![
+                "BillingAddress.Street".to_owned(),
+                "BillingAddress.City".to_owned(),
+                "BillingAddress.State".to_owned()
+            ])
+        );
+        // Bit 3 with its own element: the element names the parts.
+        assert_eq!(
+            schema.decode(&["0x8".to_owned(), "3-0x2".to_owned()]),
+            Ok(vec!["BillingAddress.City".to_owned()])
         );
     }
 

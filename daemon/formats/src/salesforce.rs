@@ -1856,6 +1856,30 @@ mod tests {
     }
 
     #[test]
+    fn a_compound_nulled_whole_nulls_every_part() {
+        // Bit 4 (BillingAddress) without its own element: every part was set to null.
+        let mut event = bitmap_event();
+        let head = &mut event["event"]["payload"]["ChangeEventHeader"];
+        head["nulledFields"] = json!(["0x10"]);
+        head["changedFields"] = json!(["0x400010"]);
+        let events = decode(&with_schemas(), &event).unwrap();
+        assert_eq!(
+            events,
+            vec![documented_update(json!({
+                "LastModifiedDate": 1714172795000_u64,
+                "BillingStreet": null,
+                "BillingCity": null,
+                "BillingState": null,
+                "BillingPostalCode": null,
+                "BillingCountry": null,
+                "BillingLatitude": null,
+                "BillingLongitude": null,
+                "BillingGeocodeAccuracy": null
+            }))]
+        );
+    }
+
+    #[test]
     fn diff_fields_the_schema_cannot_name_leave_only_a_reread() {
         let mut event = bitmap_event();
         let head = &mut event["event"]["payload"]["ChangeEventHeader"];

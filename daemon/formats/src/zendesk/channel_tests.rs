@@ -117,8 +117,8 @@ fn a_user_event_applies_the_user_and_the_changed_property() {
         )]
     );
 
-    // The webhook quotes ids; they are numbers as in the REST API. An empty external id is
-    // no join key.
+    // The webhook quotes ids; they are numbers as in the REST API, and its "none" (an id
+    // "0", an empty external id) is null, as the REST API writes it: no join key.
     let webhook = decode_ok(&example("webhook-user-active-changed.json"));
     let expected = vec![of(
         "user",
@@ -126,10 +126,10 @@ fn a_user_event_applies_the_user_and_the_changed_property() {
             fields: fields(json!({
                 "created_at": "2099-07-04T05:27:58Z",
                 "email": "johnny@example.com",
-                "external_id": "",
-                "default_group_id": 0,
+                "external_id": null,
+                "default_group_id": null,
                 "id": 6596848315901_u64,
-                "organization_id": 0,
+                "organization_id": null,
                 "role": "end-user",
                 "updated_at": "2099-07-04T05:33:18Z",
                 "active": false
@@ -367,6 +367,13 @@ fn malformed_envelopes_name_the_part_at_fault() {
     assert!(decode_err(&unknown_type).contains(
         "`.ticket_event` of type \"Teleported\" (read as zen:event-type:ticket.teleported)"
     ));
+
+    let mut nothing = example("integration-services-ticket-created.json");
+    nothing["input"] = json!({});
+    assert_eq!(
+        decode_err(&nothing),
+        "in the Integration Services `.input`: holds none of `ticket_event`, `user_event` and `organization_event`"
+    );
 
     let mut two = example("eventbridge-ticket-agent-assignment-changed.json");
     two["detail"]["user_event"] = two["detail"]["ticket_event"].clone();

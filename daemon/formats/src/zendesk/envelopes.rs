@@ -92,11 +92,19 @@ fn support_event(
     let mut present = SUPPORT_EVENTS
         .iter()
         .filter(|(member, _, _)| holder.contains_key(*member));
-    let (Some(&(member, object_member, resource)), None) = (present.next(), present.next()) else {
-        return Err(
-            "holds more than one of `ticket_event`, `user_event` and `organization_event`"
-                .to_owned(),
-        );
+    let (member, object_member, resource) = match (present.next(), present.next()) {
+        (Some(&found), None) => found,
+        (None, _) => {
+            return Err(
+                "holds none of `ticket_event`, `user_event` and `organization_event`".to_owned(),
+            )
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                "holds more than one of `ticket_event`, `user_event` and `organization_event`"
+                    .to_owned(),
+            )
+        }
     };
     let path = format!(".{member}");
     let event = object(required(holder, member, "")?, &path)?;
