@@ -27,6 +27,7 @@ demo: build
 	"$(CARGO_TARGET_DIR)/debug/tandem" demo
 
 test: setup lint
+	@scripts/prune-target.py
 	cargo test --workspace --locked
 	$(MAKE) --no-print-directory fuzz
 
