@@ -112,16 +112,6 @@ impl EventSchemas {
         self.by_id.get(schema_id)
     }
 
-    /// How many schemas are loaded.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    /// Whether no schema is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
     /// A set of one schema given as text, for tests and tools.
     pub fn from_text(schema_id: &str, text: &str) -> Result<EventSchemas, String> {
         let (id, schema) = parse_schema_file(text, schema_id)?;
@@ -216,9 +206,10 @@ impl EventSchema {
     /// by the element for its position when there is one (Salesforce sets both when every
     /// part changed), else every part is.
     pub(crate) fn decode(&self, bitmaps: &[String]) -> Result<Vec<String>, Unfit> {
-        let detailed: Vec<&str> = bitmaps
+        // The positions that have an element of their own.
+        let detailed: Vec<usize> = bitmaps
             .iter()
-            .filter_map(|bitmap| bitmap.split_once('-').map(|(position, _)| position))
+            .filter_map(|bitmap| bitmap.split_once('-')?.0.parse().ok())
             .collect();
         let mut names = Vec::new();
         for bitmap in bitmaps {
@@ -234,7 +225,7 @@ impl EventSchema {
                         })?;
                         if components.is_empty() {
                             names.push(name.clone());
-                        } else if !detailed.contains(&position.to_string().as_str()) {
+                        } else if !detailed.contains(&position) {
                             names.extend(components.iter().map(|part| format!("{name}.{part}")));
                         }
                     }

@@ -318,6 +318,16 @@ impl Config {
         if let Some(key) = unknown.first() {
             return Err(fail(errors::unknown_key(key, &config)));
         }
+        config
+            .systems
+            .source
+            .load_event_schemas(System::Source)
+            .map_err(&fail)?;
+        config
+            .systems
+            .target
+            .load_event_schemas(System::Target)
+            .map_err(&fail)?;
         config.validate().map_err(&fail)?;
         config.kafka.secrets = config
             .kafka

@@ -47,6 +47,9 @@ pub struct SystemConfig {
     /// them), which decode the field bitmaps of `salesforce-cdc` change events.
     #[serde(default)]
     pub salesforce_schemas: Vec<PathBuf>,
+    /// The schemas `salesforce_schemas` names, read once when the configuration is loaded.
+    #[serde(skip)]
+    pub event_schemas: Arc<EventSchemas>,
 }
 
 /// `[systems.<system>.debezium]`: where the system's Debezium connector takes signals.
@@ -68,6 +71,15 @@ pub(super) fn default_key_column() -> String {
 }
 
 impl SystemConfig {
+    /// Reads the event schemas `salesforce_schemas` names, once, for every topic to share.
+    pub(super) fn load_event_schemas(&mut self, system: System) -> Result<(), String> {
+        self.event_schemas = Arc::new(
+            EventSchemas::load(&self.salesforce_schemas)
+                .map_err(|error| format!("key `systems.{system}.salesforce_schemas`: {error}"))?,
+        );
+        Ok(())
+    }
+
     /// How each of this system's topics is decoded.
     pub(super) fn format_settings(
         &self,
@@ -103,10 +115,6 @@ impl SystemConfig {
                 ));
             }
         }
-        let event_schemas = Arc::new(
-            EventSchemas::load(&self.salesforce_schemas)
-                .map_err(|error| format!("key `systems.{system}.salesforce_schemas`: {error}"))?,
-        );
         let mut settings = BTreeMap::new();
         for topic in &self.topics {
             let format = match self.formats.get(topic) {
@@ -120,7 +128,7 @@ impl SystemConfig {
                     objects: self.objects.clone(),
                     actors: actors.clone(),
                     actor_field: self.actor_field.clone(),
-                    event_schemas: Arc::clone(&event_schemas),
+                    event_schemas: Arc::clone(&self.event_schemas),
                 },
             );
         }

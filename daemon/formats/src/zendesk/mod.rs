@@ -684,18 +684,20 @@ fn detail_image(detail: &Map<String, Value>) -> Fields {
         .collect()
 }
 
-/// A webhook value as the REST API gives it: webhooks quote ids, write enumerations in upper
-/// case and may give the tags as one space-separated string.
+/// A webhook value as the REST API gives it: webhooks quote ids (and write "none" as `"0"` or
+/// `""`, where the REST API writes null), write enumerations in upper case and may give the
+/// tags as one space-separated string.
 fn normalize(property: &str, value: Value) -> Value {
     match (property, value) {
         ("status" | "priority" | "type", Value::String(text)) => Value::String(text.to_lowercase()),
         ("tags", Value::String(text)) => {
             Value::Array(text.split_whitespace().map(Value::from).collect())
         }
+        ("external_id", Value::String(text)) if text.is_empty() => Value::Null,
         (property, Value::String(text))
             if property == "id" || (property.ends_with("_id") && property != "external_id") =>
         {
-            if text.is_empty() {
+            if text.is_empty() || text == "0" {
                 Value::Null
             } else {
                 match text.parse::<u64>() {

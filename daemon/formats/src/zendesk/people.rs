@@ -96,7 +96,7 @@ pub(super) fn webhook(
     let mut fields: Fields = detail
         .iter()
         .filter(|(name, _)| name.as_str() != "actor_id")
-        .map(|(name, value)| (name.clone(), normalize(name, placeholder(name, value))))
+        .map(|(name, value)| (name.clone(), normalize(name, value.clone())))
         .collect();
     if let (Some(property), Some(current)) = (property_of(resource, action), event.get("current")) {
         let value = normalize(property, current.clone());
@@ -138,16 +138,6 @@ pub(super) fn webhook(
         _ => {}
     }
     Ok(vec![event_of(event_id, Op::Update, Some(fields))])
-}
-
-/// A webhook's stand-in for "none" as the REST API writes it: an id `"0"` (no organization,
-/// no default group) or an empty `external_id` is null.
-fn placeholder(name: &str, value: &Value) -> Value {
-    match value {
-        Value::String(text) if text.is_empty() => Value::Null,
-        Value::String(text) if text == "0" && name.ends_with("_id") => Value::Null,
-        other => other.clone(),
-    }
 }
 
 /// The id of a webhook `subject` such as `zen:user:6596848315901`.
