@@ -10,7 +10,8 @@
 #     PostgreSQL from Debian's packages.
 #   - cargo-fuzz, for the decoders' fuzz targets, cached under ~/.cache/tandem/tools.
 #   - openapi-spec-validator and schemathesis (PyPI), which check schemas/openapi.yaml and a
-#     live daemon's answers against it, in a virtual environment under ~/.cache/tandem/python.
+#     live daemon's answers against it, and moto's S3 server, the object store the backup
+#     tests write to, in a virtual environment under ~/.cache/tandem/python.
 #   - Chromium and its WebDriver (Debian's chromium, chromium-driver), which drive the console's
 #     browser test headless.
 #   - promtool, which checks the shipped alert rules and the live /metrics: built from the
@@ -62,13 +63,15 @@ if [ "$want" = "test" ]; then
   python_tools="$cache/python"
   validator_version="0.9.0"
   schemathesis_version="4.32.5"
-  python_versions="openapi-spec-validator $validator_version, schemathesis $schemathesis_version"
-  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$python_versions" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ] || [ ! -x "$python_tools/bin/st" ]; then
+  moto_version="5.2.6"
+  python_versions="openapi-spec-validator $validator_version, schemathesis $schemathesis_version, moto $moto_version"
+  if [ "$(cat "$python_tools/VERSION" 2>/dev/null)" != "$python_versions" ] || [ ! -x "$python_tools/bin/openapi-spec-validator" ] || [ ! -x "$python_tools/bin/st" ] || [ ! -x "$python_tools/bin/moto_server" ]; then
     say "installing $python_versions into $python_tools (PyPI, once per machine)"
     rm -rf "$python_tools"
     python3 -m venv "$python_tools"
     "$python_tools/bin/pip" install --quiet --disable-pip-version-check \
-      "openapi-spec-validator==$validator_version" "schemathesis==$schemathesis_version" </dev/null
+      "openapi-spec-validator==$validator_version" "schemathesis==$schemathesis_version" \
+      "moto[server]==$moto_version" </dev/null
     printf '%s\n' "$python_versions" > "$python_tools/VERSION"
   fi
 

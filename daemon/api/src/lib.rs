@@ -4,6 +4,7 @@
 //! never mixes two batches and the async runtime never waits on disk.
 
 pub mod auth;
+mod backups;
 mod console;
 pub mod cutover;
 mod delta;
@@ -80,6 +81,8 @@ pub struct ApiContext {
     pub cutover: cutover::Handle,
     /// How many connections the API takes, and how long it waits for a request.
     pub connection_limits: ConnectionLimits,
+    /// The store's backups, when configured.
+    pub backups: Option<Arc<tandem_backup::Backups>>,
     report_gauges: ReportGauges,
     auth_metrics: AuthMetrics,
     connection_metrics: ConnectionMetrics,
@@ -128,6 +131,7 @@ impl ApiContext {
             cutover_rules: CutoverRules::default(),
             cutover: None,
             connection_limits: ConnectionLimits::default(),
+            backups: None,
             report_gauges,
             auth_metrics,
             connection_metrics,
@@ -167,6 +171,11 @@ impl ApiContext {
         self
     }
 
+    /// Lists and takes backups through these.
+    pub fn with_backups(mut self, backups: Option<Arc<tandem_backup::Backups>>) -> Self {
+        self.backups = backups;
+        self
+    }
     /// Takes connections within these limits.
     pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
         self.connection_limits = limits;
@@ -198,12 +207,16 @@ pub fn router(context: Arc<ApiContext>) -> Router {
         )
         .route("/v1/report/history", get(history::get_history))
         .route("/v1/spotcheck", get(spotcheck::get_spotcheck))
+        .route(
+            "/v1/backups",
+            get(backups::get_backups).post(backups::post_backup),
+        )
         .merge(console::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: / (the console), /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: / (the console), /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /v1/backups, POST /v1/backups, /healthz, /readyz, /metrics",
             )
         })
         // Only requests that reach an endpoint need a token: a wrong path or method is told

@@ -26,6 +26,16 @@ impl ApiClient {
         }
     }
 
+    /// Waits up to `timeout` for an answer (a backup may take longer than the usual minute).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build();
+        self.agent = ureq::Agent::new_with_config(config);
+        self
+    }
+
     /// Sends `token` as the bearer token of every request.
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;

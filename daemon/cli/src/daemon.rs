@@ -87,6 +87,15 @@ pub async fn run(
         })?;
     let address = listener.local_addr().context("reading the API's address")?;
 
+    let backups = match &config.backup {
+        None => None,
+        Some(backup) => Some(
+            start_backups(backup, &store, &registry, &cancel)
+                .await
+                .map_err(StartError::Config)?,
+        ),
+    };
+
     let ingest_cancel = cancel.child_token();
     let ingest = tandem_ingest::start(
         settings,
@@ -118,7 +127,8 @@ pub async fn run(
         .with_ownership(settings_ownership)
         .with_tokens(tokens)
         .with_connection_limits(config.api.connection_limits())
-        .with_cutover(cutover_rules, Some(ingest.control())),
+        .with_cutover(cutover_rules, Some(ingest.control()))
+        .with_backups(backups),
     );
     tokio::spawn(tandem_api::cutover::watch(
         context.clone(),
@@ -170,6 +180,42 @@ pub async fn run(
     }
     info!("tandem stopped");
     Ok(ended)
+}
+
+/// Opens the backup target, reports the newest backup already there (so the age of the last
+/// good backup survives a restart) and starts taking one every `backup.interval`.
+async fn start_backups(
+    backup: &crate::config::BackupConfig,
+    store: &Store,
+    registry: &Registry,
+    cancel: &CancellationToken,
+) -> Result<Arc<tandem_backup::Backups>, String> {
+    let target = backup.open_target()?;
+    let metrics = tandem_backup::BackupMetrics::register(registry, backup.interval)
+        .map_err(|error| format!("registering backup metrics: {error}"))?;
+    match tandem_backup::chosen(&target, None).await {
+        Ok(newest) => {
+            metrics.found(&newest);
+            info!(target = %target, newest = %newest.id, "backups on");
+        }
+        Err(tandem_backup::Error::NotFound { .. }) => {
+            info!(target = %target, "backups on; the target holds none yet")
+        }
+        // Not fatal: the target may be back by the first backup, and its failure is logged,
+        // counted and alerted on.
+        Err(error) => {
+            warn!(target = %target, %error, "backups on, but the target cannot be read now")
+        }
+    }
+    let backups = Arc::new(
+        tandem_backup::Backups::new(store.clone(), target, backup.keep).with_metrics(metrics),
+    );
+    tokio::spawn(tandem_backup::keep_taking(
+        backups.clone(),
+        backup.interval,
+        cancel.clone(),
+    ));
+    Ok(backups)
 }
 
 /// Cancels `cancel` on SIGINT or SIGTERM.

@@ -217,6 +217,28 @@ enum Command {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+    /// Backups of the store: `now` asks the running daemon to take one; `list` and `verify`
+    /// read the target (--from, or backup.target of --config) without a daemon.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+    /// Restore a backup into a new store directory (the daemon's machine may be gone): every
+    /// file is checked against the backup's manifest; the daemon started on it resumes at
+    /// the backup's offsets.
+    Restore {
+        /// The target: a directory or s3://bucket/prefix (default: backup.target of --config).
+        #[arg(long)]
+        from: Option<String>,
+        /// The backup's id (default: the newest).
+        #[arg(long)]
+        backup: Option<String>,
+        /// The directory to restore into; it must not exist or be empty.
+        #[arg(long)]
+        store: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Validate a configuration file (and TANDEM_* overrides) without starting anything.
     CheckConfig {
         /// The configuration file.
@@ -267,6 +289,42 @@ enum Command {
         /// Keep the store and the generated configuration here instead of a temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+/// `tandem backup ...`.
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Take a backup now (the running daemon takes it; needs the admin token).
+    Now {
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: View,
+    },
+    /// List the complete backups in the target, newest first.
+    List {
+        /// The target: a directory or s3://bucket/prefix (default: backup.target of --config).
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Output format (table, or json: one backup per line).
+        #[arg(long, value_enum, default_value = "table")]
+        format: View,
+    },
+    /// Read every file of a backup back and check it against the manifest (exit 1 if any
+    /// differs or is missing).
+    Verify {
+        /// The target: a directory or s3://bucket/prefix (default: backup.target of --config).
+        #[arg(long)]
+        from: Option<String>,
+        /// The backup's id (default: the newest).
+        #[arg(long)]
+        backup: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -403,6 +461,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => commands::parity::divergences(
             &mut out, entity, status, field, limit, all, target, format,
         ),
+        Command::Backup { action } => match action {
+            BackupAction::Now { target, format } => commands::backup::now(&mut out, target, format),
+            BackupAction::List {
+                from,
+                target,
+                format,
+            } => commands::backup::list(&mut out, from, target, format),
+            BackupAction::Verify {
+                from,
+                backup,
+                target,
+            } => commands::backup::verify(&mut out, from, backup, target),
+        },
+        Command::Restore {
+            from,
+            backup,
+            store,
+            target,
+        } => commands::backup::restore(&mut out, from, backup, store, target),
         Command::CheckConfig { file, format } => {
             let config = Config::load(&file, &Environment::Process)?;
             let warnings = config.warnings();

@@ -262,8 +262,16 @@ fn a_client_retrying_with_a_wrong_token_is_counted_every_time_and_logged_once() 
 #[test]
 fn metrics_pass_promtool() {
     let directory = tempfile::tempdir().unwrap();
-    // A commit date (a section of its own after `[api]`'s last line): its gauge exists only then.
-    let (_daemon, address) = start(directory.path(), "[cutover]\ncommit_date = \"2030-01-15\"");
+    // A commit date and backups (sections of their own after `[api]`'s last line): their
+    // gauges exist only then.
+    let backups = directory.path().join("backups");
+    let (_daemon, address) = start(
+        directory.path(),
+        &format!(
+            "[cutover]\ncommit_date = \"2030-01-15\"\n\n[backup]\ntarget = \"{}\"",
+            backups.display()
+        ),
+    );
     let (status, metrics) = exchange(
         connect_from([127, 0, 0, 1], address),
         &request("GET", "/metrics", None),

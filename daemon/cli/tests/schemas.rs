@@ -98,6 +98,7 @@ fn the_openapi_document_lists_every_route() {
         "/v1/reevaluate:",
         "/v1/report/history:",
         "/v1/spotcheck:",
+        "/v1/backups:",
     ] {
         assert!(
             openapi.contains(route),
@@ -350,11 +351,15 @@ fn a_live_daemon_answers_as_the_openapi_document_says() {
     let port = free_port();
     let mut config = ContactConfig::new(broker.bootstrap(), &topics, port);
     config.admin_token = Some(ADMIN.to_owned());
-    let daemon = Daemon::start(
-        &config.write(directory.path()),
-        port,
-        &directory.path().join("tandem.log"),
-    );
+    // Backups to a directory: POST /v1/backups takes one, GET lists them.
+    let written = config.write(directory.path());
+    let mut text = std::fs::read_to_string(&written).unwrap();
+    text.push_str(&format!(
+        "\n[backup]\ntarget = \"{}\"\nkeep = 2\n",
+        directory.path().join("backups").display()
+    ));
+    std::fs::write(&written, text).unwrap();
+    let daemon = Daemon::start(&written, port, &directory.path().join("tandem.log"));
     daemon.wait_for_applied(3, std::time::Duration::from_secs(120));
     tandem_testkit::wait_for(
         "the daemon to be ready",

@@ -209,23 +209,75 @@ impl Store {
         let descriptors = cf::ALL
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, column_options.clone()));
-        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
-            Error::Open {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-        let store = Store {
-            db: Arc::new(db),
-            path: path.to_owned(),
-            sync_writes: options.sync_writes,
-            write_lock: Arc::new(std::sync::Mutex::new(())),
-            write_failure: Arc::new(std::sync::OnceLock::new()),
-            id: String::new(),
-        };
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors);
+        let store = Store::opened(db, path, options.sync_writes)?;
         store.check_schema_version()?;
         let id = store.read_or_create_id()?;
         Ok(Store { id, ..store })
+    }
+
+    /// The store around a database just opened (its id not read yet).
+    fn opened(
+        db: std::result::Result<DB, rocksdb::Error>,
+        path: &Path,
+        sync_writes: bool,
+    ) -> Result<Store> {
+        let db = db.map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Store {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            sync_writes,
+            write_lock: Arc::new(std::sync::Mutex::new(())),
+            write_failure: Arc::new(std::sync::OnceLock::new()),
+            id: String::new(),
+        })
+    }
+
+    /// Opens a store only to read it (a backup's checkpoint before it is uploaded, a restored
+    /// store before it is used): nothing in `path` is changed, and a store of another schema
+    /// version or without tandem's column families is refused.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, descriptors, false);
+        let store = Store::opened(db, path, false)?;
+        let found = store.stored_schema_version()?;
+        if found != Some(SCHEMA_VERSION) {
+            return Err(Error::SchemaVersion {
+                path: path.to_owned(),
+                found: found.unwrap_or(0),
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let stored_id = store
+            .db
+            .get_cf(store.cf(cf::META), STORE_ID_KEY)
+            .map_err(Error::rocksdb("read of the store id"))?;
+        let id = match stored_id {
+            Some(bytes) => String::from_utf8(bytes).map_err(|_| Error::CorruptValue {
+                column_family: cf::META,
+                detail: "the store id is not UTF-8".to_owned(),
+            })?,
+            None => String::new(),
+        };
+        Ok(Store { id, ..store })
+    }
+
+    /// Writes a consistent copy of the whole store, as of one instant, to `directory` (which
+    /// must not exist; it must be on the store's file system, where immutable table files are
+    /// hard links rather than copies). It is RocksDB's checkpoint: the memtables are flushed
+    /// first and the write-ahead log that the column families still need is copied, so every
+    /// column family reads as of the same committed batch. Writes go on meanwhile.
+    pub fn checkpoint(&self, directory: &Path) -> Result<()> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(Error::rocksdb("preparation of a checkpoint"))?;
+        checkpoint
+            .create_checkpoint(directory)
+            .map_err(Error::rocksdb("checkpoint"))
     }
 
     /// The store's id, given when it was created (a UUID); copies of a store (a restored
@@ -258,24 +310,31 @@ impl Store {
         &self.path
     }
 
-    fn check_schema_version(&self) -> Result<()> {
-        let meta = self.cf(cf::META);
+    fn stored_schema_version(&self) -> Result<Option<u32>> {
         let stored = self
             .db
-            .get_cf(meta, SCHEMA_VERSION_KEY)
+            .get_cf(self.cf(cf::META), SCHEMA_VERSION_KEY)
             .map_err(Error::rocksdb("read of the schema version"))?;
-        match stored {
-            None => self
-                .db
-                .put_cf(meta, SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes())
-                .map_err(Error::rocksdb("write of the schema version")),
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice())
+        stored
+            .map(|bytes| {
+                <[u8; 4]>::try_from(bytes.as_slice())
                     .map(u32::from_be_bytes)
                     .map_err(|_| Error::CorruptValue {
                         column_family: cf::META,
                         detail: "schema version is not 4 bytes".to_owned(),
-                    })?;
+                    })
+            })
+            .transpose()
+    }
+
+    fn check_schema_version(&self) -> Result<()> {
+        let meta = self.cf(cf::META);
+        match self.stored_schema_version()? {
+            None => self
+                .db
+                .put_cf(meta, SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes())
+                .map_err(Error::rocksdb("write of the schema version")),
+            Some(found) => {
                 if found == SCHEMA_VERSION {
                     Ok(())
                 } else if found == 2 {

@@ -11,6 +11,7 @@ pub mod pipeline_run;
 pub mod pipeline_truth;
 pub mod pipeline_workload;
 pub mod postgres;
+pub mod s3;
 mod supervised;
 pub mod truth;
 

@@ -52,6 +52,28 @@ pub enum SecretSource {
     Env(String),
 }
 
+impl SecretSource {
+    /// Reads the secret configured under `key`; an error names the key, never the value.
+    pub(super) fn read(
+        &self,
+        key: &str,
+        variable: impl Fn(&str) -> Option<String>,
+    ) -> Result<Secret, String> {
+        let value = match self {
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|error| format!("key `{key}`: cannot read {}: {error}", path.display()))?,
+            SecretSource::Env(variable_name) => variable(variable_name).ok_or_else(|| {
+                format!("key `{key}`: the environment variable {variable_name} is not set")
+            })?,
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(format!("key `{key}`: the value is empty"));
+        }
+        Ok(Secret(value))
+    }
+}
+
 /// A secret value: its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -117,19 +139,7 @@ impl KafkaConfig {
             if self.properties.contains_key(name) {
                 return Err(format!("key `{key}`: `{name}` is also under kafka.properties; keep it in one place (here, for a secret)"));
             }
-            let value = match source {
-                SecretSource::File(path) => std::fs::read_to_string(path).map_err(|error| {
-                    format!("key `{key}`: cannot read {}: {error}", path.display())
-                })?,
-                SecretSource::Env(variable_name) => variable(variable_name).ok_or_else(|| {
-                    format!("key `{key}`: the environment variable {variable_name} is not set")
-                })?,
-            };
-            let value = value.trim_end_matches(['\r', '\n']).to_owned();
-            if value.is_empty() {
-                return Err(format!("key `{key}`: the value is empty"));
-            }
-            secrets.insert(name.clone(), Secret(value));
+            secrets.insert(name.clone(), source.read(&key, &variable)?);
         }
         Ok(secrets)
     }

@@ -18,6 +18,7 @@ use tandem_ingest::IngestSettings;
 use tandem_store::StoreOptions;
 
 mod api;
+mod backup;
 mod duration;
 mod errors;
 mod kafka;
@@ -25,6 +26,7 @@ mod ownership;
 mod systems;
 
 pub use api::{ApiConfig, NamedTokenConfig, StoreConfig, TokenRole};
+pub use backup::{BackupConfig, S3Config};
 use errors::{describe_deserialize_error, describe_toml_error};
 use kafka::check_broker;
 pub use kafka::{is_secret_property, KafkaConfig, Secret, SecretSource};
@@ -52,6 +54,9 @@ pub struct Config {
     /// The second cutover: gates and rollback triggers.
     #[serde(default)]
     pub cutover: CutoverConfig,
+    /// Backups of the store; none without it.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -336,6 +341,14 @@ impl Config {
                 Environment::Map(map) => map.get(name).cloned(),
             })
             .map_err(&fail)?;
+        if let Some(backup) = &mut config.backup {
+            backup
+                .read_secret(|name| match environment {
+                    Environment::Process => std::env::var(name).ok(),
+                    Environment::Map(map) => map.get(name).cloned(),
+                })
+                .map_err(&fail)?;
+        }
         config.check_kafka_properties().map_err(fail)?;
         Ok(config)
     }
@@ -418,6 +431,9 @@ impl Config {
                 "key `api.max_connections_per_address` ({}) is more than `api.max_connections` ({}): lower it",
                 self.api.max_connections_per_address, self.api.max_connections
             ));
+        }
+        if let Some(backup) = &self.backup {
+            backup.validate()?;
         }
         if self.kafka.batch_max_messages == 0 {
             return Err("key `kafka.batch_max_messages` must be at least 1".to_owned());
