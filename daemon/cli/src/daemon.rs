@@ -11,13 +11,59 @@ use tandem_ingest::{IngestMetrics, IngestStatus};
 use tandem_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 
-/// How long ingestion may take to drain after a stop is requested.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long stopping may take once it is asked for: ingestion drains, the API finishes its
+/// requests and the background tasks stop within it, all together. Whatever is still running
+/// then is left behind; nothing is lost by that, because offsets are only stored with the
+/// batches they cover.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The variable that shortens [`STOP_DEADLINE`] (`2s`, `500ms`): a test hook, left out of the
+/// configuration on purpose, so that tests of the stop need not wait 30 s.
+pub const STOP_DEADLINE_VARIABLE: &str = "TANDEM_TEST_STOP_DEADLINE";
+
+/// The variable that, set to `1`, makes ingestion never finish draining, as a hung apply loop
+/// would: a test hook that proves the deadline bounds the stop.
+pub const INGEST_NEVER_DRAINS_VARIABLE: &str = "TANDEM_TEST_INGEST_NEVER_DRAINS";
+
+/// How the daemon stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopping {
+    /// See [`STOP_DEADLINE`].
+    pub deadline: Duration,
+    /// Test hook: waiting for ingestion's threads never returns.
+    pub ingest_never_drains: bool,
+}
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Stopping {
+            deadline: STOP_DEADLINE,
+            ingest_never_drains: false,
+        }
+    }
+}
+
+impl Stopping {
+    /// The defaults, changed by the test hooks' variables found through `variable`.
+    pub fn from_variables(variable: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stopping> {
+        let mut stopping = Stopping::default();
+        if let Some(deadline) = variable(STOP_DEADLINE_VARIABLE) {
+            stopping.deadline = humantime::parse_duration(&deadline).with_context(|| {
+                format!("{STOP_DEADLINE_VARIABLE}={deadline:?} is not a duration (`2s`, `500ms`)")
+            })?;
+        }
+        stopping.ingest_never_drains =
+            variable(INGEST_NEVER_DRAINS_VARIABLE).is_some_and(|value| value == "1");
+        Ok(stopping)
+    }
+}
 
 /// Why the daemon could not start: a configuration problem (exit 2) or anything else (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +90,18 @@ pub async fn run(
     config: Config,
     cancel: CancellationToken,
     started: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<Ended, StartError> {
+    run_with(config, cancel, started, Stopping::default()).await
+}
+
+/// [`run`], stopping as `stopping` says. Returns at most `stopping.deadline` after `cancel`
+/// fired; a blocking task still running then (ingestion's threads) is left to the caller's
+/// runtime, which must not wait for it without limit (`Runtime::shutdown_timeout`).
+pub async fn run_with(
+    config: Config,
+    cancel: CancellationToken,
+    started: Option<oneshot::Sender<SocketAddr>>,
+    stopping: Stopping,
 ) -> Result<Ended, StartError> {
     let mapping = Arc::new(
         config
@@ -120,38 +178,57 @@ pub async fn run(
         .with_connection_limits(config.api.connection_limits())
         .with_cutover(cutover_rules, Some(ingest.control())),
     );
-    tokio::spawn(tandem_api::cutover::watch(
+    // Every task of the daemon is tracked, and waited for at the stop within the deadline.
+    let tasks = TaskTracker::new();
+    tasks.spawn(tandem_api::cutover::watch(
         context.clone(),
         std::time::Duration::from_secs(15),
         cancel.clone(),
     ));
-    tokio::spawn(tandem_api::history::keep(
+    tasks.spawn(tandem_api::history::keep(
         context.clone(),
         config.reconcile.history_interval,
         cancel.clone(),
     ));
     let api_cancel = cancel.clone();
-    let api = tokio::spawn(tandem_api::serve(listener, context, async move {
+    let api = tasks.spawn(tandem_api::serve(listener, context, async move {
         api_cancel.cancelled().await
     }));
+    tasks.close();
     if let Some(started) = started {
         let _ = started.send(address);
     }
 
-    let mut ingest_outcome = tokio::task::spawn_blocking(move || ingest.wait());
+    let ingest_never_drains = stopping.ingest_never_drains;
+    let mut ingest_outcome = tokio::task::spawn_blocking(move || {
+        let outcome = ingest.wait();
+        if ingest_never_drains {
+            warn!(
+                hook = INGEST_NEVER_DRAINS_VARIABLE,
+                "test hook: ingestion stopped, but its waiter pretends it never does"
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        outcome
+    });
     let finished = tokio::select! {
         outcome = &mut ingest_outcome => Some(outcome),
         () = cancel.cancelled() => None,
     };
-    let outcome = match finished {
-        Some(outcome) => Some(outcome),
-        None => match tokio::time::timeout(DRAIN_DEADLINE, ingest_outcome).await {
-            Ok(outcome) => Some(outcome),
-            Err(_) => {
-                warn!(deadline = ?DRAIN_DEADLINE, "ingestion did not drain in time; exiting anyway (nothing is lost: offsets are only stored with applied batches)");
-                None
+    let (outcome, stop_by) = match finished {
+        Some(outcome) => (Some(outcome), None),
+        None => {
+            let stop_by = Instant::now() + stopping.deadline;
+            match tokio::time::timeout_at(stop_by, ingest_outcome).await {
+                Ok(outcome) => (Some(outcome), Some(stop_by)),
+                Err(_) => {
+                    warn!(deadline = ?stopping.deadline, "ingestion did not drain in time; exiting anyway (nothing is lost: offsets are only stored with applied batches)");
+                    (None, Some(stop_by))
+                }
             }
-        },
+        }
     };
     let ended = match outcome.transpose().context("ingest task")? {
         None | Some(Ok(())) => Ended::Clean,
@@ -162,11 +239,23 @@ pub async fn run(
             Ended::IngestFailed(reason)
         }
     };
-    match tokio::time::timeout(DRAIN_DEADLINE, api).await {
+    // Ingestion ended on its own (it failed): the deadline runs from the stop request.
+    let stop_by = stop_by.unwrap_or_else(|| Instant::now() + stopping.deadline);
+    match tokio::time::timeout_at(stop_by, api).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => warn!(%error, "the HTTP API stopped with an error"),
         Ok(Err(error)) => warn!(%error, "the HTTP API task failed"),
-        Err(_) => warn!("the HTTP API did not stop in time"),
+        Err(_) => warn!(deadline = ?stopping.deadline, "the HTTP API did not stop in time"),
+    }
+    if tokio::time::timeout_at(stop_by, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            deadline = ?stopping.deadline,
+            running = tasks.len(),
+            "background tasks did not stop in time; exiting anyway"
+        );
     }
     info!("tandem stopped");
     Ok(ended)
