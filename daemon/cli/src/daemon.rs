@@ -261,26 +261,33 @@ pub async fn run_with(
     Ok(ended)
 }
 
-/// Cancels `cancel` on SIGINT or SIGTERM.
+/// Cancels `cancel` on SIGINT or SIGTERM. The handlers are installed before this returns
+/// (call it inside the runtime): a signal that came before the task's first poll would
+/// otherwise kill the process with no stop at all.
 pub fn cancel_on_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| -> Option<Signal> {
+        signal(kind)
+            .inspect_err(|error| warn!(%error, "cannot listen for {name}"))
+            .ok()
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    warn!(%error, "cannot listen for SIGTERM; use Ctrl-C");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("interrupt received; stopping"),
-            _ = terminate => info!("SIGTERM received; stopping"),
+            _ = received(interrupt.as_mut()) => info!("interrupt received; stopping"),
+            _ = received(terminate.as_mut()) => info!("SIGTERM received; stopping"),
         }
         cancel.cancel();
     });
+}
+
+/// The next delivery of `signal`; never, for a signal that could not be listened for.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The process's own figures (CPU, memory, open files, start time: `process_*`) and which
