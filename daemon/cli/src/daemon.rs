@@ -11,13 +11,59 @@ use tandem_ingest::{IngestMetrics, IngestStatus};
 use tandem_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 
-/// How long ingestion may take to drain after a stop is requested.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long stopping may take once it is asked for: ingestion drains, the API finishes its
+/// requests and the background tasks stop within it, all together. Whatever is still running
+/// then is left behind; nothing is lost by that, because offsets are only stored with the
+/// batches they cover.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The variable that shortens [`STOP_DEADLINE`] (`2s`, `500ms`): a test hook, left out of the
+/// configuration on purpose, so that tests of the stop need not wait 30 s.
+pub const STOP_DEADLINE_VARIABLE: &str = "TANDEM_TEST_STOP_DEADLINE";
+
+/// The variable that, set to `1`, makes ingestion never finish draining, as a hung apply loop
+/// would: a test hook that proves the deadline bounds the stop.
+pub const INGEST_NEVER_DRAINS_VARIABLE: &str = "TANDEM_TEST_INGEST_NEVER_DRAINS";
+
+/// How the daemon stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopping {
+    /// See [`STOP_DEADLINE`].
+    pub deadline: Duration,
+    /// Test hook: waiting for ingestion's threads never returns.
+    pub ingest_never_drains: bool,
+}
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Stopping {
+            deadline: STOP_DEADLINE,
+            ingest_never_drains: false,
+        }
+    }
+}
+
+impl Stopping {
+    /// The defaults, changed by the test hooks' variables found through `variable`.
+    pub fn from_variables(variable: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stopping> {
+        let mut stopping = Stopping::default();
+        if let Some(deadline) = variable(STOP_DEADLINE_VARIABLE) {
+            stopping.deadline = humantime::parse_duration(&deadline).with_context(|| {
+                format!("{STOP_DEADLINE_VARIABLE}={deadline:?} is not a duration (`2s`, `500ms`)")
+            })?;
+        }
+        stopping.ingest_never_drains =
+            variable(INGEST_NEVER_DRAINS_VARIABLE).is_some_and(|value| value == "1");
+        Ok(stopping)
+    }
+}
 
 /// Why the daemon could not start: a configuration problem (exit 2) or anything else (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +90,18 @@ pub async fn run(
     config: Config,
     cancel: CancellationToken,
     started: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<Ended, StartError> {
+    run_with(config, cancel, started, Stopping::default()).await
+}
+
+/// [`run`], stopping as `stopping` says. Returns at most `stopping.deadline` after `cancel`
+/// fired; a blocking task still running then (ingestion's threads) is left to the caller's
+/// runtime, which must not wait for it without limit (`Runtime::shutdown_timeout`).
+pub async fn run_with(
+    config: Config,
+    cancel: CancellationToken,
+    started: Option<oneshot::Sender<SocketAddr>>,
+    stopping: Stopping,
 ) -> Result<Ended, StartError> {
     let mapping = Arc::new(
         config
@@ -90,7 +148,7 @@ pub async fn run(
     let backups = match &config.backup {
         None => None,
         Some(backup) => Some(
-            start_backups(backup, &store, &registry, &cancel)
+            start_backups(backup, &store, &registry)
                 .await
                 .map_err(StartError::Config)?,
         ),
@@ -128,40 +186,67 @@ pub async fn run(
         .with_tokens(tokens)
         .with_connection_limits(config.api.connection_limits())
         .with_cutover(cutover_rules, Some(ingest.control()))
-        .with_backups(backups),
+        .with_backups(backups.clone()),
     );
-    tokio::spawn(tandem_api::cutover::watch(
+    // Every task of the daemon is tracked, and waited for at the stop within the deadline.
+    let tasks = TaskTracker::new();
+    tasks.spawn(tandem_api::cutover::watch(
         context.clone(),
         std::time::Duration::from_secs(15),
         cancel.clone(),
     ));
-    tokio::spawn(tandem_api::history::keep(
+    tasks.spawn(tandem_api::history::keep(
         context.clone(),
         config.reconcile.history_interval,
         cancel.clone(),
     ));
+    if let (Some(backups), Some(backup)) = (backups, &config.backup) {
+        // The first backup at start, then one every interval.
+        tasks.spawn(tandem_backup::keep_taking(
+            backups,
+            backup.interval,
+            cancel.clone(),
+        ));
+    }
     let api_cancel = cancel.clone();
-    let api = tokio::spawn(tandem_api::serve(listener, context, async move {
+    let api = tasks.spawn(tandem_api::serve(listener, context, async move {
         api_cancel.cancelled().await
     }));
+    tasks.close();
     if let Some(started) = started {
         let _ = started.send(address);
     }
 
-    let mut ingest_outcome = tokio::task::spawn_blocking(move || ingest.wait());
+    let ingest_never_drains = stopping.ingest_never_drains;
+    let mut ingest_outcome = tokio::task::spawn_blocking(move || {
+        let outcome = ingest.wait();
+        if ingest_never_drains {
+            warn!(
+                hook = INGEST_NEVER_DRAINS_VARIABLE,
+                "test hook: ingestion stopped, but its waiter pretends it never does"
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        outcome
+    });
     let finished = tokio::select! {
         outcome = &mut ingest_outcome => Some(outcome),
         () = cancel.cancelled() => None,
     };
-    let outcome = match finished {
-        Some(outcome) => Some(outcome),
-        None => match tokio::time::timeout(DRAIN_DEADLINE, ingest_outcome).await {
-            Ok(outcome) => Some(outcome),
-            Err(_) => {
-                warn!(deadline = ?DRAIN_DEADLINE, "ingestion did not drain in time; exiting anyway (nothing is lost: offsets are only stored with applied batches)");
-                None
+    let (outcome, stop_by) = match finished {
+        Some(outcome) => (Some(outcome), None),
+        None => {
+            let stop_by = Instant::now() + stopping.deadline;
+            match tokio::time::timeout_at(stop_by, ingest_outcome).await {
+                Ok(outcome) => (Some(outcome), Some(stop_by)),
+                Err(_) => {
+                    warn!(deadline = ?stopping.deadline, "ingestion did not drain in time; exiting anyway (nothing is lost: offsets are only stored with applied batches)");
+                    (None, Some(stop_by))
+                }
             }
-        },
+        }
     };
     let ended = match outcome.transpose().context("ingest task")? {
         None | Some(Ok(())) => Ended::Clean,
@@ -172,23 +257,34 @@ pub async fn run(
             Ended::IngestFailed(reason)
         }
     };
-    match tokio::time::timeout(DRAIN_DEADLINE, api).await {
+    // Ingestion ended on its own (it failed): the deadline runs from the stop request.
+    let stop_by = stop_by.unwrap_or_else(|| Instant::now() + stopping.deadline);
+    match tokio::time::timeout_at(stop_by, api).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => warn!(%error, "the HTTP API stopped with an error"),
         Ok(Err(error)) => warn!(%error, "the HTTP API task failed"),
-        Err(_) => warn!("the HTTP API did not stop in time"),
+        Err(_) => warn!(deadline = ?stopping.deadline, "the HTTP API did not stop in time"),
+    }
+    if tokio::time::timeout_at(stop_by, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            deadline = ?stopping.deadline,
+            running = tasks.len(),
+            "background tasks did not stop in time; exiting anyway"
+        );
     }
     info!("tandem stopped");
     Ok(ended)
 }
 
-/// Opens the backup target, reports the newest backup already there (so the age of the last
-/// good backup survives a restart) and starts taking one every `backup.interval`.
+/// Opens the backup target and reports the newest backup already there (so the age of the
+/// last good backup survives a restart).
 async fn start_backups(
     backup: &crate::config::BackupConfig,
     store: &Store,
     registry: &Registry,
-    cancel: &CancellationToken,
 ) -> Result<Arc<tandem_backup::Backups>, String> {
     let target = backup.open_target()?;
     let metrics = tandem_backup::BackupMetrics::register(registry, backup.interval)
@@ -207,37 +303,38 @@ async fn start_backups(
             warn!(target = %target, %error, "backups on, but the target cannot be read now")
         }
     }
-    let backups = Arc::new(
+    Ok(Arc::new(
         tandem_backup::Backups::new(store.clone(), target, backup.keep).with_metrics(metrics),
-    );
-    tokio::spawn(tandem_backup::keep_taking(
-        backups.clone(),
-        backup.interval,
-        cancel.clone(),
-    ));
-    Ok(backups)
+    ))
 }
 
-/// Cancels `cancel` on SIGINT or SIGTERM.
+/// Cancels `cancel` on SIGINT or SIGTERM. The handlers are installed before this returns
+/// (call it inside the runtime): a signal that came before the task's first poll would
+/// otherwise kill the process with no stop at all.
 pub fn cancel_on_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| -> Option<Signal> {
+        signal(kind)
+            .inspect_err(|error| warn!(%error, "cannot listen for {name}"))
+            .ok()
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    warn!(%error, "cannot listen for SIGTERM; use Ctrl-C");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("interrupt received; stopping"),
-            _ = terminate => info!("SIGTERM received; stopping"),
+            _ = received(interrupt.as_mut()) => info!("interrupt received; stopping"),
+            _ = received(terminate.as_mut()) => info!("SIGTERM received; stopping"),
         }
         cancel.cancel();
     });
+}
+
+/// The next delivery of `signal`; never, for a signal that could not be listened for.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The process's own figures (CPU, memory, open files, start time: `process_*`) and which

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -527,7 +528,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
         } => {
             let runtime = runtime()?;
-            runtime.block_on(async {
+            let outcome = runtime.block_on(async {
                 let cancel = CancellationToken::new();
                 daemon::cancel_on_signals(cancel.clone());
                 demo::run(
@@ -539,11 +540,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     cancel,
                 )
                 .await
-            })?;
+            });
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            outcome?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
+
+/// How long the runtime waits, once the daemon returned, for blocking tasks still running:
+/// only one that missed the stop deadline (ingestion's threads) can be, and it is left behind
+/// rather than waited for without limit, as dropping the runtime would.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -558,11 +566,15 @@ fn run_daemon(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path, &Environment::Process)?;
     logging::init(&config.log.level, config.log.format);
     tracing::info!(config = %config_path.display(), version = env!("CARGO_PKG_VERSION"), commit = env!("TANDEM_COMMIT"), "tandem starting");
-    let ended = runtime()?.block_on(async {
+    let stopping = daemon::Stopping::from_variables(|name| std::env::var(name).ok())?;
+    let runtime = runtime()?;
+    let ended = runtime.block_on(async {
         let cancel = CancellationToken::new();
         daemon::cancel_on_signals(cancel.clone());
-        daemon::run(config, cancel, None).await
-    })?;
+        daemon::run_with(config, cancel, None, stopping).await
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    let ended = ended?;
     Ok(match ended {
         Ended::Clean => ExitCode::SUCCESS,
         Ended::IngestFailed(_) => ExitCode::FAILURE,

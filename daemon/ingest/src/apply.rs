@@ -6,6 +6,10 @@
 //! an overlay entry is dropped once its batch is durable. A revocation waits until every
 //! batch in flight is durable before it is confirmed.
 //!
+//! When the writer refuses a batch (its partition was revoked although the revocation was not
+//! confirmed in time, see [`crate::fence`]), the loop reloads its state from the store and
+//! plans the refused batches' messages of the partitions still assigned again.
+//!
 //! The loop also runs the reconciliation clock. Event time drives it; while tandem is caught
 //! up (lag 0 on every assigned partition) and no event arrives, the clock advances with wall
 //! time from the last event time, so that a change the sync layer never copies turns from
@@ -15,18 +19,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 use tandem_core::feed::{OffsetLoss, OffsetLossKind};
 use tandem_core::{ApplyState, Input, Mapping, Planner, Reference, System, Timestamp};
 use tandem_store::{NextOffset, Store};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use crate::consumer::{ApplyCommand, ConsumedMessage, ControlRequest, Decoded, PartitionResets};
 use crate::disk::DiskGuard;
+use crate::fence::Fence;
 use crate::metrics::IngestMetrics;
 use crate::overlay::{InFlight, OverlayView};
 use crate::status::IngestStatus;
-use crate::writer::{WriteJob, Written};
+use crate::writer::{WriteJob, WriteOutcome, WriterLink};
 use crate::{Error, IngestSettings, Result};
 use tandem_core::cutover::{StepOrder, TransitionRecord};
 
@@ -54,7 +60,21 @@ pub(crate) struct ApplyLoop {
     /// Wakes the dead-letter forwarder after a batch produced dead letters.
     pub(crate) dead_letter_tx: Sender<()>,
     jobs_tx: Sender<WriteJob>,
-    written_rx: Receiver<Result<Written>>,
+    written_rx: Receiver<Result<WriteOutcome>>,
+    /// The partitions assigned here; the writer commits under it.
+    fence: Arc<Fence>,
+    /// Starts anew each time the state is reloaded after a refused batch: the writer refuses
+    /// the batches of an epoch after its first refusal.
+    epoch: u64,
+    /// Whether the writer refused a batch of this epoch: the state is reloaded once the
+    /// batches in flight are back.
+    refused: bool,
+    /// The messages of the refused batches, in order, to plan again.
+    replan: Vec<ConsumedMessage>,
+    /// Batches the consumer sent during a re-evaluation, planned once it is over.
+    held: Vec<Vec<ConsumedMessage>>,
+    /// Fires at the stop: a re-evaluation under way gives up (it starts over at the next start).
+    cancel: CancellationToken,
     /// The state after the last planned batch (written or in flight).
     state: ApplyState,
     next_offsets: BTreeMap<(String, i32), NextOffset>,
@@ -75,7 +95,7 @@ impl ApplyLoop {
         status: Arc<IngestStatus>,
         metrics: IngestMetrics,
         dead_letter_tx: Sender<()>,
-        writer: (Sender<WriteJob>, Receiver<Result<Written>>),
+        writer: WriterLink,
     ) -> Result<Self> {
         let (settings_store_path, settings_min_free) =
             (settings.store_path.clone(), settings.min_free_bytes);
@@ -99,8 +119,14 @@ impl ApplyLoop {
             status,
             metrics,
             dead_letter_tx,
-            jobs_tx: writer.0,
-            written_rx: writer.1,
+            jobs_tx: writer.jobs_tx,
+            written_rx: writer.written_rx,
+            fence: writer.fence,
+            epoch: 0,
+            refused: false,
+            replan: Vec::new(),
+            held: Vec::new(),
+            cancel: CancellationToken::new(),
             state,
             next_offsets,
             in_flight: InFlight::default(),
@@ -113,6 +139,11 @@ impl ApplyLoop {
     /// Hands reset partitions to the poll loop through `resets`.
     pub(crate) fn with_resets(self, resets: PartitionResets) -> Self {
         ApplyLoop { resets, ..self }
+    }
+
+    /// Gives up a re-evaluation under way when `cancel` fires.
+    pub(crate) fn with_cancel(self, cancel: CancellationToken) -> Self {
+        ApplyLoop { cancel, ..self }
     }
 
     /// Runs until the consumer's channel closes; an error stops ingestion. Cutover steps and
@@ -134,12 +165,16 @@ impl ApplyLoop {
                 self.plan_batch(Vec::new())?;
                 self.drain()?;
             }
-            Startup::Reevaluate { reason, only } => self.reevaluate(reason, only)?,
+            Startup::Reevaluate { reason, only } => self.reevaluate(reason, only, &commands)?,
         }
         loop {
             // Durable batches first: their overlay entries can go and their offsets show.
             while let Ok(written) = written_rx.try_recv() {
                 self.settle(Ok(written))?;
+            }
+            // A refused batch: the state is reloaded, and what is still ours planned again.
+            if self.refused {
+                self.drain()?;
             }
             select! {
                 recv(commands) -> command => match command {
@@ -153,10 +188,12 @@ impl ApplyLoop {
                 },
                 recv(control) -> request => match request {
                     Ok(ControlRequest::Step { order, reply }) => self.cutover(order, reply)?,
-                    Ok(ControlRequest::Reevaluate { reason }) => self.reevaluate(reason, None)?,
+                    Ok(ControlRequest::Reevaluate { reason }) => {
+                        self.reevaluate(reason, None, &commands)?
+                    }
                     Ok(ControlRequest::ResetPartition { loss, reason, reply }) => {
-                        self.reset_partition(loss, &reason)?;
-                        let _ = reply.send(());
+                        let outcome = self.reset_partition(loss, &reason)?;
+                        let _ = reply.send(outcome);
                     }
                     // The API is gone (shutting down): stop listening.
                     Err(_) => control = crossbeam_channel::never(),
@@ -181,21 +218,56 @@ impl ApplyLoop {
             .with_ownership(&self.settings.ownership)
     }
 
-    /// Waits until every batch in flight is durable.
+    /// Waits until every batch in flight is durable, or refused and planned again.
     fn drain(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            let written = self.written_rx.recv();
-            self.settle(written)?;
+        loop {
+            while !self.in_flight.is_empty() {
+                let written = self.written_rx.recv();
+                self.settle(written)?;
+            }
+            if !self.refused {
+                return Ok(());
+            }
+            self.replan_refused()?;
         }
-        Ok(())
     }
 
-    /// Takes note that a batch is durable: live status, metrics, overlay.
+    /// After the writer refused a batch, and with it every later one of the epoch (all of
+    /// them back, none in flight): reloads the state from the store, which holds exactly the
+    /// batches before the refused one, starts a new epoch and plans the refused batches'
+    /// messages of the partitions still assigned again.
+    fn replan_refused(&mut self) -> Result<()> {
+        let messages = std::mem::take(&mut self.replan);
+        self.refused = false;
+        self.epoch += 1;
+        self.in_flight = InFlight::default();
+        self.state = self.store.apply_state().map_err(Error::Store)?;
+        self.next_offsets = self.store.next_offsets().map_err(Error::Store)?;
+        warn!(
+            epoch = self.epoch,
+            messages = messages.len(),
+            "the writer refused batches of a revoked partition: state reloaded from the store; planning their messages of partitions still assigned again"
+        );
+        self.plan_batch(messages)
+    }
+
+    /// Takes note that a batch is durable (live status, metrics, overlay), or that it was
+    /// refused.
     fn settle(
         &mut self,
-        written: std::result::Result<Result<Written>, crossbeam_channel::RecvError>,
+        written: std::result::Result<Result<WriteOutcome>, crossbeam_channel::RecvError>,
     ) -> Result<()> {
-        let written = written.map_err(|_| Error::Panicked { thread: "writer" })??;
+        let written = match written.map_err(|_| Error::Panicked { thread: "writer" })?? {
+            WriteOutcome::Committed(written) => written,
+            WriteOutcome::Refused(job) => {
+                self.in_flight.settle(job.seq);
+                // Every batch in flight is of the current epoch: the state is only reloaded
+                // once none is.
+                self.refused = true;
+                self.replan.extend(job.messages);
+                return Ok(());
+            }
+        };
         let job = &written.job;
         self.in_flight.settle(job.seq);
         self.metrics
@@ -279,9 +351,14 @@ impl ApplyLoop {
     ) -> Result<()> {
         let transition = order.transition;
         let mut outcome = None;
+        let epoch = self.epoch;
         self.plan_batch_with(Vec::new(), Some((order, &mut outcome)))?;
         self.drain()?;
-        let outcome = outcome.unwrap_or_else(|| Err("the step was not planned".to_owned()));
+        let mut outcome = outcome.unwrap_or_else(|| Err("the step was not planned".to_owned()));
+        if self.epoch != epoch {
+            // The step's batch came after a refused one, so it was refused too.
+            outcome = Err("a rebalance refused the batches in flight before the step was durable; nothing changed: take the step again".to_owned());
+        }
         match &outcome {
             Ok(record) => {
                 let caller = record.caller.clone().unwrap_or_default();
@@ -308,7 +385,12 @@ impl ApplyLoop {
     /// Records that a re-created topic's partition is read again from offset 0, in a batch of
     /// its own (the loss, its unverified records and snapshot requests, the stored position
     /// set to 0), then hands the partition back to the consumer.
-    fn reset_partition(&mut self, loss: OffsetLoss, reason: &str) -> Result<()> {
+    /// The inner `Err` says why the reset was not made.
+    fn reset_partition(
+        &mut self,
+        loss: OffsetLoss,
+        reason: &str,
+    ) -> Result<std::result::Result<(), String>> {
         let key = (loss.topic.clone(), loss.partition);
         warn!(
             topic = %loss.topic,
@@ -330,18 +412,32 @@ impl ApplyLoop {
             system,
             Decoded::Lost(loss),
         );
+        let epoch = self.epoch;
         self.plan_batch(vec![reset])?;
         self.drain()?;
+        if self.epoch != epoch && !self.fence.is_assigned(&key.0, key.1) {
+            return Ok(Err(format!(
+                "{}/{} was revoked before its reset was durable: reset it on the instance it is assigned to now",
+                key.0, key.1
+            )));
+        }
         crate::consumer::lock(&self.resets).push(key);
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Evaluates the stored records of `only` (`None`: every entity) again with the current
     /// rules, in chunks committed like batches (unchanged records are not rewritten), then
-    /// records the rules' fingerprints in the state. Consumption waits meanwhile; the API
-    /// keeps answering from the store and shows the progress. Interrupted by a crash, it
-    /// starts over at the next start (a record evaluated twice evaluates the same).
-    fn reevaluate(&mut self, reason: String, only: Option<Vec<String>>) -> Result<()> {
+    /// records the rules' fingerprints in the state. Consumption is paused meanwhile; the API
+    /// keeps answering from the store and shows the progress. Between chunks the consumer is
+    /// answered (see [`ApplyLoop::answer_consumer`]), so a revocation waits for one chunk at
+    /// most, and a stop ends it. Interrupted by a stop or a crash, it starts over at the next
+    /// start (a record evaluated twice evaluates the same).
+    fn reevaluate(
+        &mut self,
+        reason: String,
+        only: Option<Vec<String>>,
+        commands: &Receiver<ApplyCommand>,
+    ) -> Result<()> {
         self.drain()?;
         let started = Instant::now();
         let started_at = Timestamp::from_system_time(std::time::SystemTime::now());
@@ -385,7 +481,9 @@ impl ApplyLoop {
         let mut last_log = Instant::now();
         let store = self.store.clone();
         let clock = self.state.clock;
-        std::thread::scope(|scope| -> Result<()> {
+        // Every batch in flight from here on is a chunk without messages: no revocation can
+        // refuse one, so each chunk evaluated is committed.
+        let interrupted = std::thread::scope(|scope| -> Result<bool> {
             // One thread reads the next chunk from the store while the chunk before is
             // evaluated; a chunk waits at most one ahead.
             let (chunks, received) = crossbeam_channel::bounded::<ReadChunk>(1);
@@ -409,6 +507,9 @@ impl ApplyLoop {
                 })
                 .expect("invariant: the OS can start a thread");
             for (entity, encoded) in received {
+                if self.answer_consumer(commands) {
+                    return Ok(true);
+                }
                 let encoded = encoded.map_err(Error::Store)?;
                 let Some(rules) = self.mapping.entity(&entity).cloned() else {
                     continue;
@@ -449,8 +550,19 @@ impl ApplyLoop {
                     );
                 }
             }
-            Ok(())
+            Ok(false)
         })?;
+        if interrupted {
+            self.drain()?;
+            info!(
+                done = progress.done,
+                total = progress.total,
+                changed = progress.changed,
+                "re-evaluation interrupted by the stop; it starts over at the next start (until it finishes, the store does not claim its rules)"
+            );
+            self.status.update(|snapshot| snapshot.reevaluation = None);
+            return self.plan_held();
+        }
         // The fingerprint goes into the state with the next (empty) batch.
         self.state.rules = Some(self.mapping.fingerprint());
         self.state.entity_rules = self.mapping.entity_fingerprints();
@@ -469,6 +581,48 @@ impl ApplyLoop {
             snapshot.reevaluation = None;
             snapshot.last_reevaluation = Some(progress);
         });
+        self.plan_held()
+    }
+
+    /// Between two chunks of a re-evaluation, takes what the consumer sent meanwhile, so that
+    /// a revocation is confirmed at once and a stop is noticed; `true` when the re-evaluation
+    /// must stop (the stop was asked for, or the consumer is gone).
+    ///
+    /// Batches are held, in order, until the re-evaluation is over: their events must not
+    /// change records it evaluates from its snapshot. Consumption is paused meanwhile, so only
+    /// the few read before the pause are held. A revocation drops the held messages of its
+    /// partitions and is confirmed: nothing of them was planned, and the chunks in flight carry
+    /// no messages, so nothing of them can be written.
+    fn answer_consumer(&mut self, commands: &Receiver<ApplyCommand>) -> bool {
+        loop {
+            match commands.try_recv() {
+                Ok(ApplyCommand::Batch(batch)) => self.held.push(batch),
+                Ok(ApplyCommand::Revoke { partitions, done }) => {
+                    let mut dropped = 0;
+                    for batch in &mut self.held {
+                        let before = batch.len();
+                        batch.retain(|message| {
+                            !partitions.iter().any(|(topic, partition)| {
+                                message.coordinates.topic == *topic
+                                    && message.coordinates.partition == *partition
+                            })
+                        });
+                        dropped += before - batch.len();
+                    }
+                    debug!(partitions = ?partitions, dropped, "revocation confirmed during a re-evaluation: the held messages of its partitions are dropped");
+                    let _ = done.send(());
+                }
+                Err(TryRecvError::Empty) => return self.cancel.is_cancelled(),
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Plans the batches held during a re-evaluation, in the order they came.
+    fn plan_held(&mut self) -> Result<()> {
+        for batch in std::mem::take(&mut self.held) {
+            self.plan_batch(batch)?;
+        }
         Ok(())
     }
 
@@ -487,6 +641,8 @@ impl ApplyLoop {
     ) -> Result<()> {
         let started = Instant::now();
         self.watch_disk();
+        let mut batch = batch;
+        self.fence.drop_revoked(&mut batch, "before planning");
         let batch = self.drop_replays(batch);
         let view = self.view();
         let mut planner = self.planner(&view);
@@ -606,6 +762,7 @@ impl ApplyLoop {
         let counters_before = std::mem::replace(&mut self.state, plan.state.clone()).counters;
         let job = WriteJob {
             seq,
+            epoch: self.epoch,
             messages: batch,
             plan,
             offsets: offsets

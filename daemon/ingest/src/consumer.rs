@@ -6,11 +6,13 @@
 //! source of truth. On revocation the callback hands the partitions to the apply loop and
 //! waits until every batch sent before has been committed; messages of the revoked partitions
 //! still held in the batch being built are dropped, to be read again by whoever owns them next.
+//! Whether or not the apply loop confirmed in time, the callback then closes the write fence
+//! on the partitions ([`crate::fence`]) before it returns: nothing of them is committed after.
 //! The poll loop itself, and what it does when the broker no longer has an offset, is in
 //! [`crate::poll`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -27,8 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::quiet::Quieted;
 use crate::status::IngestStatus;
 
-/// How long a revocation waits for the apply loop before giving up on the handshake.
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a revocation waits for the apply loop before giving up on the handshake (the
+/// fence keeps anything of the partitions from being committed after that).
+pub(crate) const REVOKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One event of a message read from Kafka (or the message itself if it carries no event or
 /// could not be decoded), decoded in the consumer thread.
@@ -159,8 +162,8 @@ pub(crate) enum ControlRequest {
         loss: OffsetLoss,
         /// Why, for the log.
         reason: String,
-        /// The answer comes once the reset is durable.
-        reply: Sender<()>,
+        /// The answer comes once the reset is durable, or says why it was not made.
+        reply: Sender<std::result::Result<(), String>>,
     },
 }
 
@@ -181,6 +184,10 @@ pub(crate) struct TandemConsumerContext {
     /// librdkafka repeats an error every few milliseconds while a broker stays away: each
     /// kind is logged once per period, with the count held back.
     pub(crate) errors: Quieted,
+    /// The partitions assigned here, as the writer sees them.
+    pub(crate) fence: Arc<crate::fence::Fence>,
+    /// How long a revocation waits for the apply loop ([`REVOKE_TIMEOUT`]).
+    pub(crate) revoke_timeout: Duration,
 }
 
 /// How often one kind of Kafka client error is logged while it repeats.
@@ -316,8 +323,10 @@ impl ConsumerContext for TandemConsumerContext {
                     error!(%error, "assigning partitions failed; librdkafka will retry the rebalance");
                     return;
                 }
-                // Paused (disk nearly full): the new partitions must not fetch either.
-                if self.status.snapshot().paused.is_some() {
+                self.fence.assign(&partitions);
+                // Paused (disk nearly full, a re-evaluation): the new partitions must not
+                // fetch either.
+                if self.status.snapshot().holds_fetching() {
                     if let Err(error) = base_consumer.pause(tpl) {
                         error!(%error, "cannot pause newly assigned partitions");
                     }
@@ -341,6 +350,7 @@ impl ConsumerContext for TandemConsumerContext {
                 let code: RDKafkaErrorCode = other.into();
                 error!(error = %code, "rebalance failed; releasing the assignment");
                 self.hand_over(&partitions);
+                self.fence.revoke_all();
                 if let Err(error) = base_consumer.unassign() {
                     error!(%error, "unassigning after a failed rebalance failed");
                 }
@@ -387,20 +397,33 @@ impl TandemConsumerContext {
     }
 
     /// The revocation handshake: waits until the apply loop has committed every batch sent
-    /// before, so nothing of these partitions is written after they are given up.
-    fn hand_over(&self, partitions: &[(String, i32)]) {
+    /// before, so nothing of these partitions is written after they are given up. It blocks
+    /// the consumer thread, which is the point: librdkafka lets the partitions go only once
+    /// the callback returns. If the apply loop does not confirm in time, the fence closes
+    /// anyway, and batches of the partitions still on their way are refused.
+    pub(crate) fn hand_over(&self, partitions: &[(String, i32)]) {
         if partitions.is_empty() {
             return;
         }
         info!(partitions = ?partitions, "partitions revoked; waiting for in-flight batches to commit");
+        let deadline = Instant::now() + self.revoke_timeout;
         let (done_tx, done_rx) = bounded(1);
         let command = ApplyCommand::Revoke {
             partitions: partitions.to_vec(),
             done: done_tx,
         };
-        if self.apply_tx.send(command).is_ok() && done_rx.recv_timeout(REVOKE_TIMEOUT).is_err() {
-            error!(partitions = ?partitions, "the apply loop did not confirm the revocation in time");
+        // Sending waits too when the apply loop is behind: within the same deadline.
+        let confirmed = match self.apply_tx.send_deadline(command, deadline) {
+            Ok(()) => done_rx.recv_deadline(deadline).is_ok(),
+            // The apply loop is gone: nothing of the partitions can be committed any more.
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,
+        };
+        if !confirmed {
+            error!(partitions = ?partitions, timeout = ?self.revoke_timeout, "the apply loop did not confirm the revocation in time; the partitions are fenced: batches of them still on their way are refused, not committed");
         }
+        // Waits for a commit under way; every commit after sees the partitions revoked.
+        self.fence.revoke(partitions);
         lock(&self.revoked).extend(partitions.iter().cloned());
         self.status.update(|snapshot| {
             for partition in partitions {

@@ -13,6 +13,9 @@ mod consumer;
 mod dead_letters;
 mod deliveries;
 mod disk;
+mod fence;
+#[cfg(test)]
+mod handover_tests;
 pub mod metrics;
 mod overlay;
 mod poll;
@@ -343,12 +346,15 @@ impl ControlHandle {
                 reply,
             })
             .map_err(|_| ingestion_stopped())?;
-        answer.recv().map_err(|_| {
-            ControlError::Stopped(
-                "ingestion stopped before the reset was durable; restart tandem and look at /readyz"
-                    .to_owned(),
-            )
-        })?;
+        answer
+            .recv()
+            .map_err(|_| {
+                ControlError::Stopped(
+                    "ingestion stopped before the reset was durable; restart tandem and look at /readyz"
+                        .to_owned(),
+                )
+            })?
+            .map_err(ControlError::Refused)?;
         Ok(loss)
     }
 
@@ -396,6 +402,7 @@ pub fn start(
         status: status.clone(),
     };
     let resets = Arc::new(Mutex::new(Vec::new()));
+    let fence = Arc::new(fence::Fence::default());
     let context = TandemConsumerContext {
         store: store.clone(),
         apply_tx,
@@ -405,6 +412,8 @@ pub fn start(
         read_committed: settings.read_committed(),
         resets: resets.clone(),
         errors: crate::quiet::Quieted::new(consumer::KAFKA_ERROR_LOG_EVERY),
+        fence: fence.clone(),
+        revoke_timeout: consumer::REVOKE_TIMEOUT,
     };
     let consumer: BaseConsumer<TandemConsumerContext> = settings
         .consumer_config()
@@ -430,16 +439,21 @@ pub fn start(
         status.clone(),
         metrics,
         dead_letter_tx,
-        (jobs_tx, written_rx),
+        writer::WriterLink {
+            jobs_tx,
+            written_rx,
+            fence: fence.clone(),
+        },
     )?
-    .with_resets(resets);
+    .with_resets(resets)
+    .with_cancel(cancel.clone());
     // Before the consumer starts: a disk that is already nearly full pauses it from the
     // first assignment on.
     apply_loop.watch_disk();
     let writer_store = store.clone();
     let publish_violations = settings.violations_topic.is_some();
     let writer = spawn("tandem-writer", move || {
-        writer::run_writer(writer_store, jobs_rx, written_tx, publish_violations)
+        writer::run_writer(writer_store, jobs_rx, written_tx, fence, publish_violations)
     });
     info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
 

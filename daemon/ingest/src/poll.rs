@@ -154,9 +154,10 @@ struct PollState<'a> {
 }
 
 impl PollState<'_> {
-    /// The disk guard asks to pause: stop fetching, keep polling (heartbeats, rebalances).
+    /// The disk guard or a re-evaluation asks to pause: stop fetching, keep polling
+    /// (heartbeats, rebalances).
     fn follow_pause(&mut self, consumer: &TandemConsumer) {
-        let pause_wanted = consumer.context().status.snapshot().paused.is_some();
+        let pause_wanted = consumer.context().status.snapshot().holds_fetching();
         // While paused, partitions assigned by a rebalance are paused too.
         if !pause_wanted && pause_wanted == self.paused {
             return;

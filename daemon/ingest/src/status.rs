@@ -103,6 +103,12 @@ pub struct Reevaluation {
 }
 
 impl IngestSnapshot {
+    /// Whether the consumer keeps its partitions from fetching: the disk is nearly full, or a
+    /// re-evaluation runs (the apply loop holds what is read meanwhile until it is over).
+    pub fn holds_fetching(&self) -> bool {
+        self.paused.is_some() || self.reevaluation.is_some()
+    }
+
     /// Sum of lag over a system's assigned partitions.
     /// `None` while a watermark is unknown, or when none of the system's partitions is
     /// assigned (then nothing is known about it).
