@@ -16,7 +16,7 @@
 //! them again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tandem_store::NextOffset;
 use tracing::warn;
@@ -27,6 +27,11 @@ use crate::consumer::{lock, ConsumedMessage};
 #[derive(Debug, Default)]
 pub(crate) struct Fence {
     assigned: Mutex<BTreeSet<(String, i32)>>,
+    /// A copy of `assigned` for the apply loop, which drops messages of revoked partitions
+    /// before planning: it must not wait for the writer's commit (that would stop it planning
+    /// the next batch while the store writes this one). The writer's check under `assigned`
+    /// is what guarantees nothing lands; this copy only spares planning work.
+    view: Mutex<Arc<BTreeSet<(String, i32)>>>,
 }
 
 /// The fence held: no commit and no rebalance changes it meanwhile.
@@ -38,7 +43,13 @@ impl Fence {
     /// The group assigned these partitions (all of them, or more of them when the protocol is
     /// cooperative).
     pub(crate) fn assign(&self, partitions: &[(String, i32)]) {
-        lock(&self.assigned).extend(partitions.iter().cloned());
+        let mut assigned = lock(&self.assigned);
+        assigned.extend(partitions.iter().cloned());
+        self.publish(&assigned);
+    }
+
+    fn publish(&self, assigned: &BTreeSet<(String, i32)>) {
+        *lock(&self.view) = Arc::new(assigned.clone());
     }
 
     /// These partitions are no longer this consumer's: nothing of them is committed any more.
@@ -48,11 +59,14 @@ impl Fence {
         for partition in partitions {
             assigned.remove(partition);
         }
+        self.publish(&assigned);
     }
 
     /// The consumer released its whole assignment.
     pub(crate) fn revoke_all(&self) {
-        lock(&self.assigned).clear();
+        let mut assigned = lock(&self.assigned);
+        assigned.clear();
+        self.publish(&assigned);
     }
 
     /// Holds the fence, for a commit that must not race a revocation.
@@ -62,9 +76,14 @@ impl Fence {
         }
     }
 
-    /// Whether the partition is assigned to this consumer now.
+    /// Whether the partition is assigned to this consumer now (without waiting for a commit
+    /// under way).
     pub(crate) fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.hold().is_assigned(topic, partition)
+        self.current().contains(&(topic.to_owned(), partition))
+    }
+
+    fn current(&self) -> Arc<BTreeSet<(String, i32)>> {
+        lock(&self.view).clone()
     }
 
     /// Drops the messages of partitions no longer assigned from `batch`, logging each
@@ -73,11 +92,11 @@ impl Fence {
         if batch.is_empty() {
             return;
         }
-        let guard = self.hold();
+        let assigned = self.current();
         let mut dropped: BTreeMap<(String, i32), Span> = BTreeMap::new();
         batch.retain(|message| {
             let coordinates = &message.coordinates;
-            if guard.is_assigned(&coordinates.topic, coordinates.partition) {
+            if assigned.contains(&(coordinates.topic.clone(), coordinates.partition)) {
                 return true;
             }
             dropped
@@ -86,7 +105,6 @@ impl Fence {
                 .include(coordinates.offset);
             false
         });
-        drop(guard);
         for ((topic, partition), span) in dropped {
             warn!(
                 topic,
