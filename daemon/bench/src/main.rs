@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             "(e) re-evaluation: {} records in {:.1} s = {:.0} records/s",
             report.reevaluated, report.reevaluation_seconds, report.reevaluation_rate
         );
+        print_store_and_backup(&report);
         return Ok(());
     }
 
@@ -144,8 +145,32 @@ fn main() -> anyhow::Result<()> {
         "(e) re-evaluation of every stored record: {} records in {:.1} s = {:.0} records/s  (aim: 500,000/s)",
         report.reevaluated, report.reevaluation_seconds, report.reevaluation_rate
     );
+    print_store_and_backup(&report);
     drop(cluster);
     restart_phase(&tandem)
+}
+
+/// (g): the store's size per record, and what backing it up and restoring it take.
+fn print_store_and_backup(report: &phases::ReportLatency) {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let backup = &report.backup;
+    println!(
+        "(g) store on disk with {} records: {:.0} MiB = {:.0} bytes per record (settled); daemon peak RSS / records = {:.0} bytes (fixed costs included)",
+        report.records,
+        mib(report.store_bytes),
+        report.store_bytes as f64 / report.records.max(1) as f64,
+        report.peak_rss_mib * 1024.0 * 1024.0 / report.records.max(1) as f64
+    );
+    println!(
+        "(g) backup to a directory: {:.0} MiB in {} files in {:.1} s ({:.0} MiB/s); again with nothing changed: {:.2} s, {:.2} MiB sent; restore with every file checked: {:.1} s",
+        mib(backup.bytes),
+        backup.files,
+        backup.full_seconds,
+        mib(backup.bytes) / backup.full_seconds.max(1e-9),
+        backup.second_seconds,
+        mib(backup.second_uploaded_bytes),
+        backup.restore_seconds
+    );
 }
 
 /// (f), on Apache Kafka.

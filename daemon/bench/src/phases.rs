@@ -214,6 +214,10 @@ fn quantile(metrics: &str, q: f64) -> String {
 
 pub(crate) struct ReportLatency {
     pub(crate) records: u64,
+    /// The store's size on disk with those records, settled (compacted), in bytes.
+    pub(crate) store_bytes: u64,
+    /// Backup, incremental backup and restore of that store.
+    pub(crate) backup: BackupFigures,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) peak_rss_mib: f64,
@@ -406,13 +410,67 @@ pub(crate) fn report_latency(
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
     }
     latencies.sort_by(f64::total_cmp);
+    let peak_rss_mib = daemon.peak_rss_mib()?;
+    drop(daemon);
+    let (store_bytes, backup) = backup_figures(&config.store.path, directory.path())?;
     Ok(ReportLatency {
         records: stored,
+        store_bytes,
+        backup,
         p50_ms: latencies[latencies.len() / 2],
         p99_ms: latencies[latencies.len() * 99 / 100],
-        peak_rss_mib: daemon.peak_rss_mib()?,
+        peak_rss_mib,
         reevaluated,
         reevaluation_seconds,
         reevaluation_rate: reevaluated as f64 / reevaluation_seconds,
     })
+}
+
+/// (g) What backups cost for the store of (d): a full backup to a directory, a second one
+/// with nothing changed (what incremental saves), and a restore, each file checked.
+pub(crate) struct BackupFigures {
+    pub(crate) full_seconds: f64,
+    pub(crate) bytes: u64,
+    pub(crate) files: usize,
+    pub(crate) second_seconds: f64,
+    pub(crate) second_uploaded_bytes: u64,
+    pub(crate) restore_seconds: f64,
+}
+
+fn backup_figures(store_path: &Path, directory: &Path) -> anyhow::Result<(u64, BackupFigures)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Store::open(store_path, &StoreOptions::default())?;
+    let store_bytes = store.approximate_size_bytes();
+    let target_dir = directory.join("backups");
+    let target = tandem_backup::Target::open(
+        target_dir.to_str().context("a UTF-8 temporary path")?,
+        &Default::default(),
+    )?;
+    let backups = tandem_backup::Backups::new(store.clone(), target.clone(), 2);
+    let started = Instant::now();
+    let full = runtime.block_on(backups.run())?;
+    let full_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let second = runtime.block_on(backups.run())?;
+    let second_seconds = started.elapsed().as_secs_f64();
+    drop(backups);
+    drop(store);
+    let restored = directory.join("restored");
+    let started = Instant::now();
+    runtime.block_on(tandem_backup::restore(&target, None, &restored, |_| {}))?;
+    let restore_seconds = started.elapsed().as_secs_f64();
+    Ok((
+        store_bytes,
+        BackupFigures {
+            full_seconds,
+            bytes: full.bytes,
+            files: full.files.len(),
+            second_seconds,
+            second_uploaded_bytes: second.uploaded_bytes,
+            restore_seconds,
+        },
+    ))
 }
