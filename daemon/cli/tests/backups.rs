@@ -243,3 +243,128 @@ fn a_store_restored_from_s3_after_the_node_is_lost_resumes_and_reaches_the_truth
     assert!(checked.status.success(), "{}", text(&checked));
     assert!(!text(&checked).contains(common::s3::SECRET_ACCESS_KEY));
 }
+
+/// A backup taken, then the node lost while the source changed, and retention deleted those
+/// changes before the restored daemon came up: the restored daemon resumes at the backup's
+/// offsets, finds them gone, and says so. Every record known on the partition is unverified,
+/// never in sync (worked out by hand as in `broker_losses.rs`).
+#[test]
+fn a_restored_store_reports_what_the_broker_deleted_since_the_backup_as_lost() {
+    use common::{contact_status, minute, produce_json, source_contact, target_contact};
+    use common::{Broker, ContactConfig, Kafka, Topics};
+    use tandem_core::Status;
+
+    let topics = Topics::unique("restore-loss");
+    let kafka = Kafka::start(&[
+        (&topics.source, 1),
+        (&topics.target, 1),
+        (&topics.dead_letters, 1),
+    ]);
+    let directory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut contacts = ContactConfig::new(kafka.bootstrap(), &topics, port);
+    contacts.admin_token = Some(ADMIN_TOKEN.to_owned());
+    let config = contacts.write(directory.path());
+    let backups = directory.path().join("backups");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[backup]\ntarget = \"{}\"\ninterval = \"1h\"\n",
+        backups.display()
+    ));
+    std::fs::write(&config, &toml).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Three contacts copied right: source and target offsets 0-2.
+    let email = |n: u32| format!("c{n}@x.io");
+    let creates: Vec<serde_json::Value> = (1..=3)
+        .map(|n| source_contact(&format!("s{n}"), n, "create", &minute(0), &email(n)))
+        .collect();
+    let copies: Vec<serde_json::Value> = (1..=3)
+        .map(|n| target_contact(&format!("t{n}"), n, "create", &minute(1), &email(n)))
+        .collect();
+    produce_json(kafka.bootstrap(), &topics.source, &creates);
+    produce_json(kafka.bootstrap(), &topics.target, &copies);
+    let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
+    daemon.wait_for_applied(6, DEADLINE);
+    let taken = tandem(&["backup", "now", "--url", &url, "--format", "json"]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    let taken: serde_json::Value = serde_json::from_slice(&taken.stdout).unwrap();
+    assert_eq!(taken["events_applied"], 6);
+    daemon.kill();
+    std::fs::remove_dir_all(directory.path().join("store")).unwrap();
+
+    // Meanwhile the source changes L1 and L2 (offsets 3-4), retention deletes them, and L4
+    // is created and copied (source offset 5, target offset 3).
+    produce_json(
+        kafka.bootstrap(),
+        &topics.source,
+        &[
+            source_contact("s-change-1", 1, "update", &minute(10), "new1@x.io"),
+            source_contact("s-change-2", 2, "update", &minute(10), "new2@x.io"),
+        ],
+    );
+    assert_eq!(kafka.delete_records(&topics.source, 0, 5), 5);
+    produce_json(
+        kafka.bootstrap(),
+        &topics.source,
+        &[source_contact("s4", 4, "create", &minute(11), &email(4))],
+    );
+    produce_json(
+        kafka.bootstrap(),
+        &topics.target,
+        &[target_contact("t4", 4, "create", &minute(12), &email(4))],
+    );
+
+    let restored = directory.path().join("restored");
+    let restore = tandem(&[
+        "restore",
+        "--from",
+        backups.to_str().unwrap(),
+        "--store",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(restore.status.success(), "{}", text(&restore));
+    assert!(
+        text(&restore).contains(&format!(
+            "{} partition 0: consumption resumes at offset 3",
+            topics.source
+        )),
+        "{}",
+        text(&restore)
+    );
+    std::fs::write(
+        &config,
+        toml.replace(
+            &format!("path = \"{}\"", directory.path().join("store").display()),
+            &format!("path = \"{}\"", restored.display()),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, port, &directory.path().join("restored.log"));
+    // 6 from the backup, then L4 on both sides.
+    let report = daemon.wait_for_applied(8, DEADLINE);
+    let losses = &report.feed.source.lost_offsets;
+    assert_eq!(losses.len(), 1, "{losses:?}");
+    assert_eq!(
+        (
+            losses[0].first_offset,
+            losses[0].last_offset,
+            losses[0].count,
+            losses[0].kind.as_str()
+        ),
+        (3, 4, Some(2), "deleted_before_read")
+    );
+    assert!(report.feed.target.lost_offsets.is_empty());
+    for number in 1..=3 {
+        assert_eq!(
+            contact_status(&daemon, number),
+            Some(Status::Unverified),
+            "L{number}"
+        );
+    }
+    assert_eq!(
+        contact_status(&daemon, 4),
+        Some(Status::InSync),
+        "L4 came whole after the loss"
+    );
+}
