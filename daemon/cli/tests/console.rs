@@ -77,33 +77,58 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).expect("saved");
 }
 
-/// The text of the element `css` once the page has drawn it.
+/// The text of the element `css` once the page has drawn it. The console redraws itself
+/// every 5 s: an element found just before a redraw is gone when it is read, and is then
+/// looked for again in the page drawn anew.
 async fn text(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|error| panic!("{css} is not on the page: {error}"))
-        .text()
-        .await
-        .expect("the element's text")
+    for _ in 0..REDRAWN_AT_MOST {
+        let element = client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("{css} is not on the page: {error}"));
+        match element.text().await {
+            Err(error) if error.is_stale_element_reference() => continue,
+            read => return read.expect("the element's text"),
+        }
+    }
+    panic!("{css} was redrawn under every read");
 }
 
+/// How many redraws a read of the page tries through before it gives up.
+const REDRAWN_AT_MOST: usize = 10;
+
 async fn texts(client: &Client, css: &str) -> Vec<String> {
-    let mut all = Vec::new();
-    for element in client.find_all(Locator::Css(css)).await.expect("a query") {
-        all.push(element.text().await.expect("text"));
-    }
-    all
+    read_all(client, css, |element| async move { element.text().await }).await
 }
 
 async fn attributes(client: &Client, css: &str, name: &str) -> Vec<String> {
-    let mut all = Vec::new();
-    for element in client.find_all(Locator::Css(css)).await.expect("a query") {
-        all.push(element.attr(name).await.expect("attr").unwrap_or_default());
+    read_all(client, css, |element| async move {
+        element.attr(name).await.map(Option::unwrap_or_default)
+    })
+    .await
+}
+
+/// `read` of every element `css` in one drawing of the page: all again if a redraw came in
+/// between.
+async fn read_all<F, R>(client: &Client, css: &str, read: F) -> Vec<String>
+where
+    F: Fn(fantoccini::elements::Element) -> R,
+    R: std::future::Future<Output = Result<String, fantoccini::error::CmdError>>,
+{
+    'drawing: for _ in 0..REDRAWN_AT_MOST {
+        let mut all = Vec::new();
+        for element in client.find_all(Locator::Css(css)).await.expect("a query") {
+            match read(element).await {
+                Ok(value) => all.push(value),
+                Err(error) if error.is_stale_element_reference() => continue 'drawing,
+                Err(error) => panic!("reading {css}: {error}"),
+            }
+        }
+        return all;
     }
-    all
+    panic!("{css} was redrawn under every read");
 }
 
 /// Opens a page of the console and waits until it has drawn it afresh.
