@@ -26,17 +26,29 @@ use crate::consumer::{lock, ConsumedMessage};
 /// The partitions assigned to this consumer, behind the lock the writer commits under.
 #[derive(Debug, Default)]
 pub(crate) struct Fence {
-    assigned: Mutex<BTreeSet<(String, i32)>>,
+    assigned: Mutex<Assignment>,
     /// A copy of `assigned` for the apply loop, which drops messages of revoked partitions
     /// before planning: it must not wait for the writer's commit (that would stop it planning
     /// the next batch while the store writes this one). The writer's check under `assigned`
     /// is what guarantees nothing lands; this copy only spares planning work.
-    view: Mutex<Arc<BTreeSet<(String, i32)>>>,
+    view: Mutex<Arc<Assignment>>,
+}
+
+/// Partitions by topic: looked up per message without building a key.
+#[derive(Clone, Debug, Default)]
+struct Assignment(BTreeMap<String, BTreeSet<i32>>);
+
+impl Assignment {
+    fn contains(&self, topic: &str, partition: i32) -> bool {
+        self.0
+            .get(topic)
+            .is_some_and(|partitions| partitions.contains(&partition))
+    }
 }
 
 /// The fence held: no commit and no rebalance changes it meanwhile.
 pub(crate) struct FenceGuard<'a> {
-    assigned: MutexGuard<'a, BTreeSet<(String, i32)>>,
+    assigned: MutexGuard<'a, Assignment>,
 }
 
 impl Fence {
@@ -44,11 +56,17 @@ impl Fence {
     /// cooperative).
     pub(crate) fn assign(&self, partitions: &[(String, i32)]) {
         let mut assigned = lock(&self.assigned);
-        assigned.extend(partitions.iter().cloned());
+        for (topic, partition) in partitions {
+            assigned
+                .0
+                .entry(topic.clone())
+                .or_default()
+                .insert(*partition);
+        }
         self.publish(&assigned);
     }
 
-    fn publish(&self, assigned: &BTreeSet<(String, i32)>) {
+    fn publish(&self, assigned: &Assignment) {
         *lock(&self.view) = Arc::new(assigned.clone());
     }
 
@@ -56,8 +74,10 @@ impl Fence {
     /// Waits for a commit under way.
     pub(crate) fn revoke(&self, partitions: &[(String, i32)]) {
         let mut assigned = lock(&self.assigned);
-        for partition in partitions {
-            assigned.remove(partition);
+        for (topic, partition) in partitions {
+            if let Some(partitions) = assigned.0.get_mut(topic) {
+                partitions.remove(partition);
+            }
         }
         self.publish(&assigned);
     }
@@ -65,7 +85,7 @@ impl Fence {
     /// The consumer released its whole assignment.
     pub(crate) fn revoke_all(&self) {
         let mut assigned = lock(&self.assigned);
-        assigned.clear();
+        assigned.0.clear();
         self.publish(&assigned);
     }
 
@@ -79,10 +99,10 @@ impl Fence {
     /// Whether the partition is assigned to this consumer now (without waiting for a commit
     /// under way).
     pub(crate) fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.current().contains(&(topic.to_owned(), partition))
+        self.current().contains(topic, partition)
     }
 
-    fn current(&self) -> Arc<BTreeSet<(String, i32)>> {
+    fn current(&self) -> Arc<Assignment> {
         lock(&self.view).clone()
     }
 
@@ -93,18 +113,12 @@ impl Fence {
             return;
         }
         let assigned = self.current();
-        let mut dropped: BTreeMap<(String, i32), Span> = BTreeMap::new();
-        batch.retain(|message| {
-            let coordinates = &message.coordinates;
-            if assigned.contains(&(coordinates.topic.clone(), coordinates.partition)) {
-                return true;
-            }
-            dropped
-                .entry((coordinates.topic.clone(), coordinates.partition))
-                .or_insert_with(|| Span::new(coordinates.offset))
-                .include(coordinates.offset);
-            false
-        });
+        let (kept, dropped): (Vec<_>, Vec<_>) =
+            std::mem::take(batch).into_iter().partition(|message| {
+                assigned.contains(&message.coordinates.topic, message.coordinates.partition)
+            });
+        *batch = kept;
+        let dropped = spans(&dropped);
         for ((topic, partition), span) in dropped {
             warn!(
                 topic,
@@ -121,7 +135,7 @@ impl Fence {
 impl FenceGuard<'_> {
     /// Whether the partition is assigned to this consumer.
     pub(crate) fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.assigned.contains(&(topic.to_owned(), partition))
+        self.assigned.contains(topic, partition)
     }
 
     /// The partitions among a batch's offsets that are no longer assigned.
