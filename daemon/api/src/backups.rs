@@ -12,23 +12,6 @@ use tandem_core::cutover::Caller;
 
 use crate::{audit, ApiContext, ApiError};
 
-/// What a listing shows of one backup: everything but its file list.
-fn summary(manifest: &Manifest) -> Value {
-    json!({
-        "id": manifest.id,
-        "created_at": manifest.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "store_id": manifest.store_id,
-        "schema_version": manifest.schema_version,
-        "tandem_version": manifest.tandem_version,
-        "events_applied": manifest.events_applied,
-        "offsets": manifest.offsets,
-        "files": manifest.files.len(),
-        "bytes": manifest.bytes,
-        "uploaded_bytes": manifest.uploaded_bytes,
-        "duration_ms": manifest.duration_ms,
-    })
-}
-
 fn failed(error: &tandem_backup::Error) -> ApiError {
     tracing::warn!(%error, "backup request failed");
     ApiError::new(
@@ -52,7 +35,7 @@ pub(crate) async fn get_backups(
     Ok(Json(json!({
         "configured": true,
         "target": backups.target().to_string(),
-        "backups": listed.iter().map(summary).collect::<Vec<_>>(),
+        "backups": listed.iter().map(Manifest::summary).collect::<Vec<_>>(),
     })))
 }
 
@@ -78,5 +61,5 @@ pub(crate) async fn post_backup(
         .await
         .map_err(ApiError::internal)?;
     let manifest = taken.map_err(|error| failed(&error))?;
-    Ok((StatusCode::CREATED, Json(summary(&manifest))))
+    Ok((StatusCode::CREATED, Json(json!(manifest.summary()))))
 }

@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 pub use error::{Error, Result};
-pub use manifest::{FileEntry, Manifest, PartitionOffset, MANIFEST_FORMAT};
+pub use manifest::{FileEntry, Manifest, PartitionOffset, Summary, MANIFEST_FORMAT};
 pub use metrics::BackupMetrics;
 pub use target::{S3Settings, Target};
 
@@ -118,38 +118,45 @@ impl Backups {
         })
         .await
         .expect("invariant: the checkpoint task does not panic");
+        // The manifests already there, read once: what need not be sent again, and what
+        // retention keeps.
         let outcome = match taken {
-            Ok(contents) => {
-                self.upload(&id, created_at, contents, &directory, hashes, started)
+            Ok(contents) => match list(&self.target).await {
+                Ok(earlier) => self
+                    .upload(created_at, contents, &directory, hashes, started, &earlier)
                     .await
-            }
+                    .map(|manifest| (manifest, earlier)),
+                Err(error) => Err(error),
+            },
             Err(error) => Err(error),
         };
         let removed = directory.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(removed)).await;
-        let manifest = outcome?;
-        self.remove_old().await?;
+        let (manifest, mut kept) = outcome?;
+        kept.push(manifest.clone());
+        self.remove_old(kept).await?;
         Ok(manifest)
     }
 
     async fn upload(
         &self,
-        id: &str,
         created_at: time::OffsetDateTime,
         contents: Checkpointed,
         directory: &Path,
         hashes: &mut HashMap<(String, u64), String>,
         started: Instant,
+        earlier: &[Manifest],
     ) -> Result<Manifest> {
-        let present = referenced_objects(&self.target).await?;
+        let id = &manifest::id_at(created_at);
+        let present = referenced(earlier);
         let mut files = Vec::with_capacity(contents.files.len());
         for (name, size) in contents.files {
             let path = directory.join(&name);
             // Table files never change once written: one hash per file for the process.
             let key = (name.clone(), size);
             let sha256 = match hashes.get(&key) {
-                Some(sha256) if name.ends_with(".sst") => sha256.clone(),
-                _ => {
+                Some(sha256) => sha256.clone(),
+                None => {
                     let hashed = path.clone();
                     let sha256 = tokio::task::spawn_blocking(move || hash_file(&hashed))
                         .await
@@ -226,12 +233,12 @@ impl Backups {
         })
     }
 
-    /// Removes the backups past `keep`, oldest first, then every object no remaining
-    /// manifest names (among them what a failed backup uploaded).
-    async fn remove_old(&self) -> Result<()> {
-        let ids = backup_ids(&self.target).await?;
-        let excess = ids.len().saturating_sub(self.keep);
-        for id in &ids[..excess] {
+    /// Removes the backups past `keep` among `manifests` (every backup in the target,
+    /// oldest first), then every object no remaining manifest names (among them what a
+    /// failed backup uploaded).
+    async fn remove_old(&self, manifests: Vec<Manifest>) -> Result<()> {
+        let excess = manifests.len().saturating_sub(self.keep);
+        for id in manifests[..excess].iter().map(|manifest| &manifest.id) {
             self.target
                 .objects()
                 .delete(&self.target.manifest(id))
@@ -242,7 +249,7 @@ impl Backups {
                 ))?;
             info!(backup = %id, target = %self.target, keep = self.keep, "old backup removed");
         }
-        let referenced = referenced_objects(&self.target).await?;
+        let referenced = referenced(&manifests[excess..]);
         let objects: Vec<_> = self
             .target
             .objects()
@@ -337,28 +344,27 @@ fn hash_file(path: &Path) -> Result<String> {
     }
 }
 
-/// The ids of the complete backups in `target`, oldest first.
+/// The ids of the complete backups in `target` (those with a manifest), oldest first: one
+/// listing of the target's backups.
 async fn backup_ids(target: &Target) -> Result<Vec<String>> {
-    let listing = target
-        .objects()
-        .list_with_delimiter(Some(&target.backups_folder()))
-        .await;
-    let listing = match listing {
-        Ok(listing) => listing,
+    let folder = target.backups_folder();
+    let listed: Vec<_> = match target.objects().list(Some(&folder)).try_collect().await {
+        Ok(listed) => listed,
         Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
         Err(error) => return Err(Error::objects("listing the backups", target)(error)),
     };
-    let mut ids = Vec::new();
-    for folder in listing.common_prefixes {
-        let Some(id) = folder.filename().filter(|id| manifest::is_backup_id(id)) else {
-            continue;
-        };
-        match target.objects().head(&target.manifest(id)).await {
-            Ok(_) => ids.push(id.to_owned()),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(Error::objects("listing the backups", target)(error)),
-        }
-    }
+    let mut ids: Vec<String> = listed
+        .iter()
+        .filter_map(|object| {
+            let mut parts = object.location.prefix_match(&folder)?;
+            let id = parts.next()?;
+            let file = parts.next()?;
+            (parts.next().is_none()
+                && file.as_ref() == "manifest.json"
+                && manifest::is_backup_id(id.as_ref()))
+            .then(|| id.as_ref().to_owned())
+        })
+        .collect();
     ids.sort();
     Ok(ids)
 }
@@ -430,12 +436,12 @@ pub async fn chosen(target: &Target, id: Option<&str>) -> Result<Manifest> {
     }
 }
 
-async fn referenced_objects(target: &Target) -> Result<BTreeSet<String>> {
-    Ok(list(target)
-        .await?
-        .into_iter()
-        .flat_map(|manifest| manifest.files.into_iter().map(|file| file.sha256))
-        .collect())
+/// The contents `manifests` name.
+fn referenced(manifests: &[Manifest]) -> BTreeSet<String> {
+    manifests
+        .iter()
+        .flat_map(|manifest| manifest.files.iter().map(|file| file.sha256.clone()))
+        .collect()
 }
 
 /// What a verification found.

@@ -37,6 +37,54 @@ pub struct Manifest {
     pub duration_ms: u64,
 }
 
+/// A backup as listings show it (`GET /v1/backups`, `tandem backup list --format json`):
+/// its manifest without the file list, which is for restores and verification.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary<'a> {
+    /// The backup's id.
+    pub id: &'a str,
+    /// When the checkpoint was taken.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The id of the store it copies.
+    pub store_id: &'a str,
+    /// The store's layout version.
+    pub schema_version: u32,
+    /// The tandem release that took it.
+    pub tandem_version: &'a str,
+    /// Events applied to the store when it was taken.
+    pub events_applied: u64,
+    /// Where consumption resumes after a restore.
+    pub offsets: &'a [PartitionOffset],
+    /// How many files it holds.
+    pub files: usize,
+    /// Bytes of all files.
+    pub bytes: u64,
+    /// Bytes this backup uploaded.
+    pub uploaded_bytes: u64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl Manifest {
+    /// What a listing shows of it.
+    pub fn summary(&self) -> Summary<'_> {
+        Summary {
+            id: &self.id,
+            created_at: self.created_at,
+            store_id: &self.store_id,
+            schema_version: self.schema_version,
+            tandem_version: &self.tandem_version,
+            events_applied: self.events_applied,
+            offsets: &self.offsets,
+            files: self.files.len(),
+            bytes: self.bytes,
+            uploaded_bytes: self.uploaded_bytes,
+            duration_ms: self.duration_ms,
+        }
+    }
+}
+
 /// The next offset of one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionOffset {

@@ -31,6 +31,18 @@ fn files_under(directory: &Path) -> BTreeSet<String> {
     found
 }
 
+/// The stored files of the target directory, by name, with their sizes.
+fn object_sizes(target: &Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(target.join("objects"))
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().len())
+        })
+        .collect()
+}
+
 /// The bytes of the distinct contents of `manifest` that are not in `present`.
 fn bytes_not_in(manifest: &tandem_backup::Manifest, present: &BTreeSet<String>) -> u64 {
     let contents: BTreeSet<(&str, u64)> = manifest
@@ -54,6 +66,9 @@ fn backups_are_incremental_kept_verified_and_restored() {
     let first = runtime.block_on(backups.run()).unwrap();
     // Everything the first backup holds was sent, each content once: the target was empty.
     assert_eq!(first.uploaded_bytes, bytes_not_in(&first, &BTreeSet::new()));
+    // What it says it sent is what the target's directory holds.
+    let after_first = object_sizes(&target_dir);
+    assert_eq!(first.uploaded_bytes, after_first.values().sum::<u64>());
     assert!(first.files.iter().any(|file| file.name.ends_with(".sst")));
     assert!(first.files.iter().any(|file| file.name == "CURRENT"));
     assert_eq!(first.store_id, store.id());
@@ -64,6 +79,13 @@ fn backups_are_incremental_kept_verified_and_restored() {
     // are immutable and present, so none of them is.
     let before: BTreeSet<String> = first.files.iter().map(|file| file.sha256.clone()).collect();
     assert_eq!(second.uploaded_bytes, bytes_not_in(&second, &before));
+    // And it is the size of the objects that were not in the directory before it.
+    let sent: u64 = object_sizes(&target_dir)
+        .iter()
+        .filter(|(name, _)| !after_first.contains_key(*name))
+        .map(|(_, size)| size)
+        .sum();
+    assert_eq!(second.uploaded_bytes, sent);
     // Nothing was written in between: the second checkpoint has the first one's tables.
     let tables = |manifest: &tandem_backup::Manifest| -> BTreeSet<String> {
         manifest

@@ -57,10 +57,7 @@ pub(crate) fn list(
     match format {
         View::Json => {
             for manifest in manifests.iter().rev() {
-                let mut line = serde_json::to_value(manifest)?;
-                // The file list is for restores and verification, not for reading.
-                line["files"] = manifest.files.len().into();
-                serde_json::to_writer(&mut *out, &line)?;
+                serde_json::to_writer(&mut *out, &manifest.summary())?;
                 writeln!(out)?;
             }
         }
