@@ -440,7 +440,7 @@ pub(crate) async fn post_step(
         if refusal.is_some() {
             return Ok((StatusCode::CONFLICT, Json(preview_json)));
         }
-        let Some(handle) = &context.cutover else {
+        let Some(handle) = context.cutover.get() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ingestion is not running",
@@ -479,6 +479,6 @@ pub(crate) async fn post_step(
 }
 
 /// The handle steps go through, and the rules, for [`ApiContext`].
-pub(crate) type Handle = Option<ControlHandle>;
+pub(crate) type Handle = std::sync::OnceLock<ControlHandle>;
 /// Shared gate memory.
 pub(crate) type Memory = Mutex<GateMemory>;

@@ -11,6 +11,7 @@ mod delta;
 pub mod history;
 mod metrics;
 pub mod ownership;
+mod replication;
 pub mod report;
 mod request_id;
 pub mod serve;
@@ -83,6 +84,8 @@ pub struct ApiContext {
     pub connection_limits: ConnectionLimits,
     /// The store's backups, when configured.
     pub backups: Option<Arc<tandem_backup::Backups>>,
+    /// The hot standby's state, when replication is configured.
+    pub replication: Option<Arc<tandem_replica::Replication>>,
     report_gauges: ReportGauges,
     auth_metrics: AuthMetrics,
     connection_metrics: ConnectionMetrics,
@@ -129,7 +132,8 @@ impl ApiContext {
             ownership: OwnershipPolicy::default(),
             tokens: AccessTokens::default(),
             cutover_rules: CutoverRules::default(),
-            cutover: None,
+            cutover: std::sync::OnceLock::new(),
+            replication: None,
             connection_limits: ConnectionLimits::default(),
             backups: None,
             report_gauges,
@@ -161,7 +165,23 @@ impl ApiContext {
                 .set(date.unix_nanos().div_euclid(1_000_000_000));
             let _ = self.registry.register(Box::new(self.commit_date.clone()));
         }
-        self.cutover = handle;
+        if let Some(handle) = handle {
+            self.start_control(handle);
+        }
+        self
+    }
+
+    /// Takes steps and other changes through `handle` from now on (once ingestion runs).
+    pub fn start_control(&self, handle: tandem_ingest::ControlHandle) {
+        let _ = self.cutover.set(handle);
+    }
+
+    /// Shows this replication state, and refuses changes unless the instance is active.
+    pub fn with_replication(
+        mut self,
+        replication: Option<Arc<tandem_replica::Replication>>,
+    ) -> Self {
+        self.replication = replication;
         self
     }
 
@@ -211,16 +231,21 @@ pub fn router(context: Arc<ApiContext>) -> Router {
             "/v1/backups",
             get(backups::get_backups).post(backups::post_backup),
         )
+        .route("/v1/replication", get(replication::get_replication))
         .merge(console::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such endpoint",
-                "see schemas/openapi.yaml: / (the console), /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /v1/backups, POST /v1/backups, /healthz, /readyz, /metrics",
+                "see schemas/openapi.yaml: / (the console), /v1/report, /v1/divergences, /v1/records/{entity}/{join_key}, /v1/ownership, /v1/ownership/permit, /v1/violations, /v1/writers, /v1/cutover, /v1/cutover/readiness, POST /v1/cutover/{step}, POST /v1/reevaluate, POST /v1/partitions/reset, /v1/report/history, /v1/spotcheck, /v1/delta, /v1/backups, POST /v1/backups, /v1/replication, /healthz, /readyz, /metrics",
             )
         })
         // Only requests that reach an endpoint need a token: a wrong path or method is told
         // as such (404, 405) whoever asks.
+        .route_layer(axum::middleware::from_fn_with_state(
+            context.clone(),
+            replication::refuse_changes_unless_active,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             context.clone(),
             auth::require_token,
@@ -594,7 +619,7 @@ fn readable(reason: &str) -> bool {
 
 /// The handle of the running ingest side, or a 503 when ingestion is not running.
 fn running_control(context: &ApiContext) -> Result<tandem_ingest::ControlHandle, ApiError> {
-    context.cutover.clone().ok_or_else(|| {
+    context.cutover.get().cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ingestion is not running",
@@ -1000,6 +1025,15 @@ async fn get_ready(State(context): State<Arc<ApiContext>>) -> Response {
     }
     for (subject, problem) in &snapshot.kafka_problems {
         reasons.push(format!("{subject}: {problem}"));
+    }
+    if let Some(replication) = &context.replication {
+        let role = replication.role();
+        if role != tandem_replica::Role::Active {
+            reasons.push(format!(
+                "this instance is {} (replication): it serves reads, the active instance takes changes (GET /v1/replication)",
+                role.as_str()
+            ));
+        }
     }
     // Lost events do not stop the daemon from serving (it says what it cannot vouch for),
     // so they are warnings: readiness gates traffic, and the API is how operators see them.

@@ -108,6 +108,19 @@ pub async fn run_with(
             .mapping()
             .map_err(|error| StartError::Config(format!("key `entities`: {error}")))?,
     );
+    if config.replication.is_some() && config.backup.is_some() {
+        // On a runtime of its own: the restore's futures are not all `Send`.
+        let bootstrap_config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime for the restore")?
+                .block_on(bootstrap_from_backup(&bootstrap_config))
+        })
+        .await
+        .context("restore task")??;
+    }
     let store_path = config.store.path.clone();
     let store_options = config.store_options();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path, &store_options))
@@ -135,6 +148,29 @@ pub async fn run_with(
     let registry = Registry::new_custom(None, None).context("metrics registry")?;
     register_process_metrics(&registry).context("registering process metrics")?;
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
+    let replication = match config.replication_settings() {
+        None => None,
+        Some(settings) => {
+            let replication_metrics = tandem_replica::ReplicationMetrics::register(&registry)
+                .context("registering replication metrics")?;
+            let start_store = store.clone();
+            let start_cancel = cancel.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                tandem_replica::Replication::start(
+                    settings,
+                    start_store,
+                    Some(replication_metrics),
+                    start_cancel,
+                )
+            })
+            .await
+            .context("replication start task")?;
+            Some(
+                started
+                    .map_err(|error| StartError::Config(config.kafka.redact(&error.to_string())))?,
+            )
+        }
+    };
     let listener = TcpListener::bind(config.api.listen)
         .await
         .with_context(|| {
@@ -154,6 +190,57 @@ pub async fn run_with(
         ),
     };
 
+    let context = Arc::new(
+        ApiContext::try_new(
+            store.clone(),
+            mapping.clone(),
+            config.labels(),
+            config.reconcile.grace,
+            status.clone(),
+            registry,
+            metrics.clone(),
+        )
+        .context("registering API metrics")?
+        .with_ownership(settings_ownership)
+        .with_tokens(tokens)
+        .with_connection_limits(config.api.connection_limits())
+        .with_cutover(cutover_rules, None)
+        .with_backups(backups.clone())
+        .with_replication(replication.clone()),
+    );
+    // Every task of the daemon is tracked, and waited for at the stop within the deadline.
+    let tasks = TaskTracker::new();
+    let api_cancel = cancel.clone();
+    let api = tasks.spawn(tandem_api::serve(listener, context.clone(), async move {
+        api_cancel.cancelled().await
+    }));
+    if let Some(started) = started {
+        let _ = started.send(address);
+    }
+
+    // A standby serves reads and waits for the lease; nothing writes its store meanwhile
+    // but the changelog it replays.
+    if let Some(replication) = replication.clone() {
+        let waiting = replication.clone();
+        let promoted = tokio::select! {
+            promoted = async move { waiting.promoted().await } => Some(promoted),
+            () = cancel.cancelled() => None,
+        };
+        let ended = match promoted {
+            Some(Ok(())) => None,
+            Some(Err(reason)) => Some(Ended::IngestFailed(reason)),
+            None => Some(Ended::Clean),
+        };
+        if let Some(ended) = ended {
+            replication.release();
+            cancel.cancel();
+            let stop_by = Instant::now() + stopping.deadline;
+            stop_api_and_tasks(api, tasks.clone(), stop_by, stopping.deadline).await;
+            info!("tandem stopped");
+            return Ok(ended);
+        }
+    }
+
     let ingest_cancel = cancel.child_token();
     let ingest = tandem_ingest::start(
         settings,
@@ -170,26 +257,7 @@ pub async fn run_with(
         }
         other => StartError::Runtime(other.into()),
     })?;
-
-    let context = Arc::new(
-        ApiContext::try_new(
-            store,
-            mapping,
-            config.labels(),
-            config.reconcile.grace,
-            status.clone(),
-            registry,
-            metrics,
-        )
-        .context("registering API metrics")?
-        .with_ownership(settings_ownership)
-        .with_tokens(tokens)
-        .with_connection_limits(config.api.connection_limits())
-        .with_cutover(cutover_rules, Some(ingest.control()))
-        .with_backups(backups.clone()),
-    );
-    // Every task of the daemon is tracked, and waited for at the stop within the deadline.
-    let tasks = TaskTracker::new();
+    context.start_control(ingest.control());
     tasks.spawn(tandem_api::cutover::watch(
         context.clone(),
         std::time::Duration::from_secs(15),
@@ -208,14 +276,7 @@ pub async fn run_with(
             cancel.clone(),
         ));
     }
-    let api_cancel = cancel.clone();
-    let api = tasks.spawn(tandem_api::serve(listener, context, async move {
-        api_cancel.cancelled().await
-    }));
     tasks.close();
-    if let Some(started) = started {
-        let _ = started.send(address);
-    }
 
     let ingest_never_drains = stopping.ingest_never_drains;
     let mut ingest_outcome = tokio::task::spawn_blocking(move || {
@@ -231,9 +292,23 @@ pub async fn run_with(
         }
         outcome
     });
+    let watched = replication.clone();
+    let stepped_down = async move {
+        match watched {
+            Some(replication) => replication.stepped_down().await,
+            None => std::future::pending().await,
+        }
+    };
     let finished = tokio::select! {
         outcome = &mut ingest_outcome => Some(outcome),
         () = cancel.cancelled() => None,
+        reason = stepped_down => {
+            // Another instance is active: stop at once, and let the supervisor start this
+            // one again, as a standby.
+            error!(%reason, "stepped down: stopping ingestion; restart tandem to follow the active instance as a standby");
+            cancel.cancel();
+            None
+        }
     };
     let (outcome, stop_by) = match finished {
         Some(outcome) => (Some(outcome), None),
@@ -249,7 +324,22 @@ pub async fn run_with(
         }
     };
     let ended = match outcome.transpose().context("ingest task")? {
+        None | Some(Ok(()))
+            if replication.as_ref().is_some_and(|replication| {
+                replication.role() == tandem_replica::Role::SteppedDown
+            }) =>
+        {
+            Ended::IngestFailed("stepped down: another instance is active".to_owned())
+        }
         None | Some(Ok(())) => Ended::Clean,
+        Some(Err(failure)) if replication.is_some() => {
+            // A replicated instance whose ingestion failed (its writes refused after a
+            // changelog failure) leaves the lease to the standby and exits.
+            let reason = failure.to_string();
+            error!(%reason, "ingestion stopped; handing the lease over and exiting");
+            cancel.cancel();
+            Ended::IngestFailed(reason)
+        }
         Some(Err(failure)) => {
             let reason = failure.to_string();
             error!(%reason, "ingestion stopped; the API keeps serving until tandem is stopped");
@@ -257,26 +347,76 @@ pub async fn run_with(
             Ended::IngestFailed(reason)
         }
     };
+    if let Some(replication) = &replication {
+        // Nothing writes the store any more: the standby may take over at once.
+        replication.release();
+    }
     // Ingestion ended on its own (it failed): the deadline runs from the stop request.
     let stop_by = stop_by.unwrap_or_else(|| Instant::now() + stopping.deadline);
+    stop_api_and_tasks(api, tasks.clone(), stop_by, stopping.deadline).await;
+    info!("tandem stopped");
+    Ok(ended)
+}
+
+/// Waits, until `stop_by`, for the API and the background tasks to stop.
+async fn stop_api_and_tasks(
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    tasks: TaskTracker,
+    stop_by: Instant,
+    deadline: Duration,
+) {
+    tasks.close();
     match tokio::time::timeout_at(stop_by, api).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => warn!(%error, "the HTTP API stopped with an error"),
         Ok(Err(error)) => warn!(%error, "the HTTP API task failed"),
-        Err(_) => warn!(deadline = ?stopping.deadline, "the HTTP API did not stop in time"),
+        Err(_) => warn!(?deadline, "the HTTP API did not stop in time"),
     }
     if tokio::time::timeout_at(stop_by, tasks.wait())
         .await
         .is_err()
     {
         warn!(
-            deadline = ?stopping.deadline,
+            ?deadline,
             running = tasks.len(),
             "background tasks did not stop in time; exiting anyway"
         );
     }
-    info!("tandem stopped");
-    Ok(ended)
+}
+
+/// A standby whose store directory is empty (a new node) starts from the newest backup,
+/// then replays the changelog from the position inside it.
+async fn bootstrap_from_backup(config: &Config) -> Result<(), StartError> {
+    let Some(backup) = &config.backup else {
+        return Ok(());
+    };
+    let path = &config.store.path;
+    let empty = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+    };
+    if !empty {
+        return Ok(());
+    }
+    let target = backup.open_target().map_err(StartError::Config)?;
+    let restored = tandem_backup::restore(&target, None, path, |progress| {
+        tracing::debug!(?progress, "restoring the newest backup")
+    })
+    .await;
+    match restored {
+        Ok(manifest) => {
+            info!(target = %target, backup = %manifest.id, events_applied = manifest.events_applied, store = %path.display(), "the store was empty: restored the newest backup; the changelog is replayed from its position");
+            Ok(())
+        }
+        Err(tandem_backup::Error::NotFound { .. }) => {
+            info!(target = %target, "the store is empty and the backup target holds no backup: the changelog is replayed from its start");
+            Ok(())
+        }
+        Err(error) => Err(StartError::Runtime(anyhow::anyhow!(
+            "the store at {} is empty and the newest backup could not be restored: {error}; fix the target (key `backup.target`) or restore one with `tandem restore`",
+            path.display()
+        ))),
+    }
 }
 
 /// Opens the backup target and reports the newest backup already there (so the age of the

@@ -225,7 +225,7 @@ impl IngestSettings {
 }
 
 /// Consumer properties that a producer rejects or warns about.
-const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
+pub const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
     "group.id",
     "group.instance.id",
     "session.timeout.ms",

@@ -52,6 +52,25 @@ pub enum Error {
         /// The first failure.
         first: String,
     },
+    /// A replicated batch does not continue what this store holds: it is not a copy of the
+    /// store that published the batch.
+    #[error("this store is not a copy of the active instance's: it holds {held}, the changelog's next batch continues {previous}; restore this instance's store from a backup the active instance took (tandem restore), or empty its store.path, then start it again")]
+    NotACopy {
+        /// What this store holds.
+        held: String,
+        /// What the batch continues.
+        previous: String,
+    },
+    /// A batch could not be published to the changelog; nothing of it was written.
+    #[error("store {operation} not written: {message}")]
+    Changelog {
+        /// What was being done.
+        operation: &'static str,
+        /// Whether another instance took over.
+        fenced: bool,
+        /// What happened, and what to do.
+        message: String,
+    },
     /// A stored key does not decode: the store is damaged or was written by other software.
     #[error("corrupt key in column family `{column_family}`: {detail}")]
     CorruptKey {

@@ -5,7 +5,9 @@
 //! The request forwarder only marks rows of the episode it sent (a row resolved or reopened
 //! meanwhile is left alone) and deletes delivered control messages.
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::IteratorMode;
+
+use crate::batch::OrderedBatch;
 use serde::{Deserialize, Serialize};
 use tandem_core::feed::SnapshotRequest;
 use tandem_core::record::UnverifiedReason;
@@ -158,7 +160,7 @@ impl Store {
         requested_at: Timestamp,
     ) -> Result<()> {
         let _guard = self.lock_writes();
-        let mut batch = WriteBatch::default();
+        let mut batch = OrderedBatch::default();
         for (target, row) in sent {
             let key = keys::encode_native(target.system, &target.entity, &target.native_id);
             let Some(current) = self.reread(target.system, &target.entity, &target.native_id)?
@@ -172,7 +174,7 @@ impl Store {
                 requested_at: Some(requested_at),
                 ..current
             };
-            batch.put_cf(self.cf(cf::REREADS), key, encode_value(&updated));
+            batch.put_cf(cf::REREADS, key, encode_value(&updated));
         }
         self.write_locked(batch, "write of re-read requests")
     }
@@ -195,9 +197,9 @@ impl Store {
 
     /// Clears delivered snapshot requests.
     pub fn mark_control_delivered(&self, delivered: &[ControlRequest]) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = OrderedBatch::default();
         for request in delivered {
-            batch.delete_cf(self.cf(cf::CONTROL_OUTBOX), &request.key);
+            batch.delete_cf(cf::CONTROL_OUTBOX, request.key.clone());
         }
         self.write(batch, "write of control deliveries")
     }

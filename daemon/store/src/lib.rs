@@ -7,6 +7,7 @@
 //! Readers (the API, the CLI) work on a RocksDB snapshot and never see half a batch.
 
 mod batch;
+mod changelog;
 mod codec;
 mod error;
 mod feed;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
+pub use changelog::{Changelog, Previous, PublishError};
 pub use error::{Error, Result};
 pub use feed::{ControlRequest, DueRereads, RereadRow, RereadTarget};
 pub use keys::Coordinates;
@@ -122,6 +124,9 @@ const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// at once.
 const STORE_ID_KEY: &[u8] = b"store_id";
 
+/// The meta keys every store has from its creation: a store holding only these is empty.
+pub(crate) const IDENTITY_KEYS: [&[u8]; 2] = [SCHEMA_VERSION_KEY, STORE_ID_KEY];
+
 /// Tuning of the store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -156,6 +161,10 @@ pub struct Store {
     write_failure: Arc<std::sync::OnceLock<String>>,
     /// See [`Store::id`].
     id: String,
+    /// Where every write is published first, when the store replicates to a standby.
+    changelog: Arc<std::sync::RwLock<Option<Arc<dyn Changelog>>>>,
+    /// See [`Store::changelog_position`] (`-1`: none).
+    position: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {
@@ -212,6 +221,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_options, path, descriptors);
         let store = Store::opened(db, path, options.sync_writes)?;
         store.check_schema_version()?;
+        store.load_position()?;
         let id = store.read_or_create_id()?;
         Ok(Store { id, ..store })
     }
@@ -233,6 +243,8 @@ impl Store {
             write_lock: Arc::new(std::sync::Mutex::new(())),
             write_failure: Arc::new(std::sync::OnceLock::new()),
             id: String::new(),
+            changelog: Arc::default(),
+            position: Arc::new(std::sync::atomic::AtomicI64::new(changelog::NO_POSITION)),
         })
     }
 
@@ -253,6 +265,7 @@ impl Store {
                 expected: SCHEMA_VERSION,
             });
         }
+        store.load_position()?;
         let stored_id = store
             .db
             .get_cf(store.cf(cf::META), STORE_ID_KEY)

@@ -1,7 +1,7 @@
 //! Violations of the ownership rule and the writers report: kept per violation (by time) and
 //! per writer, entity and day; violations also wait in an outbox for the violations topic.
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::IteratorMode;
 use tandem_core::cutover::TransitionRecord;
 use tandem_core::event::ActorKind;
 use tandem_core::ownership::{Compensation, Violation, WriterCount, WriterKey};
@@ -182,8 +182,8 @@ impl Store {
 
     /// Clears a transition the broker acknowledged.
     pub fn mark_transition_delivered(&self, key: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(cf::CUTOVER_OUTBOX), key);
+        let mut batch = OrderedBatch::default();
+        batch.delete_cf(cf::CUTOVER_OUTBOX, key);
         self.write(batch, "write of a cutover delivery")
     }
 
@@ -203,8 +203,8 @@ impl Store {
 
     /// Clears a command the broker acknowledged.
     pub fn mark_command_delivered(&self, key: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(cf::COMMAND_OUTBOX), key);
+        let mut batch = OrderedBatch::default();
+        batch.delete_cf(cf::COMMAND_OUTBOX, key);
         self.write(batch, "write of a command delivery")
     }
 
@@ -234,9 +234,9 @@ impl Store {
 
     /// Clears violations the broker acknowledged.
     pub fn mark_violations_delivered(&self, keys: &[Vec<u8>]) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = OrderedBatch::default();
         for key in keys {
-            batch.delete_cf(self.cf(cf::VIOLATION_OUTBOX), key);
+            batch.delete_cf(cf::VIOLATION_OUTBOX, key.clone());
         }
         self.write(batch, "write of violation deliveries")
     }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::IteratorMode;
+
+use crate::batch::OrderedBatch;
 use serde::{Deserialize, Serialize};
 use tandem_core::{Status, Timestamp};
 
@@ -38,8 +40,8 @@ impl Store {
     /// Keeps a summary snapshot.
     pub fn record_summary(&self, snapshot: &SummarySnapshot) -> Result<()> {
         let key = KeyWriter::new().i64(snapshot.at.unix_nanos()).finish();
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(cf::REPORT_HISTORY), key, encode_value(snapshot));
+        let mut batch = OrderedBatch::default();
+        batch.put_cf(cf::REPORT_HISTORY, key, encode_value(snapshot));
         self.write(batch, "write of a report summary")
     }
 

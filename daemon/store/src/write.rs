@@ -193,17 +193,14 @@ impl Store {
 
     /// Records that dead letters reached the dead-letter topic.
     pub fn mark_dead_letters_delivered(&self, delivered: &[Coordinates]) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = OrderedBatch::default();
         for coordinates in delivered {
-            batch.delete_cf(
-                self.cf(cf::DLQ_OUTBOX),
-                keys::encode_coordinates(coordinates),
-            );
+            batch.delete_cf(cf::DLQ_OUTBOX, keys::encode_coordinates(coordinates));
         }
         self.write(batch, "write of dead-letter deliveries")
     }
 
-    pub(crate) fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+    pub(crate) fn write(&self, batch: OrderedBatch, operation: &'static str) -> Result<()> {
         let _guard = self.lock_writes();
         self.write_locked(batch, operation)
     }
@@ -215,14 +212,47 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes with the lock already held by the caller.
-    pub(crate) fn write_locked(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
-        if let Some(first) = self.write_failure.get() {
-            return Err(Error::WritesStopped {
+    /// Writes with the lock already held by the caller: published to the changelog first
+    /// when the store replicates.
+    pub(crate) fn write_locked(&self, batch: OrderedBatch, operation: &'static str) -> Result<()> {
+        self.refuse_after_failure(operation)?;
+        let changelog = self
+            .changelog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(changelog) = changelog {
+            return self.write_published(&*changelog, batch, operation);
+        }
+        let mut batch = batch.into_write_batch(self);
+        let had_position = self.changelog_position().is_some();
+        if had_position {
+            // State no changelog holds: no standby may take this store for a copy any more.
+            batch.delete_cf(self.cf(cf::META), crate::changelog::POSITION_KEY);
+        }
+        self.write_batch(batch, operation)?;
+        if had_position {
+            self.position.store(
+                crate::changelog::NO_POSITION,
+                std::sync::atomic::Ordering::Release,
+            );
+        }
+        Ok(())
+    }
+
+    fn refuse_after_failure(&self, operation: &'static str) -> Result<()> {
+        match self.write_failure.get() {
+            Some(first) => Err(Error::WritesStopped {
                 operation,
                 first: first.clone(),
-            });
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// Writes one RocksDB batch, unless writes have stopped.
+    pub(crate) fn write_batch(&self, batch: WriteBatch, operation: &'static str) -> Result<()> {
+        self.refuse_after_failure(operation)?;
         let mut options = WriteOptions::default();
         options.set_sync(self.sync_writes);
         self.db.write_opt(batch, &options).map_err(|source| {
@@ -325,7 +355,6 @@ impl Store {
         }
         self.write_feed(&mut batch, commit)?;
         batch.put_cf(cf::META, APPLY_STATE_KEY, encode_value(&commit.plan.state));
-        let batch = batch.into_write_batch(self);
         self.write(batch, "commit of a batch")?;
         Ok(stats)
     }

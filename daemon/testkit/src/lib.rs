@@ -26,7 +26,7 @@ pub use broker::{Broker, MockBroker};
 pub use kafka::{Kafka, KafkaOptions};
 pub use messages::{
     json_messages, offsets_of, plaintext, produce_json, produce_keyed, produce_messages,
-    read_json_messages, read_json_messages_now, RawMessage,
+    read_changelog, read_json_messages, read_json_messages_now, ChangelogEntry, RawMessage,
 };
 pub use truth::assert_matches_truth;
 
@@ -440,6 +440,25 @@ impl Daemon {
             .call()
             .map(|response| response.status().as_u16())
             .unwrap_or(0)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the daemon exits on its own, within `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let log = self.log.clone();
+        wait_for("the daemon to exit", deadline, || {
+            child.try_wait().unwrap_or_else(|error| {
+                panic!(
+                    "the daemon cannot be waited on: {error}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+        })
     }
 
     /// SIGKILL: no chance to flush or commit anything.

@@ -197,3 +197,77 @@ pub fn offsets_of(brokers: &str, topic: &str) -> Vec<i64> {
     );
     offsets
 }
+
+/// One committed message of a replication changelog, as a test checks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangelogEntry {
+    /// Its offset.
+    pub offset: i64,
+    /// `batch` or `takeover` (the `tandem-kind` header).
+    pub kind: String,
+    /// The instance that wrote it (the `tandem-instance` header).
+    pub instance: String,
+}
+
+/// Every committed message of the changelog `topic` (partition 0) up to its end, read as a
+/// transactional consumer reads it: messages of aborted transactions are left out.
+pub fn read_changelog(brokers: &str, topic: &str) -> Vec<ChangelogEntry> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("a consumer");
+    let (_, end) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("the changelog's end");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("a valid assignment");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the changelog");
+    let mut entries = Vec::new();
+    // Done once the position passed the end read above (markers included).
+    wait_for(
+        &format!("the changelog {topic} up to offset {end}"),
+        Duration::from_secs(60),
+        || {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("the changelog reads");
+                let header = |name: &str| {
+                    message
+                        .headers()
+                        .and_then(|headers| {
+                            headers
+                                .iter()
+                                .find(|header| header.key == name)
+                                .and_then(|header| header.value)
+                                .map(|value| String::from_utf8_lossy(value).into_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                entries.push(ChangelogEntry {
+                    offset: message.offset(),
+                    kind: header("tandem-kind"),
+                    instance: header("tandem-instance"),
+                });
+            }
+            let position = consumer
+                .position()
+                .ok()
+                .and_then(|positions| {
+                    positions
+                        .find_partition(topic, 0)
+                        .and_then(|element| element.offset().to_raw())
+                })
+                .unwrap_or(0);
+            (position >= end).then_some(())
+        },
+    );
+    entries
+}

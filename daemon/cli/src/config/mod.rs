@@ -23,6 +23,7 @@ mod duration;
 mod errors;
 mod kafka;
 mod ownership;
+mod replication;
 mod systems;
 
 pub use api::{ApiConfig, NamedTokenConfig, StoreConfig, TokenRole};
@@ -31,6 +32,7 @@ use errors::{describe_deserialize_error, describe_toml_error};
 use kafka::check_broker;
 pub use kafka::{is_secret_property, KafkaConfig, Secret, SecretSource};
 pub use ownership::{CutoverConfig, GatesConfig, OwnershipConfig};
+pub use replication::ReplicationConfig;
 use systems::validate_debezium;
 pub use systems::{DebeziumConfig, SystemConfig, SystemsConfig};
 /// The whole configuration.
@@ -57,6 +59,9 @@ pub struct Config {
     /// Backups of the store; none without it.
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// A hot standby through a changelog topic; none without it.
+    #[serde(default)]
+    pub replication: Option<ReplicationConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -435,6 +440,9 @@ impl Config {
         if let Some(backup) = &self.backup {
             backup.validate()?;
         }
+        if let Some(replication) = &self.replication {
+            replication.validate()?;
+        }
         if self.kafka.batch_max_messages == 0 {
             return Err("key `kafka.batch_max_messages` must be at least 1".to_owned());
         }
@@ -589,9 +597,14 @@ impl Config {
             brokers: self.kafka.brokers.clone(),
             formats,
             group_id: self.kafka.group_id.clone(),
-            group_instance_id: store_id
-                .filter(|_| self.kafka.static_membership)
-                .map(|id| format!("tandem-{id}")),
+            group_instance_id: match self.replication_settings() {
+                // Whichever instance is active is the one static member: a new active one
+                // takes the partitions over at once instead of after the dead one's session.
+                Some(replication) => Some(replication.transactional_id),
+                None => store_id
+                    .filter(|_| self.kafka.static_membership)
+                    .map(|id| format!("tandem-{id}")),
+            },
             properties: self.kafka.all_properties(),
             topics,
             dead_letter_topic: self.kafka.dead_letter_topic.clone(),
