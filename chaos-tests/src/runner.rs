@@ -237,6 +237,15 @@ fn positions(view: &RecordView, topics: &Topics) -> BTreeMap<(SimSystem, i32), i
         .collect()
 }
 
+/// Adds `[replication]` to a configuration written by `write_config`.
+fn add_replication(config: &std::path::Path, instance: &str) {
+    let mut text = std::fs::read_to_string(config).expect("the configuration was written");
+    text.push_str(&format!(
+        "\n[replication]\ninstance = \"{instance}\"\nsession_timeout = \"6s\"\n"
+    ));
+    std::fs::write(config, text).expect("the configuration is writable");
+}
+
 /// Run one scenario. `deadline` bounds each waiting phase.
 pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     let mut outcome = Outcome {
@@ -272,7 +281,30 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     );
     tandem_testkit::add_request_topics(&config, &reread_topic, &control_topic);
     let log = directory.path().join("tandem.log");
+    let standby_directory = tempfile::tempdir().expect("a temporary directory");
+    let node_loss = matches!(scenario.disruption, Disruption::NodeLoss);
+    if node_loss {
+        add_replication(&config, "active");
+    }
     let mut daemon = Daemon::start(&config, port, &log);
+    let mut standby = node_loss.then(|| {
+        let standby_port = free_port();
+        let standby_config = tandem_testkit::write_config(
+            standby_directory.path(),
+            broker.bootstrap(),
+            &topics,
+            standby_port,
+            500,
+            false,
+        );
+        tandem_testkit::add_request_topics(&standby_config, &reread_topic, &control_topic);
+        add_replication(&standby_config, "standby");
+        Daemon::start(
+            &standby_config,
+            standby_port,
+            &standby_directory.path().join("tandem.log"),
+        )
+    });
     // The run arrives while the daemon works, in chunks. With kills, slowly enough that
     // every kill (and the restart's rejoin of the consumer group, a few seconds) happens
     // while events are still arriving.
@@ -322,6 +354,7 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut kills_done = 0;
     let mut outage_done = false;
+    let mut node_lost = false;
     let mut outages_reported = 0;
     let started = Instant::now();
     let report = loop {
@@ -347,6 +380,14 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                     kills_done += 1;
                     outcome.faults_injected += 1;
                 }
+            }
+            Disruption::NodeLoss if !node_lost && done >= expected_main * 4 / 10 => {
+                node_lost = true;
+                outcome.faults_injected += 1;
+                daemon.kill();
+                std::fs::remove_dir_all(directory.path().join("store"))
+                    .expect("the lost node's store is deleted");
+                daemon = standby.take().expect("the standby runs");
             }
             Disruption::BrokerOutage(duration)
                 if !outage_done && done >= expected_main * 3 / 10 =>
@@ -411,6 +452,11 @@ pub fn run(scenario: &Scenario, deadline: Duration) -> Outcome {
                 "the broker deleted {deleted} unread messages; the report counts {reported} lost offsets"
             ));
         }
+    }
+    if node_loss && !node_lost {
+        outcome
+            .problems
+            .push("the node was not lost during ingestion".to_owned());
     }
     if let Disruption::Kills(kills) = scenario.disruption {
         if kills_done < kills {

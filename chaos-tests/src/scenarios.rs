@@ -22,6 +22,9 @@ pub enum Disruption {
     Kills(u32),
     /// Take the broker down for this long during ingestion.
     BrokerOutage(Duration),
+    /// Run a hot standby beside the daemon (`[replication]`); lose the active one's node
+    /// (SIGKILL and its store deleted) during ingestion; the standby takes over.
+    NodeLoss,
     /// Stop the daemon halfway; while it is stopped, the rest of the run arrives and the
     /// broker deletes the first half of what it has not read on every source partition
     /// (retention, `DeleteRecords`); then restart it.
@@ -144,6 +147,12 @@ pub fn matrix(size: Size) -> Vec<Scenario> {
             description: "the daemon is killed with SIGKILL during ingestion, and restarted",
             sim: with(109, &|_| {}),
             disruption: Disruption::Kills(if short { 3 } else { 20 }),
+        },
+        Scenario {
+            name: "node-loss",
+            description: "the active instance's node is lost (SIGKILL, store deleted) during ingestion; its hot standby takes over",
+            sim: with(113, &|_| {}),
+            disruption: Disruption::NodeLoss,
         },
         Scenario {
             name: "retention",

@@ -97,6 +97,11 @@ fn sigkill() {
 }
 
 #[test]
+fn node_loss() {
+    check("node-loss");
+}
+
+#[test]
 fn retention() {
     check("retention");
 }

@@ -225,6 +225,19 @@ fn an_old_active_instance_that_returns_is_fenced_and_writes_nothing() {
         "the fenced instance committed after the takeover: {after:?}"
     );
 
+    // A cutover step taken on the active instance is a store write like any other: the
+    // standby has it too.
+    let (status, body) = post(
+        &new,
+        "/v1/cutover/freeze",
+        r#"{"reason": "rehearsal", "by": "release-manager"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        new.get::<serde_json::Value>("/v1/cutover")["phase"],
+        "frozen"
+    );
+
     // Started again on its stale store, it follows as a standby and catches up.
     let returned = a.start();
     let caught_up = wait_for(
@@ -238,6 +251,10 @@ fn an_old_active_instance_that_returns_is_fenced_and_writes_nothing() {
     );
     assert_eq!(caught_up["instance"], "a");
     assert_eq!(applied(&returned), distinct);
+    assert_eq!(
+        returned.get::<serde_json::Value>("/v1/cutover")["phase"],
+        "frozen"
+    );
 }
 
 fn signal(pid: u32, name: &str) {

@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tandem_store::{Changelog, Previous, PublishError};
 
 use crate::{
@@ -18,10 +19,37 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// How long a transaction may take to initialize, commit or abort.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The outcome of a transaction's deliveries: the highest offset, or the first failure.
+///
+/// The producer is polled only by the thread committing (inside `commit_transaction`), so a
+/// delivery report is served at once. A producer polled by a thread of its own as well makes
+/// every commit wait out a 100 ms poll that the other thread's poll left empty.
+#[derive(Default)]
+struct Deliveries(Mutex<Option<Result<i64, KafkaError>>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        let mut outcome = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *outcome = match (outcome.take(), result) {
+            (Some(Err(first)), _) => Some(Err(first)),
+            (_, Err((error, _))) => Some(Err(error.clone())),
+            (Some(Ok(highest)), Ok(message)) => Some(Ok(highest.max(message.offset()))),
+            (None, Ok(message)) => Some(Ok(message.offset())),
+        };
+    }
+}
+
 /// Publishes batches in transactions of the deployment's transactional id.
 pub struct Publisher {
     replication: Arc<Replication>,
-    producer: FutureProducer,
+    producer: BaseProducer<Deliveries>,
     /// Transactions run one at a time (the store's write lock orders them already).
     lock: Mutex<()>,
 }
@@ -31,7 +59,7 @@ impl Publisher {
     /// holder of the transactional id is fenced and its open transaction aborted.
     pub(crate) fn new(replication: Arc<Replication>) -> Result<Publisher, String> {
         let settings = &replication.settings;
-        let producer: FutureProducer = settings
+        let producer: BaseProducer<Deliveries> = settings
             .client()
             .set("transactional.id", &settings.transactional_id)
             .set("transaction.timeout.ms", "60000")
@@ -43,7 +71,7 @@ impl Publisher {
             .set("retry.backoff.ms", "5")
             .set("retry.backoff.max.ms", "50")
             .set("message.timeout.ms", "60000")
-            .create()
+            .create_with_context(Deliveries::default())
             .map_err(|error| format!("cannot create the changelog producer: {error}"))?;
         producer
             .init_transactions(TRANSACTION_TIMEOUT)
@@ -82,34 +110,36 @@ impl Publisher {
         self.producer
             .begin_transaction()
             .map_err(|error| self.failed("begin", &error))?;
+        let deliveries = &self.producer.context().0;
+        *deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let topic = self.replication.settings.topic.clone();
-        let mut deliveries = Vec::with_capacity(messages.len());
         for (headers, payload) in &messages {
-            let record = FutureRecord::<(), [u8]>::to(&topic)
+            let record = BaseRecord::<(), [u8]>::to(&topic)
                 .partition(0)
                 .payload(payload)
                 .headers(headers.clone());
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => {
-                    let failure = self.failed("send", &error);
-                    let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
-                    return Err(failure);
-                }
+            if let Err((error, _)) = self.producer.send(record) {
+                let failure = self.failed("send", &error);
+                let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                return Err(failure);
             }
         }
+        // Flushes, serving every delivery report, then commits.
         if let Err(error) = self.producer.commit_transaction(TRANSACTION_TIMEOUT) {
             let failure = self.failed("commit", &error);
             let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
             return Err(failure);
         }
-        let last = deliveries
-            .pop()
-            .expect("invariant: a transaction sends at least one message");
-        match futures::executor::block_on(last) {
-            Ok(Ok(delivery)) => Ok(delivery.offset),
-            Ok(Err((error, _))) => Err(self.failed("delivery", &error)),
-            Err(_) => Err(self.failed("delivery", &KafkaError::Canceled)),
+        let outcome = deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match outcome {
+            Some(Ok(offset)) => Ok(offset),
+            Some(Err(error)) => Err(self.failed("delivery", &error)),
+            None => Err(self.failed("delivery", &KafkaError::Canceled)),
         }
     }
 
