@@ -14,7 +14,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tandem_store::{Coordinates, DeadLetterRow, Store};
 
-use crate::deliveries::Deliveries;
+use crate::deliveries::{begin_round, end_round, Deliveries, RoundEnd};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
@@ -29,6 +29,8 @@ pub(crate) struct DeadLetterForwarder {
     pub(crate) producer: BaseProducer<DeadLetterContext>,
     pub(crate) topic: String,
     pub(crate) max_payload_bytes: usize,
+    /// Whether rounds run in transactions (replication: a new active instance fences them).
+    pub(crate) transactional: bool,
 }
 
 impl DeadLetterForwarder {
@@ -37,6 +39,21 @@ impl DeadLetterForwarder {
         let mut in_flight: BTreeSet<Coordinates> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
+            match begin_round(&self.producer, self.transactional) {
+                Ok(()) => {}
+                Err(RoundEnd::Fenced(reason)) => {
+                    error!(%reason, "dead letters stop; they stay in the outbox");
+                    return;
+                }
+                Err(other) => {
+                    warn!(
+                        reason = other.reason(),
+                        "cannot begin a transaction of dead letters; retrying"
+                    );
+                    let _ = wake_rx.recv_timeout(Duration::from_secs(1));
+                    continue;
+                }
+            }
             match self.store.undelivered_dead_letters(ROUND) {
                 Ok(pending) => {
                     for (coordinates, row) in pending {
@@ -56,12 +73,18 @@ impl DeadLetterForwarder {
                 }
                 Err(error) => error!(%error, "cannot read the dead-letter outbox"),
             }
-            if stopping {
-                let _ = self.producer.flush(Duration::from_secs(5));
-            } else {
-                self.producer.poll(Duration::from_millis(100));
+            match end_round(&self.producer, self.transactional, stopping) {
+                RoundEnd::Settle => self.settle(&mut in_flight),
+                RoundEnd::Discard(reason) => {
+                    warn!(%reason, "a transaction of dead letters was aborted; they are sent again");
+                    self.producer.context().take();
+                    in_flight.clear();
+                }
+                RoundEnd::Fenced(reason) => {
+                    error!(%reason, "dead letters stop; they stay in the outbox");
+                    return;
+                }
             }
-            self.settle(&mut in_flight);
             if stopping {
                 if !in_flight.is_empty() {
                     info!(

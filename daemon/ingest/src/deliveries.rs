@@ -3,9 +3,10 @@
 //! says whether the broker acknowledged it.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use tracing::warn;
 
@@ -65,5 +66,87 @@ impl<T: Send + Sync + 'static> ProducerContext for Deliveries<T> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push((*item, outcome));
+    }
+}
+
+/// How a round of an output producer ended.
+pub(crate) enum RoundEnd {
+    /// The reports collected say what was delivered.
+    Settle,
+    /// The round's transaction was aborted: nothing of it is delivered, whatever the reports
+    /// say; it is sent again.
+    Discard(String),
+    /// Another instance took over the outputs: this one must send nothing more.
+    Fenced(String),
+}
+
+impl RoundEnd {
+    /// What happened, for the log.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            RoundEnd::Settle => "delivered",
+            RoundEnd::Discard(reason) | RoundEnd::Fenced(reason) => reason,
+        }
+    }
+}
+
+/// How long a transaction of an output producer may take to begin, commit or abort.
+const OUTPUT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts a round of sends: with replication, a transaction of the deployment's output
+/// transactional id, which a new active instance fences.
+pub(crate) fn begin_round<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    transactional: bool,
+) -> Result<(), RoundEnd> {
+    if transactional {
+        producer.begin_transaction().map_err(outcome_of)?;
+    }
+    Ok(())
+}
+
+/// Ends a round: commits its transaction (which waits for every delivery report), or,
+/// without replication, serves the reports that came.
+pub(crate) fn end_round<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    transactional: bool,
+    stopping: bool,
+) -> RoundEnd {
+    if !transactional {
+        if stopping {
+            let _ = producer.flush(Duration::from_secs(5));
+        } else {
+            producer.poll(Duration::from_millis(100));
+        }
+        return RoundEnd::Settle;
+    }
+    match producer.commit_transaction(OUTPUT_TRANSACTION_TIMEOUT) {
+        Ok(()) => RoundEnd::Settle,
+        Err(error) => {
+            let _ = producer.abort_transaction(OUTPUT_TRANSACTION_TIMEOUT);
+            outcome_of(error)
+        }
+    }
+}
+
+fn outcome_of(error: KafkaError) -> RoundEnd {
+    let fenced = match &error {
+        KafkaError::Transaction(error) => {
+            error.is_fatal()
+                || matches!(
+                    error.code(),
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+        }
+        _ => false,
+    };
+    if fenced {
+        RoundEnd::Fenced(format!(
+            "another instance took over the output topics ({error}); this one sends nothing more"
+        ))
+    } else {
+        RoundEnd::Discard(error.to_string())
     }
 }

@@ -74,6 +74,7 @@ fn settings(store_path: &std::path::Path) -> IngestSettings {
         debezium_signals: BTreeMap::new(),
         store_path: store_path.to_owned(),
         min_free_bytes: 0,
+        output_transactional_id: None,
     }
 }
 

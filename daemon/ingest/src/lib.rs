@@ -170,6 +170,10 @@ pub struct IngestSettings {
     pub store_path: std::path::PathBuf,
     /// Ingestion pauses while the store's disk has less free space than this.
     pub min_free_bytes: u64,
+    /// With replication: the deployment's transactional id. The output producers then send
+    /// in transactions of `<id>.dead-letters` and `<id>.requests`, which a new active
+    /// instance fences.
+    pub output_transactional_id: Option<String>,
 }
 
 impl IngestSettings {
@@ -378,6 +382,37 @@ pub struct Ingest {
     control: ControlHandle,
 }
 
+/// A producer of tandem's own messages; with replication, transactional under
+/// `<output_transactional_id>.<name>`, its transactions initialized (which fences the same
+/// producer of an instance that was active before).
+fn output_producer<C: rdkafka::producer::ProducerContext>(
+    settings: &IngestSettings,
+    name: &'static str,
+    context: C,
+) -> Result<BaseProducer<C>> {
+    let mut config = settings.producer_config();
+    if let Some(id) = &settings.output_transactional_id {
+        config
+            .set("transactional.id", format!("{id}.{name}"))
+            .set("transaction.timeout.ms", "60000");
+    }
+    let producer: BaseProducer<C> =
+        config
+            .create_with_context(context)
+            .map_err(|source| Error::Client {
+                client: name,
+                source,
+            })?;
+    if settings.output_transactional_id.is_some() {
+        rdkafka::producer::Producer::init_transactions(&producer, Duration::from_secs(30))
+            .map_err(|source| Error::Client {
+                client: name,
+                source,
+            })?;
+    }
+    Ok(producer)
+}
+
 /// Starts consuming. Stops when `cancel` fires (or when the apply loop fails).
 pub fn start(
     settings: IngestSettings,
@@ -389,13 +424,11 @@ pub fn start(
 ) -> Result<Ingest> {
     let (apply_tx, apply_rx) = bounded(4);
     let (dead_letter_tx, dead_letter_rx) = bounded(1);
-    let producer: BaseProducer<DeadLetterContext> = settings
-        .producer_config()
-        .create_with_context(DeadLetterContext::new("dead-letter"))
-        .map_err(|source| Error::Client {
-            client: "dead-letter producer",
-            source,
-        })?;
+    let producer: BaseProducer<DeadLetterContext> = output_producer(
+        &settings,
+        "dead-letters",
+        DeadLetterContext::new("dead-letter"),
+    )?;
     let (control_tx, control_rx) = bounded(1);
     let control = ControlHandle {
         requests: control_tx,
@@ -457,17 +490,13 @@ pub fn start(
     });
     info!(topics = ?topics, group_id = %settings.group_id, brokers = %settings.brokers, "consuming");
 
-    let request_producer: BaseProducer<Deliveries<Sent>> = settings
-        .producer_config()
-        .create_with_context(Deliveries::new("request"))
-        .map_err(|source| Error::Client {
-            client: "request producer",
-            source,
-        })?;
+    let request_producer: BaseProducer<Deliveries<Sent>> =
+        output_producer(&settings, "requests", Deliveries::new("request"))?;
     let request_forwarder = RequestForwarder {
         store: store.clone(),
         producer: request_producer,
         settings: settings.clone(),
+        transactional: settings.output_transactional_id.is_some(),
     };
     let requests_cancel = cancel.clone();
     let requests = spawn("tandem-requests", move || {
@@ -478,6 +507,7 @@ pub fn start(
         producer,
         topic: settings.dead_letter_topic.clone(),
         max_payload_bytes: settings.max_message_bytes.min(900 * 1024),
+        transactional: settings.output_transactional_id.is_some(),
     };
     let forwarder_cancel = cancel.clone();
     let dead_letters = spawn("tandem-dead-letters", move || {

@@ -19,7 +19,7 @@ use tandem_store::{ControlRequest, RereadRow, RereadTarget, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
-use crate::deliveries::Deliveries;
+use crate::deliveries::{begin_round, end_round, Deliveries, RoundEnd};
 use crate::signals::DebeziumSignals;
 use crate::IngestSettings;
 
@@ -107,6 +107,8 @@ pub(crate) struct RequestForwarder {
     pub(crate) store: Store,
     pub(crate) producer: BaseProducer<Deliveries<Sent>>,
     pub(crate) settings: IngestSettings,
+    /// Whether rounds run in transactions (replication: a new active instance fences them).
+    pub(crate) transactional: bool,
 }
 
 /// Sleeps up to `duration`, returning early when cancelled.
@@ -143,6 +145,21 @@ impl RequestForwarder {
         let mut violations_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
+            match begin_round(&self.producer, self.transactional) {
+                Ok(()) => {}
+                Err(RoundEnd::Fenced(reason)) => {
+                    error!(%reason, "requests, cutover steps, commands and violations stop being published; they stay in their outboxes");
+                    return;
+                }
+                Err(other) => {
+                    warn!(
+                        reason = other.reason(),
+                        "cannot begin a transaction of requests; retrying"
+                    );
+                    let _ = cancel_wait(&cancel, Duration::from_secs(1));
+                    continue;
+                }
+            }
             if !stopping {
                 let signals = !self.settings.debezium_signals.is_empty();
                 if self.settings.reread_topic.is_some() || signals {
@@ -173,16 +190,24 @@ impl RequestForwarder {
                     }
                 }
             }
-            if stopping {
-                let _ = self.producer.flush(Duration::from_secs(5));
-            } else {
-                self.producer.poll(Duration::from_millis(100));
+            match end_round(&self.producer, self.transactional, stopping) {
+                RoundEnd::Settle => self.settle(
+                    &mut rereads_in_flight,
+                    &mut control_in_flight,
+                    &mut violations_in_flight,
+                ),
+                RoundEnd::Discard(reason) => {
+                    warn!(%reason, "a transaction of requests was aborted; they are sent again");
+                    self.producer.context().take();
+                    rereads_in_flight.clear();
+                    control_in_flight.clear();
+                    violations_in_flight.clear();
+                }
+                RoundEnd::Fenced(reason) => {
+                    error!(%reason, "requests, cutover steps, commands and violations stop being published; they stay in their outboxes");
+                    return;
+                }
             }
-            self.settle(
-                &mut rereads_in_flight,
-                &mut control_in_flight,
-                &mut violations_in_flight,
-            );
             if stopping {
                 return;
             }

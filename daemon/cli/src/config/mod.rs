@@ -644,6 +644,9 @@ impl Config {
             commands_topic: self.ownership.commands_topic.clone(),
             store_path: self.store.path.clone(),
             min_free_bytes: self.store.min_free_mib.saturating_mul(1024 * 1024),
+            output_transactional_id: self
+                .replication_settings()
+                .map(|replication| replication.transactional_id),
         }
     }
 
