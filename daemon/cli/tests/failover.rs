@@ -116,6 +116,32 @@ fn the_standby_takes_over_when_the_active_node_is_lost_and_a_new_standby_catches
     assert!(body.contains("standby"), "{body}");
     assert_ne!(standby.readiness(), 200);
     assert_eq!(active.readiness(), 200);
+    // Both export the replication series the shipped alerts ask for, in a form promtool
+    // accepts: the role is 1 for the role each instance has.
+    let alerts = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/prometheus/alerts.yaml"),
+    )
+    .unwrap();
+    for (daemon, role) in [(&active, "active"), (&standby, "standby")] {
+        let metrics = ureq::get(&format!("{}/metrics", daemon.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        common::assert_promtool_accepts_metrics(&metrics);
+        assert!(
+            metrics.contains(&format!("tandem_replication_role{{role=\"{role}\"}} 1")),
+            "{metrics}"
+        );
+        for name in ["tandem_replication_role", "tandem_replication_lag_messages"] {
+            assert!(alerts.contains(name), "the alerts no longer ask for {name}");
+            assert!(
+                metrics.contains(&format!("# TYPE {name} gauge")),
+                "{metrics}"
+            );
+        }
+    }
 
     wait_for("a quarter of the events applied", DEADLINE, || {
         (applied(&active) >= distinct / 4).then_some(())
