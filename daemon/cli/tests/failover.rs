@@ -123,12 +123,7 @@ fn the_standby_takes_over_when_the_active_node_is_lost_and_a_new_standby_catches
     )
     .unwrap();
     for (daemon, role) in [(&active, "active"), (&standby, "standby")] {
-        let metrics = ureq::get(&format!("{}/metrics", daemon.url))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
+        let metrics = daemon.metrics();
         common::assert_promtool_accepts_metrics(&metrics);
         assert!(
             metrics.contains(&format!("tandem_replication_role{{role=\"{role}\"}} 1")),

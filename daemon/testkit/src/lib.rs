@@ -402,6 +402,22 @@ impl Daemon {
 
     /// GETs a JSON document from the API.
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.response(path)
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|error| panic!("GET {path}: bad JSON: {error}"))
+    }
+
+    /// `/metrics` as text.
+    pub fn metrics(&self) -> String {
+        self.response("/metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|error| panic!("GET /metrics: {error}"))
+    }
+
+    /// A successful answer to a GET of `path`, with the token if there is one.
+    fn response(&self, path: &str) -> ureq::http::Response<ureq::Body> {
         let url = format!("{}{path}", self.url);
         let mut request = ureq::get(&url);
         if let Some(token) = &self.token {
@@ -410,9 +426,6 @@ impl Daemon {
         request
             .call()
             .unwrap_or_else(|error| panic!("GET {url}: {error}\n{}", self.log_tail()))
-            .body_mut()
-            .read_json()
-            .unwrap_or_else(|error| panic!("GET {url}: bad JSON: {error}"))
     }
 
     /// Waits until `applied` distinct events are applied and returns that report.
