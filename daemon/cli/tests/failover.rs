@@ -93,7 +93,7 @@ fn post(daemon: &Daemon, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn the_standby_takes_over_when_the_active_node_is_lost_and_a_new_standby_catches_up() {
-    let run = SimulatedRun::start("failover", &SimConfig::sized(43, 2_500));
+    let run = SimulatedRun::start("failover", &SimConfig::sized(43, 1_500));
     let distinct = run.distinct;
     let root = tempfile::tempdir().unwrap();
     let backups = root.path().join("backups");
@@ -193,7 +193,7 @@ fn the_standby_takes_over_when_the_active_node_is_lost_and_a_new_standby_catches
 
 #[test]
 fn an_old_active_instance_that_returns_is_fenced_and_writes_nothing() {
-    let run = SimulatedRun::start("fenced", &SimConfig::sized(44, 2_000));
+    let run = SimulatedRun::start("fenced", &SimConfig::sized(44, 1_200));
     let distinct = run.distinct;
     let root = tempfile::tempdir().unwrap();
     let backups = root.path().join("backups");
