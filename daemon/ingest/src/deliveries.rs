@@ -120,6 +120,11 @@ pub(crate) fn end_round<C: ProducerContext>(
         }
         return RoundEnd::Settle;
     }
+    // Served first in short polls: the commit's own flush would wait 100 ms per round.
+    let deadline = std::time::Instant::now() + OUTPUT_TRANSACTION_TIMEOUT;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
     match producer.commit_transaction(OUTPUT_TRANSACTION_TIMEOUT) {
         Ok(()) => RoundEnd::Settle,
         Err(error) => {

@@ -20,10 +20,6 @@ const CHUNK_BYTES: usize = 512 * 1024;
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The outcome of a transaction's deliveries: the highest offset, or the first failure.
-///
-/// The producer is polled only by the thread committing (inside `commit_transaction`), so a
-/// delivery report is served at once. A producer polled by a thread of its own as well makes
-/// every commit wait out a 100 ms poll that the other thread's poll left empty.
 #[derive(Default)]
 struct Deliveries(Mutex<Option<Result<i64, KafkaError>>>);
 
@@ -126,7 +122,14 @@ impl Publisher {
                 return Err(failure);
             }
         }
-        // Flushes, serving every delivery report, then commits.
+        if !serve_deliveries(&self.producer, TRANSACTION_TIMEOUT) {
+            let failure = self.failed(
+                "delivery",
+                &KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut),
+            );
+            let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+            return Err(failure);
+        }
         if let Err(error) = self.producer.commit_transaction(TRANSACTION_TIMEOUT) {
             let failure = self.failed("commit", &error);
             let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
@@ -159,6 +162,26 @@ impl Publisher {
         }
         PublishError { fenced, message }
     }
+}
+
+/// Serves delivery reports until none is outstanding; `false` if some still are after
+/// `timeout`.
+///
+/// `commit_transaction` would flush first, and the client's flush polls for 100 ms at a time,
+/// each poll lasting its whole timeout: every commit would take at least 100 ms. Polls of a
+/// millisecond serve the reports as they come; the commit then finds nothing to flush.
+fn serve_deliveries<C: rdkafka::producer::ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    true
 }
 
 fn is_fencing(code: RDKafkaErrorCode) -> bool {
