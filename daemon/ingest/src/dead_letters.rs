@@ -39,20 +39,8 @@ impl DeadLetterForwarder {
         let mut in_flight: BTreeSet<Coordinates> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
-            match begin_round(&self.producer, self.transactional) {
-                Ok(()) => {}
-                Err(RoundEnd::Fenced(reason)) => {
-                    error!(%reason, "dead letters stop; they stay in the outbox");
-                    return;
-                }
-                Err(other) => {
-                    warn!(
-                        reason = other.reason(),
-                        "cannot begin a transaction of dead letters; retrying"
-                    );
-                    let _ = wake_rx.recv_timeout(Duration::from_secs(1));
-                    continue;
-                }
+            if !begin_round(&self.producer, self.transactional) {
+                return;
             }
             match self.store.undelivered_dead_letters(ROUND) {
                 Ok(pending) => {
@@ -75,15 +63,8 @@ impl DeadLetterForwarder {
             }
             match end_round(&self.producer, self.transactional, stopping) {
                 RoundEnd::Settle => self.settle(&mut in_flight),
-                RoundEnd::Discard(reason) => {
-                    warn!(%reason, "a transaction of dead letters was aborted; they are sent again");
-                    self.producer.context().take();
-                    in_flight.clear();
-                }
-                RoundEnd::Fenced(reason) => {
-                    error!(%reason, "dead letters stop; they stay in the outbox");
-                    return;
-                }
+                RoundEnd::Discarded => in_flight.clear(),
+                RoundEnd::Stop => return,
             }
             if stopping {
                 if !in_flight.is_empty() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::consumer::KAFKA_ERROR_LOG_EVERY;
 use crate::quiet::Quieted;
@@ -73,42 +73,41 @@ impl<T: Send + Sync + 'static> ProducerContext for Deliveries<T> {
 pub(crate) enum RoundEnd {
     /// The reports collected say what was delivered.
     Settle,
-    /// The round's transaction was aborted: nothing of it is delivered, whatever the reports
-    /// say; it is sent again.
-    Discard(String),
-    /// Another instance took over the outputs: this one must send nothing more.
-    Fenced(String),
-}
-
-impl RoundEnd {
-    /// What happened, for the log.
-    pub(crate) fn reason(&self) -> &str {
-        match self {
-            RoundEnd::Settle => "delivered",
-            RoundEnd::Discard(reason) | RoundEnd::Fenced(reason) => reason,
-        }
-    }
+    /// The round's transaction was aborted and its reports dropped: nothing of it counts as
+    /// delivered; it is sent again.
+    Discarded,
+    /// The producer sends nothing more (another instance took over the outputs); what is
+    /// undelivered stays in the outbox.
+    Stop,
 }
 
 /// How long a transaction of an output producer may take to begin, commit or abort.
 const OUTPUT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts a round of sends: with replication, a transaction of the deployment's output
-/// transactional id, which a new active instance fences.
-pub(crate) fn begin_round<C: ProducerContext>(
-    producer: &BaseProducer<C>,
+/// transactional id, which a new active instance fences. `false` (logged): the producer can
+/// send nothing more.
+pub(crate) fn begin_round<T: Send + Sync + 'static>(
+    producer: &BaseProducer<Deliveries<T>>,
     transactional: bool,
-) -> Result<(), RoundEnd> {
-    if transactional {
-        producer.begin_transaction().map_err(outcome_of)?;
+) -> bool {
+    if !transactional {
+        return true;
     }
-    Ok(())
+    match producer.begin_transaction() {
+        Ok(()) => true,
+        // Beginning fails only for a producer that cannot go on (fenced, or failed for good).
+        Err(error) => {
+            error!(producer = producer.context().producer, %error, "no transaction can begin; nothing more is published, undelivered messages stay in the outbox until restart");
+            false
+        }
+    }
 }
 
-/// Ends a round: commits its transaction (which waits for every delivery report), or,
-/// without replication, serves the reports that came.
-pub(crate) fn end_round<C: ProducerContext>(
-    producer: &BaseProducer<C>,
+/// Ends a round: commits its transaction once every delivery report is in, or, without
+/// replication, serves the reports that came.
+pub(crate) fn end_round<T: Send + Sync + 'static>(
+    producer: &BaseProducer<Deliveries<T>>,
     transactional: bool,
     stopping: bool,
 ) -> RoundEnd {
@@ -120,38 +119,59 @@ pub(crate) fn end_round<C: ProducerContext>(
         }
         return RoundEnd::Settle;
     }
-    // Served first in short polls: the commit's own flush would wait 100 ms per round.
-    let deadline = std::time::Instant::now() + OUTPUT_TRANSACTION_TIMEOUT;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
-    }
-    match producer.commit_transaction(OUTPUT_TRANSACTION_TIMEOUT) {
-        Ok(()) => RoundEnd::Settle,
-        Err(error) => {
-            let _ = producer.abort_transaction(OUTPUT_TRANSACTION_TIMEOUT);
-            outcome_of(error)
-        }
+    let served = serve_deliveries(producer, OUTPUT_TRANSACTION_TIMEOUT);
+    let committed = if served {
+        producer.commit_transaction(OUTPUT_TRANSACTION_TIMEOUT)
+    } else {
+        Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut))
+    };
+    let Err(error) = committed else {
+        return RoundEnd::Settle;
+    };
+    let _ = producer.abort_transaction(OUTPUT_TRANSACTION_TIMEOUT);
+    producer.context().take();
+    let name = producer.context().producer;
+    if is_fenced(&error) {
+        error!(producer = name, %error, "another instance took over the output topics; this one publishes nothing more, undelivered messages stay in the outbox");
+        RoundEnd::Stop
+    } else {
+        warn!(producer = name, %error, "a transaction of published messages was aborted; they are sent again");
+        RoundEnd::Discarded
     }
 }
 
-fn outcome_of(error: KafkaError) -> RoundEnd {
-    let fenced = match &error {
-        KafkaError::Transaction(error) => {
-            error.is_fatal()
-                || matches!(
-                    error.code(),
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                )
+/// Serves delivery reports until none is outstanding; `false` if some still are after
+/// `timeout`.
+///
+/// Commit before this, and `commit_transaction` flushes first: the client's flush polls 100 ms
+/// at a time, each poll lasting its whole timeout, so every commit would take 100 ms or more.
+/// Polls of a millisecond serve the reports as they come.
+pub fn serve_deliveries<C: ProducerContext>(producer: &BaseProducer<C>, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
         }
-        _ => false,
-    };
-    if fenced {
-        RoundEnd::Fenced(format!(
-            "another instance took over the output topics ({error}); this one sends nothing more"
-        ))
-    } else {
-        RoundEnd::Discard(error.to_string())
+        producer.poll(Duration::from_millis(1));
     }
+    true
+}
+
+/// Whether a transaction failed because another instance holds the transactional id now.
+pub fn is_fenced(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::Transaction(error) if error.is_fatal() => return true,
+        KafkaError::Transaction(error) => error.code(),
+        other => match other.rdkafka_error_code() {
+            Some(code) => code,
+            None => return false,
+        },
+    };
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::TransactionCoordinatorFenced
+    )
 }

@@ -228,7 +228,9 @@ impl IngestSettings {
     }
 }
 
-/// Consumer properties that a producer rejects or warns about.
+pub use deliveries::{is_fenced, serve_deliveries};
+
+/// Consumer properties that a producer rejects or warns about (kept out of producers).
 pub const CONSUMER_ONLY_PROPERTIES: &[&str] = &[
     "group.id",
     "group.instance.id",

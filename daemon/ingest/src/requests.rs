@@ -145,20 +145,8 @@ impl RequestForwarder {
         let mut violations_in_flight: BTreeSet<Vec<u8>> = BTreeSet::new();
         loop {
             let stopping = cancel.is_cancelled();
-            match begin_round(&self.producer, self.transactional) {
-                Ok(()) => {}
-                Err(RoundEnd::Fenced(reason)) => {
-                    error!(%reason, "requests, cutover steps, commands and violations stop being published; they stay in their outboxes");
-                    return;
-                }
-                Err(other) => {
-                    warn!(
-                        reason = other.reason(),
-                        "cannot begin a transaction of requests; retrying"
-                    );
-                    let _ = cancel_wait(&cancel, Duration::from_secs(1));
-                    continue;
-                }
+            if !begin_round(&self.producer, self.transactional) {
+                return;
             }
             if !stopping {
                 let signals = !self.settings.debezium_signals.is_empty();
@@ -196,17 +184,12 @@ impl RequestForwarder {
                     &mut control_in_flight,
                     &mut violations_in_flight,
                 ),
-                RoundEnd::Discard(reason) => {
-                    warn!(%reason, "a transaction of requests was aborted; they are sent again");
-                    self.producer.context().take();
+                RoundEnd::Discarded => {
                     rereads_in_flight.clear();
                     control_in_flight.clear();
                     violations_in_flight.clear();
                 }
-                RoundEnd::Fenced(reason) => {
-                    error!(%reason, "requests, cutover steps, commands and violations stop being published; they stay in their outboxes");
-                    return;
-                }
+                RoundEnd::Stop => return,
             }
             if stopping {
                 return;

@@ -8,6 +8,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tandem_ingest::{is_fenced, serve_deliveries};
 use tandem_store::{Changelog, Previous, PublishError};
 
 use crate::{
@@ -148,10 +149,7 @@ impl Publisher {
 
     /// Why a step of a transaction failed; fencing is told apart.
     fn failed(&self, step: &str, error: &KafkaError) -> PublishError {
-        let fenced = match error {
-            KafkaError::Transaction(error) => error.is_fatal() || is_fencing(error.code()),
-            other => other.rdkafka_error_code().is_some_and(is_fencing),
-        };
+        let fenced = is_fenced(error);
         let message = if fenced {
             format!("another instance took over the changelog (transaction {step}: {error}); this one is fenced and writes nothing more (restart it to follow as a standby)")
         } else {
@@ -162,36 +160,6 @@ impl Publisher {
         }
         PublishError { fenced, message }
     }
-}
-
-/// Serves delivery reports until none is outstanding; `false` if some still are after
-/// `timeout`.
-///
-/// `commit_transaction` would flush first, and the client's flush polls for 100 ms at a time,
-/// each poll lasting its whole timeout: every commit would take at least 100 ms. Polls of a
-/// millisecond serve the reports as they come; the commit then finds nothing to flush.
-fn serve_deliveries<C: rdkafka::producer::ProducerContext>(
-    producer: &BaseProducer<C>,
-    timeout: Duration,
-) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        producer.poll(Duration::from_millis(1));
-    }
-    true
-}
-
-fn is_fencing(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::TransactionCoordinatorFenced
-    )
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

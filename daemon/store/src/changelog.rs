@@ -79,15 +79,15 @@ pub trait Changelog: Send + Sync {
 }
 
 impl Store {
-    /// From now on every write is published to `changelog` before it is written. Returns
-    /// what the store holds now, which the first published batch continues.
+    /// From now on every write is published to `changelog` before it is written (set once
+    /// per process: an instance that stops being active exits). Returns what the store holds
+    /// now, which the first published batch continues.
     pub fn publish_to(&self, changelog: std::sync::Arc<dyn Changelog>) -> Result<Previous> {
         let _guard = self.lock_writes();
         let previous = self.previous()?;
-        *self
-            .changelog
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(changelog);
+        if self.changelog.set(changelog).is_err() {
+            panic!("invariant: a store publishes to one changelog per process");
+        }
         Ok(previous)
     }
 

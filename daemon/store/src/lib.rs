@@ -162,7 +162,7 @@ pub struct Store {
     /// See [`Store::id`].
     id: String,
     /// Where every write is published first, when the store replicates to a standby.
-    changelog: Arc<std::sync::RwLock<Option<Arc<dyn Changelog>>>>,
+    changelog: Arc<std::sync::OnceLock<Arc<dyn Changelog>>>,
     /// See [`Store::changelog_position`] (`-1`: none).
     position: Arc<std::sync::atomic::AtomicI64>,
 }

@@ -216,13 +216,8 @@ impl Store {
     /// when the store replicates.
     pub(crate) fn write_locked(&self, batch: OrderedBatch, operation: &'static str) -> Result<()> {
         self.refuse_after_failure(operation)?;
-        let changelog = self
-            .changelog
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(changelog) = changelog {
-            return self.write_published(&*changelog, batch, operation);
+        if let Some(changelog) = self.changelog.get() {
+            return self.write_published(&**changelog, batch, operation);
         }
         let mut batch = batch.into_write_batch(self);
         let had_position = self.changelog_position().is_some();

@@ -164,15 +164,25 @@ pub fn produce_keyed(brokers: &str, topic: &str, messages: &[(String, Option<ser
     produce_messages(&plaintext(brokers), topic, &messages);
 }
 
-/// The offsets of the messages partition 0 of `topic` holds now, in order.
-pub fn offsets_of(brokers: &str, topic: &str) -> Vec<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// A consumer of partition 0 of `topic` from its beginning, that says when it reaches the
+/// end (`PartitionEOF`); with `read_committed`, messages of aborted transactions are left out.
+fn partition_zero_reader(
+    brokers: &str,
+    topic: &str,
+    read_committed: bool,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let isolation = if read_committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-offsets"))
+        .set("group.id", format!("{topic}-test-reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
         .create()
         .expect("a consumer");
     let mut assignment = rdkafka::TopicPartitionList::new();
@@ -182,20 +192,37 @@ pub fn offsets_of(brokers: &str, topic: &str) -> Vec<i64> {
     consumer
         .assign(&assignment)
         .expect("assigning the partition");
-    let mut offsets = Vec::new();
+    consumer
+}
+
+/// Every message partition 0 of `topic` holds now, in order, mapped by `each`.
+fn read_partition_zero<T>(
+    brokers: &str,
+    topic: &str,
+    read_committed: bool,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> T,
+) -> Vec<T> {
+    let consumer = partition_zero_reader(brokers, topic, read_committed);
+    let mut read = Vec::new();
     wait_for(
         &format!("the end of {topic}"),
         Duration::from_secs(30),
         || match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                offsets.push(message.offset());
+                read.push(each(&message));
                 None
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => Some(()),
             _ => None,
         },
     );
-    offsets
+    read
+}
+
+/// The offsets of the messages partition 0 of `topic` holds now, in order.
+pub fn offsets_of(brokers: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::message::Message;
+    read_partition_zero(brokers, topic, false, |message| message.offset())
 }
 
 /// One committed message of a replication changelog, as a test checks it.
@@ -209,65 +236,27 @@ pub struct ChangelogEntry {
     pub instance: String,
 }
 
-/// Every committed message of the changelog `topic` (partition 0) up to its end, read as a
-/// transactional consumer reads it: messages of aborted transactions are left out.
+/// Every committed message of the changelog `topic` (partition 0), read as a transactional
+/// consumer reads it: messages of aborted transactions are left out.
 pub fn read_changelog(brokers: &str, topic: &str) -> Vec<ChangelogEntry> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-test-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("a consumer");
-    let (_, end) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("the changelog's end");
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-        .expect("a valid assignment");
-    consumer
-        .assign(&assignment)
-        .expect("assigning the changelog");
-    let mut entries = Vec::new();
-    // Done once the position passed the end read above (markers included).
-    wait_for(
-        &format!("the changelog {topic} up to offset {end}"),
-        Duration::from_secs(60),
-        || {
-            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                let message = message.expect("the changelog reads");
-                let header = |name: &str| {
-                    message
-                        .headers()
-                        .and_then(|headers| {
-                            headers
-                                .iter()
-                                .find(|header| header.key == name)
-                                .and_then(|header| header.value)
-                                .map(|value| String::from_utf8_lossy(value).into_owned())
-                        })
-                        .unwrap_or_default()
-                };
-                entries.push(ChangelogEntry {
-                    offset: message.offset(),
-                    kind: header("tandem-kind"),
-                    instance: header("tandem-instance"),
-                });
-            }
-            let position = consumer
-                .position()
-                .ok()
-                .and_then(|positions| {
-                    positions
-                        .find_partition(topic, 0)
-                        .and_then(|element| element.offset().to_raw())
+    read_partition_zero(brokers, topic, true, |message| {
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == name)
+                        .and_then(|header| header.value)
+                        .map(|value| String::from_utf8_lossy(value).into_owned())
                 })
-                .unwrap_or(0);
-            (position >= end).then_some(())
-        },
-    );
-    entries
+                .unwrap_or_default()
+        };
+        ChangelogEntry {
+            offset: message.offset(),
+            kind: header("tandem-kind"),
+            instance: header("tandem-instance"),
+        }
+    })
 }
