@@ -241,6 +241,9 @@ pub(crate) async fn get_metrics(
         context
             .report_gauges
             .refresh(&report, &context.ingest_metrics);
+        // The counters the store holds, counted once: before ingest starts, and on a
+        // standby whose store only the changelog writes.
+        context.ingest_metrics.count_up_to(&state.counters);
         let phase = state.ownership.cutover.phase;
         for each in Phase::ALL {
             context

@@ -187,6 +187,15 @@ fn the_standby_takes_over_when_the_active_node_is_lost_and_a_new_standby_catches
         copy.ingest.source.events_applied + copy.ingest.target.events_applied,
         distinct
     );
+    // A standby's counters follow its store, which only the changelog writes: every
+    // distinct event, as the simulator counts them.
+    let metrics = replacement.metrics();
+    let counted: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("tandem_events_applied_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, distinct, "{metrics}");
     // The copy holds the active instance's position, so its report covers every event.
     assert_complete_report_matches_truth(&replacement, &copy, &run.scenario.truth);
 }

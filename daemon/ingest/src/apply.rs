@@ -101,7 +101,7 @@ impl ApplyLoop {
             (settings.store_path.clone(), settings.min_free_bytes);
         let state = store.apply_state().map_err(Error::Store)?;
         let next_offsets = store.next_offsets().map_err(Error::Store)?;
-        metrics.count(&Default::default(), &state.counters);
+        metrics.count_up_to(&state.counters);
         status.update(|snapshot| {
             for ((topic, partition), next) in &next_offsets {
                 snapshot
@@ -270,8 +270,7 @@ impl ApplyLoop {
         };
         let job = &written.job;
         self.in_flight.settle(job.seq);
-        self.metrics
-            .count(&job.counters_before, &job.plan.state.counters);
+        self.metrics.count_up_to(&job.plan.state.counters);
         let applied_systems: Vec<System> = System::ALL
             .into_iter()
             .filter(|system| {

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the ingest side. Counters start from the values persisted in the
 //! store, so they stay monotonic across restarts and agree with `/v1/report`.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -17,6 +20,16 @@ pub struct IngestMetrics {
     batch_apply_seconds: Histogram,
     /// Consumer lag per system (messages), refreshed by the API at scrape time.
     pub lag: IntGaugeVec,
+    /// The store's totals as far as the counters above hold them.
+    counted: Arc<Mutex<Counted>>,
+}
+
+/// Totals already counted: events applied, duplicates dropped and stale versions per system
+/// (in `System::ALL`'s order), and dead letters per reason.
+#[derive(Default)]
+struct Counted {
+    systems: [[u64; 3]; 2],
+    reasons: BTreeMap<DeadLetterReason, u64>,
 }
 
 impl IngestMetrics {
@@ -82,39 +95,43 @@ impl IngestMetrics {
             batches,
             batch_apply_seconds,
             lag,
+            counted: Arc::default(),
         })
     }
 
-    /// Adds the difference between two counter states (after a commit, or from zero at start).
-    pub fn count(&self, before: &IngestCounters, after: &IngestCounters) {
-        for system in System::ALL {
-            let (old, new) = (before.system(system), after.system(system));
+    /// Brings the counters up to the store's `counters` (at start, and after each commit):
+    /// only what was not counted yet is added, so a daemon may count the store's totals
+    /// before its API answers and ingest may count them again at its own start. Every
+    /// system's and reason's series exists from the first call on, zero or not.
+    pub fn count_up_to(&self, counters: &IngestCounters) {
+        let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        for (index, system) in System::ALL.into_iter().enumerate() {
+            let totals = counters.system(system);
             let label = [system.as_str()];
-            self.events_applied
-                .with_label_values(&label)
-                .inc_by(new.events_applied.saturating_sub(old.events_applied));
-            self.duplicates_dropped.with_label_values(&label).inc_by(
-                new.duplicates_dropped
-                    .saturating_sub(old.duplicates_dropped),
-            );
-            self.stale_versions
-                .with_label_values(&label)
-                .inc_by(new.stale_versions.saturating_sub(old.stale_versions));
+            let series = [
+                (&self.events_applied, totals.events_applied),
+                (&self.duplicates_dropped, totals.duplicates_dropped),
+                (&self.stale_versions, totals.stale_versions),
+            ];
+            for (kind, (metric, total)) in series.into_iter().enumerate() {
+                let seen = &mut counted.systems[index][kind];
+                metric
+                    .with_label_values(&label)
+                    .inc_by(total.saturating_sub(*seen));
+                *seen = (*seen).max(total);
+            }
         }
         for reason in DeadLetterReason::ALL {
-            let old = before
+            let total = counters
                 .dead_lettered_by_reason
                 .get(&reason)
                 .copied()
                 .unwrap_or(0);
-            let new = after
-                .dead_lettered_by_reason
-                .get(&reason)
-                .copied()
-                .unwrap_or(0);
+            let seen = counted.reasons.entry(reason).or_default();
             self.dead_lettered
                 .with_label_values(&[reason.as_str()])
-                .inc_by(new.saturating_sub(old));
+                .inc_by(total.saturating_sub(*seen));
+            *seen = (*seen).max(total);
         }
     }
 
