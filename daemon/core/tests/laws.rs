@@ -1,5 +1,5 @@
 //! The planner's laws under proptest: batching, replay, duplicates and stale versions,
-//! summaries, partial updates.
+//! summaries, partial updates, and planning over plans not yet durable.
 
 mod support;
 
@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use serde_json::json;
+use tandem_core::apply::pending::Pending;
 use tandem_core::{ChangeEvent, EntitySummary, Outcome, RecordRow, System, Timestamp};
 
 use support::*;
@@ -203,5 +204,60 @@ proptest! {
         prop_assert_eq!(fields["Email"].clone(), json!(format!("e{last}@x.io")));
         prop_assert_eq!(fields["LastName"].clone(), json!("Ada"));
         prop_assert_eq!(fields.len(), 2);
+    }
+
+    /// The batches after the first cut are planned while none of them is durable, each over
+    /// the ones before it; the last one is planned again after each earlier one becomes
+    /// durable. Every time, its plan is the one planning it on the committed state gives,
+    /// re-delivered events included.
+    #[test]
+    fn planning_over_pending_plans_equals_planning_after_their_commit(
+        steps in steps(),
+        cuts in prop::collection::vec(0usize..40, 1..5),
+        resend in prop::collection::vec(0usize..40, 0..4),
+    ) {
+        let mapping = contact_mapping();
+        let mut events = events_of(&steps);
+        // Re-deliveries at the end: of events committed, pending or in the last batch.
+        for which in resend {
+            events.push(events[which % events.len()].clone());
+        }
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().map(|cut| (*cut).min(events.len())));
+        bounds.push(events.len());
+        let batches: Vec<&[(System, ChangeEvent)]> =
+            bounds.windows(2).map(|pair| &events[pair[0]..pair[1]]).collect();
+        let (last, pending_batches) = batches[1..].split_last().expect("at least two batches");
+
+        let mut committed = MemoryState::default();
+        committed.apply_batch(&mapping, batches[0]);
+        let mut pending = Pending::default();
+        let mut plans = Vec::new();
+        let mut apply = committed.apply.clone();
+        for (seq, batch) in pending_batches.iter().enumerate() {
+            let plan = plan_on(&pending.over(&committed), apply, &mapping, batch);
+            let ids = batch.iter().map(|(system, event)| Some((*system, event.event_id.as_str())));
+            pending.remember(seq as u64, ids, &plan);
+            apply = plan.state.clone();
+            plans.push(plan);
+        }
+        // Where every pending plan was committed in turn.
+        let mut all_committed = committed.clone();
+        for (batch, plan) in pending_batches.iter().zip(&plans) {
+            all_committed.commit(batch, plan.clone());
+        }
+        let expected = plan_on(&all_committed, all_committed.apply.clone(), &mapping, last);
+
+        let overlaid = plan_on(&pending.over(&committed), apply.clone(), &mapping, last);
+        prop_assert_eq!(&overlaid, &expected);
+        for (seq, (batch, plan)) in pending_batches.iter().zip(plans).enumerate() {
+            committed.commit(batch, plan);
+            pending.settle(seq as u64);
+            let overlaid = plan_on(&pending.over(&committed), apply.clone(), &mapping, last);
+            prop_assert_eq!(&overlaid, &expected, "after plan {} became durable", seq);
+        }
+        prop_assert!(pending.is_empty());
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
+use tandem_core::apply::pending::{Overlay, Pending};
 use tandem_core::feed::{OffsetLoss, OffsetLossKind};
 use tandem_core::{ApplyState, Input, Mapping, Planner, Reference, System, Timestamp};
 use tandem_store::{NextOffset, Store};
@@ -30,7 +31,6 @@ use crate::consumer::{ApplyCommand, ConsumedMessage, ControlRequest, Decoded, Pa
 use crate::disk::DiskGuard;
 use crate::fence::Fence;
 use crate::metrics::IngestMetrics;
-use crate::overlay::{InFlight, OverlayView};
 use crate::status::IngestStatus;
 use crate::writer::{WriteJob, WriteOutcome, WriterLink};
 use crate::{Error, IngestSettings, Result};
@@ -78,7 +78,7 @@ pub(crate) struct ApplyLoop {
     /// The state after the last planned batch (written or in flight).
     state: ApplyState,
     next_offsets: BTreeMap<(String, i32), NextOffset>,
-    in_flight: InFlight,
+    in_flight: Pending,
     next_seq: u64,
     /// The clock and the wall time of the last event applied, for the idle rule.
     last_event: (Timestamp, Instant),
@@ -129,7 +129,7 @@ impl ApplyLoop {
             cancel: CancellationToken::new(),
             state,
             next_offsets,
-            in_flight: InFlight::default(),
+            in_flight: Pending::default(),
             next_seq: 0,
             disk: DiskGuard::new(settings_store_path, settings_min_free),
             resets: PartitionResets::default(),
@@ -205,15 +205,12 @@ impl ApplyLoop {
     }
 
     /// The store as the planner sees it: with the batches in flight laid over it.
-    fn view(&self) -> OverlayView<'_> {
-        OverlayView {
-            store: &self.store,
-            in_flight: &self.in_flight,
-        }
+    fn view(&self) -> Overlay<'_, Store> {
+        self.in_flight.over(&self.store)
     }
 
     /// A planner starting from the current state, with the configured rules.
-    fn planner<'s>(&'s self, view: &'s OverlayView<'s>) -> Planner<'s, OverlayView<'s>> {
+    fn planner<'s>(&'s self, view: &'s Overlay<'s, Store>) -> Planner<'s, Overlay<'s, Store>> {
         Planner::new(&self.mapping, self.settings.grace, view, self.state.clone())
             .with_ownership(&self.settings.ownership)
     }
@@ -240,7 +237,7 @@ impl ApplyLoop {
         let messages = std::mem::take(&mut self.replan);
         self.refused = false;
         self.epoch += 1;
-        self.in_flight = InFlight::default();
+        self.in_flight = Pending::default();
         self.state = self.store.apply_state().map_err(Error::Store)?;
         self.next_offsets = self.store.next_offsets().map_err(Error::Store)?;
         warn!(
@@ -754,7 +751,10 @@ impl ApplyLoop {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.in_flight.remember(seq, &batch, &plan);
+        let events = batch
+            .iter()
+            .map(|message| Some((message.system, message.event()?.event_id.as_str())));
+        self.in_flight.remember(seq, events, &plan);
         for (key, next) in &offsets {
             self.next_offsets.insert(key.clone(), *next);
         }

@@ -17,7 +17,6 @@ mod fence;
 #[cfg(test)]
 mod handover_tests;
 pub mod metrics;
-mod overlay;
 mod poll;
 pub mod quiet;
 mod requests;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod feed;
+pub mod pending;
 
 use crate::cutover::{self, Phase, StepOrder, TransitionRecord};
 use crate::event::{ChangeEvent, DeadLetterReason, Op};
@@ -160,7 +161,7 @@ pub struct RecordChange {
 }
 
 /// Everything a batch changes, to be written atomically with the batch's offsets.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// One outcome per input, in input order.
     pub outcomes: Vec<Outcome>,

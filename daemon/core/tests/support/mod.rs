@@ -123,6 +123,28 @@ impl StateView for MemoryState {
     }
 }
 
+/// Plans one batch on `view`, from `apply`, as the ingest shell does: its events, then the
+/// feeds settled. Nothing is committed.
+pub fn plan_on<V: StateView>(
+    view: &V,
+    apply: ApplyState,
+    mapping: &Mapping,
+    batch: &[(System, ChangeEvent)],
+) -> Plan {
+    let mut planner = Planner::new(mapping, GRACE, view, apply);
+    for (system, event) in batch {
+        planner
+            .apply(Input::Event {
+                system: *system,
+                event,
+                partition: Some((system.as_str(), 0)),
+            })
+            .unwrap();
+    }
+    planner.settle_feeds().unwrap();
+    planner.finish()
+}
+
 impl MemoryState {
     /// Applies one batch and commits its plan; returns the outcomes.
     pub fn apply_batch(
@@ -179,7 +201,7 @@ impl MemoryState {
     }
 
     /// What the store does with a plan, in memory.
-    fn commit(&mut self, batch: &[(System, ChangeEvent)], plan: Plan) -> Vec<Outcome> {
+    pub fn commit(&mut self, batch: &[(System, ChangeEvent)], plan: Plan) -> Vec<Outcome> {
         for ((system, event), outcome) in batch.iter().zip(&plan.outcomes) {
             if outcome.is_recorded() {
                 self.seen.insert((*system, event.event_id.clone()));
