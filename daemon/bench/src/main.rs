@@ -1,10 +1,11 @@
 //! `make bench`: tandem's durable end-to-end rate against two baselines measured in the same
 //! run on the same broker and the same events: (a) consume and discard, (b) a minimal durable
 //! log (consume, decode, one RocksDB put per event, WAL on). Then apply latency, `/v1/report`
-//! latency with a million records stored, peak memory of the daemon, and the time a restarted
-//! daemon takes to consume again on Apache Kafka.
+//! latency with a million records stored, peak memory of the daemon, the time a restarted
+//! daemon takes to consume again on Apache Kafka, and how fresh its answers are under load.
 
 mod daemon_process;
+mod freshness;
 mod phases;
 mod restart;
 
@@ -46,6 +47,10 @@ fn main() -> anyhow::Result<()> {
 
     if std::env::var_os("TANDEM_BENCH_ONLY_RESTART").is_some() {
         restart_phase(&tandem)?;
+        return Ok(());
+    }
+    if std::env::var_os("TANDEM_BENCH_ONLY_FRESHNESS").is_some() {
+        freshness_phase(&tandem)?;
         return Ok(());
     }
 
@@ -147,7 +152,28 @@ fn main() -> anyhow::Result<()> {
     );
     print_store_and_backup(&report);
     drop(cluster);
-    restart_phase(&tandem)
+    restart_phase(&tandem)?;
+    freshness_phase(&tandem)
+}
+
+/// (h), on Apache Kafka.
+fn freshness_phase(tandem: &str) -> anyhow::Result<()> {
+    println!(
+        "\n(h) freshness: produce acknowledged → visible in /v1/records, under a steady load..."
+    );
+    // TANDEM_BENCH_PROBES shortens the phase while tuning.
+    let probes = std::env::var("TANDEM_BENCH_PROBES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(100);
+    let figures = freshness::freshness(tandem, &[100, 10_000], probes)?;
+    for figure in figures {
+        println!(
+            "(h) freshness at {:>6} events/s: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} probes  (aim at 10,000/s: p99 < 200 ms)",
+            figure.rate, figure.p50_ms, figure.p99_ms, figure.max_ms, figure.probes
+        );
+    }
+    Ok(())
 }
 
 /// (g): the store's size per record, and what backing it up and restoring it take.

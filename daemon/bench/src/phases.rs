@@ -95,7 +95,7 @@ pub(crate) struct EndToEnd {
     pub(crate) matches_truth: bool,
 }
 
-fn config(
+pub(crate) fn config(
     directory: &Path,
     brokers: &str,
     port: u16,
