@@ -330,8 +330,8 @@ impl<'j, 'r> Judge<'j, 'r> {
         }
     }
 
-    /// Whether the sides differed at `at` (a doubt or a duplicate counts).
-    fn differs_at(&mut self, row: &RecordRow, at: Timestamp) -> bool {
+    /// The record's status at `at`, as its history tells it.
+    fn status_at(&mut self, row: &RecordRow, at: Timestamp) -> Option<Status> {
         let resolve = &mut *self.resolve;
         let resolved = &mut self.resolved;
         let mut cached = |system: System, entity: &str, native_id: &str| {
@@ -340,10 +340,12 @@ impl<'j, 'r> Judge<'j, 'r> {
                 .or_insert_with(|| resolve(system, entity, native_id))
                 .clone()
         };
-        !matches!(
-            compare(self.entity, &row_as_of(row, at), &mut cached).status,
-            None | Some(Status::InSync)
-        )
+        compare(self.entity, &row_as_of(row, at), &mut cached).status
+    }
+
+    /// Whether the sides differed at `at` (a doubt or a duplicate counts).
+    fn differs_at(&mut self, row: &RecordRow, at: Timestamp) -> bool {
+        !matches!(self.status_at(row, at), None | Some(Status::InSync))
     }
 }
 
@@ -373,6 +375,25 @@ pub fn differing_since(
             return Some(since);
         }
         since = at;
+    }
+    // Below the floor the values are let go, but a native record that joined the key after
+    // the history was let go (its changes arrive on a partition of their own, late) brings
+    // its own older times, and a duplicate needs nothing but which native records were
+    // live: the record was one from as far back as that holds without a break.
+    if let Some(floor) = floor {
+        let mut below = Vec::new();
+        for side in every_side(row) {
+            change_times(side, Timestamp::MIN, &mut below);
+        }
+        below.retain(|at| *at < floor);
+        below.sort_unstable_by(|left, right| right.cmp(left));
+        below.dedup();
+        for at in below {
+            if judge.status_at(row, at) != Some(Status::Duplicate) {
+                break;
+            }
+            since = at;
+        }
     }
     // Nothing existed before the oldest change, or the sides agreed just before the floor
     // (where the history was let go): the difference started there. A record stored before

@@ -400,3 +400,34 @@ proptest! {
             .collect::<Vec<_>>());
     }
 }
+
+/// A second target record of L1, created at 5 on a partition of its own, arrives after the
+/// history up to 10 was let go (the sides agreed there as tandem knew them): the record has
+/// been a duplicate since 5, as when everything arrives in one batch.
+#[test]
+fn a_duplicate_that_arrives_after_the_history_was_let_go_dates_from_its_creation() {
+    let agreed = [
+        source("s1", "create", 0, "a@x.io", "A"),
+        target("t1", "create", 1, "a@x.io", "A"),
+        source("s2", "update", 10, "b@x.io", "A"),
+        target("t2", "update", 11, "b@x.io", "A"),
+    ];
+    let late = change(
+        System::Target,
+        "d1",
+        "T2",
+        "create",
+        5,
+        json!({"email": "b@x.io", "lastname": "A", "legacy_id": "L1"}),
+    );
+    let mut together = agreed.to_vec();
+    together.push(late.clone());
+    assert_eq!(
+        since_after(&[&together]),
+        (Some(Status::Duplicate), Some(at(5)))
+    );
+    assert_eq!(
+        since_after(&[&agreed, &[late]]),
+        (Some(Status::Duplicate), Some(at(5)))
+    );
+}
