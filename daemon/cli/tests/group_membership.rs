@@ -32,7 +32,11 @@ fn a_restarted_daemon_consumes_again_at_once_after_sigkill_and_sigterm() {
     ]);
     let directory = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = ContactConfig::new(kafka.bootstrap(), &topics, port).write(directory.path());
+    let mut config = ContactConfig::new(kafka.bootstrap(), &topics, port);
+    // A batch waits for more messages only while the store is busy with earlier ones: one
+    // event on an idle daemon is applied at once, however long a batch may wait.
+    config.batch_max_wait = "1h".to_owned();
+    let config = config.write(directory.path());
     let log = directory.path().join("tandem.log");
     produce_json(
         kafka.bootstrap(),

@@ -146,7 +146,8 @@ pub struct IngestSettings {
     pub max_message_bytes: usize,
     /// A batch is committed when it holds this many messages...
     pub batch_max_messages: usize,
-    /// ...or when its first message has waited this long.
+    /// ...or when its first message has waited this long, or at once when the apply loop
+    /// has taken every earlier batch and librdkafka holds no further message.
     pub batch_max_wait: Duration,
     /// How long sides may differ before it counts as divergence.
     pub grace: Duration,

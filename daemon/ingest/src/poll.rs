@@ -72,14 +72,21 @@ pub(crate) fn run_consumer(
     state.check_access(&consumer);
     while !cancel.is_cancelled() {
         state.follow_pause(&consumer);
+        // The apply loop has taken every batch sent: a batch waits for nothing but the
+        // messages librdkafka already holds. Otherwise batches grow while it is busy, up to
+        // their size or their wait.
+        let apply_waiting = apply_tx.is_empty();
         let timeout = if state.batch.is_empty() {
             Duration::from_millis(100)
+        } else if apply_waiting {
+            Duration::ZERO
         } else {
             settings
                 .batch_max_wait
                 .saturating_sub(state.batch_started.elapsed())
         };
         let polled = consumer.poll(timeout);
+        let drained = polled.is_none();
         // The rebalance callbacks ran inside `poll`: their partitions are followed before the
         // message it returned, which may be the first of a newly assigned partition.
         state.follow_rebalance(&consumer);
@@ -106,8 +113,9 @@ pub(crate) fn run_consumer(
             state.check_access(&consumer);
         }
         let full = state.batch.len() >= settings.batch_max_messages;
-        let waited =
-            !state.batch.is_empty() && state.batch_started.elapsed() >= settings.batch_max_wait;
+        let waited = !state.batch.is_empty()
+            && ((apply_waiting && drained)
+                || state.batch_started.elapsed() >= settings.batch_max_wait);
         if (full || waited)
             && apply_tx
                 .send(ApplyCommand::Batch(std::mem::take(&mut state.batch)))

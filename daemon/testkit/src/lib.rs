@@ -528,12 +528,15 @@ pub struct ContactConfig {
     /// `reconcile.grace`, e.g. `5m`.
     pub grace: String,
     pub idle_clock: bool,
+    /// `kafka.batch_max_wait`, e.g. `20ms`.
+    pub batch_max_wait: String,
     /// Lines added to `[kafka]` (`group_id = ...`, `[kafka.properties]` must come last).
     pub kafka_lines: String,
 }
 
 impl ContactConfig {
-    /// Defaults: grace 5 minutes, no idle clock, no admin token, no control topic.
+    /// Defaults: grace 5 minutes, no idle clock, no admin token, no control topic, batches
+    /// waiting 20 ms at most.
     pub fn new(brokers: &str, topics: &Topics, port: u16) -> ContactConfig {
         ContactConfig {
             brokers: brokers.to_owned(),
@@ -543,6 +546,7 @@ impl ContactConfig {
             control_topic: None,
             grace: "5m".to_owned(),
             idle_clock: false,
+            batch_max_wait: "20ms".to_owned(),
             kafka_lines: String::new(),
         }
     }
@@ -585,7 +589,7 @@ fields = [{{ source = "Email", target = "email" }}]
 [kafka]
 brokers = "{brokers}"
 dead_letter_topic = "{dlq}"
-batch_max_wait = "20ms"
+batch_max_wait = "{batch_max_wait}"
 {kafka_lines}
 "#,
             store = directory.join("store").display(),
@@ -596,6 +600,7 @@ batch_max_wait = "20ms"
             idle_clock = self.idle_clock,
             brokers = self.brokers,
             dlq = self.topics.dead_letters,
+            batch_max_wait = self.batch_max_wait,
             kafka_lines = self.kafka_lines,
         );
         std::fs::write(&path, text).expect("the test directory is writable");

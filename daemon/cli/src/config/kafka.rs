@@ -31,7 +31,8 @@ pub struct KafkaConfig {
     /// Messages per committed batch, at most.
     #[serde(default = "default_batch_max_messages")]
     pub batch_max_messages: usize,
-    /// Longest wait before a partial batch is committed.
+    /// Longest wait before a partial batch is committed while earlier batches are still being
+    /// applied (an idle daemon commits what it read at once).
     #[serde(default = "default_batch_max_wait", with = "crate::config::duration")]
     pub batch_max_wait: Duration,
     /// Static group membership: the consumer joins with a `group.instance.id` derived from
