@@ -99,7 +99,7 @@ impl IngestMetrics {
         })
     }
 
-    /// Brings the counters up to the store's `counters` (at start, and after each commit):
+    /// Brings the counters up to the store's `counters` (at each scrape, and after each commit):
     /// only what was not counted yet is added, so a daemon may count the store's totals
     /// before its API answers and ingest may count them again at its own start. Every
     /// system's and reason's series exists from the first call on, zero or not.
