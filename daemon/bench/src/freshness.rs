@@ -60,11 +60,7 @@ pub(crate) fn freshness(
     let config =
         crate::phases::config(directory.path(), &brokers, port, SOURCE_TOPIC, TARGET_TOPIC)?;
     let daemon = DaemonProcess::start(binary, &config, port, &directory.path().join("tandem.log"))?;
-    let probe_producer: BaseProducer<Acknowledgements> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "0")
-        .set("enable.idempotence", "true")
-        .create_with_context(Acknowledgements::default())?;
+    let probe_producer = producer(&brokers, "0", Acknowledgements::default())?;
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -144,12 +140,17 @@ pub(crate) fn freshness(
     Ok(figures)
 }
 
-fn producer(brokers: &str, linger_ms: &str) -> anyhow::Result<BaseProducer> {
+/// An idempotent producer that waits `linger_ms` to fill a request.
+fn producer<C: ProducerContext>(
+    brokers: &str,
+    linger_ms: &str,
+    context: C,
+) -> anyhow::Result<BaseProducer<C>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms)
         .set("enable.idempotence", "true")
-        .create_with_context(DefaultProducerContext)?)
+        .create_with_context(context)?)
 }
 
 /// The probe's delivery report, kept for the probe loop.
@@ -184,7 +185,7 @@ struct Background {
 
 impl Background {
     fn start(brokers: &str, rate: u64) -> anyhow::Result<Background> {
-        let producer = producer(brokers, "5")?;
+        let producer = producer(brokers, "5", DefaultProducerContext)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {

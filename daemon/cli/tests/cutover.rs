@@ -106,18 +106,9 @@ fields = [{{ source = "Email", target = "email" }}]
 
 /// POSTs a cutover step with the admin token: (status, answer).
 fn step(daemon: &Daemon, name: &str, dry_run: bool) -> (u16, Value) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build(),
-    );
-    let mut response = agent
-        .post(&format!("{}/v1/cutover/{name}", daemon.url))
-        .header("Authorization", &format!("Bearer {ADMIN}"))
-        .send_json(json!({"reason": format!("rehearsal: {name}"), "by": "release-manager", "dry_run": dry_run}))
-        .expect("the daemon answers");
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_json().unwrap())
+    let body = json!({"reason": format!("rehearsal: {name}"), "by": "release-manager", "dry_run": dry_run});
+    let (status, answer) = daemon.post(&format!("/v1/cutover/{name}"), ADMIN, &body.to_string());
+    (status, serde_json::from_str(&answer).unwrap())
 }
 
 fn phase(daemon: &Daemon) -> Phase {
@@ -203,18 +194,13 @@ fn a_full_cutover_rehearsal() {
     // A `dry_run` that is not `true` or `false` is refused, naming it; nothing is taken.
     let before = phase(&daemon);
     for value in ["abc", "1", "yes", ""] {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build(),
+        let body = json!({"reason": "rehearsal: a typo", "by": "release-manager"});
+        let (status, answer) = daemon.post(
+            &format!("/v1/cutover/freeze?dry_run={value}"),
+            ADMIN,
+            &body.to_string(),
         );
-        let mut response = agent
-            .post(&format!("{}/v1/cutover/freeze?dry_run={value}", daemon.url))
-            .header("Authorization", &format!("Bearer {ADMIN}"))
-            .send_json(json!({"reason": "rehearsal: a typo", "by": "release-manager"}))
-            .expect("the daemon answers");
-        let status = response.status().as_u16();
-        let answer: Value = response.body_mut().read_json().unwrap();
+        let answer: Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(status, 400, "dry_run={value}: {answer}");
         assert!(
             answer["error"].as_str().unwrap().contains("dry_run"),

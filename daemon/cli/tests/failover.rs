@@ -74,21 +74,7 @@ fn applied(daemon: &Daemon) -> u64 {
 }
 
 fn post(daemon: &Daemon, path: &str, body: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build(),
-    );
-    let mut response = agent
-        .post(&format!("{}{path}", daemon.url))
-        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-        .header("Content-Type", "application/json")
-        .send(body)
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.body_mut().read_to_string().unwrap(),
-    )
+    daemon.post(path, ADMIN_TOKEN, body)
 }
 
 #[test]

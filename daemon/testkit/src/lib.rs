@@ -441,6 +441,28 @@ impl Daemon {
         })
     }
 
+    /// POSTs the JSON `body` to `path` with `token`: the status and the answer, whatever the
+    /// status.
+    pub fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        let url = format!("{}{path}", self.url);
+        let mut response = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap_or_else(|error| panic!("POST {url}: {error}\n{}", self.log_tail()));
+        let answer = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|error| panic!("POST {url}: {error}"));
+        (response.status().as_u16(), answer)
+    }
+
     /// The HTTP status of `/readyz`.
     pub fn readiness(&self) -> u16 {
         let agent = ureq::Agent::new_with_config(

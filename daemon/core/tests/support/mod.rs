@@ -132,6 +132,13 @@ pub fn plan_on<V: StateView>(
     batch: &[(System, ChangeEvent)],
 ) -> Plan {
     let mut planner = Planner::new(mapping, GRACE, view, apply);
+    plan_events(&mut planner, batch);
+    planner.settle_feeds().unwrap();
+    planner.finish()
+}
+
+/// Hands the planner each event of `batch`, on its system's partition 0.
+fn plan_events<V: StateView>(planner: &mut Planner<'_, V>, batch: &[(System, ChangeEvent)]) {
     for (system, event) in batch {
         planner
             .apply(Input::Event {
@@ -141,8 +148,6 @@ pub fn plan_on<V: StateView>(
             })
             .unwrap();
     }
-    planner.settle_feeds().unwrap();
-    planner.finish()
 }
 
 impl MemoryState {
@@ -164,15 +169,7 @@ impl MemoryState {
         let ownership = self.ownership.clone();
         let mut planner =
             Planner::new(mapping, GRACE, &*self, self.apply.clone()).with_ownership(&ownership);
-        for (system, event) in batch {
-            planner
-                .apply(Input::Event {
-                    system: *system,
-                    event,
-                    partition: Some((system.as_str(), 0)),
-                })
-                .unwrap();
-        }
+        plan_events(&mut planner, batch);
         if let Some(floor) = clock_floor {
             planner.advance_clock(floor);
         }
