@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tandem_api::report::Report;
 
 use common::truth::listed_records;
-use common::{free_port, wait_for, Broker, Daemon, Kafka, Topics};
+use common::{free_port, wait_for_state, Broker, Daemon, Kafka, Topics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -180,7 +180,7 @@ fn run(case: Case) {
     let config = write_config(directory.path(), broker.bootstrap(), &topics, port, &case);
     let daemon = Daemon::start(&config, port, &directory.path().join("tandem.log"));
     let expected_applied = legacy.len() as u64 + case.target_events;
-    let report: Report = wait_for(
+    let report: Report = wait_for_state(
         &format!("{expected_applied} events applied and every message read"),
         DEADLINE,
         || {
@@ -203,7 +203,16 @@ fn run(case: Case) {
                 .get(&tandem_core::Status::Pending)
                 .copied()
                 .unwrap_or(0);
-            (read == expected && pending == 0).then_some(report)
+            if read == expected && pending == 0 {
+                Ok(report)
+            } else {
+                Err(format!(
+                    "{read} of {expected} read, {pending} pending: {:?} {:?}\n{}",
+                    report.ingest,
+                    report.feed,
+                    daemon.log_tail()
+                ))
+            }
         },
     );
     let target = &report.ingest.target;

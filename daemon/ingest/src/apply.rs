@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 use tandem_core::apply::pending::{Overlay, Pending};
 use tandem_core::feed::{OffsetLoss, OffsetLossKind};
+use tandem_core::StateView;
 use tandem_core::{ApplyState, Input, Mapping, Planner, Reference, System, Timestamp};
 use tandem_store::{NextOffset, Store};
 use tokio_util::sync::CancellationToken;
@@ -327,12 +328,18 @@ impl ApplyLoop {
         }
     }
 
+    /// A second without messages. Records due on the clock (the idle floor's, with the idle
+    /// rule) get a batch of their own. Without the idle rule the clock stands still, but a
+    /// batch re-evaluates at most `MAX_DUE_PER_BATCH` records: the rest wait for no message.
     fn tick(&mut self) -> Result<()> {
         self.watch_disk();
-        let Some(floor) = self.idle_clock_floor() else {
-            return Ok(());
-        };
-        let due = self.store.due_records(floor, 1).map_err(Error::Store)?;
+        let floor = self
+            .idle_clock_floor()
+            .map_or(self.state.clock, |floor| floor.max(self.state.clock));
+        let due = self
+            .view()
+            .due_records(floor, 1)
+            .map_err(|source| Error::Due { source })?;
         if due.is_empty() {
             return Ok(());
         }
@@ -687,13 +694,12 @@ impl ApplyLoop {
         planner
             .settle_feeds()
             .map_err(|source| Error::Settle { source })?;
-        // The pending index in the store may lag the batches in flight by a batch or two:
-        // a record that became due meanwhile is picked up by the next batch or tick.
-        let due = self
-            .store
+        // The store's pending index with the batches in flight laid over it: a record one of
+        // them wrote is due as that batch left it.
+        let due = view
             .due_records(planner.clock(), MAX_DUE_PER_BATCH)
-            .map_err(Error::Store)?;
-        for (entity, join_key) in &due {
+            .map_err(|source| Error::Due { source })?;
+        for (_, entity, join_key) in &due {
             planner
                 .reevaluate(entity, join_key)
                 .map_err(|source| Error::Reevaluate {
@@ -911,14 +917,13 @@ fn changed_rows(
                 });
                 let join_key = match read_ahead {
                     Ok(index) => found[index].clone(),
-                    Err(_) => tandem_core::StateView::join_key(store, system, entity, native_id)
+                    Err(_) => StateView::join_key(store, system, entity, native_id)
                         .ok()
                         .flatten(),
                 }?;
                 // Unreadable: doubtful, never a false in_sync.
                 let unverified =
-                    tandem_core::StateView::is_unverified(store, system, entity, native_id)
-                        .unwrap_or(true);
+                    StateView::is_unverified(store, system, entity, native_id).unwrap_or(true);
                 Some(tandem_core::record::Resolved {
                     join_key,
                     unverified,

@@ -92,6 +92,13 @@ pub enum Error {
         /// The read error.
         source: ViewError,
     },
+    /// Listing the pending records whose grace ended failed because the store could not be
+    /// read.
+    #[error("cannot list the records whose grace ended: {source}")]
+    Due {
+        /// The read error.
+        source: ViewError,
+    },
     /// Re-evaluating a pending record failed because the store could not be read.
     #[error("cannot re-evaluate `{entity}` `{join_key}`: {source}")]
     Reevaluate {

@@ -2,8 +2,8 @@
 //! the prefix scans the readers share.
 
 use rocksdb::{Direction, IteratorMode};
-use tandem_core::apply::{StateView, ViewResult};
-use tandem_core::{RecordRow, System};
+use tandem_core::apply::{DueRecord, StateView, ViewResult};
+use tandem_core::{RecordRow, System, Timestamp};
 
 use crate::codec::decode_value;
 use crate::error::{Error, Result};
@@ -113,6 +113,22 @@ impl StateView for Store {
         Ok(found
             .map(|bytes| keys::decode_join_key(&bytes))
             .transpose()?)
+    }
+
+    fn due_records(&self, up_to: Timestamp, limit: usize) -> ViewResult<Vec<DueRecord>> {
+        let mut due = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::PENDING_DUE), IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(Error::rocksdb("scan of pending records"))?;
+            let record = keys::decode_pending_due(&key)?;
+            if record.0 > up_to || due.len() >= limit {
+                break;
+            }
+            due.push(record);
+        }
+        Ok(due)
     }
 
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {

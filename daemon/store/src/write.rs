@@ -148,23 +148,6 @@ impl Store {
         Ok(offsets)
     }
 
-    /// Pending records whose grace period ends at or before `up_to`, at most `limit`.
-    pub fn due_records(&self, up_to: Timestamp, limit: usize) -> Result<Vec<(String, String)>> {
-        let mut due = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf::PENDING_DUE), IteratorMode::Start)
-        {
-            let (key, _) = item.map_err(Error::rocksdb("scan of pending records"))?;
-            let (due_at, entity, join_key) = keys::decode_pending_due(&key)?;
-            if due_at > up_to || due.len() >= limit {
-                break;
-            }
-            due.push((entity, join_key));
-        }
-        Ok(due)
-    }
-
     /// Dead letters not yet confirmed delivered to the dead-letter topic, oldest first.
     pub fn undelivered_dead_letters(
         &self,

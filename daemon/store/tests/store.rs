@@ -97,7 +97,7 @@ fn apply(store: &Store, mapping: &Mapping, messages: &[Message], clock_floor: Op
     if let Some(floor) = clock_floor {
         planner.advance_clock(floor);
     }
-    for (entity, join_key) in store.due_records(planner.clock(), 10_000).unwrap() {
+    for (_, entity, join_key) in store.due_records(planner.clock(), 10_000).unwrap() {
         planner.reevaluate(&entity, &join_key).unwrap();
     }
     let plan = planner.finish();

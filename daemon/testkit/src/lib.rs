@@ -137,6 +137,26 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -
     }
 }
 
+/// Polls `condition` until it returns `Ok`, failing the test with `what` and the state it
+/// last described (its `Err`) at the deadline.
+pub fn wait_for_state<T>(
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match condition() {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                started.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}; last seen: {state}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Topic names unique to one test.
 #[derive(Clone, Debug)]
 pub struct Topics {

@@ -73,7 +73,13 @@ pub trait StateView {
         snapshot_id: &str,
         native_id: &str,
     ) -> ViewResult<bool>;
+    /// The pending records whose grace ends at or before `up_to`: (end of grace, entity,
+    /// join key), in that order, at most `limit`.
+    fn due_records(&self, up_to: Timestamp, limit: usize) -> ViewResult<Vec<DueRecord>>;
 }
+
+/// A pending record whose grace ends: when, its entity and its join key.
+pub type DueRecord = (Timestamp, String, String);
 
 /// One message of a batch, as the planner sees it.
 #[derive(Clone, Copy, Debug)]

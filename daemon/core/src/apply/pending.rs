@@ -8,9 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::{Plan, StateView, ViewResult};
+use super::{DueRecord, Plan, StateView, ViewResult};
 use crate::record::RecordRow;
 use crate::system::System;
+use crate::time::Timestamp;
 use crate::Reference;
 
 type RecordKey = (String, String);
@@ -328,6 +329,35 @@ impl<V: StateView> StateView for Overlay<'_, V> {
             }
         }
         self.base.is_unverified(system, entity, native_id)
+    }
+
+    fn due_records(&self, up_to: Timestamp, limit: usize) -> ViewResult<Vec<DueRecord>> {
+        // A pending plan's row replaces the committed one: the committed list may name rows
+        // a pending plan settled or moved, so it is read as far as they could reach.
+        let superseded = self.pending.records.len();
+        let mut due: Vec<DueRecord> = self
+            .base
+            .due_records(up_to, limit.saturating_add(superseded))?
+            .into_iter()
+            .filter(|(_, entity, join_key)| {
+                !self
+                    .pending
+                    .records
+                    .contains_key(&(entity.clone(), join_key.clone()))
+            })
+            .collect();
+        due.extend(
+            self.pending
+                .records
+                .iter()
+                .filter_map(|((entity, join_key), (_, row))| {
+                    let due_at = row.as_deref()?.status.due_at?;
+                    (due_at <= up_to).then(|| (due_at, entity.clone(), join_key.clone()))
+                }),
+        );
+        due.sort_unstable();
+        due.truncate(limit);
+        Ok(due)
     }
 
     fn record(&self, entity: &str, join_key: &str) -> ViewResult<Option<RecordRow>> {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_core::apply::ViewResult;
+use tandem_core::apply::{DueRecord, ViewResult};
 use tandem_core::feed::{OffsetLoss, RereadChange};
 use tandem_core::mapping::{FieldMapping, JoinSpec};
 use tandem_core::record::UnverifiedReason;
@@ -33,6 +33,20 @@ pub struct MemoryState {
 }
 
 impl StateView for MemoryState {
+    fn due_records(&self, up_to: Timestamp, limit: usize) -> ViewResult<Vec<DueRecord>> {
+        let mut due: Vec<DueRecord> = self
+            .records
+            .iter()
+            .filter_map(|((entity, join_key), row)| {
+                let due_at = row.status.due_at?;
+                (due_at <= up_to).then(|| (due_at, entity.clone(), join_key.clone()))
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        Ok(due)
+    }
+
     fn event_seen(&self, system: System, event_id: &str) -> ViewResult<bool> {
         Ok(self.seen.contains(&(system, event_id.to_owned())))
     }
@@ -134,7 +148,15 @@ pub fn plan_on<V: StateView>(
     let mut planner = Planner::new(mapping, GRACE, view, apply);
     plan_events(&mut planner, batch);
     planner.settle_feeds().unwrap();
+    reevaluate_due(view, &mut planner);
     planner.finish()
+}
+
+/// Evaluates again the records of `view` whose grace ended on the planner's clock.
+fn reevaluate_due<V: StateView>(view: &V, planner: &mut Planner<'_, V>) {
+    for (_, entity, join_key) in view.due_records(planner.clock(), usize::MAX).unwrap() {
+        planner.reevaluate(&entity, &join_key).unwrap();
+    }
 }
 
 /// Hands the planner each event of `batch`, on its system's partition 0.
@@ -174,15 +196,7 @@ impl MemoryState {
             planner.advance_clock(floor);
         }
         planner.settle_feeds().unwrap();
-        let due: Vec<_> = self
-            .records
-            .iter()
-            .filter(|(_, row)| row.status.due_at.is_some_and(|due| due <= planner.clock()))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for (entity, join_key) in due {
-            planner.reevaluate(&entity, &join_key).unwrap();
-        }
+        reevaluate_due(&*self, &mut planner);
         let plan = planner.finish();
         self.commit(batch, plan)
     }
