@@ -12,13 +12,16 @@ export CARGO_TERM_COLOR ?= never
 CARGO_FUZZ := $(HOME)/.cache/tandem/tools/bin/cargo-fuzz
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo test chaos pipeline fuzz bench lint fmt setup setup-build build
+.PHONY: demo test chaos pipeline fuzz bench lint fmt setup setup-build setup-bench build
 
 setup-build:
 	@scripts/setup.sh build
 
 setup:
 	@scripts/setup.sh test
+
+setup-bench:
+	@scripts/setup.sh bench
 
 build: setup-build
 	cargo build --locked --bin tandem
@@ -53,7 +56,7 @@ pipeline: setup
 	cargo build --locked --bins
 	"$(CARGO_TARGET_DIR)/debug/tandem-pipeline"
 
-bench: setup
+bench: setup-bench
 	cargo build --locked --release --bin tandem --bin tandem-bench
 	TANDEM_BIN="$(CARGO_TARGET_DIR)/release/tandem" "$(CARGO_TARGET_DIR)/release/tandem-bench"
 

@@ -16,7 +16,11 @@
 #     browser test headless.
 #   - promtool, which checks the shipped alert rules and the live /metrics: built from the
 #     Go module proxy into ~/.cache/tandem/tools (about 4 minutes, once per version).
-# Usage: scripts/setup.sh [build|test]   (build: packages only)
+#   - For make bench only: reladiff and DuckDB (PyPI), the diff a data team would run instead
+#     of tandem, in a virtual environment under ~/.cache/tandem/bench-python; the Kafka Streams
+#     reconciler a Kafka team would write instead (daemon/bench/peers/kafka-streams), built by
+#     Maven into ~/.cache/tandem/bench-streams.
+# Usage: scripts/setup.sh [build|test|bench]   (build: packages only; bench: test's and reladiff)
 set -euo pipefail
 
 want="${1:-test}"
@@ -30,7 +34,7 @@ connect_home="$cache/connect-$connect_version-debezium-$debezium_version"
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(librocksdb-dev libclang-dev clang pkg-config make libssl-dev)
-[ "$want" = "test" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15 python3-venv chromium chromium-driver)
+[ "$want" != "build" ] && packages+=(openssl openjdk-17-jre-headless maven postgresql-15 python3-venv chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -44,7 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${run_as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ "$want" = "test" ]; then
+if [ "$want" != "build" ]; then
   tools="$cache/tools"
   if ! "$tools/bin/cargo-fuzz" --version >/dev/null 2>&1; then
     say "installing cargo-fuzz into $tools (about a minute, once per machine)"
@@ -99,5 +103,31 @@ if [ "$want" = "test" ]; then
       -DexcludeGroupIds=org.apache.kafka,org.slf4j \
       -DoutputDirectory="$connect_home/plugins/debezium-postgres" </dev/null
     printf '%s\n' "$connect_version $debezium_version" > "$connect_home/VERSION"
+  fi
+fi
+
+if [ "$want" = "bench" ]; then
+  bench_python="$cache/bench-python"
+  bench_versions="reladiff 0.6.0, duckdb 2.0.1"
+  if [ "$(cat "$bench_python/VERSION" 2>/dev/null)" != "$bench_versions" ] || [ ! -x "$bench_python/bin/reladiff" ]; then
+    say "installing $bench_versions into $bench_python (PyPI, once per machine)"
+    rm -rf "$bench_python"
+    python3 -m venv "$bench_python"
+    "$bench_python/bin/pip" install --quiet --disable-pip-version-check \
+      "reladiff[duckdb]==0.6.0" "duckdb==2.0.1" </dev/null
+    printf '%s\n' "$bench_versions" > "$bench_python/VERSION"
+  fi
+
+  # Built again whenever its sources change.
+  streams_peer="$(cd "$(dirname "$0")/.." && pwd)/daemon/bench/peers/kafka-streams"
+  streams_home="$cache/bench-streams"
+  streams_key="$(cat "$streams_peer/pom.xml" "$streams_peer"/src/main/java/tandem/bench/*.java | sha256sum | cut -c1-16)"
+  if [ "$(cat "$streams_home/VERSION" 2>/dev/null)" != "$streams_key" ]; then
+    say "building the Kafka Streams peer into $streams_home (Maven Central, once per change)"
+    rm -rf "$streams_home"
+    mvn -B -q -Dstyle.color=never -f "$streams_peer/pom.xml" -Dpeer.build="$streams_home/build" \
+      compile dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$streams_home/libs" </dev/null
+    printf '%s\n' "$streams_key" > "$streams_home/VERSION"
   fi
 fi

@@ -68,14 +68,19 @@ impl DaemonProcess {
 
     /// Peak resident set size (VmHWM) in MiB.
     pub(crate) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmHWM missing from /proc status")?;
-        Ok(kib / 1024.0)
+        peak_rss_mib(self.child.id())
     }
+}
+
+/// Peak resident set size (VmHWM) of process `pid` in MiB.
+pub(crate) fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM missing from /proc status")?;
+    Ok(kib / 1024.0)
 }
 
 impl Drop for DaemonProcess {

@@ -2,12 +2,16 @@
 //! run on the same broker and the same events: (a) consume and discard, (b) a minimal durable
 //! log (consume, decode, one RocksDB put per event, WAL on). Then apply latency, `/v1/report`
 //! latency with a million records stored, peak memory of the daemon, the time a restarted
-//! daemon takes to consume again on Apache Kafka, and how fresh its answers are under load.
+//! daemon takes to consume again on Apache Kafka, how fresh its answers are under load, and
+//! how soon it knows whether two CRMs agree next to what users would pick instead: reladiff,
+//! the diff a data team runs today, and a Kafka Streams reconciler.
 
 mod daemon_process;
 mod freshness;
+mod peers;
 mod phases;
 mod restart;
+mod streams;
 
 use std::time::Instant;
 
@@ -24,6 +28,8 @@ const TARGET_TOPIC: &str = "bench.target.changes";
 const PARTITIONS: i32 = 64;
 const TARGET_EVENTS: usize = 1_000_000;
 const REPORT_RECORDS: usize = 1_000_000;
+/// The pair diffed by reladiff and reconciled by tandem in (i).
+const PEER_RECORDS: usize = 1_000_000;
 
 fn main() -> anyhow::Result<()> {
     let tandem = std::env::var("TANDEM_BIN")
@@ -52,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("TANDEM_BENCH_ONLY_FRESHNESS").is_some() {
         freshness_phase(&tandem)?;
         return Ok(());
+    }
+    if std::env::var_os("TANDEM_BENCH_ONLY_PEERS").is_some() {
+        return peer_phase(&tandem);
     }
 
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
@@ -153,7 +162,44 @@ fn main() -> anyhow::Result<()> {
     print_store_and_backup(&report);
     drop(cluster);
     restart_phase(&tandem)?;
-    freshness_phase(&tandem)
+    freshness_phase(&tandem)?;
+    peer_phase(&tandem)
+}
+
+/// (i) reladiff and Kafka Streams, side by side, on Apache Kafka.
+fn peer_phase(tandem: &str) -> anyhow::Result<()> {
+    // TANDEM_BENCH_PEER_RECORDS shrinks the pair while tuning.
+    let records = std::env::var("TANDEM_BENCH_PEER_RECORDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(PEER_RECORDS);
+    println!("\n(i) reladiff, Kafka Streams and tandem on a pair of {records} contacts, one in ten differing...");
+    let peer = peers::side_by_side(tandem, records)?;
+    println!(
+        "(i) first complete verdict on {} contacts (one in ten differing): tandem from {} events {:.1} s, reladiff's full diff {:.1} s: tandem takes {:.2}× reladiff's time  (aim: < 1)",
+        peer.records,
+        2 * peer.records,
+        peer.tandem_seconds,
+        peer.reladiff_seconds,
+        peer.tandem_seconds / peer.reladiff_seconds
+    );
+    println!(
+        "(i) after 1,000 repairs: tandem's verdict {:.0} ms after the broker acknowledged them, reladiff's diff again {:.1} s: tandem {:.0}× sooner  (aim: ≥ 100×)",
+        peer.tandem_update_seconds * 1e3,
+        peer.reladiff_again_seconds,
+        peer.reladiff_again_seconds / peer.tandem_update_seconds
+    );
+    let tandem_rate = (2 * peer.records) as f64 / peer.tandem_seconds;
+    let streams_rate = peer.streams_events as f64 / peer.streams.seconds;
+    println!(
+        "(i) end to end on the same broker, from start to complete verdict: tandem {:.0} events/s (peak RSS {:.0} MiB), Kafka Streams (exactly-once v2, RocksDB) {:.0} events/s (peak RSS {:.0} MiB): tandem {:.2}× it  (aim: ≥ 2×)",
+        tandem_rate,
+        peer.tandem_peak_rss_mib,
+        streams_rate,
+        peer.streams.peak_rss_mib,
+        tandem_rate / streams_rate
+    );
+    Ok(())
 }
 
 /// (h), on Apache Kafka.

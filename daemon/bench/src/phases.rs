@@ -114,7 +114,8 @@ pub(crate) fn config(
     Ok(path)
 }
 
-fn applied(report: &serde_json::Value) -> u64 {
+/// Events applied, both systems.
+pub(crate) fn applied(report: &serde_json::Value) -> u64 {
     report["ingest"]["source"]["events_applied"]
         .as_u64()
         .unwrap_or(0)
