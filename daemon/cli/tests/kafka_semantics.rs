@@ -46,6 +46,12 @@ fn transaction(
             .commit_transaction(timeout)
             .expect("the transaction commits");
     } else {
+        // The messages reach the broker's log first, so that tandem must skip them there (an
+        // abort with messages still queued drops them in the client instead, and Apache Kafka
+        // 4 can refuse an abort that overtakes its sends: INVALID_TXN_STATE).
+        producer
+            .flush(timeout)
+            .expect("the transaction's messages reach the broker");
         producer
             .abort_transaction(timeout)
             .expect("the transaction aborts");
